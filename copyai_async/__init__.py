@@ -1,0 +1,52 @@
+"""copyai_async: an asyncio client for Copy.ai's Workflow API.
+
+Await run completion, stream every run of a workflow, poll many runs at once: with
+retries, backoff and a precise error tree instead of hand-written loops.
+"""
+
+from ._client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, CopyAIClient
+from ._clock import Clock, SystemClock
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    CopyAIError,
+    InvalidResponseError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    UnprocessableEntityError,
+)
+from ._models import RunPage, RunStatus, WorkflowRun
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "MAX_PAGE_SIZE",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "Clock",
+    "ConfigurationError",
+    "CopyAIClient",
+    "CopyAIError",
+    "InvalidResponseError",
+    "NotFoundError",
+    "RateLimitError",
+    "RunPage",
+    "RunStatus",
+    "ServerError",
+    "SystemClock",
+    "UnprocessableEntityError",
+    "WorkflowRun",
+    "__version__",
+]

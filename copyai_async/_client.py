@@ -1,0 +1,313 @@
+"""CopyAIClient: lifecycle and the endpoint methods (thin: they validate, call, convert)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from ._clock import Clock, SystemClock
+from ._convert import WIRE, WireError
+from ._errors import ConfigurationError, InvalidResponseError
+from ._http import Response, RetryConfig, Secret, Transport, encode_segment
+from ._models import RunPage, WorkflowRun
+from ._version import __version__
+
+__all__ = ["DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "CopyAIClient"]
+
+DEFAULT_BASE_URL = "https://api.copy.ai/api"
+MAX_PAGE_SIZE = 100
+API_KEY_ENV = "COPYAI_API_KEY"
+
+_T = TypeVar("_T")
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (math.isfinite(value) and low_ok):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def _int_in(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        allowed = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def _base_url(value: Any) -> URL:
+    if not isinstance(value, (str, URL)):
+        raise TypeError(f"base_url must be a str, got {type(value).__name__}")
+    url = URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(
+            "base_url must be an absolute http(s) URL such as "
+            f"{DEFAULT_BASE_URL!r}, got {str(value)!r}"
+        )
+    if url.query_string or url.fragment:
+        raise ConfigurationError("base_url must not carry a query or a fragment")
+    return url
+
+
+def _client_timeout(value: Any) -> aiohttp.ClientTimeout:
+    if isinstance(value, aiohttp.ClientTimeout):
+        return value
+    total = _positive("timeout", value)
+    # A separate connect limit lets a stalled connect be told apart from a slow answer:
+    # only the former is safe to retry for a POST.
+    return aiohttp.ClientTimeout(total=total, connect=min(total, 10.0))
+
+
+class CopyAIClient:
+    """Async client for the Copy.ai Workflow API.
+
+    Use it as an async context manager, or call :meth:`aclose` when done::
+
+        async with CopyAIClient() as client:
+            run = await client.get_run("WCFG-...", "WRUN-...")
+
+    The client owns one :class:`aiohttp.ClientSession`, opened on first use inside the
+    running event loop. Every request sends ``x-copy-ai-api-key``, ``Accept:
+    application/json`` and ``User-Agent: copyai-async/<version>``; requests are logged at
+    DEBUG on the ``copyai_async`` logger, without the key.
+
+    Args:
+        api_key: the Copy.ai API key. Defaults to the ``COPYAI_API_KEY`` environment
+            variable.
+        base_url: the API root.
+        timeout: seconds one attempt may take in all (connecting is limited to 10 s of
+            it), or an :class:`aiohttp.ClientTimeout` for full control.
+        max_retries: retries after the first attempt (0 disables retrying).
+        max_connections: size of the connection pool (ignored when ``session`` is given).
+        backoff_base: seconds of the first backoff ceiling; it doubles each retry.
+        backoff_max: largest backoff ceiling, in seconds.
+        max_retry_after: the longest ``Retry-After`` wait the client will honour, in
+            seconds; a server asking for more gets a :class:`RateLimitError` raised at
+            once, carrying ``retry_after``.
+        session: an aiohttp session to use instead of owning one. It is left open by
+            :meth:`aclose`; its own connection limits apply.
+        clock: where sleeps and deadlines go (tests pass
+            :class:`copyai_async.testing.FakeClock`).
+
+    Raises:
+        ConfigurationError: no API key (argument or ``COPYAI_API_KEY``), or a bad
+            ``base_url``.
+        TypeError, ValueError: an option of the wrong type or out of range.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float | aiohttp.ClientTimeout = 60.0,
+        max_retries: int = 3,
+        max_connections: int = 100,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        max_retry_after: float = 60.0,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV)
+        if api_key is not None and not isinstance(api_key, str):
+            raise TypeError(f"api_key must be a str, got {type(api_key).__name__}")
+        if not api_key or not api_key.strip():
+            raise ConfigurationError(
+                "no Copy.ai API key: pass CopyAIClient(api_key=...) or set the "
+                f"{API_KEY_ENV} environment variable"
+            )
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError(
+                f"session must be an aiohttp.ClientSession, got {type(session).__name__}"
+            )
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError("clock must have monotonic() and async sleep(seconds)")
+        base = _base_url(base_url)
+        backoff_base_s = _positive("backoff_base", backoff_base)
+        backoff_max_s = _positive("backoff_max", backoff_max)
+        if backoff_max_s < backoff_base_s:
+            raise ValueError(
+                f"backoff_max must be >= backoff_base ({backoff_base_s:g}), got {backoff_max_s:g}"
+            )
+        retry = RetryConfig(
+            max_retries=_int_in("max_retries", max_retries, 0),
+            backoff_base=backoff_base_s,
+            backoff_max=backoff_max_s,
+            max_retry_after=_positive("max_retry_after", max_retry_after, allow_zero=True),
+        )
+        secret = Secret(api_key)
+        self._key = secret
+        self.base_url = str(base)
+        self._transport = Transport(
+            base_url=base,
+            auth_headers=lambda: {"x-copy-ai-api-key": secret.get()},
+            secret=secret,
+            user_agent=f"copyai-async/{__version__}",
+            timeout=_client_timeout(timeout),
+            retry=retry,
+            clock=clock or SystemClock(),
+            max_connections=_int_in("max_connections", max_connections, 1),
+            session=session,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._transport.closed else "open"
+        return f"<CopyAIClient base_url={self.base_url!r} api_key='***' {state}>"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has been called."""
+        return self._transport.closed
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this client sleeps on."""
+        return self._transport.clock
+
+    async def __aenter__(self) -> CopyAIClient:
+        self._transport.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client and its own session (a session passed in is left open).
+
+        Calling it again does nothing. Any later request raises
+        :class:`ClientClosedError`.
+        """
+        await self._transport.aclose()
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    async def get_run(self, workflow_id: str, run_id: str) -> WorkflowRun:
+        """Fetch one run (``GET /workflow/{workflow_id}/run/{run_id}``).
+
+        Args:
+            workflow_id: the workflow's id (any prefix; sent as one opaque path segment).
+            run_id: the run's id.
+
+        Returns:
+            The run. ``workflow_id`` is filled in from the argument if the answer omits it.
+
+        Raises:
+            TypeError, ValueError: an id is not a string, or is empty.
+            NotFoundError: no such workflow or run.
+            CopyAIError: any other failure (see the error tree).
+        """
+        wf = encode_segment("workflow_id", workflow_id)
+        run = encode_segment("run_id", run_id)
+        resp = await self._transport.request("GET", ("workflow", wf, "run", run), idempotent=True)
+        return _parse(resp, lambda: WIRE.run(resp.data, workflow_id=workflow_id))
+
+    async def list_runs(self, workflow_id: str, *, page: int = 1, size: int = 10) -> RunPage:
+        """Fetch one page of a workflow's runs, newest first (``GET /workflow/{id}/run``).
+
+        Args:
+            workflow_id: the workflow's id.
+            page: page number, from 1.
+            size: runs per page, 1 to 100 (the API's maximum).
+
+        Returns:
+            The page; ``has_next`` says whether a further page may hold runs.
+
+        Raises:
+            TypeError, ValueError: ``page`` < 1, ``size`` outside 1..100, or a bad id.
+            CopyAIError: any failure of the request (see the error tree).
+        """
+        wf = encode_segment("workflow_id", workflow_id)
+        page = _int_in("page", page, 1)
+        size = _int_in("size", size, 1, MAX_PAGE_SIZE)
+        resp = await self._transport.request(
+            "GET",
+            ("workflow", wf, "run"),
+            params={"page": str(page), "size": str(size)},
+            idempotent=True,
+        )
+        return _parse(
+            resp, lambda: WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size)
+        )
+
+    async def start_run(
+        self,
+        workflow_id: str,
+        start_variables: Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> WorkflowRun:
+        """Start a run (``POST /workflow/{id}/run``).
+
+        The request is retried only where the run cannot have been created (429, and
+        failures to connect), so a run is never started twice by the client.
+
+        Args:
+            workflow_id: the workflow's id.
+            start_variables: the workflow's inputs, sent as ``startVariables``.
+            metadata: optional data attached to the run and echoed back on it.
+
+        Returns:
+            The new run. The API may answer with only its id: the run then has status
+            ``NEW`` and the given ``workflow_id``.
+
+        Raises:
+            TypeError: ``start_variables`` or ``metadata`` is not a mapping, or holds
+                values JSON cannot encode.
+            UnprocessableEntityError: the API refused the variables (``details`` says why).
+            BadRequestError: e.g. ``WORKFLOW_CREDIT_LIMIT_REACHED``.
+            CopyAIError: any other failure.
+        """
+        wf = encode_segment("workflow_id", workflow_id)
+        body: dict[str, Any] = {"startVariables": _json_object("start_variables", start_variables)}
+        if metadata is not None:
+            body["metadata"] = _json_object("metadata", metadata)
+        resp = await self._transport.request(
+            "POST", ("workflow", wf, "run"), json_body=body, idempotent=False
+        )
+        return _parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id))
+
+
+def _json_object(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping (dict), got {type(value).__name__}")
+    obj = dict(value)
+    try:
+        json.dumps(obj)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must hold only JSON-encodable values: {exc}") from exc
+    return obj
+
+
+def _parse(resp: Response, convert: Callable[[], _T]) -> _T:
+    try:
+        return convert()
+    except WireError as exc:
+        raise InvalidResponseError(
+            f"{resp.method} {resp.path} -> {resp.status}: the answer does not have the "
+            f"documented shape: {exc.reason} at {exc.json_path}",
+            method=resp.method,
+            path=resp.path,
+            status=resp.status,
+            json_path=exc.json_path,
+        ) from exc

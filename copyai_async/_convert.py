@@ -1,0 +1,295 @@
+"""Every wire-format rule of the Copy.ai API, in one cattrs converter.
+
+The models in :mod:`copyai_async._models` are plain data; this module knows how the API
+spells them:
+
+- camelCase keys (``workflowId``, ``createdAt``) and the ``{"status", "data"}`` envelope;
+- ``id``, or only ``workflowRunId``, for a run's id; a missing ``workflowId`` is the id
+  the run was asked for under;
+- ``total`` and ``credits`` as integers or numeric strings (``"22"``); anything else, such
+  as ``"lots"``, is an error rather than a silent 0;
+- ``createdAt`` with or without fractional seconds, always made timezone-aware;
+- ``metadata`` as an object, ``null`` or missing; ``input``/``output``/``status`` missing;
+- unknown status strings become ``RunStatus.UNKNOWN`` with the raw value kept;
+- unknown keys are ignored (the strict twin, ``WireFormat(strict=True)``, refuses them
+  so tests notice when the API's payloads change).
+
+Failures raise :class:`WireError` naming the JSON path (``$.data.data[3].credits``); the
+client turns it into :class:`~copyai_async.InvalidResponseError` with the request's
+method, path and status.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, override
+
+from ._models import RunPage, RunStatus, WorkflowRun
+
+__all__ = ["WIRE", "WireError", "WireFormat", "parse_datetime"]
+
+
+class WireError(Exception):
+    """A payload does not have the documented shape.
+
+    Attributes:
+        json_path: where the problem is, e.g. ``"$.data.total"``.
+        reason: what is wrong there.
+    """
+
+    def __init__(self, json_path: str, reason: str) -> None:
+        super().__init__(f"{reason} at {json_path}")
+        self.json_path = json_path
+        self.reason = reason
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+# Python 3.10's fromisoformat takes only 3 or 6 fraction digits and no "Z"; this is the
+# fallback for everything else ISO 8601 allows in an API timestamp.
+_DT_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
+    r"\s*(?:([Zz])|([+-])(\d{2}):?(\d{2}))?"
+)
+_STATUS_BY_VALUE = {s.value: s for s in RunStatus}
+_RUN_RENAMES = {
+    "workflow_id": "workflowId",
+    "raw_status": "status",
+    "created_at": "createdAt",
+}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _structure_int(value: Any, _: Any) -> int:
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"expected an integer or a numeric string, got {_short(value)}")
+
+
+def _structure_str(value: Any, _: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string, got {_short(value)}")
+
+
+def _structure_object(value: Any, _: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"expected a JSON object, got {_short(value)}")
+
+
+def _structure_status(value: Any, _: Any) -> RunStatus:
+    if value is None:
+        return RunStatus.UNKNOWN
+    if isinstance(value, str):
+        return _STATUS_BY_VALUE.get(value, RunStatus.UNKNOWN)
+    raise ValueError(f"expected a status string, got {_short(value)}")
+
+
+def parse_datetime(value: str) -> datetime:
+    """Parse an ISO 8601 timestamp, with or without fractions; always timezone-aware.
+
+    A timestamp without an offset is taken as UTC.
+
+    Raises:
+        ValueError: the text is not an ISO 8601 date-time.
+    """
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)
+    except ValueError:
+        parsed = _parse_datetime_slow(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+def _parse_datetime_slow(text: str) -> datetime:
+    m = _DT_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"expected an ISO 8601 date-time, got {_short(text)}")
+    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = m.groups()
+    tz: timezone | None = None
+    if zulu:
+        tz = timezone.utc
+    elif sign:
+        delta = timedelta(hours=int(off_h), minutes=int(off_m))
+        tz = timezone(-delta if sign == "-" else delta)
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    return datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micro, tz
+    )
+
+
+def _structure_datetime(value: Any, _: Any) -> datetime:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected an ISO 8601 date-time string, got {_short(value)}")
+    return parse_datetime(value)
+
+
+def make_converter(*, strict: bool = False) -> cattrs.Converter:
+    """Build the converter; ``strict=True`` makes the test twin that refuses unknown keys."""
+    conv = cattrs.Converter(forbid_extra_keys=strict)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(datetime, _structure_datetime)
+    conv.register_structure_hook(RunStatus, _structure_status)
+    conv.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_object)
+    conv.register_structure_hook(
+        WorkflowRun,
+        make_dict_structure_fn(
+            WorkflowRun,
+            conv,
+            _cattrs_forbid_extra_keys=strict,
+            workflow_id=override(rename=_RUN_RENAMES["workflow_id"]),
+            raw_status=override(rename=_RUN_RENAMES["raw_status"]),
+            created_at=override(rename=_RUN_RENAMES["created_at"]),
+        ),
+    )
+    return conv
+
+
+def _wire_name(cls: type, attribute: str) -> str:
+    if cls is WorkflowRun:
+        return _RUN_RENAMES.get(attribute, attribute)
+    return attribute
+
+
+def _leaf_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return "required field is missing"
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unexpected fields {sorted(exc.extra_fields)}"
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _walk(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
+    """Yield (json_path, reason) for each leaf of a cattrs validation error."""
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, attr_note in with_notes:
+            yield from _walk(sub, f"{path}.{_wire_name(exc.cl, attr_note.name)}")
+        for sub in without:
+            yield from _walk(sub, path)
+    elif isinstance(exc, IterableValidationError):
+        item_notes, without = exc.group_exceptions()
+        for sub, item_note in item_notes:
+            yield from _walk(sub, f"{path}[{item_note.index}]")
+        for sub in without:
+            yield from _walk(sub, path)
+    else:
+        yield path, _leaf_reason(exc)
+
+
+def _wire_error(exc: Exception, path: str) -> WireError:
+    leaves = list(_walk(exc, path))
+    first_path, first_reason = leaves[0]
+    more = f" (and {len(leaves) - 1} more problems)" if len(leaves) > 1 else ""
+    return WireError(first_path, first_reason + more)
+
+
+@attrs.define
+class WireFormat:
+    """Turns decoded JSON answers into models, or raises :class:`WireError`.
+
+    Args:
+        strict: refuse keys the models do not know (the test twin); the shipped
+            instance, :data:`WIRE`, ignores them.
+    """
+
+    strict: bool = False
+    _conv: cattrs.Converter = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._conv = make_converter(strict=self.strict)
+
+    def unwrap(self, body: Any) -> Any:
+        """Return the ``data`` of a ``{"status": "success", "data": ...}`` envelope."""
+        if not isinstance(body, dict):
+            raise WireError("$", f"expected the {{status, data}} envelope, got {_short(body)}")
+        if body.get("status") == "error":
+            raise WireError(
+                "$.status", f"the API answered status 'error' ({body.get('errorCode')})"
+            )
+        if "data" not in body:
+            raise WireError("$.data", "the envelope has no 'data'")
+        return body["data"]
+
+    def _prepare_run(self, raw: Any, path: str, workflow_id: str) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise WireError(path, f"expected a run object, got {_short(raw)}")
+        run = dict(raw)
+        run_id_alias = run.pop("workflowRunId", None)
+        if "id" not in run and run_id_alias is not None:
+            run["id"] = run_id_alias
+        if run.get("workflowId") is None:
+            run["workflowId"] = workflow_id
+        return run
+
+    def _structure_run(self, run: dict[str, Any], path: str) -> WorkflowRun:
+        try:
+            return self._conv.structure(run, WorkflowRun)
+        except (ClassValidationError, ValueError, KeyError, TypeError) as exc:
+            raise _wire_error(exc, path) from exc
+
+    def run(self, body: Any, *, workflow_id: str) -> WorkflowRun:
+        """Parse the answer of ``GET /workflow/{id}/run/{run_id}``."""
+        data = self.unwrap(body)
+        return self._structure_run(self._prepare_run(data, "$.data", workflow_id), "$.data")
+
+    def started_run(self, body: Any, *, workflow_id: str) -> WorkflowRun:
+        """Parse the answer of ``POST /workflow/{id}/run``; it may hold only ``id``.
+
+        A run known only by its id has status ``NEW``. ``url`` is a documented key of
+        this answer that runs do not carry, so it is dropped here.
+        """
+        data = self.unwrap(body)
+        run = self._prepare_run(data, "$.data", workflow_id)
+        run.pop("url", None)
+        run.setdefault("status", RunStatus.NEW.value)
+        return self._structure_run(run, "$.data")
+
+    def page(self, body: Any, *, workflow_id: str, page: int, size: int) -> RunPage:
+        """Parse the answer of ``GET /workflow/{id}/run?page=&size=``."""
+        data = self.unwrap(body)
+        if not isinstance(data, dict):
+            raise WireError(
+                "$.data", f"expected an object with 'data' and 'total', got {_short(data)}"
+            )
+        if self.strict and (extra := set(data) - {"data", "total"}):
+            raise WireError("$.data", f"unexpected fields {sorted(extra)}")
+        raw_total = data.get("total")
+        try:
+            total = None if raw_total is None else _structure_int(raw_total, int)
+        except ValueError as exc:
+            raise WireError("$.data.total", str(exc)) from exc
+        items = data.get("data")
+        if not isinstance(items, list):
+            raise WireError("$.data.data", f"expected a list of runs, got {_short(items)}")
+        runs = tuple(
+            self._structure_run(
+                self._prepare_run(item, f"$.data.data[{i}]", workflow_id), f"$.data.data[{i}]"
+            )
+            for i, item in enumerate(items)
+        )
+        return RunPage(runs=runs, total=total, page=page, size=size)
+
+
+WIRE = WireFormat()
+"""The shipped, tolerant wire format."""

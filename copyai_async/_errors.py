@@ -1,0 +1,164 @@
+"""The exceptions copyai_async raises: one tree, rooted at :class:`CopyAIError`.
+
+::
+
+    CopyAIError
+    ├── ConfigurationError          bad or missing setup (no API key, bad base URL)
+    ├── ClientClosedError           the client was used after aclose() (also a RuntimeError)
+    └── APIError                    a request went wrong; knows its method and path
+        ├── APIStatusError          the server answered with an error status
+        │   ├── BadRequestError             400 (e.g. WORKFLOW_CREDIT_LIMIT_REACHED)
+        │   ├── AuthenticationError         401 / 403
+        │   ├── NotFoundError               404 NOT_FOUND
+        │   ├── UnprocessableEntityError    422 REQUEST_INVALID, with ``details``
+        │   ├── RateLimitError              429, with ``retry_after``
+        │   └── ServerError                 5xx
+        ├── APIConnectionError      no answer: refused, reset, dropped mid-body
+        │   └── APITimeoutError     no answer in time (also a TimeoutError)
+        └── InvalidResponseError    an answer that is not JSON, lacks the envelope, or
+                                    does not fit the model; names the JSON path
+
+Messages say what happened, to which request (method and path, never the API key) and,
+where there is one, what to do. Every error from the network or the server is one of
+these; aiohttp's own exceptions are only ever the ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "CopyAIError",
+    "InvalidResponseError",
+    "NotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "UnprocessableEntityError",
+]
+
+
+class CopyAIError(Exception):
+    """Base class of every exception raised by copyai_async."""
+
+
+class ConfigurationError(CopyAIError):
+    """The client cannot be set up as asked (for example, no API key was given)."""
+
+
+class ClientClosedError(CopyAIError, RuntimeError):
+    """The client was used after :meth:`CopyAIClient.aclose`."""
+
+
+class APIError(CopyAIError):
+    """A request to the API failed.
+
+    Attributes:
+        method: HTTP method of the request, e.g. ``"GET"``.
+        path: URL path of the request (percent-encoded, no host, no query).
+    """
+
+    def __init__(self, message: str, *, method: str, path: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.path = path
+
+
+class APIStatusError(APIError):
+    """The server answered with a non-success HTTP status.
+
+    Attributes:
+        status: the HTTP status code.
+        error_code: the ``errorCode`` of the error body (``"NOT_FOUND"``...), or ``None``
+            when the body had none (an HTML error page, for instance).
+        details: the ``details`` of the error body, or ``None``.
+        body: the response body as text, cut to 2,000 characters.
+        headers: the response headers.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        error_code: str | None = None,
+        details: Any = None,
+        body: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, method=method, path=path)
+        self.status = status
+        self.error_code = error_code
+        self.details = details
+        self.body = body
+        self.headers: Mapping[str, str] = dict(headers or {})
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was refused, e.g. ``WORKFLOW_CREDIT_LIMIT_REACHED``."""
+
+
+class AuthenticationError(APIStatusError):
+    """401 or 403: the API key is missing, wrong, or lacks permission."""
+
+
+class NotFoundError(APIStatusError):
+    """404 ``NOT_FOUND``: no such workflow or run (for this key)."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422 ``REQUEST_INVALID``: ``details`` maps each field to its reasons."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests.
+
+    Raised when retries are exhausted, or at once when the server's ``Retry-After``
+    asks for a longer wait than the client's ``max_retry_after``.
+
+    Attributes:
+        retry_after: seconds the server asked to wait, or ``None`` if it did not say.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed (its body may be an HTML page rather than JSON)."""
+
+
+class APIConnectionError(APIError):
+    """No usable answer arrived: connection refused, reset, or dropped mid-response."""
+
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    """No answer arrived within the client's ``timeout``."""
+
+
+class InvalidResponseError(APIError):
+    """The answer could not be read: not JSON, no envelope, or not the documented shape.
+
+    Attributes:
+        status: the HTTP status code of the answer.
+        json_path: where in the body the problem is, e.g. ``"$.data.total"``.
+    """
+
+    def __init__(
+        self, message: str, *, method: str, path: str, status: int, json_path: str = "$"
+    ) -> None:
+        super().__init__(message, method=method, path=path)
+        self.status = status
+        self.json_path = json_path

@@ -1,0 +1,464 @@
+"""The one request path: URL building, auth, retries with backoff, Retry-After, error mapping.
+
+Endpoint methods call :meth:`Transport.request` and get decoded JSON back, or one of the
+documented exceptions. Nothing else in the package talks to aiohttp.
+
+Retry rules:
+
+- an *idempotent* request (GET) is retried on connection failures, timeouts, dropped
+  responses and the statuses 408, 429, 500, 502, 503, 504;
+- a request that is *not* idempotent (POST: starting a run) is retried only where the
+  server cannot have acted on it: 429, and failures to connect (including a connect
+  timeout). Never after a 5xx, a read timeout or a dropped response: the run may exist.
+
+Waits are exponential with full jitter, ``uniform(0, min(backoff_max, backoff_base * 2**n))``,
+unless the server sent ``Retry-After`` (seconds or an HTTP date): then exactly that, as
+long as it is at most ``max_retry_after``; a longer ask raises at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from ._clock import Clock
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    InvalidResponseError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    UnprocessableEntityError,
+)
+
+__all__ = ["Response", "RetryConfig", "Secret", "Transport", "encode_segment"]
+
+logger = logging.getLogger("copyai_async")
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Statuses whose Retry-After is honoured (a 503 often carries one too).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+_BODY_KEEP = 2000
+
+
+class Secret:
+    """A string that never shows itself in ``repr()``, ``str()`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """The secret value itself."""
+        return self._value
+
+    def redact(self, text: str) -> str:
+        """``text`` with every occurrence of the secret replaced by ``***``."""
+        return text.replace(self._value, "***") if self._value else text
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+
+def encode_segment(name: str, value: object) -> str:
+    """Percent-encode ``value`` as exactly one URL path segment.
+
+    Every byte outside the unreserved set is encoded, so ``/``, ``?``, ``#`` and ``%``
+    cannot change the path; ``.`` and ``..`` are encoded too, so they cannot walk it.
+
+    Raises:
+        TypeError: ``value`` is not a string.
+        ValueError: ``value`` is empty.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    encoded = quote(value, safe="")
+    if encoded in (".", ".."):
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+@attrs.frozen(kw_only=True)
+class RetryConfig:
+    """How failed requests are retried (see the module docstring for the rules)."""
+
+    max_retries: int
+    backoff_base: float
+    backoff_max: float
+    max_retry_after: float
+
+    def backoff(self, retry_number: int, rng: random.Random) -> float:
+        """Full-jitter wait before retry number ``retry_number`` (0 for the first)."""
+        ceiling = min(self.backoff_max, self.backoff_base * (2.0 ** min(retry_number, 62)))
+        return rng.uniform(0.0, ceiling)
+
+
+@attrs.frozen(kw_only=True)
+class Response:
+    """A successful answer, JSON already decoded."""
+
+    method: str
+    path: str
+    status: int
+    headers: Mapping[str, str]
+    data: Any
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP date).
+
+    Returns ``None`` when absent or unreadable; a date in the past gives ``0.0``.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        # NaN and infinities are not waits; negative asks mean "now".
+        return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    reference = now or datetime.now(timezone.utc)
+    return max(0.0, (when - reference).total_seconds())
+
+
+def _response_date(headers: Mapping[str, str]) -> datetime | None:
+    """The server's ``Date``: the reference for an HTTP-date Retry-After (skew-proof)."""
+    raw = headers.get("Date")
+    if not raw:
+        return None
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def copyai_error_fields(body: Any) -> tuple[str | None, Any]:
+    """``(errorCode, details)`` of a Copy.ai error body, if it has that shape."""
+    if isinstance(body, dict):
+        code = body.get("errorCode")
+        return (code if isinstance(code, str) else None), body.get("details")
+    return None, None
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+_STATUS_HINTS: dict[type[APIStatusError], str] = {
+    AuthenticationError: "check the API key (api_key= or the COPYAI_API_KEY variable)",
+    NotFoundError: "no such workflow or run, or not visible to this API key",
+    RateLimitError: "too many requests; slow down or raise max_retry_after",
+    ServerError: "the server failed; retry later",
+}
+
+
+def _details_summary(details: Any) -> str:
+    if isinstance(details, dict) and details:
+        parts = []
+        for field, reasons in list(details.items())[:5]:
+            if isinstance(reasons, list):
+                reasons = "; ".join(str(r) for r in reasons)
+            parts.append(f"{field}: {reasons}")
+        return ", ".join(parts)
+    return ""
+
+
+def _classify_failure(
+    exc: BaseException, idempotent: bool
+) -> tuple[type[APIConnectionError], str, bool]:
+    """Say what an aiohttp failure was, and whether the request may be sent again."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # Timed out connecting (or waiting for a pooled connection): nothing was sent.
+        return APITimeoutError, "timed out connecting", True
+    if isinstance(exc, asyncio.TimeoutError):
+        return APITimeoutError, "no answer within the timeout", idempotent
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return APIConnectionError, "TLS failed", False
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return APIConnectionError, "could not connect", True
+    return APIConnectionError, "the connection failed before a full answer arrived", idempotent
+
+
+class Transport:
+    """Sends requests for one client and owns (or borrows) its aiohttp session.
+
+    Args:
+        base_url: the API root, e.g. ``https://api.copy.ai/api``.
+        auth_headers: builds the authentication headers; called per request so the
+            secret is never stored in a plain dict.
+        secret: the credential, to redact from anything shown.
+        user_agent: the ``User-Agent`` header.
+        timeout: per-attempt timeouts.
+        retry: the retry settings.
+        clock: where sleeps go.
+        max_connections: pool size of an owned session.
+        session: a session to borrow (left open) instead of owning one.
+        error_fields: extracts ``(error_code, details)`` from an error body.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: URL,
+        auth_headers: Callable[[], Mapping[str, str]],
+        secret: Secret,
+        user_agent: str,
+        timeout: aiohttp.ClientTimeout,
+        retry: RetryConfig,
+        clock: Clock,
+        max_connections: int,
+        session: aiohttp.ClientSession | None = None,
+        error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
+    ) -> None:
+        self._origin = str(base_url.origin())
+        self._base_path = base_url.raw_path.rstrip("/")
+        self._auth_headers = auth_headers
+        self._secret = secret
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
+        self._timeout = timeout
+        self.retry = retry
+        self.clock = clock
+        self._max_connections = max_connections
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+        self._error_fields = error_fields
+        self._rng = random.Random()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def open(self) -> aiohttp.ClientSession:
+        """The session, created on first use (inside the running loop)."""
+        if self._closed:
+            raise ClientClosedError("this client is closed; create a new client to make requests")
+        session = self._session
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            session = self._session = aiohttp.ClientSession(connector=connector)
+        elif session.closed:
+            raise ClientClosedError(
+                "the aiohttp session passed as session= is closed; keep it open while the "
+                "client is in use"
+            )
+        return session
+
+    async def aclose(self) -> None:
+        """Close the owned session (a borrowed one is left open). Idempotent."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def url(self, segments: Sequence[str]) -> URL:
+        """The URL of already-encoded path ``segments`` under the base URL."""
+        return URL(f"{self._origin}{self._base_path}/{'/'.join(segments)}", encoded=True)
+
+    async def request(
+        self,
+        method: str,
+        segments: Sequence[str],
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        idempotent: bool,
+    ) -> Response:
+        """Send one logical request, retrying as the rules say; return decoded JSON.
+
+        Raises:
+            ClientClosedError: the client or its borrowed session is closed.
+            APIStatusError: (a subclass of) for an error status after retries.
+            APIConnectionError: no answer after retries (``APITimeoutError`` for timeouts).
+            InvalidResponseError: a success status whose body is not JSON.
+        """
+        url = self.url(segments)
+        if params:
+            url = url.with_query(params)
+        path = url.raw_path
+        shown = url.raw_path_qs
+        data = None
+        headers = {**self._headers, **self._auth_headers()}
+        if json_body is not None:
+            data = json.dumps(json_body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        retry = self.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            session = self.open()
+            started = self.clock.monotonic()
+            try:
+                async with session.request(
+                    method, url, data=data, headers=headers, timeout=self._timeout
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    resp_headers: Mapping[str, str] = resp.headers
+                    content_type = resp.content_type
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                error_cls, what, retriable = _classify_failure(exc, idempotent)
+                if retriable and attempt <= retry.max_retries:
+                    delay = retry.backoff(attempt - 1, self._rng)
+                    self._log_retry(method, shown, attempt, delay, type(exc).__name__)
+                    await self.clock.sleep(delay)
+                    continue
+                detail = self._secret.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                raise error_cls(
+                    f"{method} {shown}: {what} ({detail}){suffix}", method=method, path=path
+                ) from exc
+            elapsed_ms = (self.clock.monotonic() - started) * 1000.0
+            logger.debug(
+                "%s %s -> %d (%.1f ms, attempt %d)", method, shown, status, elapsed_ms, attempt
+            )
+            if 200 <= status < 300:
+                return Response(
+                    method=method,
+                    path=path,
+                    status=status,
+                    headers=resp_headers,
+                    data=self._decode(raw, method, path, shown, status, content_type),
+                )
+            retriable = status in RETRY_STATUSES if idempotent else status == 429
+            retry_after = None
+            if status in RETRY_AFTER_STATUSES:
+                retry_after = parse_retry_after(
+                    resp_headers.get("Retry-After"), now=_response_date(resp_headers)
+                )
+            too_long = retry_after is not None and retry_after > retry.max_retry_after
+            if retriable and not too_long and attempt <= retry.max_retries:
+                delay = (
+                    retry_after
+                    if retry_after is not None
+                    else retry.backoff(attempt - 1, self._rng)
+                )
+                self._log_retry(method, shown, attempt, delay, str(status))
+                await self.clock.sleep(delay)
+                continue
+            raise self._status_error(
+                method,
+                path,
+                shown,
+                status,
+                raw,
+                resp_headers,
+                content_type,
+                retry_after,
+                attempt,
+                too_long,
+            )
+
+    def _log_retry(self, method: str, shown: str, attempt: int, delay: float, why: str) -> None:
+        logger.info(
+            "retrying %s %s in %.2f s after %s (attempt %d of %d)",
+            method,
+            shown,
+            delay,
+            why,
+            attempt + 1,
+            self.retry.max_retries + 1,
+        )
+
+    def _decode(
+        self, raw: bytes, method: str, path: str, shown: str, status: int, content_type: str
+    ) -> Any:
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            preview = self._secret.redact(raw[:80].decode("utf-8", "replace"))
+            raise InvalidResponseError(
+                f"{method} {shown} -> {status}: the body is not JSON "
+                f"(content type {content_type or 'none'}, starts {preview!r})",
+                method=method,
+                path=path,
+                status=status,
+            ) from exc
+
+    def _status_error(
+        self,
+        method: str,
+        path: str,
+        shown: str,
+        status: int,
+        raw: bytes,
+        headers: Mapping[str, str],
+        content_type: str,
+        retry_after: float | None,
+        attempts: int,
+        too_long: bool,
+    ) -> APIStatusError:
+        text = self._secret.redact(raw.decode("utf-8", "replace"))
+        try:
+            parsed = json.loads(text) if "json" in content_type or text[:1] in "{[" else None
+        except ValueError:
+            parsed = None
+        error_code, details = self._error_fields(parsed)
+        cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIStatusError)
+        label = error_code or (
+            "(non-JSON body)" if parsed is None and text.strip() else "(no error code)"
+        )
+        message = f"{method} {shown} -> {status} {label}"
+        summary = _details_summary(details)
+        if summary:
+            message += f": {summary}"
+        if too_long:
+            message += (
+                f"; the server asked to wait {retry_after:.1f} s, longer than "
+                f"max_retry_after={self.retry.max_retry_after:g} s"
+            )
+        elif cls in _STATUS_HINTS:
+            message += f"; {_STATUS_HINTS[cls]}"
+        if attempts > 1:
+            message += f" (after {attempts} attempts)"
+        kwargs: dict[str, Any] = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "error_code": error_code,
+            "details": details,
+            "body": text[:_BODY_KEEP],
+            "headers": dict(headers),
+        }
+        if cls is RateLimitError:
+            return RateLimitError(message, retry_after=retry_after, **kwargs)
+        return cls(message, **kwargs)

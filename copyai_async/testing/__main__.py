@@ -1,0 +1,74 @@
+"""``python -m copyai_async.testing``: run the fake Copy.ai API in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from ._server import DEFAULT_API_KEY, DEFAULT_WORKFLOW_ID, FakeCopyAI, Schedule
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m copyai_async.testing",
+        description="Serve a fake Copy.ai Workflow API on loopback until interrupted.",
+        epilog=(
+            "example: python -m copyai_async.testing --port 8080 --runs 500 --latency 50\n"
+            "then:    COPYAI_API_KEY=test-key your-app --base-url http://127.0.0.1:8080/api"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--api-key", default=DEFAULT_API_KEY, help="accepted key (default %(default)s)")
+    p.add_argument("--workflow", default=DEFAULT_WORKFLOW_ID, help="workflow id to create")
+    p.add_argument("--runs", type=int, default=0, help="completed runs to create up front")
+    p.add_argument("--latency", type=float, default=0.0, help="milliseconds added per answer")
+    p.add_argument("--fault-rate", type=float, default=0.0, help="share of requests to fail, 0..1")
+    p.add_argument("--seed", type=int, default=0, help="seed for faults and ids")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = FakeCopyAI(
+        api_key=args.api_key,
+        workflows=(args.workflow,),
+        host=args.host,
+        port=args.port,
+        latency=args.latency / 1000.0,
+        fault_rate=args.fault_rate,
+        seed=args.seed,
+    )
+    if args.runs:
+        server.add_runs(args.runs, args.workflow, schedule=Schedule.immediate())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with server:
+        print(f"fake Copy.ai API on {server.url} (workflow {args.workflow})", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not 0.0 <= args.fault_rate <= 1.0:
+        print("error: --fault-rate must be between 0 and 1", file=sys.stderr)
+        return 2
+    if args.latency < 0 or args.runs < 0:
+        print("error: --latency and --runs must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(args))
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
