@@ -103,12 +103,14 @@ class Fault:
     (a started run exists) and fails the answer: the case a client must not retry.
     """
 
-    kind: Literal["status", "disconnect", "truncate"]
+    kind: Literal["status", "disconnect", "truncate", "raw"]
     status: int = 500
     html: bool = False
     retry_after: str | None = None
     error_code: str | None = None
     after: bool = False
+    body: bytes = b""
+    content_type: str = "application/json"
 
     @classmethod
     def server_error(cls, status: int = 500, *, html: bool = False, after: bool = False) -> Fault:
@@ -134,6 +136,22 @@ class Fault:
         return cls(
             kind="status", status=status, error_code=error_code, retry_after=retry_after, html=html
         )
+
+    @classmethod
+    def raw(
+        cls, body: bytes | str | Any, *, status: int = 200, content_type: str | None = None
+    ) -> Fault:
+        """Answer with exactly this body: bytes or text as given, anything else as JSON."""
+        if isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = json.dumps(body).encode()
+        ctype = content_type or (
+            "application/json" if not isinstance(body, (bytes, str)) else "text/plain"
+        )
+        return cls(kind="raw", status=status, body=data, content_type=ctype)
 
     @classmethod
     def disconnect(cls, *, after: bool = False) -> Fault:
@@ -482,7 +500,7 @@ class FakeCopyAI:
                 stats.faults += 1
                 if not fault.after:
                     resp = await self._fault(request, fault, None)
-                    status = resp.status if fault.kind == "status" else 0
+                    status = resp.status if fault.kind in ("status", "raw") else 0
                     return resp
             if request.headers.get("x-copy-ai-api-key") != self.api_key:
                 resp = _error(401, "UNAUTHORIZED")
@@ -496,7 +514,7 @@ class FakeCopyAI:
                     resp = _error(exc.status, code)
             if fault is not None:
                 resp = await self._fault(request, fault, resp)
-                status = resp.status if fault.kind == "status" else 0
+                status = resp.status if fault.kind in ("status", "raw") else 0
             else:
                 status = resp.status
             return resp
@@ -528,6 +546,10 @@ class FakeCopyAI:
                 )
             code = fault.error_code or ("INTERNAL_SERVER_ERROR" if fault.status >= 500 else None)
             return _error(fault.status, code, headers=headers)
+        if fault.kind == "raw":
+            return web.Response(
+                status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type}
+            )
         transport = request.transport
         if fault.kind == "disconnect":
             if transport is not None:

@@ -1,0 +1,43 @@
+"""Shared fixtures: a fake Copy.ai server on loopback and a client bound to it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from copyai_async import CopyAIClient
+from copyai_async.testing import FakeClock, FakeCopyAI
+
+PAYLOADS = Path(__file__).parent / "payloads"
+
+
+def load_payload(name: str) -> Any:
+    """A recorded payload from tests/payloads."""
+    return json.loads((PAYLOADS / name).read_text())
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeCopyAI]:
+    async with FakeCopyAI() as srv:
+        yield srv
+
+
+@pytest.fixture
+async def client(server: FakeCopyAI, clock: FakeClock) -> AsyncIterator[CopyAIClient]:
+    async with CopyAIClient(server.api_key, base_url=server.url, clock=clock) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's real key must never reach a test.
+    monkeypatch.delenv("COPYAI_API_KEY", raising=False)

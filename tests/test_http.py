@@ -1,0 +1,418 @@
+"""The request path: retry rules, backoff, Retry-After, timeouts and error mapping.
+
+All over real loopback HTTP against the fake server; sleeps go to a FakeClock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from copyai_async import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    CopyAIClient,
+    CopyAIError,
+    InvalidResponseError,
+    NotFoundError,
+    RateLimitError,
+    RunStatus,
+    ServerError,
+    UnprocessableEntityError,
+)
+from copyai_async._http import RetryConfig, _classify_failure, parse_retry_after
+from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule
+
+from .conftest import load_payload
+
+
+@pytest.fixture
+async def run_id(server: FakeCopyAI) -> str:
+    return server.add_run(schedule=Schedule.immediate()).id
+
+
+def _make(server: FakeCopyAI, clock: FakeClock, **kw: Any) -> CopyAIClient:
+    return CopyAIClient(server.api_key, base_url=server.url, clock=clock, **kw)
+
+
+@pytest.fixture
+async def quick(server: FakeCopyAI, clock: FakeClock) -> AsyncIterator[CopyAIClient]:
+    async with _make(server, clock, max_retries=2) as c:
+        yield c
+
+
+# -- GET retries ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+async def test_get_retried_on_retryable_status(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, run_id: str, status: int
+) -> None:
+    server.inject(Fault.status_code(status))
+    run = await quick.get_run(server.workflow_id, run_id)
+    assert run.status is RunStatus.COMPLETE
+    assert [r.status for r in server.requests] == [status, 200]
+    assert len(clock.sleeps) == 1
+
+
+@pytest.mark.parametrize("fault", [Fault.disconnect(), Fault.truncate(), Fault.server_error(502, html=True)])
+async def test_get_retried_on_dropped_or_broken_answers(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, run_id: str, fault: Fault
+) -> None:
+    server.inject(fault, fault)
+    run = await quick.get_run(server.workflow_id, run_id)
+    assert run.id == run_id
+    assert server.stats.requests == 3
+    # aiohttp itself re-sends an idempotent request once when a pooled connection drops,
+    # so a disconnect may cost one sleep of ours instead of two.
+    assert 1 <= len(clock.sleeps) <= 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 501])
+async def test_get_not_retried_on_other_statuses(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, run_id: str, status: int
+) -> None:
+    server.inject(Fault.status_code(status, error_code="X"))
+    with pytest.raises(APIStatusError) as info:
+        await quick.get_run(server.workflow_id, run_id)
+    assert info.value.status == status
+    assert server.stats.requests == 1 and clock.sleeps == []
+
+
+async def test_retries_exhausted(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, run_id: str
+) -> None:
+    server.inject(*[Fault.server_error(503)] * 3)
+    with pytest.raises(ServerError) as info:
+        await quick.get_run(server.workflow_id, run_id)
+    assert server.stats.requests == 3 and len(clock.sleeps) == 2
+    assert info.value.status == 503
+    assert "after 3 attempts" in str(info.value)
+
+
+async def test_connection_drop_exhausted(
+    quick: CopyAIClient, server: FakeCopyAI, run_id: str
+) -> None:
+    server.inject(*[Fault.disconnect()] * 10)
+    with pytest.raises(APIConnectionError) as info:
+        await quick.get_run(server.workflow_id, run_id)
+    assert 3 <= server.stats.requests <= 6  # ours: 3 attempts; aiohttp may add one each
+    assert not isinstance(info.value, APITimeoutError)
+    assert info.value.method == "GET" and info.value.path.endswith(run_id)
+    assert "after 3 attempts" in str(info.value)
+    assert isinstance(info.value.__cause__, aiohttp.ClientError)
+
+
+async def test_zero_retries(server: FakeCopyAI, clock: FakeClock, run_id: str) -> None:
+    async with _make(server, clock, max_retries=0) as client:
+        server.inject(Fault.server_error(500))
+        with pytest.raises(ServerError):
+            await client.get_run(server.workflow_id, run_id)
+    assert server.stats.requests == 1 and clock.sleeps == []
+
+
+async def test_backoff_is_full_jitter_under_a_growing_capped_ceiling(
+    server: FakeCopyAI, clock: FakeClock, run_id: str
+) -> None:
+    async with _make(server, clock, max_retries=6, backoff_base=0.5, backoff_max=3.0) as client:
+        server.inject(*[Fault.server_error(500)] * 6)
+        await client.get_run(server.workflow_id, run_id)
+    ceilings = [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    assert len(clock.sleeps) == 6
+    for sleep, ceiling in zip(clock.sleeps, ceilings):
+        assert 0.0 <= sleep <= ceiling
+
+
+def test_full_jitter_spreads_over_the_whole_range() -> None:
+    cfg = RetryConfig(max_retries=3, backoff_base=1.0, backoff_max=10.0, max_retry_after=60)
+    rng = random.Random(7)
+    waits = [cfg.backoff(2, rng) for _ in range(2000)]
+    assert min(waits) < 0.2 and max(waits) > 3.8 and all(0 <= w <= 4.0 for w in waits)
+    assert max(cfg.backoff(500, rng) for _ in range(100)) <= 10.0  # no overflow past cap
+
+
+# -- Retry-After ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("header", "expected"), [("2", 2.0), ("0.25", 0.25), ("0", 0.0)])
+async def test_retry_after_seconds_honoured(
+    quick: CopyAIClient,
+    server: FakeCopyAI,
+    clock: FakeClock,
+    run_id: str,
+    header: str,
+    expected: float,
+) -> None:
+    server.inject(Fault.rate_limit(header))
+    await quick.get_run(server.workflow_id, run_id)
+    assert clock.sleeps == [expected]
+
+
+async def test_retry_after_http_date_honoured(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, run_id: str
+) -> None:
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    server.inject(Fault.rate_limit(format_datetime(when, usegmt=True)))
+    await quick.get_run(server.workflow_id, run_id)
+    (slept,) = clock.sleeps
+    assert 27.0 <= slept <= 31.0  # HTTP dates have whole seconds
+
+
+async def test_retry_after_on_503_honoured(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, run_id: str
+) -> None:
+    server.inject(Fault.status_code(503, retry_after="1.5"))
+    await quick.get_run(server.workflow_id, run_id)
+    assert clock.sleeps == [1.5]
+
+
+async def test_429_without_retry_after_backs_off(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, run_id: str
+) -> None:
+    server.inject(Fault.rate_limit(None), Fault.rate_limit("soon"))
+    await quick.get_run(server.workflow_id, run_id)
+    assert len(clock.sleeps) == 2
+    assert 0 <= clock.sleeps[0] <= 0.5 and 0 <= clock.sleeps[1] <= 1.0
+
+
+async def test_retry_after_longer_than_max_raises_at_once(
+    server: FakeCopyAI, clock: FakeClock, run_id: str
+) -> None:
+    async with _make(server, clock, max_retry_after=10.0) as client:
+        server.inject(Fault.rate_limit("120"))
+        with pytest.raises(RateLimitError) as info:
+            await client.get_run(server.workflow_id, run_id)
+    assert info.value.retry_after == 120.0
+    assert info.value.status == 429 and info.value.error_code == "RATE_LIMITED"
+    assert "120.0 s" in str(info.value) and "max_retry_after=10" in str(info.value)
+    assert clock.sleeps == [] and server.stats.requests == 1
+
+
+async def test_rate_limit_exhausted_carries_retry_after(
+    quick: CopyAIClient, server: FakeCopyAI, run_id: str
+) -> None:
+    server.inject(*[Fault.rate_limit("1")] * 3)
+    with pytest.raises(RateLimitError) as info:
+        await quick.get_run(server.workflow_id, run_id)
+    assert info.value.retry_after == 1.0
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after("inf") is None
+    assert parse_retry_after("tomorrow") is None
+    assert parse_retry_after("Thu, 01 Jan 2026 00:00:09 GMT", now=now) == 9.0
+    assert parse_retry_after("Wed, 31 Dec 2025 00:00:00 GMT", now=now) == 0.0
+
+
+# -- POST retries -----------------------------------------------------------------------
+
+
+async def test_post_retried_on_429_and_creates_one_run(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    server.inject(Fault.rate_limit("0.5"), Fault.rate_limit(None), method="POST")
+    run = await quick.start_run(server.workflow_id, {"a": 1})
+    assert [f.id for f in server.runs()] == [run.id]
+    assert server.stats.requests == 3 and clock.sleeps[0] == 0.5
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.server_error(500),
+        Fault.server_error(503),
+        Fault.status_code(408),
+        Fault.disconnect(),
+        Fault.truncate(),
+        Fault.server_error(502, after=True),
+        Fault.disconnect(after=True),
+    ],
+)
+async def test_post_never_retried_where_the_run_may_exist(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, fault: Fault
+) -> None:
+    server.inject(fault, method="POST")
+    with pytest.raises(CopyAIError):
+        await quick.start_run(server.workflow_id, {"a": 1})
+    assert server.stats.requests == 1 and clock.sleeps == []
+    assert len(server.runs()) == (1 if fault.after else 0)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_connect_failure_retried_for_get_and_post(clock: FakeClock, method: str) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/api"
+    async with CopyAIClient("k", base_url=url, clock=clock, max_retries=2) as client:
+        with pytest.raises(APIConnectionError) as info:
+            if method == "GET":
+                await client.get_run("w", "r")
+            else:
+                await client.start_run("w", {})
+    assert len(clock.sleeps) == 2
+    assert "could not connect" in str(info.value) and "after 3 attempts" in str(info.value)
+    assert info.value.method == method
+
+
+def test_connect_timeout_is_retryable_even_for_post() -> None:
+    assert _classify_failure(aiohttp.ConnectionTimeoutError(), False)[2] is True
+    assert _classify_failure(aiohttp.SocketTimeoutError(), False)[2] is False
+    assert _classify_failure(asyncio.TimeoutError(), False)[2] is False
+    assert _classify_failure(asyncio.TimeoutError(), True)[2] is True
+    assert _classify_failure(aiohttp.ServerDisconnectedError(), False)[2] is False
+
+
+# -- timeouts ---------------------------------------------------------------------------
+
+
+async def test_read_timeout_get_retried_then_raised(
+    server: FakeCopyAI, clock: FakeClock, run_id: str
+) -> None:
+    server.latency = 0.5
+    async with _make(server, clock, timeout=0.05, max_retries=1) as client:
+        with pytest.raises(APITimeoutError) as info:
+            await client.get_run(server.workflow_id, run_id)
+    assert isinstance(info.value, TimeoutError)
+    assert server.stats.requests == 2 and len(clock.sleeps) == 1
+
+
+async def test_read_timeout_post_not_retried(server: FakeCopyAI, clock: FakeClock) -> None:
+    server.latency = 0.5
+    async with _make(server, clock, timeout=0.05, max_retries=3) as client:
+        with pytest.raises(APITimeoutError):
+            await client.start_run(server.workflow_id, {})
+    assert server.stats.requests == 1 and clock.sleeps == []
+
+
+async def test_client_timeout_object_accepted(server: FakeCopyAI, clock: FakeClock, run_id: str) -> None:
+    async with _make(server, clock, timeout=aiohttp.ClientTimeout(total=5)) as client:
+        assert (await client.get_run(server.workflow_id, run_id)).id == run_id
+
+
+# -- error mapping ----------------------------------------------------------------------
+
+
+async def test_404_not_found(quick: CopyAIClient, server: FakeCopyAI) -> None:
+    with pytest.raises(NotFoundError) as info:
+        await quick.get_run(server.workflow_id, "WRUN-missing")
+    err = info.value
+    assert (err.status, err.error_code, err.method) == (404, "NOT_FOUND", "GET")
+    assert err.path == f"/api/workflow/{server.workflow_id}/run/WRUN-missing"
+    for part in ("GET", err.path, "404", "NOT_FOUND"):
+        assert part in str(err)
+    with pytest.raises(NotFoundError):
+        await quick.list_runs("WCFG-nope")
+
+
+async def test_401_wrong_key(server: FakeCopyAI, clock: FakeClock) -> None:
+    async with CopyAIClient("wrong", base_url=server.url, clock=clock) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.list_runs(server.workflow_id)
+    assert info.value.status == 401 and "API key" in str(info.value)
+    assert server.stats.requests == 1
+
+
+async def test_403_is_authentication_error(quick: CopyAIClient, server: FakeCopyAI) -> None:
+    server.inject(Fault.status_code(403, error_code="FORBIDDEN"))
+    with pytest.raises(AuthenticationError, match="403 FORBIDDEN"):
+        await quick.list_runs(server.workflow_id)
+
+
+async def test_400_credit_limit(server: FakeCopyAI, clock: FakeClock) -> None:
+    server.credit_limit = 3
+    async with _make(server, clock) as client:
+        await client.start_run(server.workflow_id, {})
+        with pytest.raises(BadRequestError) as info:
+            await client.start_run(server.workflow_id, {})
+    assert info.value.error_code == "WORKFLOW_CREDIT_LIMIT_REACHED"
+    assert "POST" in str(info.value) and "400 WORKFLOW_CREDIT_LIMIT_REACHED" in str(info.value)
+
+
+async def test_422_details(quick: CopyAIClient, server: FakeCopyAI) -> None:
+    server.inject(Fault.raw(load_payload("error_request_invalid.json"), status=422))
+    with pytest.raises(UnprocessableEntityError) as info:
+        await quick.start_run(server.workflow_id, {})
+    assert info.value.details == {"startVariables": ["is required"]}
+    assert "422 REQUEST_INVALID: startVariables: is required" in str(info.value)
+
+
+async def test_5xx_html_page(quick: CopyAIClient, server: FakeCopyAI, run_id: str) -> None:
+    server.inject(*[Fault.server_error(502, html=True)] * 3)
+    with pytest.raises(ServerError) as info:
+        await quick.get_run(server.workflow_id, run_id)
+    assert info.value.error_code is None and "<h1>502</h1>" in info.value.body
+    assert "502 (non-JSON body)" in str(info.value)
+    assert info.value.headers["Content-Type"].startswith("text/html")
+
+
+async def test_unlisted_status_is_base_status_error(quick: CopyAIClient, server: FakeCopyAI) -> None:
+    server.inject(Fault.status_code(418))
+    with pytest.raises(APIStatusError) as info:
+        await quick.list_runs(server.workflow_id)
+    assert type(info.value) is APIStatusError and info.value.status == 418
+
+
+@pytest.mark.parametrize(
+    ("body", "json_path", "words"),
+    [
+        ("<html>maintenance</html>", "$", "not JSON"),
+        ("", "$", "not JSON"),
+        ('{"status": "success", "data": {"id": "x"', "$", "not JSON"),
+        ({"id": "WRUN-1"}, "$.data", "envelope"),
+        ([1], "$", "envelope"),
+        ({"status": "success", "data": {"id": "r", "credits": "lots"}}, "$.data.credits", "integer"),
+    ],
+)
+async def test_invalid_response(
+    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, body: Any, json_path: str, words: str
+) -> None:
+    server.inject(Fault.raw(body))
+    with pytest.raises(InvalidResponseError) as info:
+        await quick.get_run(server.workflow_id, "r")
+    err = info.value
+    assert err.json_path == json_path and words in str(err)
+    assert err.status == 200 and err.method == "GET" and err.path in str(err)
+    assert clock.sleeps == []  # a readable 200 is not retried
+
+
+async def test_invalid_page_names_index(quick: CopyAIClient, server: FakeCopyAI) -> None:
+    body = {"status": "success", "data": {"total": "2", "data": [{"id": "a"}, {"id": "b", "createdAt": "noon"}]}}
+    server.inject(Fault.raw(body))
+    with pytest.raises(InvalidResponseError) as info:
+        await quick.list_runs(server.workflow_id)
+    assert info.value.json_path == "$.data.data[1].createdAt"
+    assert "?page=1&size=10" not in info.value.path
+
+
+async def test_requests_and_retries_are_logged(
+    quick: CopyAIClient, server: FakeCopyAI, run_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="copyai_async")
+    server.inject(Fault.server_error(503))
+    await quick.get_run(server.workflow_id, run_id)
+    messages = [r.getMessage() for r in caplog.records if r.name == "copyai_async"]
+    assert any("-> 503" in m for m in messages)
+    assert any(m.startswith("retrying GET") and "attempt 2 of 3" in m for m in messages)
+    assert any("-> 200" in m for m in messages)
