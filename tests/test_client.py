@@ -35,7 +35,8 @@ def test_key_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> No
 def test_missing_key_says_how_to_provide_it(key: str | None) -> None:
     with pytest.raises(ConfigurationError) as info:
         CopyAIClient(key)
-    assert "COPYAI_API_KEY" in str(info.value) and "api_key=" in str(info.value)
+    assert "COPYAI_API_KEY" in str(info.value)
+    assert "api_key=" in str(info.value)
 
 
 def test_empty_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,14 +75,32 @@ def test_bad_options_name_the_argument(kwargs: dict[str, Any], exc: type, words:
 
 
 def test_version_and_public_surface() -> None:
-    assert copyai_async.__version__ and copyai_async.__version__ != "0+unknown"
+    assert copyai_async.__version__
+    assert copyai_async.__version__ != "0+unknown"
     assert sorted(copyai_async.__all__) == sorted(
         [
-            "DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "APIConnectionError", "APIError",
-            "APIStatusError", "APITimeoutError", "AuthenticationError", "BadRequestError",
-            "ClientClosedError", "Clock", "ConfigurationError", "CopyAIClient", "CopyAIError",
-            "InvalidResponseError", "NotFoundError", "RateLimitError", "RunPage", "RunStatus",
-            "ServerError", "SystemClock", "UnprocessableEntityError", "WorkflowRun",
+            "DEFAULT_BASE_URL",
+            "MAX_PAGE_SIZE",
+            "APIConnectionError",
+            "APIError",
+            "APIStatusError",
+            "APITimeoutError",
+            "AuthenticationError",
+            "BadRequestError",
+            "ClientClosedError",
+            "Clock",
+            "ConfigurationError",
+            "CopyAIClient",
+            "CopyAIError",
+            "InvalidResponseError",
+            "NotFoundError",
+            "RateLimitError",
+            "RunPage",
+            "RunStatus",
+            "ServerError",
+            "SystemClock",
+            "UnprocessableEntityError",
+            "WorkflowRun",
             "__version__",
         ]
     )
@@ -162,7 +181,8 @@ async def test_ids_are_one_opaque_segment(
     prefix = f"/api/workflow/{server.workflow_id}/run/"
     assert seen.startswith(prefix)
     assert "/" not in seen[len(prefix) :]
-    assert "?" not in seen and "#" not in seen
+    assert "?" not in seen
+    assert "#" not in seen
 
 
 async def test_odd_workflow_id_cannot_reach_another_path(
@@ -176,7 +196,12 @@ async def test_odd_workflow_id_cannot_reach_another_path(
 
 @pytest.mark.parametrize(
     ("ids", "exc"),
-    [(("", "r"), ValueError), (("w", ""), ValueError), ((None, "r"), TypeError), (("w", 5), TypeError)],
+    [
+        (("", "r"), ValueError),
+        (("w", ""), ValueError),
+        ((None, "r"), TypeError),
+        (("w", 5), TypeError),
+    ],
 )
 async def test_bad_ids(client: CopyAIClient, ids: tuple[Any, Any], exc: type) -> None:
     name = "workflow_id" if ids[0] in ("", None) else "run_id"
@@ -192,7 +217,8 @@ async def test_key_never_in_repr_logs_or_errors(
 ) -> None:
     server.api_key = SECRET
     client = CopyAIClient(SECRET, base_url=server.url, clock=clock, max_retries=1)
-    assert SECRET not in repr(client) and "***" in repr(client)
+    assert SECRET not in repr(client)
+    assert "***" in repr(client)
     assert SECRET not in str(vars(client))
     caplog.set_level(logging.DEBUG, logger="copyai_async")
     texts: list[str] = []
@@ -227,7 +253,8 @@ async def test_key_never_in_repr_logs_or_errors(
 
 async def test_start_run_sends_documented_body(client: CopyAIClient, server: FakeCopyAI) -> None:
     run = await client.start_run(server.workflow_id, {"topic": "otters"}, metadata={"job": 7})
-    assert run.status is RunStatus.NEW and run.workflow_id == server.workflow_id
+    assert run.status is RunStatus.NEW
+    assert run.workflow_id == server.workflow_id
     sent = server.requests[-1]
     assert (sent.method, sent.path) == ("POST", f"/api/workflow/{server.workflow_id}/run")
     assert sent.json() == {"startVariables": {"topic": "otters"}, "metadata": {"job": 7}}
@@ -235,7 +262,8 @@ async def test_start_run_sends_documented_body(client: CopyAIClient, server: Fak
     await client.start_run(server.workflow_id, {})
     assert server.requests[-1].json() == {"startVariables": {}}
     fake = server.get(run.id)
-    assert fake.input == {"topic": "otters"} and fake.metadata == {"job": 7}
+    assert fake.input == {"topic": "otters"}
+    assert fake.metadata == {"job": 7}
 
 
 @pytest.mark.parametrize(
@@ -249,7 +277,11 @@ async def test_start_run_sends_documented_body(client: CopyAIClient, server: Fak
     ],
 )
 async def test_start_run_bad_arguments(
-    client: CopyAIClient, server: FakeCopyAI, args: tuple[Any, ...], kwargs: dict[str, Any], words: str
+    client: CopyAIClient,
+    server: FakeCopyAI,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    words: str,
 ) -> None:
     with pytest.raises(TypeError, match=words):
         await client.start_run(server.workflow_id, *args, **kwargs)
@@ -260,7 +292,8 @@ async def test_start_answer_with_extra_keys(server: FakeCopyAI, clock: FakeClock
     server.quirks = Quirks(full_start_answer=True)
     async with CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
         run = await client.start_run(server.workflow_id, {"a": "b"})
-    assert run.id == server.runs()[0].id and run.status is RunStatus.NEW
+    assert run.id == server.runs()[0].id
+    assert run.status is RunStatus.NEW
 
 
 async def test_get_run_follows_schedule(client: CopyAIClient, server: FakeCopyAI) -> None:
@@ -285,7 +318,8 @@ async def test_list_runs_pages_newest_first(client: CopyAIClient, server: FakeCo
     big = await client.list_runs(server.workflow_id, size=100)
     assert len(big.runs) == 25
     empty = await client.list_runs(server.workflow_id, page=9, size=100)
-    assert empty.runs == () and empty.total == 25
+    assert empty.runs == ()
+    assert empty.total == 25
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,11 @@ def _env(data: Any) -> dict[str, Any]:
 
 
 def _run(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"id": "WRUN-1", "status": "COMPLETE", "createdAt": "2023-09-27T18:24:47Z"}
+    base: dict[str, Any] = {
+        "id": "WRUN-1",
+        "status": "COMPLETE",
+        "createdAt": "2023-09-27T18:24:47Z",
+    }
     base.update(fields)
     return base
 
@@ -55,8 +59,10 @@ def test_list_success_payload_with_string_numbers(wire: WireFormat) -> None:
     assert first.id == "WRUN-6fe9e53c-945a-4aa3-a87e-d64c3cc0dcb0"
     assert first.workflow_id == "PKGW-d0f4f3eb-16b9-4973-8e1e-939af867ce56"
     assert (first.credits, second.credits) == (22, 0)
-    assert first.status is RunStatus.UNKNOWN and first.raw_status is None
-    assert first.input is None and first.output is None
+    assert first.status is RunStatus.UNKNOWN
+    assert first.raw_status is None
+    assert first.input is None
+    assert first.output is None
     assert second.metadata is None
     assert first.created_at == datetime(2023, 9, 27, 18, 24, 47, tzinfo=timezone.utc)
     assert second.created_at == datetime(2023, 9, 27, 18, 24, 46, 998000, tzinfo=timezone.utc)
@@ -66,14 +72,18 @@ def test_list_success_payload_with_string_numbers(wire: WireFormat) -> None:
 def test_get_run_payloads(wire: WireFormat) -> None:
     run = wire.run(load_payload("get_run_example.json"), workflow_id="WCFG-b")
     assert (run.id, run.workflow_id, run.status, run.credits) == (
-        "<run_id>", "WCFG-b", RunStatus.COMPLETE, 2,
+        "<run_id>",
+        "WCFG-b",
+        RunStatus.COMPLETE,
+        2,
     )
     assert run.is_terminal
     run = wire.run(load_payload("get_run_success.json"), workflow_id="WCFG-other")
     assert run.workflow_id == "WCFG-84e56597-ebaf-4b49-a98c-75cacd4aecaa"
     assert run.output == {"text": "workflow run output"}
     assert run.credits == 9001
-    assert run.status is RunStatus.UNKNOWN and not run.is_terminal
+    assert run.status is RunStatus.UNKNOWN
+    assert not run.is_terminal
 
 
 @BOTH
@@ -87,7 +97,9 @@ def test_start_answers(wire: WireFormat) -> None:
     )
     run = wire.started_run(load_payload("start_run_full.json"), workflow_id="WCFG-s")
     assert (run.id, run.workflow_id, run.status) == (
-        "WRUN-0a1b2c3d-0000-4000-8000-000000000002", "WCFG-x", RunStatus.NEW,
+        "WRUN-0a1b2c3d-0000-4000-8000-000000000002",
+        "WCFG-x",
+        RunStatus.NEW,
     )
 
 
@@ -97,7 +109,8 @@ def test_strict_twin_notices_new_fields_and_tolerant_ignores_them() -> None:
     with pytest.raises(WireError) as info:
         STRICT.run(body, workflow_id="w")
     assert info.value.json_path == "$.data"
-    assert "error" in info.value.reason and "toolKey" in info.value.reason
+    assert "error" in info.value.reason
+    assert "toolKey" in info.value.reason
     page_body = _env({"total": 0, "data": [], "nextPage": 2})
     assert WIRE.page(page_body, workflow_id="w", page=1, size=10).runs == ()
     with pytest.raises(WireError, match="nextPage"):
@@ -131,7 +144,8 @@ def test_total_of_wrong_kind_names_the_path() -> None:
 
 def test_total_missing_is_none() -> None:
     page = WIRE.page(_env({"data": [_run()]}), workflow_id="w", page=1, size=1)
-    assert page.total is None and page.has_next
+    assert page.total is None
+    assert page.has_next
 
 
 def test_bad_run_in_a_page_names_its_index_and_wire_key() -> None:
@@ -192,7 +206,8 @@ def test_non_string_id_is_an_error() -> None:
 @pytest.mark.parametrize("status", list(RunStatus)[:-1])
 def test_documented_statuses(status: RunStatus) -> None:
     run = WIRE.run(_env(_run(status=status.value)), workflow_id="w")
-    assert run.status is status and run.raw_status == status.value
+    assert run.status is status
+    assert run.raw_status == status.value
     assert run.is_terminal is (status in (RunStatus.COMPLETE, RunStatus.FAILED))
 
 

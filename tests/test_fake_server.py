@@ -23,30 +23,39 @@ STRICT = WireFormat(strict=True)
 async def _raw(
     server: FakeCopyAI, method: str, path: str, *, key: str | None = "default", **kw: Any
 ) -> tuple[int, Any]:
-    headers = {} if key is None else {"x-copy-ai-api-key": server.api_key if key == "default" else key}
-    async with aiohttp.ClientSession() as session, session.request(
-        method, f"{server.url}{path}", headers=headers, **kw
-    ) as resp:
+    headers = (
+        {} if key is None else {"x-copy-ai-api-key": server.api_key if key == "default" else key}
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{server.url}{path}", headers=headers, **kw) as resp,
+    ):
         return resp.status, await resp.json(content_type=None)
 
 
 async def test_documented_error_bodies(server: FakeCopyAI) -> None:
     wf = server.workflow_id
     assert await _raw(server, "GET", f"/workflow/{wf}/run", key=None) == (
-        401, {"status": "error", "errorCode": "UNAUTHORIZED"},
+        401,
+        {"status": "error", "errorCode": "UNAUTHORIZED"},
     )
     assert await _raw(server, "GET", f"/workflow/{wf}/run/WRUN-x") == (
-        404, {"status": "error", "errorCode": "NOT_FOUND"},
+        404,
+        {"status": "error", "errorCode": "NOT_FOUND"},
     )
     assert await _raw(server, "GET", "/workflow/WCFG-unknown/run") == (
-        404, {"status": "error", "errorCode": "NOT_FOUND"},
+        404,
+        {"status": "error", "errorCode": "NOT_FOUND"},
     )
     status, body = await _raw(server, "POST", f"/workflow/{wf}/run", json={"metadata": {}})
     assert (status, body["errorCode"], body["details"]) == (
-        422, "REQUEST_INVALID", {"startVariables": ["is required"]},
+        422,
+        "REQUEST_INVALID",
+        {"startVariables": ["is required"]},
     )
     status, body = await _raw(server, "POST", f"/workflow/{wf}/run", json={"startVariables": [1]})
-    assert status == 422 and "startVariables" in body["details"]
+    assert status == 422
+    assert "startVariables" in body["details"]
     status, body = await _raw(server, "POST", f"/workflow/{wf}/run", data=b"{oops")
     assert status == 400
     assert server.runs() == []
@@ -54,22 +63,33 @@ async def test_documented_error_bodies(server: FakeCopyAI) -> None:
 
 @pytest.mark.parametrize(
     ("query", "ok"),
-    [("size=100", True), ("size=101", False), ("size=0", False), ("page=0", False), ("page=x", False)],
+    [
+        ("size=100", True),
+        ("size=101", False),
+        ("size=0", False),
+        ("page=0", False),
+        ("page=x", False),
+    ],
 )
 async def test_page_size_limits(server: FakeCopyAI, query: str, ok: bool) -> None:
     status, body = await _raw(server, "GET", f"/workflow/{server.workflow_id}/run?{query}")
     assert (status == 200) is ok
     if not ok:
-        assert status == 400 and body["status"] == "error" and body["details"]
+        assert status == 400
+        assert body["status"] == "error"
+        assert body["details"]
 
 
 async def test_list_defaults_and_newest_first(server: FakeCopyAI) -> None:
     fakes = server.add_runs(12, schedule=Schedule.immediate())
     status, body = await _raw(server, "GET", f"/workflow/{server.workflow_id}/run")
-    assert status == 200 and body["data"]["total"] == 12
+    assert status == 200
+    assert body["data"]["total"] == 12
     assert [r["id"] for r in body["data"]["data"]] == [f.id for f in reversed(fakes)][:10]
     page = STRICT.page(body, workflow_id=server.workflow_id, page=1, size=10)
-    assert [r.created_at for r in page.runs] == sorted((r.created_at for r in page.runs), reverse=True)
+    assert [r.created_at for r in page.runs] == sorted(
+        (r.created_at for r in page.runs), reverse=True
+    )
 
 
 async def test_schedule_by_time_uses_server_clock() -> None:
@@ -84,8 +104,11 @@ async def test_schedule_by_time_uses_server_clock() -> None:
                 clock.advance(advance)
                 seen.append((await client.get_run(server.workflow_id, fake.id)).status)
     assert seen == [
-        RunStatus.WAITING, RunStatus.WAITING, RunStatus.PROCESSING,
-        RunStatus.PROCESSING, RunStatus.FAILED,
+        RunStatus.WAITING,
+        RunStatus.WAITING,
+        RunStatus.PROCESSING,
+        RunStatus.PROCESSING,
+        RunStatus.FAILED,
     ]
 
 
@@ -97,9 +120,12 @@ async def test_schedule_by_polls_and_listing_does_not_count(
         assert (await client.list_runs(server.workflow_id)).runs[0].status is RunStatus.PROCESSING
     statuses = [(await client.get_run(server.workflow_id, fake.id)) for _ in range(3)]
     assert [r.status for r in statuses] == [
-        RunStatus.PROCESSING, RunStatus.PROCESSING, RunStatus.COMPLETE,
+        RunStatus.PROCESSING,
+        RunStatus.PROCESSING,
+        RunStatus.COMPLETE,
     ]
-    assert statuses[0].output is None and statuses[0].credits == 0
+    assert statuses[0].output is None
+    assert statuses[0].credits == 0
     assert statuses[-1].output == {"result": "Generated text for 1 input(s)"}
     assert statuses[-1].credits == 2
 
@@ -111,7 +137,8 @@ async def test_schedule_for_picks_per_run(server: FakeCopyAI, client: CopyAIClie
     ok = await client.start_run(server.workflow_id, {"fail": False})
     bad = await client.start_run(server.workflow_id, {"fail": True})
     ok_run = await client.get_run(server.workflow_id, ok.id)
-    assert ok_run.status is RunStatus.COMPLETE and ok_run.output == {"echo": {"fail": False}}
+    assert ok_run.status is RunStatus.COMPLETE
+    assert ok_run.output == {"echo": {"fail": False}}
     assert (await client.get_run(server.workflow_id, bad.id)).status is RunStatus.FAILED
 
 
@@ -139,23 +166,27 @@ QUIRKS = [
     Quirks(omit_input=True),
     Quirks(full_start_answer=True),
     Quirks(
-        numbers_as_strings=True, empty_metadata="missing", whole_second_timestamps=True,
-        run_id_keys="workflowRunId", omit_workflow_id=True, omit_input=True,
+        numbers_as_strings=True,
+        empty_metadata="missing",
+        whole_second_timestamps=True,
+        run_id_keys="workflowRunId",
+        omit_workflow_id=True,
+        omit_input=True,
     ),
 ]
 
 
 @pytest.mark.parametrize("quirks", QUIRKS, ids=repr)
 async def test_each_quirk_reads_the_same(quirks: Quirks, clock: FakeClock) -> None:
-    async with FakeCopyAI(quirks=quirks, default_schedule=Schedule.immediate()) as server:
-        async with CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
-            started = [
-                await client.start_run(server.workflow_id, {"n": 1}, metadata={"m": 1}),
-                await client.start_run(server.workflow_id, {"n": 2}),
-            ]
-            assert all(r.status is RunStatus.NEW for r in started)
-            page = await client.list_runs(server.workflow_id)
-            single = await client.get_run(server.workflow_id, started[0].id)
+    server = FakeCopyAI(quirks=quirks, default_schedule=Schedule.immediate())
+    async with server, CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
+        started = [
+            await client.start_run(server.workflow_id, {"n": 1}, metadata={"m": 1}),
+            await client.start_run(server.workflow_id, {"n": 2}),
+        ]
+        assert all(r.status is RunStatus.NEW for r in started)
+        page = await client.list_runs(server.workflow_id)
+        single = await client.get_run(server.workflow_id, started[0].id)
     assert [r.id for r in page.runs] == [started[1].id, started[0].id]
     assert page.total == 2
     expected_status = RunStatus.UNKNOWN if quirks.omit_status else RunStatus.COMPLETE
@@ -163,7 +194,8 @@ async def test_each_quirk_reads_the_same(quirks: Quirks, clock: FakeClock) -> No
         assert run.workflow_id == server.workflow_id
         assert run.status is expected_status
         assert run.credits == 2
-        assert run.created_at is not None and run.created_at.tzinfo is not None
+        assert run.created_at is not None
+        assert run.created_at.tzinfo is not None
         assert run.output == {"result": "Generated text for 1 input(s)"}
         if quirks.whole_second_timestamps:
             assert run.created_at.microsecond == 0
@@ -176,9 +208,10 @@ async def test_fake_payloads_fit_the_strict_twin(server: FakeCopyAI) -> None:
     server.quirks = Quirks(numbers_as_strings=True, whole_second_timestamps=True)
     server.add_runs(3, schedule=Schedule.immediate(), metadata={"x": 1})
     status, body = await _raw(server, "GET", f"/workflow/{server.workflow_id}/run")
+    assert status == 200
     assert len(STRICT.page(body, workflow_id="w", page=1, size=10).runs) == 3
     server.quirks = Quirks(extra_fields=True)
-    status, body = await _raw(server, "GET", f"/workflow/{server.workflow_id}/run")
+    _status, body = await _raw(server, "GET", f"/workflow/{server.workflow_id}/run")
     assert len(WIRE.page(body, workflow_id="w", page=1, size=10).runs) == 3
     with pytest.raises(WireError, match="toolKey"):
         STRICT.page(body, workflow_id="w", page=1, size=10)
@@ -199,7 +232,8 @@ async def test_random_faults_are_seeded_and_counted(clock: FakeClock) -> None:
     first, second = await run_once(), await run_once()
     assert first == second  # same seed, same faults
     faults, requests = first
-    assert requests > 30 and faults == requests - 30
+    assert requests > 30
+    assert faults == requests - 30
 
 
 async def test_counters_and_request_log(client: CopyAIClient, server: FakeCopyAI) -> None:
@@ -207,12 +241,15 @@ async def test_counters_and_request_log(client: CopyAIClient, server: FakeCopyAI
     fake = server.add_run(schedule=Schedule.immediate())
     await asyncio.gather(*(client.get_run(server.workflow_id, fake.id) for _ in range(8)))
     stats = server.stats
-    assert stats.requests == 8 and stats.in_flight == 0
+    assert stats.requests == 8
+    assert stats.in_flight == 0
     assert stats.max_in_flight == 8
     assert stats.by_path[f"GET /api/workflow/{server.workflow_id}/run/{fake.id}"] == 8
-    assert len(server.requests) == 8 and all(r.status == 200 for r in server.requests)
+    assert len(server.requests) == 8
+    assert all(r.status == 200 for r in server.requests)
     server.reset_stats()
-    assert server.stats.requests == 0 and not server.requests
+    assert server.stats.requests == 0
+    assert not server.requests
 
 
 async def test_scripted_fault_matching(client: CopyAIClient, server: FakeCopyAI) -> None:
@@ -239,7 +276,13 @@ async def test_url_before_start_is_an_error() -> None:
 
 async def test_standalone_module() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "copyai_async.testing", "--runs", "7", "--api-key", "k2",
+        sys.executable,
+        "-m",
+        "copyai_async.testing",
+        "--runs",
+        "7",
+        "--api-key",
+        "k2",
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -250,7 +293,8 @@ async def test_standalone_module() -> None:
         assert match, line
         async with CopyAIClient("k2", base_url=match.group(1)) as client:
             page = await client.list_runs("WCFG-fake-workflow", size=100)
-        assert len(page.runs) == 7 and all(r.status is RunStatus.COMPLETE for r in page.runs)
+        assert len(page.runs) == 7
+        assert all(r.status is RunStatus.COMPLETE for r in page.runs)
     finally:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 30)
@@ -260,6 +304,10 @@ async def test_standalone_module() -> None:
 def test_standalone_module_rejects_bad_options() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "copyai_async.testing", "--fault-rate", "3"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    assert result.returncode == 2 and "fault-rate" in result.stderr
+    assert result.returncode == 2
+    assert "fault-rate" in result.stderr

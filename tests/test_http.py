@@ -67,7 +67,9 @@ async def test_get_retried_on_retryable_status(
     assert len(clock.sleeps) == 1
 
 
-@pytest.mark.parametrize("fault", [Fault.disconnect(), Fault.truncate(), Fault.server_error(502, html=True)])
+@pytest.mark.parametrize(
+    "fault", [Fault.disconnect(), Fault.truncate(), Fault.server_error(502, html=True)]
+)
 async def test_get_retried_on_dropped_or_broken_answers(
     quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, run_id: str, fault: Fault
 ) -> None:
@@ -88,7 +90,8 @@ async def test_get_not_retried_on_other_statuses(
     with pytest.raises(APIStatusError) as info:
         await quick.get_run(server.workflow_id, run_id)
     assert info.value.status == status
-    assert server.stats.requests == 1 and clock.sleeps == []
+    assert server.stats.requests == 1
+    assert clock.sleeps == []
 
 
 async def test_retries_exhausted(
@@ -97,7 +100,8 @@ async def test_retries_exhausted(
     server.inject(*[Fault.server_error(503)] * 3)
     with pytest.raises(ServerError) as info:
         await quick.get_run(server.workflow_id, run_id)
-    assert server.stats.requests == 3 and len(clock.sleeps) == 2
+    assert server.stats.requests == 3
+    assert len(clock.sleeps) == 2
     assert info.value.status == 503
     assert "after 3 attempts" in str(info.value)
 
@@ -110,7 +114,8 @@ async def test_connection_drop_exhausted(
         await quick.get_run(server.workflow_id, run_id)
     assert 3 <= server.stats.requests <= 6  # ours: 3 attempts; aiohttp may add one each
     assert not isinstance(info.value, APITimeoutError)
-    assert info.value.method == "GET" and info.value.path.endswith(run_id)
+    assert info.value.method == "GET"
+    assert info.value.path.endswith(run_id)
     assert "after 3 attempts" in str(info.value)
     assert isinstance(info.value.__cause__, aiohttp.ClientError)
 
@@ -120,7 +125,8 @@ async def test_zero_retries(server: FakeCopyAI, clock: FakeClock, run_id: str) -
         server.inject(Fault.server_error(500))
         with pytest.raises(ServerError):
             await client.get_run(server.workflow_id, run_id)
-    assert server.stats.requests == 1 and clock.sleeps == []
+    assert server.stats.requests == 1
+    assert clock.sleeps == []
 
 
 async def test_backoff_is_full_jitter_under_a_growing_capped_ceiling(
@@ -131,7 +137,7 @@ async def test_backoff_is_full_jitter_under_a_growing_capped_ceiling(
         await client.get_run(server.workflow_id, run_id)
     ceilings = [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
     assert len(clock.sleeps) == 6
-    for sleep, ceiling in zip(clock.sleeps, ceilings):
+    for sleep, ceiling in zip(clock.sleeps, ceilings, strict=False):
         assert 0.0 <= sleep <= ceiling
 
 
@@ -139,7 +145,9 @@ def test_full_jitter_spreads_over_the_whole_range() -> None:
     cfg = RetryConfig(max_retries=3, backoff_base=1.0, backoff_max=10.0, max_retry_after=60)
     rng = random.Random(7)
     waits = [cfg.backoff(2, rng) for _ in range(2000)]
-    assert min(waits) < 0.2 and max(waits) > 3.8 and all(0 <= w <= 4.0 for w in waits)
+    assert min(waits) < 0.2
+    assert max(waits) > 3.8
+    assert all(0 <= w <= 4.0 for w in waits)
     assert max(cfg.backoff(500, rng) for _ in range(100)) <= 10.0  # no overflow past cap
 
 
@@ -184,7 +192,8 @@ async def test_429_without_retry_after_backs_off(
     server.inject(Fault.rate_limit(None), Fault.rate_limit("soon"))
     await quick.get_run(server.workflow_id, run_id)
     assert len(clock.sleeps) == 2
-    assert 0 <= clock.sleeps[0] <= 0.5 and 0 <= clock.sleeps[1] <= 1.0
+    assert 0 <= clock.sleeps[0] <= 0.5
+    assert 0 <= clock.sleeps[1] <= 1.0
 
 
 async def test_retry_after_longer_than_max_raises_at_once(
@@ -195,9 +204,12 @@ async def test_retry_after_longer_than_max_raises_at_once(
         with pytest.raises(RateLimitError) as info:
             await client.get_run(server.workflow_id, run_id)
     assert info.value.retry_after == 120.0
-    assert info.value.status == 429 and info.value.error_code == "RATE_LIMITED"
-    assert "120.0 s" in str(info.value) and "max_retry_after=10" in str(info.value)
-    assert clock.sleeps == [] and server.stats.requests == 1
+    assert info.value.status == 429
+    assert info.value.error_code == "RATE_LIMITED"
+    assert "120.0 s" in str(info.value)
+    assert "max_retry_after=10" in str(info.value)
+    assert clock.sleeps == []
+    assert server.stats.requests == 1
 
 
 async def test_rate_limit_exhausted_carries_retry_after(
@@ -231,7 +243,8 @@ async def test_post_retried_on_429_and_creates_one_run(
     server.inject(Fault.rate_limit("0.5"), Fault.rate_limit(None), method="POST")
     run = await quick.start_run(server.workflow_id, {"a": 1})
     assert [f.id for f in server.runs()] == [run.id]
-    assert server.stats.requests == 3 and clock.sleeps[0] == 0.5
+    assert server.stats.requests == 3
+    assert clock.sleeps[0] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -252,7 +265,8 @@ async def test_post_never_retried_where_the_run_may_exist(
     server.inject(fault, method="POST")
     with pytest.raises(CopyAIError):
         await quick.start_run(server.workflow_id, {"a": 1})
-    assert server.stats.requests == 1 and clock.sleeps == []
+    assert server.stats.requests == 1
+    assert clock.sleeps == []
     assert len(server.runs()) == (1 if fault.after else 0)
 
 
@@ -266,13 +280,12 @@ def _closed_port() -> int:
 async def test_connect_failure_retried_for_get_and_post(clock: FakeClock, method: str) -> None:
     url = f"http://127.0.0.1:{_closed_port()}/api"
     async with CopyAIClient("k", base_url=url, clock=clock, max_retries=2) as client:
+        call = client.get_run("w", "r") if method == "GET" else client.start_run("w", {})
         with pytest.raises(APIConnectionError) as info:
-            if method == "GET":
-                await client.get_run("w", "r")
-            else:
-                await client.start_run("w", {})
+            await call
     assert len(clock.sleeps) == 2
-    assert "could not connect" in str(info.value) and "after 3 attempts" in str(info.value)
+    assert "could not connect" in str(info.value)
+    assert "after 3 attempts" in str(info.value)
     assert info.value.method == method
 
 
@@ -295,7 +308,8 @@ async def test_read_timeout_get_retried_then_raised(
         with pytest.raises(APITimeoutError) as info:
             await client.get_run(server.workflow_id, run_id)
     assert isinstance(info.value, TimeoutError)
-    assert server.stats.requests == 2 and len(clock.sleeps) == 1
+    assert server.stats.requests == 2
+    assert len(clock.sleeps) == 1
 
 
 async def test_read_timeout_post_not_retried(server: FakeCopyAI, clock: FakeClock) -> None:
@@ -303,10 +317,13 @@ async def test_read_timeout_post_not_retried(server: FakeCopyAI, clock: FakeCloc
     async with _make(server, clock, timeout=0.05, max_retries=3) as client:
         with pytest.raises(APITimeoutError):
             await client.start_run(server.workflow_id, {})
-    assert server.stats.requests == 1 and clock.sleeps == []
+    assert server.stats.requests == 1
+    assert clock.sleeps == []
 
 
-async def test_client_timeout_object_accepted(server: FakeCopyAI, clock: FakeClock, run_id: str) -> None:
+async def test_client_timeout_object_accepted(
+    server: FakeCopyAI, clock: FakeClock, run_id: str
+) -> None:
     async with _make(server, clock, timeout=aiohttp.ClientTimeout(total=5)) as client:
         assert (await client.get_run(server.workflow_id, run_id)).id == run_id
 
@@ -330,7 +347,8 @@ async def test_401_wrong_key(server: FakeCopyAI, clock: FakeClock) -> None:
     async with CopyAIClient("wrong", base_url=server.url, clock=clock) as client:
         with pytest.raises(AuthenticationError) as info:
             await client.list_runs(server.workflow_id)
-    assert info.value.status == 401 and "API key" in str(info.value)
+    assert info.value.status == 401
+    assert "API key" in str(info.value)
     assert server.stats.requests == 1
 
 
@@ -347,7 +365,8 @@ async def test_400_credit_limit(server: FakeCopyAI, clock: FakeClock) -> None:
         with pytest.raises(BadRequestError) as info:
             await client.start_run(server.workflow_id, {})
     assert info.value.error_code == "WORKFLOW_CREDIT_LIMIT_REACHED"
-    assert "POST" in str(info.value) and "400 WORKFLOW_CREDIT_LIMIT_REACHED" in str(info.value)
+    assert "POST" in str(info.value)
+    assert "400 WORKFLOW_CREDIT_LIMIT_REACHED" in str(info.value)
 
 
 async def test_422_details(quick: CopyAIClient, server: FakeCopyAI) -> None:
@@ -362,16 +381,20 @@ async def test_5xx_html_page(quick: CopyAIClient, server: FakeCopyAI, run_id: st
     server.inject(*[Fault.server_error(502, html=True)] * 3)
     with pytest.raises(ServerError) as info:
         await quick.get_run(server.workflow_id, run_id)
-    assert info.value.error_code is None and "<h1>502</h1>" in info.value.body
+    assert info.value.error_code is None
+    assert "<h1>502</h1>" in info.value.body
     assert "502 (non-JSON body)" in str(info.value)
     assert info.value.headers["Content-Type"].startswith("text/html")
 
 
-async def test_unlisted_status_is_base_status_error(quick: CopyAIClient, server: FakeCopyAI) -> None:
+async def test_unlisted_status_is_base_status_error(
+    quick: CopyAIClient, server: FakeCopyAI
+) -> None:
     server.inject(Fault.status_code(418))
     with pytest.raises(APIStatusError) as info:
         await quick.list_runs(server.workflow_id)
-    assert type(info.value) is APIStatusError and info.value.status == 418
+    assert type(info.value) is APIStatusError
+    assert info.value.status == 418
 
 
 @pytest.mark.parametrize(
@@ -382,7 +405,11 @@ async def test_unlisted_status_is_base_status_error(quick: CopyAIClient, server:
         ('{"status": "success", "data": {"id": "x"', "$", "not JSON"),
         ({"id": "WRUN-1"}, "$.data", "envelope"),
         ([1], "$", "envelope"),
-        ({"status": "success", "data": {"id": "r", "credits": "lots"}}, "$.data.credits", "integer"),
+        (
+            {"status": "success", "data": {"id": "r", "credits": "lots"}},
+            "$.data.credits",
+            "integer",
+        ),
     ],
 )
 async def test_invalid_response(
@@ -392,13 +419,19 @@ async def test_invalid_response(
     with pytest.raises(InvalidResponseError) as info:
         await quick.get_run(server.workflow_id, "r")
     err = info.value
-    assert err.json_path == json_path and words in str(err)
-    assert err.status == 200 and err.method == "GET" and err.path in str(err)
+    assert err.json_path == json_path
+    assert words in str(err)
+    assert err.status == 200
+    assert err.method == "GET"
+    assert err.path in str(err)
     assert clock.sleeps == []  # a readable 200 is not retried
 
 
 async def test_invalid_page_names_index(quick: CopyAIClient, server: FakeCopyAI) -> None:
-    body = {"status": "success", "data": {"total": "2", "data": [{"id": "a"}, {"id": "b", "createdAt": "noon"}]}}
+    body = {
+        "status": "success",
+        "data": {"total": "2", "data": [{"id": "a"}, {"id": "b", "createdAt": "noon"}]},
+    }
     server.inject(Fault.raw(body))
     with pytest.raises(InvalidResponseError) as info:
         await quick.list_runs(server.workflow_id)

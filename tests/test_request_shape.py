@@ -86,7 +86,8 @@ async def test_get_run_shape(mocked: Any, api: CopyAIClient) -> None:
     url = f"{BASE}/workflow/WCFG-1/run/WRUN-2"
     mocked.get(url, payload=load_payload("get_run_example.json"))
     run = await api.get_run("WCFG-1", "WRUN-2")
-    assert run.status is RunStatus.COMPLETE and run.workflow_id == "WCFG-1"
+    assert run.status is RunStatus.COMPLETE
+    assert run.workflow_id == "WCFG-1"
     (call,) = _calls(mocked, "GET", url)
     _assert_headers(call)
     assert call.kwargs.get("data") is None
@@ -96,7 +97,9 @@ async def test_list_runs_shape(mocked: Any, api: CopyAIClient) -> None:
     url = f"{BASE}/workflow/PKGW-9/run?page=3&size=100"
     mocked.get(url, payload=load_payload("list_runs_success.json"))
     page = await api.list_runs("PKGW-9", page=3, size=100)
-    assert page.total == 3 and len(page.runs) == 2 and page.page == 3
+    assert page.total == 3
+    assert len(page.runs) == 2
+    assert page.page == 3
     (call,) = _calls(mocked, "GET", url)
     _assert_headers(call)
 
@@ -105,7 +108,8 @@ async def test_start_run_shape(mocked: Any, api: CopyAIClient) -> None:
     url = f"{BASE}/workflow/WCFG-1/run"
     mocked.post(url, payload=load_payload("start_run_id_only.json"))
     run = await api.start_run("WCFG-1", {"topic": "x", "n": 2}, metadata={"job": "a"})
-    assert run.status is RunStatus.NEW and run.workflow_id == "WCFG-1"
+    assert run.status is RunStatus.NEW
+    assert run.workflow_id == "WCFG-1"
     (call,) = _calls(mocked, "POST", url)
     _assert_headers(call)
     assert call.kwargs["headers"]["Content-Type"] == "application/json"
@@ -127,10 +131,25 @@ async def test_odd_ids_encoded_as_one_segment(mocked: Any, api: CopyAIClient) ->
 @pytest.mark.parametrize(
     ("status", "payload", "exc", "code"),
     [
-        (400, load_payload("error_credit_limit.json"), BadRequestError, "WORKFLOW_CREDIT_LIMIT_REACHED"),
-        (401, {"status": "error", "errorCode": "UNAUTHORIZED"}, AuthenticationError, "UNAUTHORIZED"),
+        (
+            400,
+            load_payload("error_credit_limit.json"),
+            BadRequestError,
+            "WORKFLOW_CREDIT_LIMIT_REACHED",
+        ),
+        (
+            401,
+            {"status": "error", "errorCode": "UNAUTHORIZED"},
+            AuthenticationError,
+            "UNAUTHORIZED",
+        ),
         (404, load_payload("error_not_found.json"), NotFoundError, "NOT_FOUND"),
-        (422, load_payload("error_request_invalid.json"), UnprocessableEntityError, "REQUEST_INVALID"),
+        (
+            422,
+            load_payload("error_request_invalid.json"),
+            UnprocessableEntityError,
+            "REQUEST_INVALID",
+        ),
     ],
 )
 async def test_error_mapping(
@@ -140,7 +159,8 @@ async def test_error_mapping(
     mocked.post(url, status=status, payload=payload)
     with pytest.raises(exc) as info:
         await api.start_run("W", {})
-    assert info.value.status == status and info.value.error_code == code
+    assert info.value.status == status
+    assert info.value.error_code == code
     assert f"POST /api/workflow/W/run -> {status} {code}" in str(info.value)
     assert len(_calls(mocked, "POST", url)) == 1
 
@@ -185,4 +205,5 @@ async def test_invalid_json_mapping(mocked: Any, api: CopyAIClient) -> None:
     mocked.get(url, status=200, body="<html>ok?</html>", content_type="text/html")
     with pytest.raises(InvalidResponseError) as info:
         await api.get_run("W", "R")
-    assert info.value.json_path == "$" and "not JSON" in str(info.value)
+    assert info.value.json_path == "$"
+    assert "not JSON" in str(info.value)
