@@ -49,6 +49,18 @@ __all__ = [
 class CopyAIError(Exception):
     """Base class of every exception raised by copyai_async."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors defeat Exception's default pickling; rebuild from
+        # the instance's state instead, so errors cross process boundaries intact.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[CopyAIError], args: tuple[Any, ...], state: dict[str, Any]) -> CopyAIError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigurationError(CopyAIError):
     """The client cannot be set up as asked (for example, no API key was given)."""

@@ -311,3 +311,17 @@ def test_standalone_module_rejects_bad_options() -> None:
     )
     assert result.returncode == 2
     assert "fault-rate" in result.stderr
+
+
+async def test_ipv6_loopback(clock: FakeClock) -> None:
+    try:
+        server = FakeCopyAI(host="::1")
+        await server.start()
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        async with CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
+            assert (await client.list_runs(server.workflow_id)).runs == ()
+    finally:
+        await server.aclose()

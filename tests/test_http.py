@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -449,3 +450,18 @@ async def test_requests_and_retries_are_logged(
     assert any("-> 503" in m for m in messages)
     assert any(m.startswith("retrying GET") and "attempt 2 of 3" in m for m in messages)
     assert any("-> 200" in m for m in messages)
+
+
+async def test_errors_survive_pickling(server: FakeCopyAI) -> None:
+    server.inject(Fault.rate_limit("99"), Fault.raw("<html>"))
+    async with _make(server, FakeClock(), max_retry_after=1) as client:
+        with pytest.raises(RateLimitError) as rate:
+            await client.get_run(server.workflow_id, "r")
+        with pytest.raises(InvalidResponseError) as invalid:
+            await client.get_run(server.workflow_id, "r")
+    for original in (rate.value, invalid.value):
+        copy = pickle.loads(pickle.dumps(original))
+        assert type(copy) is type(original)
+        assert str(copy) == str(original)
+        assert vars(copy) == vars(original)
+    assert pickle.loads(pickle.dumps(rate.value)).retry_after == 99.0

@@ -354,7 +354,8 @@ class FakeCopyAI:
         """Base URL to give the client, e.g. ``http://127.0.0.1:54321/api``."""
         if self._runner is None:
             raise RuntimeError("the fake server is not started; use 'async with' or start()")
-        return f"http://{self.host}:{self.port}/api"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/api"
 
     async def start(self) -> str:
         """Start listening; returns :attr:`url`."""
@@ -364,7 +365,8 @@ class FakeCopyAI:
         app.router.add_get("/api/workflow/{workflow_id}/run/{run_id}", self._get_run)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
