@@ -18,11 +18,13 @@ from ._errors import (
     CopyAIError,
     InvalidResponseError,
     NotFoundError,
+    PaginationError,
     RateLimitError,
     ServerError,
     UnprocessableEntityError,
 )
 from ._models import RunPage, RunStatus, WorkflowRun
+from ._paginate import RunPaginator
 from ._version import __version__
 
 __all__ = [
@@ -41,8 +43,10 @@ __all__ = [
     "CopyAIError",
     "InvalidResponseError",
     "NotFoundError",
+    "PaginationError",
     "RateLimitError",
     "RunPage",
+    "RunPaginator",
     "RunStatus",
     "ServerError",
     "SystemClock",

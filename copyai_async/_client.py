@@ -17,6 +17,7 @@ from ._convert import WIRE, WireError
 from ._errors import ConfigurationError, InvalidResponseError
 from ._http import Response, RetryConfig, Secret, Transport, encode_segment
 from ._models import RunPage, WorkflowRun
+from ._paginate import DEFAULT_PREFETCH, RunPaginator
 from ._version import __version__
 
 __all__ = ["DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "CopyAIClient"]
@@ -248,6 +249,64 @@ class CopyAIClient:
         )
         return _parse(
             resp, lambda: WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size)
+        )
+
+    def iter_runs(
+        self,
+        workflow_id: str,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+        start_page: int = 1,
+        max_items: int | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+    ) -> RunPaginator:
+        """Every run of a workflow, newest first, each once: ``async for run in ...``.
+
+        The first page is fetched alone; while the caller works through a full page, up
+        to ``prefetch`` later pages are requested concurrently (pages are still yielded
+        in order). Memory stays bounded by about ``(prefetch + 1) * page_size`` runs
+        however many runs the workflow has.
+
+        The iteration ends at the first empty or short page; ``total`` only plans the
+        prefetch. Runs repeated on a later page (new runs push older ones down) are
+        yielded once. Runs created while iterating may or may not be yielded; a run
+        deleted while iterating may make one older run be missed. See
+        :class:`RunPaginator`.
+
+        Args:
+            workflow_id: the workflow's id.
+            page_size: runs per request; above 100 (the API's maximum) it is capped at 100.
+            start_page: the first page to read, from 1.
+            max_items: stop after this many runs (``None``: all of them).
+            prefetch: pages requested ahead, 0 for strictly one request at a time.
+                The default, 6, is fast and stays polite.
+
+        Returns:
+            A :class:`RunPaginator`: iterate it once (or call ``.pages()``); close it
+            (``async with``, ``contextlib.aclosing``, ``aclose()``) to stop early.
+
+        Raises:
+            TypeError, ValueError: bad arguments (raised here, before any request).
+            CopyAIError: while iterating, a page that failed after retries, where that
+                page would have been yielded; :class:`PaginationError` if the server
+                repeats a page forever.
+        """
+        encode_segment("workflow_id", workflow_id)
+        size = min(_int_in("page_size", page_size, 1), MAX_PAGE_SIZE)
+        first = _int_in("start_page", start_page, 1)
+        limit = None if max_items is None else _int_in("max_items", max_items, 0)
+        ahead = _int_in("prefetch", prefetch, 0)
+
+        async def fetch(page: int, page_size: int) -> RunPage:
+            return await self.list_runs(workflow_id, page=page, size=page_size)
+
+        return RunPaginator(
+            fetch,
+            label=f"GET /workflow/{workflow_id}/run",
+            page_size=size,
+            start_page=first,
+            max_items=limit,
+            prefetch=ahead,
         )
 
     async def start_run(

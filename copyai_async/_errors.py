@@ -5,6 +5,7 @@
     CopyAIError
     ├── ConfigurationError          bad or missing setup (no API key, bad base URL)
     ├── ClientClosedError           the client was used after aclose() (also a RuntimeError)
+    ├── PaginationError             the server keeps repeating a page; iteration stopped
     └── APIError                    a request went wrong; knows its method and path
         ├── APIStatusError          the server answered with an error status
         │   ├── BadRequestError             400 (e.g. WORKFLOW_CREDIT_LIMIT_REACHED)
@@ -40,6 +41,7 @@ __all__ = [
     "CopyAIError",
     "InvalidResponseError",
     "NotFoundError",
+    "PaginationError",
     "RateLimitError",
     "ServerError",
     "UnprocessableEntityError",
@@ -68,6 +70,18 @@ class ConfigurationError(CopyAIError):
 
 class ClientClosedError(CopyAIError, RuntimeError):
     """The client was used after :meth:`CopyAIClient.aclose`."""
+
+
+class PaginationError(CopyAIError):
+    """The listing answered the same page again and again, so iterating would never end.
+
+    Attributes:
+        pages: the page numbers that repeated the page before them.
+    """
+
+    def __init__(self, message: str, *, pages: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.pages = pages
 
 
 class APIError(CopyAIError):

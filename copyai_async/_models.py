@@ -84,18 +84,22 @@ class RunPage:
             hint: servers have been seen to send a stale count.
         page: the page number that was asked for (the first page is 1).
         size: the page size that was asked for.
+        duplicates: runs the server sent on this page that an earlier page of the same
+            iteration already gave; the paginator drops them from ``runs`` (always 0
+            from ``list_runs``).
     """
 
     runs: tuple[WorkflowRun, ...]
     total: int | None
     page: int
     size: int
+    duplicates: int = 0
 
     @property
     def has_next(self) -> bool:
-        """True when this page is full, so a later page may hold more runs.
+        """True when the server's page was full, so a later page may hold more runs.
 
         ``total`` is deliberately not consulted: a full last page makes this ``True``
         and the next page then comes back empty.
         """
-        return len(self.runs) >= self.size
+        return len(self.runs) + self.duplicates >= self.size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,3 +43,19 @@ async def client(server: FakeCopyAI, clock: FakeClock) -> AsyncIterator[CopyAICl
 def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's real key must never reach a test.
     monkeypatch.delenv("COPYAI_API_KEY", raising=False)
+
+
+@pytest.fixture(autouse=True)
+async def _loop_reports_nothing() -> AsyncIterator[None]:
+    """Fail a test whose event loop reports a problem (a task destroyed while pending, an
+    exception never retrieved): those bypass the warnings filter."""
+    loop = asyncio.get_running_loop()
+    reports: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+    yield
+    gc.collect()  # collected tasks and generators report now, not after the test
+    for _ in range(3):
+        await asyncio.sleep(0)
+    loop.set_exception_handler(previous)
+    assert not reports, [r.get("message") for r in reports]

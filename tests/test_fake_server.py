@@ -237,7 +237,7 @@ async def test_random_faults_are_seeded_and_counted(clock: FakeClock) -> None:
 
 
 async def test_counters_and_request_log(client: CopyAIClient, server: FakeCopyAI) -> None:
-    server.latency = 0.05
+    server.latency = 0.01
     fake = server.add_run(schedule=Schedule.immediate())
     await asyncio.gather(*(client.get_run(server.workflow_id, fake.id) for _ in range(8)))
     stats = server.stats

@@ -296,6 +296,12 @@ class FakeCopyAI:
         seed: seed of the random faults and generated ids.
         clock: the server's monotonic clock, for ``unit="seconds"`` schedules.
         request_log_size: how many recent requests :attr:`requests` keeps.
+
+    Attributes you may change while it runs: ``latency``, ``quirks``, ``fault_rate``,
+    ``default_schedule``, ``schedule_for``, ``credit_limit``, ``api_key``, and two hooks
+    for paging tests: ``report_total`` (maps the real run count to the ``total`` sent;
+    ``None`` from it leaves ``total`` out) and ``page_for`` (maps the page asked for to
+    the page served, e.g. ``lambda page: 1`` for a server that ignores ``page``).
     """
 
     def __init__(
@@ -340,6 +346,10 @@ class FakeCopyAI:
         self._index: dict[str, dict[str, FakeRun]] = {}
         for wf in workflows:
             self.add_workflow(wf)
+        self.report_total: Callable[[int], int | None] | None = None
+        self.page_for: Callable[[int], int] | None = None
+        self._holds: list[tuple[Callable[[web.Request], bool], asyncio.Event]] = []
+        self._idle: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -363,7 +373,11 @@ class FakeCopyAI:
         app.router.add_post("/api/workflow/{workflow_id}/run", self._start_run)
         app.router.add_get("/api/workflow/{workflow_id}/run", self._list_runs)
         app.router.add_get("/api/workflow/{workflow_id}/run/{run_id}", self._get_run)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # handler_cancellation: a client that hangs up cancels its request here, as on a
+        # real server, so stats.in_flight shows what clients still wait for.
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await runner.setup()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -465,6 +479,24 @@ class FakeCopyAI:
         """
         self._scripted.extend((method, path, fault) for fault in faults)
 
+    def hold(self, match: Callable[[web.Request], bool] | None = None) -> asyncio.Event:
+        """Make matching requests wait before answering until the returned event is set.
+
+        Args:
+            match: which requests to hold (all if ``None``), e.g.
+                ``lambda request: request.query.get("page") == "2"``.
+        """
+        event = asyncio.Event()
+        self._holds.append((match or (lambda _request: True), event))
+        return event
+
+    async def idle(self) -> None:
+        """Return once no request is being handled (clients that hung up count as gone)."""
+        while self.stats.in_flight:
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            await self._idle.wait()
+
     def reset_stats(self) -> None:
         """Zero the counters and clear the request log."""
         self.stats = ServerStats()
@@ -496,6 +528,9 @@ class FakeCopyAI:
         fault = self._pick_fault(request)
         status = 0
         try:
+            for match, event in list(self._holds):
+                if match(request):
+                    await event.wait()
             if self.latency:
                 await asyncio.sleep(self.latency)
             if fault is not None:
@@ -522,6 +557,8 @@ class FakeCopyAI:
             return resp
         finally:
             stats.in_flight -= 1
+            if not stats.in_flight and self._idle is not None:
+                self._idle.set()
             self.requests.append(
                 RecordedRequest(
                     method=request.method,
@@ -631,6 +668,8 @@ class FakeCopyAI:
             except ValueError:
                 return _error(400, "BAD_REQUEST", details={name: ["must be an integer"]})
         page, size = params["page"], params["size"]
+        if self.page_for is not None and page >= 1:
+            page = self.page_for(page)
         if page < 1:
             return _error(400, "BAD_REQUEST", details={"page": ["must be at least 1"]})
         if not 1 <= size <= MAX_SIZE:
@@ -638,10 +677,12 @@ class FakeCopyAI:
         end = len(runs) - (page - 1) * size
         chunk = runs[max(0, end - size) : max(0, end)][::-1]
         now = self.clock()
-        total: int | str = len(runs)
-        if self.quirks.numbers_as_strings:
-            total = str(total)
-        return _ok({"total": total, "data": [self._run_json(r, r.status(now)) for r in chunk]})
+        data: dict[str, Any] = {}
+        total = len(runs) if self.report_total is None else self.report_total(len(runs))
+        if total is not None:
+            data["total"] = str(total) if self.quirks.numbers_as_strings else total
+        data["data"] = [self._run_json(r, r.status(now)) for r in chunk]
+        return _ok(data)
 
     async def _start_run(self, request: web.Request) -> web.Response:
         wf, _ = self._workflow(request)
