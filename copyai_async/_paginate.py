@@ -144,6 +144,7 @@ class RunPaginator:
         self.max_items = max_items
         self.prefetch = prefetch
         self._stream: AsyncGenerator[Any, None] | None = None
+        self._runs_stream: AsyncGenerator[WorkflowRun, None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -172,13 +173,19 @@ class RunPaginator:
             prefetch=self.prefetch,
         )
 
+    def _begin_runs(self) -> AsyncGenerator[WorkflowRun, None]:
+        stream: AsyncGenerator[WorkflowRun, None] = self._start(lambda: _runs(self._page_stream()))
+        self._runs_stream = stream
+        return stream
+
     def __aiter__(self) -> AsyncIterator[WorkflowRun]:
-        return self._start(lambda: _runs(self._page_stream()))
+        return self._begin_runs()
 
     async def __anext__(self) -> WorkflowRun:
-        stream = self._stream or self.__aiter__()
-        result: WorkflowRun = await stream.__anext__()
-        return result
+        if self._runs_stream is None and self._stream is not None:
+            raise RuntimeError("this paginator is iterating pages(); use that iterator")
+        stream = self._runs_stream or self._begin_runs()
+        return await stream.__anext__()
 
     def pages(self) -> AsyncIterator[RunPage]:
         """Iterate page by page instead of run by run.
@@ -191,7 +198,7 @@ class RunPaginator:
     async def aclose(self) -> None:
         """Stop: cancel the requests in flight and end the iteration. Idempotent."""
         self._closed = True
-        stream, self._stream = self._stream, None
+        stream, self._stream, self._runs_stream = self._stream, None, None
         if stream is not None:
             await stream.aclose()
 
@@ -311,6 +318,8 @@ async def _pages(
             else:
                 drop_from(page_no + 1)
             previous = page
+            launched.pop(page_no - 1, None)  # keep the bookkeeping as flat as the memory
+            answered.pop(page_no - 1, None)
             yield RunPage(
                 runs=tuple(fresh),
                 total=page.total,

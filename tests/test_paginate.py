@@ -429,6 +429,10 @@ async def test_anext_on_the_paginator(client: CopyAIClient, server: FakeCopyAI) 
         first = await paginator.__anext__()
         second = await paginator.__anext__()
     assert [first.id, second.id] == _newest_first(server)[:2]
+    async with client.iter_runs(server.workflow_id) as by_page:
+        assert len((await by_page.pages().__anext__()).runs) == 3
+        with pytest.raises(RuntimeError, match="pages"):
+            await by_page.__anext__()
 
 
 # -- errors -----------------------------------------------------------------------------
