@@ -51,6 +51,27 @@ __all__ = ["Response", "RetryConfig", "Secret", "Transport", "encode_segment"]
 
 logger = logging.getLogger("copyai_async")
 
+_fast_loads: Callable[[bytes], Any] | None
+try:  # a faster decoder when installed (pip install "copyai-async[fast]")
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _fast_loads = None
+
+
+def loads(raw: bytes) -> Any:
+    """Decode JSON with orjson when installed, else the standard library.
+
+    If orjson refuses a body (it rejects ``NaN`` and ``Infinity``, which the standard
+    library accepts), the standard library gets the last word. One difference remains:
+    orjson reads integers beyond 64 bits as floats; no field of these APIs comes near.
+    """
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(raw)
+        except ValueError:
+            pass
+    return json.loads(raw)
+
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Statuses whose Retry-After is honoured (a 503 often carries one too).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -403,7 +424,7 @@ class Transport:
         self, raw: bytes, method: str, path: str, shown: str, status: int, content_type: str
     ) -> Any:
         try:
-            return json.loads(raw)
+            return loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             preview = self._secret.redact(raw[:80].decode("utf-8", "replace"))
             raise InvalidResponseError(

@@ -465,3 +465,29 @@ async def test_errors_survive_pickling(server: FakeCopyAI) -> None:
         assert str(copy) == str(original)
         assert vars(copy) == vars(original)
     assert pickle.loads(pickle.dumps(rate.value)).retry_after == 99.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"a": [1, 2.5, "x", null, true]}', {"a": [1, 2.5, "x", None, True]}),
+        (b'{"edge": 9223372036854775807}', {"edge": 2**63 - 1}),
+        (b'{"neg": -9223372036854775808}', {"neg": -(2**63)}),
+        (b'{"n": NaN}', "nan"),
+    ],
+)
+def test_json_decoding_matches_the_standard_library(raw: bytes, expected: Any) -> None:
+    from copyai_async._http import loads
+
+    value = loads(raw)
+    if expected == "nan":
+        assert value["n"] != value["n"]
+    else:
+        assert value == expected
+
+
+def test_undecodable_json_raises_value_error() -> None:
+    from copyai_async._http import loads
+
+    with pytest.raises(ValueError, match=r"\w"):
+        loads(b"{oops")
