@@ -72,6 +72,7 @@ def loads(raw: bytes) -> Any:
             pass
     return json.loads(raw)
 
+
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Statuses whose Retry-After is honoured (a 503 often carries one too).
 RETRY_AFTER_STATUSES = frozenset({429, 503})

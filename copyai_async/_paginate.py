@@ -306,7 +306,9 @@ async def _pages(
                 ahead = prefetch
                 if believe_total and page.total is not None:
                     last = math.ceil(page.total / page_size)
-                    if page_no > last:
+                    if page.total % page_size == 0:
+                        last += 1  # the last page is full: the empty one after it ends it
+                    if page_no >= last:
                         believe_total = False  # proven wrong: plan without it
                     else:
                         # Up to where ``total`` says runs end; past it, one page at a time.
