@@ -264,7 +264,13 @@ async def _pages(
     try:
         while True:
             launch(page_no)  # already in flight when prefetched
-            page = await tasks.pop(page_no)
+            task = tasks[page_no]
+            # Wait *on* the task rather than awaiting it: a cancellation of the caller
+            # then stays the caller's own (anyio recognises its CancelledError), and the
+            # finally below cancels the request.
+            await asyncio.wait((task,))
+            del tasks[page_no]
+            page = task.result()
             if (
                 previous is not None
                 and page.total is not None
