@@ -33,10 +33,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-import anyio
-
 from ._errors import PaginationError
 from ._models import RunPage, WorkflowRun
+from ._tasks import cancel_and_wait
 
 __all__ = ["DEFAULT_PREFETCH", "MAX_STALE_PAGES", "RunPaginator"]
 
@@ -341,13 +340,4 @@ async def _pages(
     finally:
         pending = list(tasks.values())
         tasks.clear()
-        for task in pending:
-            task.cancel()
-        if pending:
-            # Shielded: even a caller being cancelled waits for the requests to wind down
-            # (each ends at its next await), so nothing is left running or unreported.
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(pending)
-            for task in pending:
-                if not task.cancelled():
-                    task.exception()  # retrieved, so asyncio does not warn about it
+        await cancel_and_wait(pending)
