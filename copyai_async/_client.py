@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import aiohttp
 from yarl import URL
 
+from ._budget import Budget
 from ._clock import Clock, SystemClock
 from ._convert import WIRE, WireError
 from ._errors import ConfigurationError, InvalidResponseError
@@ -91,7 +92,8 @@ class CopyAIClient:
         timeout: seconds one attempt may take in all (connecting is limited to 10 s of
             it), or an :class:`aiohttp.ClientTimeout` for full control.
         max_retries: retries after the first attempt (0 disables retrying).
-        max_connections: size of the connection pool (ignored when ``session`` is given).
+        max_connections: the most requests in flight at once across everything this
+            client does (also the size of its own connection pool).
         backoff_base: seconds of the first backoff ceiling; it doubles each retry.
         backoff_max: largest backoff ceiling, in seconds.
         max_retry_after: the longest ``Retry-After`` wait the client will honour, in
@@ -101,6 +103,10 @@ class CopyAIClient:
             :meth:`aclose`; its own connection limits apply.
         clock: where sleeps and deadlines go (tests pass
             :class:`copyai_async.testing.FakeClock`).
+        rate_limit: requests per second for everything this client does (``None``: no
+            limit). Requests are spaced evenly, so no one-second window holds more. A
+            429 with ``Retry-After`` pauses every request of the client, not only the
+            one that got it.
 
     Raises:
         ConfigurationError: no API key (argument or ``COPYAI_API_KEY``), or a bad
@@ -121,6 +127,7 @@ class CopyAIClient:
         max_retry_after: float = 60.0,
         session: aiohttp.ClientSession | None = None,
         clock: Clock | None = None,
+        rate_limit: float | None = None,
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(API_KEY_ENV)
@@ -153,6 +160,12 @@ class CopyAIClient:
         secret = Secret(api_key)
         self._key = secret
         self.base_url = str(base)
+        connections = _int_in("max_connections", max_connections, 1)
+        budget = Budget(
+            clock=clock or SystemClock(),
+            max_concurrency=connections,
+            rate_limit=None if rate_limit is None else _positive("rate_limit", rate_limit),
+        )
         self._transport = Transport(
             base_url=base,
             auth_headers=lambda: {"x-copy-ai-api-key": secret.get()},
@@ -160,8 +173,8 @@ class CopyAIClient:
             user_agent=f"copyai-async/{__version__}",
             timeout=_client_timeout(timeout),
             retry=retry,
-            clock=clock or SystemClock(),
-            max_connections=_int_in("max_connections", max_connections, 1),
+            budget=budget,
+            max_connections=connections,
             session=session,
         )
 

@@ -42,7 +42,9 @@ __all__ = [
     "InvalidResponseError",
     "NotFoundError",
     "PaginationError",
+    "PollTimeoutError",
     "RateLimitError",
+    "RunFailedError",
     "ServerError",
     "UnprocessableEntityError",
 ]
@@ -82,6 +84,36 @@ class PaginationError(CopyAIError):
     def __init__(self, message: str, *, pages: tuple[int, ...]) -> None:
         super().__init__(message)
         self.pages = pages
+
+
+class RunFailedError(CopyAIError):
+    """A run that was waited for ended ``FAILED``.
+
+    Attributes:
+        run: the failed run, as last seen (for aitasker, with its ``error_message``).
+        run_id: its id.
+    """
+
+    def __init__(self, message: str, *, run: Any, run_id: str) -> None:
+        super().__init__(message)
+        self.run = run
+        self.run_id = run_id
+
+
+class PollTimeoutError(CopyAIError, TimeoutError):
+    """A wait for a run passed its ``timeout`` before the run ended.
+
+    Attributes:
+        run: the run as last seen, or ``None`` if it was never read.
+        run_id: the id of the run waited for.
+        timeout: the timeout, in seconds.
+    """
+
+    def __init__(self, message: str, *, run: Any, run_id: str, timeout: float) -> None:
+        super().__init__(message)
+        self.run = run
+        self.run_id = run_id
+        self.timeout = timeout
 
 
 class APIError(CopyAIError):

@@ -32,7 +32,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
-from ._clock import Clock
+from ._budget import Budget
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -247,7 +247,8 @@ class Transport:
         user_agent: the ``User-Agent`` header.
         timeout: per-attempt timeouts.
         retry: the retry settings.
-        clock: where sleeps go.
+        budget: the client's shared limits (concurrency, rate, pause, deadlines); its
+            clock is where every wait goes.
         max_connections: pool size of an owned session.
         session: a session to borrow (left open) instead of owning one.
         error_fields: extracts ``(error_code, details)`` from an error body.
@@ -262,7 +263,7 @@ class Transport:
         user_agent: str,
         timeout: aiohttp.ClientTimeout,
         retry: RetryConfig,
-        clock: Clock,
+        budget: Budget,
         max_connections: int,
         session: aiohttp.ClientSession | None = None,
         error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
@@ -274,7 +275,8 @@ class Transport:
         self._headers = {"Accept": "application/json", "User-Agent": user_agent}
         self._timeout = timeout
         self.retry = retry
-        self.clock = clock
+        self.budget = budget
+        self.clock = budget.clock
         self._max_connections = max_connections
         self._session = session
         self._owns_session = session is None
@@ -344,31 +346,40 @@ class Transport:
             data = json.dumps(json_body, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
         retry = self.retry
+        budget = self.budget
         attempt = 0
         while True:
             attempt += 1
             session = self.open()
-            started = self.clock.monotonic()
-            try:
-                async with session.request(
-                    method, url, data=data, headers=headers, timeout=self._timeout
-                ) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-                    resp_headers: Mapping[str, str] = resp.headers
-                    content_type = resp.content_type
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                error_cls, what, retriable = _classify_failure(exc, idempotent)
+            async with budget.slots:
+                await budget.wait_turn()
+                started = self.clock.monotonic()
+                try:
+                    async with session.request(
+                        method, url, data=data, headers=headers, timeout=self._timeout
+                    ) as resp:
+                        raw = await resp.read()
+                        status = resp.status
+                        resp_headers: Mapping[str, str] = resp.headers
+                        content_type = resp.content_type
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    failure: BaseException | None = exc
+                else:
+                    failure = None
+            if failure is not None:
+                error_cls, what, retriable = _classify_failure(failure, idempotent)
+                detail = self._secret.redact(f"{type(failure).__name__}: {failure}".rstrip(": "))
+                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                error = error_cls(
+                    f"{method} {shown}: {what} ({detail}){suffix}", method=method, path=path
+                )
+                error.__cause__ = failure
                 if retriable and attempt <= retry.max_retries:
                     delay = retry.backoff(attempt - 1, self._rng)
-                    self._log_retry(method, shown, attempt, delay, type(exc).__name__)
-                    await self.clock.sleep(delay)
+                    self._log_retry(method, shown, attempt, delay, type(failure).__name__)
+                    await budget.sleep(delay, cause=error)
                     continue
-                detail = self._secret.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
-                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
-                raise error_cls(
-                    f"{method} {shown}: {what} ({detail}){suffix}", method=method, path=path
-                ) from exc
+                raise error
             elapsed_ms = (self.clock.monotonic() - started) * 1000.0
             logger.debug(
                 "%s %s -> %d (%.1f ms, attempt %d)", method, shown, status, elapsed_ms, attempt
@@ -389,13 +400,30 @@ class Transport:
                 )
             too_long = retry_after is not None and retry_after > retry.max_retry_after
             if retriable and not too_long and attempt <= retry.max_retries:
+                if retry_after is not None and status == 429:
+                    # The server asked this client to slow down: all its requests wait.
+                    budget.pause(retry_after)
                 delay = (
                     retry_after
                     if retry_after is not None
                     else retry.backoff(attempt - 1, self._rng)
                 )
                 self._log_retry(method, shown, attempt, delay, str(status))
-                await self.clock.sleep(delay)
+                await budget.sleep(
+                    delay,
+                    cause=self._status_error(
+                        method,
+                        path,
+                        shown,
+                        status,
+                        raw,
+                        resp_headers,
+                        content_type,
+                        retry_after,
+                        attempt,
+                        False,
+                    ),
+                )
                 continue
             raise self._status_error(
                 method,

@@ -1,0 +1,82 @@
+"""One request budget per client: a concurrency cap, a rate, a shared pause, deadlines.
+
+Every attempt of every request of a client passes through its :class:`Budget`:
+
+- at most ``max_concurrency`` requests in flight at once, across all operations;
+- with ``rate_limit=R``, requests start at least ``1/R`` seconds apart (no burst), so no
+  one-second window holds more than ``R`` of them;
+- a 429 with ``Retry-After`` pauses the whole client, not only the request that got it;
+- every wait (pacing, the pause, retry backoff) respects the caller's deadline, carried
+  in a context variable by the poller: a wait that would end past it ends at it, with
+  :class:`DeadlineExceeded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from contextvars import ContextVar
+
+from ._clock import Clock
+
+__all__ = ["DEADLINE", "Budget", "DeadlineExceeded"]
+
+DEADLINE: ContextVar[float | None] = ContextVar("copyai_async_deadline", default=None)
+"""The current operation's deadline on the client's clock, or ``None``."""
+
+
+class DeadlineExceeded(Exception):
+    """A wait reached the caller's deadline. ``__cause__`` is the last error, if any."""
+
+
+class Budget:
+    """The shared limits of one client (see the module docstring).
+
+    Args:
+        clock: the client's clock.
+        max_concurrency: requests in flight at once.
+        rate_limit: requests per second, or ``None`` for no limit.
+    """
+
+    def __init__(self, *, clock: Clock, max_concurrency: int, rate_limit: float | None) -> None:
+        self.clock = clock
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.rate_limit = rate_limit
+        self._spacing = 1.0 / rate_limit if rate_limit else 0.0
+        self._next_start = -math.inf
+        self._paused_until = -math.inf
+
+    @property
+    def paused_until(self) -> float:
+        """Until when (on the clock) the client is paused; in the past if it is not."""
+        return self._paused_until
+
+    def pause(self, seconds: float) -> None:
+        """Pause every request of the client for ``seconds`` (a server's Retry-After)."""
+        self._paused_until = max(self._paused_until, self.clock.monotonic() + seconds)
+
+    async def sleep(self, seconds: float, *, cause: BaseException | None = None) -> None:
+        """Sleep, but not past the deadline: reaching it raises :class:`DeadlineExceeded`."""
+        deadline = DEADLINE.get()
+        if deadline is not None:
+            remaining = deadline - self.clock.monotonic()
+            if seconds >= remaining:
+                if remaining > 0:
+                    await self.clock.sleep(remaining)
+                raise DeadlineExceeded() from cause
+        await self.clock.sleep(seconds)
+
+    async def wait_turn(self) -> None:
+        """Wait out any pause, then for this request's place in the rate; call it while
+        holding a slot, right before sending."""
+        while True:
+            now = self.clock.monotonic()
+            start = max(now, self._next_start, self._paused_until)
+            # Reserve the start time at once, so waiters are spaced rather than herded.
+            self._next_start = start + self._spacing
+            if start <= now:
+                return
+            await self.sleep(start - now)
+            if self._paused_until <= self.clock.monotonic():
+                return
+            # A pause began while we slept: take a new place after it.
