@@ -19,12 +19,15 @@ from ._errors import (
     InvalidResponseError,
     NotFoundError,
     PaginationError,
+    PollTimeoutError,
     RateLimitError,
+    RunFailedError,
     ServerError,
     UnprocessableEntityError,
 )
 from ._models import RunPage, RunStatus, WorkflowRun
 from ._paginate import RunPaginator
+from ._poll import PollPolicy
 from ._version import __version__
 
 __all__ = [
@@ -44,7 +47,10 @@ __all__ = [
     "InvalidResponseError",
     "NotFoundError",
     "PaginationError",
+    "PollPolicy",
+    "PollTimeoutError",
     "RateLimitError",
+    "RunFailedError",
     "RunPage",
     "RunPaginator",
     "RunStatus",

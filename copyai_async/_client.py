@@ -5,20 +5,21 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
 
-from ._budget import Budget
+from ._budget import Budget, DeadlineExceeded
 from ._clock import Clock, SystemClock
 from ._convert import WIRE, WireError
-from ._errors import ConfigurationError, InvalidResponseError
+from ._errors import ConfigurationError, InvalidResponseError, PollTimeoutError
 from ._http import Response, RetryConfig, Secret, Transport, encode_segment
-from ._models import RunPage, WorkflowRun
+from ._models import RunPage, RunStatus, WorkflowRun
 from ._paginate import DEFAULT_PREFETCH, RunPaginator
+from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter, bounded, check_timeout
 from ._version import __version__
 
 __all__ = ["DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "CopyAIClient"]
@@ -28,6 +29,14 @@ MAX_PAGE_SIZE = 100
 API_KEY_ENV = "COPYAI_API_KEY"
 
 _T = TypeVar("_T")
+
+COPYAI_RUNS: RunKind[WorkflowRun] = RunKind(
+    status=lambda run: run.raw_status if run.raw_status is not None else run.status.value,
+    is_terminal=lambda run: run.is_terminal,
+    is_failed=lambda run: run.status is RunStatus.FAILED,
+    is_unknown=lambda run: run.status is RunStatus.UNKNOWN,
+)
+"""How the poller reads a Copy.ai run: COMPLETE and FAILED end it, FAILED is failure."""
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -177,6 +186,8 @@ class CopyAIClient:
             max_connections=connections,
             session=session,
         )
+
+        self._waiter = Waiter(kind=COPYAI_RUNS, clock=budget.clock)
 
     def __repr__(self) -> str:
         state = "closed" if self._transport.closed else "open"
@@ -357,7 +368,195 @@ class CopyAIClient:
         resp = await self._transport.request(
             "POST", ("workflow", wf, "run"), json_body=body, idempotent=False
         )
-        return _parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id))
+        run = _parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id))
+        self._waiter.note_started(f"{workflow_id}\0{run.id}")
+        return run
+
+    # -- waiting -----------------------------------------------------------------------
+
+    def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[WorkflowRun]]:
+        encode_segment("workflow_id", workflow_id)
+        encode_segment("run_id", run_id)
+
+        async def fetch() -> WorkflowRun:
+            return await self.get_run(workflow_id, run_id)
+
+        def make(policy: PollPolicy) -> Target[WorkflowRun]:
+            return self._waiter.target(
+                run_id=run_id,
+                key=f"{workflow_id}\0{run_id}",
+                label=f"run {run_id} of workflow {workflow_id}",
+                fetch=fetch,
+                policy=policy,
+            )
+
+        return make
+
+    async def wait_for_run(
+        self,
+        workflow_id: str,
+        run_id: str,
+        *,
+        timeout: float | None = None,
+        policy: PollPolicy | None = None,
+        raise_on_failure: bool = True,
+        on_status: Callable[[WorkflowRun], Any] | None = None,
+    ) -> WorkflowRun:
+        """Poll a run until it is ``COMPLETE`` or ``FAILED``.
+
+        The first poll is immediate; then sleeps grow as ``policy`` says (with jitter) up
+        to its ``max_interval``. ``NEW``, ``WAITING``, ``PROCESSING`` and ``RETRYING``
+        keep polling; so does an undocumented status (logged once at WARNING). A 429's
+        ``Retry-After`` pauses every request of this client. A 404 for a run this client
+        started less than ``policy.not_found_grace`` seconds ago is polled again (the run
+        may not be readable yet); any other 404 is raised.
+
+        Args:
+            workflow_id: the workflow's id.
+            run_id: the run's id.
+            timeout: one deadline, in seconds on the client's monotonic clock, over
+                requests, retries, pauses and sleeps (``None``: wait as long as it takes).
+            policy: the poll timing (default :class:`PollPolicy()`).
+            raise_on_failure: raise :class:`RunFailedError` for a ``FAILED`` run (else
+                return it).
+            on_status: called (sync, or awaited if it returns an awaitable) with the run
+                at its first reading and at each status change; what it raises ends the
+                wait.
+
+        Returns:
+            The run, ``COMPLETE`` (or ``FAILED`` with ``raise_on_failure=False``).
+
+        Raises:
+            RunFailedError: the run ended ``FAILED`` (``.run`` holds it).
+            PollTimeoutError: ``timeout`` passed first (``.run`` is the last reading; it
+                is also a ``TimeoutError``).
+            NotFoundError: no such run (outside the grace window).
+            CopyAIError: any other failure, after retries.
+            TypeError, ValueError: bad arguments.
+        """
+        return await self._waiter.wait(
+            self._target(workflow_id, run_id),
+            time_limit=timeout,
+            policy=policy,
+            raise_on_failure=raise_on_failure,
+            on_status=on_status,
+        )
+
+    def watch_run(
+        self,
+        workflow_id: str,
+        run_id: str,
+        *,
+        timeout: float | None = None,
+        policy: PollPolicy | None = None,
+    ) -> AsyncGenerator[WorkflowRun, None]:
+        """Follow a run's status: ``async for run in client.watch_run(wf, run_id)``.
+
+        Yields the first reading, then each reading whose status differs from the one
+        before, and ends after the terminal one (a ``FAILED`` run is yielded, not
+        raised). Polling, ``timeout`` and ``policy`` are as for :meth:`wait_for_run`;
+        the timeout starts when iteration does. Breaking out or closing it cancels the
+        request in flight.
+
+        Raises:
+            PollTimeoutError: while iterating, when ``timeout`` passes first.
+            CopyAIError: while iterating, a failure after retries.
+            TypeError, ValueError: bad arguments (at the call).
+        """
+        return self._waiter.watch(self._target(workflow_id, run_id), timeout=timeout, policy=policy)
+
+    def wait_for_runs(
+        self,
+        workflow_id: str,
+        run_ids: Iterable[str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float | None = None,
+        policy: PollPolicy | None = None,
+    ) -> AsyncGenerator[WorkflowRun, None]:
+        """Wait on many runs at once: yields each run once, as soon as it is seen terminal.
+
+        ``FAILED`` runs are yielded, not raised. Polls are scheduled by due time (first
+        polls at once, then each run's sleeps grow as ``policy`` says), with at most
+        ``concurrency`` requests of this wait in flight; the client's own limits
+        (``max_connections``, ``rate_limit``) apply on top. Duplicate ids are waited on
+        once. Polling pauses while the loop body runs (requests in flight go on).
+
+        A run that cannot be polled (a 404 outside the grace window, a failure after
+        retries, or the ``timeout``) does not stop the others: once every other run has
+        been yielded, those errors are raised together as an ``ExceptionGroup`` of
+        :class:`CopyAIError` (each naming its run; :class:`PollTimeoutError` for runs
+        the timeout caught), in the order the ids were given.
+
+        Args:
+            workflow_id: the workflow's id.
+            run_ids: the runs' ids (a collection of str, not one str).
+            concurrency: requests of this wait in flight at once (default 16).
+            timeout: one deadline for the whole wait, in seconds; it starts when
+                iteration does.
+            policy: the poll timing (default :class:`PollPolicy()`).
+
+        Raises:
+            ExceptionGroup: while iterating, after the last run is yielded, if any failed.
+            TypeError, ValueError: bad arguments (at the call).
+        """
+        if isinstance(run_ids, (str, bytes)):
+            raise TypeError("run_ids must be a collection of run ids, not a single string")
+        try:
+            ids = list(dict.fromkeys(run_ids))
+        except TypeError as exc:
+            raise TypeError(f"run_ids must be an iterable of str: {exc}") from exc
+        makers = [self._target(workflow_id, run_id) for run_id in ids]
+        return self._waiter.wait_many(
+            lambda policy: [make(policy) for make in makers],
+            concurrency=concurrency,
+            timeout=timeout,
+            policy=policy,
+        )
+
+    async def start_and_wait(
+        self,
+        workflow_id: str,
+        start_variables: Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        policy: PollPolicy | None = None,
+        raise_on_failure: bool = True,
+    ) -> WorkflowRun:
+        """Start a run and wait for it: :meth:`start_run`, then :meth:`wait_for_run`.
+
+        ``timeout`` covers both. A 404 just after the start is polled again (the run may
+        not be readable yet), for ``policy.not_found_grace`` seconds.
+
+        Raises:
+            RunFailedError, PollTimeoutError, CopyAIError: as :meth:`start_run` and
+                :meth:`wait_for_run`.
+        """
+        timeout = check_timeout(timeout)
+        deadline = self._waiter.deadline(timeout)
+        try:
+            run = await bounded(
+                lambda: self.start_run(workflow_id, start_variables, metadata=metadata),
+                deadline,
+                self.clock,
+            )
+        except DeadlineExceeded as exc:
+            raise PollTimeoutError(
+                f"starting a run of workflow {workflow_id}: no answer within the "
+                f"{timeout:g} s timeout (the run may or may not have started)",
+                run=None,
+                run_id="",
+                timeout=timeout if timeout is not None else math.inf,
+            ) from exc.__cause__
+        return await self._waiter.wait(
+            self._target(workflow_id, run.id),
+            time_limit=timeout,
+            policy=policy,
+            raise_on_failure=raise_on_failure,
+            on_status=None,
+            deadline=deadline,
+        )
 
 
 def _json_object(name: str, value: Any) -> dict[str, Any]:

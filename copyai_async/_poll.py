@@ -1,0 +1,513 @@
+"""Poll policy, single-run wait/watch, and the many-run scheduler.
+
+The poller knows nothing of any one API: it is given how to fetch a run and a
+:class:`RunKind` saying which statuses end it (and which mean failure, or are unknown).
+
+Timing: the first poll is immediate; then sleeps grow from ``initial`` by ``multiplier``
+up to ``max_interval``, each shortened by up to ``jitter`` (never lengthened, so no wait
+exceeds ``max_interval``). A ``timeout`` is one deadline on the client's monotonic clock
+over requests, retries, pauses and sleeps: a sleep that would cross it ends at it, and a
+request in flight at it is cancelled.
+
+Many runs: a heap of (due time, run) and at most ``concurrency`` polls in flight, each a
+short-lived task. Waiting on 10,000 runs costs 10,000 small heap entries, not 10,000
+sleeping tasks; the scheduler wakes only when a poll ends or the earliest run falls due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import itertools
+import logging
+import math
+import random
+import sys
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
+from contextlib import aclosing
+from typing import Any, Generic, TypeVar
+
+import anyio
+import attrs
+
+from ._budget import DEADLINE, DeadlineExceeded
+from ._clock import Clock, SystemClock
+from ._errors import CopyAIError, NotFoundError, PollTimeoutError, RunFailedError
+from ._tasks import cancel_and_wait
+
+if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
+    from exceptiongroup import ExceptionGroup
+
+__all__ = ["DEFAULT_CONCURRENCY", "PollPolicy", "RunKind", "observe", "wait", "wait_many", "watch"]
+
+logger = logging.getLogger("copyai_async")
+
+R = TypeVar("R")
+
+DEFAULT_CONCURRENCY = 16
+"""Polls of one ``wait_for_runs`` in flight at once, by default."""
+
+
+def _finite_positive(name: str) -> Callable[[Any, Any, float], None]:
+    def check(_instance: Any, _attribute: Any, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """How often to poll a run.
+
+    The defaults suit runs that take seconds to minutes: polls at about 0, 1, 2.5, 4.8,
+    8.1, 13.1, 20.7 s, then every 10 s.
+
+    Args:
+        initial: seconds before the second poll.
+        multiplier: growth of each sleep over the one before (>= 1).
+        max_interval: the longest sleep (>= ``initial``); a run is seen terminal at most
+            this long (plus a request) after it ends.
+        jitter: share (0..1) by which each sleep may be shortened at random, so that
+            many waits do not poll in lockstep.
+        not_found_grace: seconds after this client started a run during which a 404 for
+            it means "not readable yet" and is polled again; later, it is raised.
+
+    Raises:
+        ValueError: a non-positive or non-finite value, ``multiplier < 1``,
+            ``max_interval < initial``, or ``jitter`` outside 0..1.
+    """
+
+    initial: float = attrs.field(default=1.0, validator=_finite_positive("initial"))
+    multiplier: float = attrs.field(default=1.5, validator=_finite_positive("multiplier"))
+    max_interval: float = attrs.field(default=10.0, validator=_finite_positive("max_interval"))
+    jitter: float = 0.1
+    not_found_grace: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier!r}")
+        if self.max_interval < self.initial:
+            raise ValueError(
+                f"max_interval ({self.max_interval!r}) must be >= initial ({self.initial!r})"
+            )
+        for name in ("jitter", "not_found_grace"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not (math.isfinite(self.jitter) and 0 <= self.jitter <= 1):
+            raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
+        if not (math.isfinite(self.not_found_grace) and self.not_found_grace >= 0):
+            raise ValueError(f"not_found_grace must be >= 0, got {self.not_found_grace!r}")
+
+    def interval(self, attempt: int) -> float:
+        """The sleep after poll ``attempt + 1``, before jitter."""
+        return min(self.max_interval, self.initial * self.multiplier ** min(attempt, 200))
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The sleep after poll ``attempt + 1``, jittered down by up to ``jitter``."""
+        return self.interval(attempt) * (1.0 - self.jitter * rng.random())
+
+
+@attrs.frozen
+class RunKind(Generic[R]):
+    """What the poller needs to know about one API's runs.
+
+    Attributes:
+        status: the run's status as a string (to see changes and to report).
+        is_terminal: whether the run will not change any more.
+        is_failed: whether a terminal run failed.
+        is_unknown: whether the status is one the API does not document.
+    """
+
+    status: Callable[[R], str]
+    is_terminal: Callable[[R], bool]
+    is_failed: Callable[[R], bool]
+    is_unknown: Callable[[R], bool]
+
+
+@attrs.frozen(kw_only=True)
+class Target(Generic[R]):
+    """One run to wait for: how to read it, and how to speak of it."""
+
+    run_id: str
+    label: str  # e.g. "run WRUN-1 of workflow WCFG-2"
+    fetch: Callable[[], Awaitable[R]]
+    grace_until: float | None = None  # clock time until which a 404 is polled again
+
+
+def _timeout_error(
+    target: Target[Any], kind: RunKind[Any], last: Any, time_limit: float | None
+) -> PollTimeoutError:
+    seen = f"last status {kind.status(last)}" if last is not None else "never read"
+    return PollTimeoutError(
+        f"{target.label}: not finished within the {time_limit:g} s timeout ({seen})",
+        run=last,
+        run_id=target.run_id,
+        timeout=time_limit if time_limit is not None else math.inf,
+    )
+
+
+async def bounded(call: Callable[[], Awaitable[R]], deadline: float | None, clock: Clock) -> R:
+    """Await ``call()`` within the deadline; past it, raise :class:`DeadlineExceeded`.
+
+    Waits inside the call (retry backoff, pacing, the shared pause) see the deadline
+    through :data:`DEADLINE` and stop at it; a request still in flight is cancelled.
+    """
+    token = DEADLINE.set(deadline)
+    try:
+        if deadline is None:
+            return await call()
+        remaining = deadline - clock.monotonic()
+        if remaining > 0:
+            with anyio.move_on_after(remaining):
+                return await call()
+        raise DeadlineExceeded()
+    finally:
+        DEADLINE.reset(token)
+
+
+def _warn_unknown(target: Target[Any], kind: RunKind[Any], run: Any) -> None:
+    logger.warning(
+        "%s has status %r, which the API does not document; still polling it",
+        target.label,
+        kind.status(run),
+    )
+
+
+async def observe(
+    target: Target[R],
+    *,
+    kind: RunKind[R],
+    policy: PollPolicy,
+    clock: Clock,
+    rng: random.Random,
+    deadline: float | None,
+    time_limit: float | None,
+) -> AsyncGenerator[R, None]:
+    """Yield every reading of one run until it is terminal (the last one yielded)."""
+    last: R | None = None
+    attempt = 0
+    warned = False
+    while True:
+        try:
+            run: R | None = await bounded(target.fetch, deadline, clock)
+        except NotFoundError:
+            if target.grace_until is None or clock.monotonic() >= target.grace_until:
+                raise
+            run = None  # started moments ago and not readable yet
+        except DeadlineExceeded as exc:
+            raise _timeout_error(target, kind, last, time_limit) from exc.__cause__
+        if run is not None:
+            last = run
+            yield run
+            if kind.is_terminal(run):
+                return
+            if not warned and kind.is_unknown(run):
+                warned = True
+                _warn_unknown(target, kind, run)
+        pause = policy.delay(attempt, rng)
+        attempt += 1
+        if deadline is not None:
+            remaining = deadline - clock.monotonic()
+            if pause >= remaining:
+                if remaining > 0:
+                    await clock.sleep(remaining)
+                raise _timeout_error(target, kind, last, time_limit)
+        await clock.sleep(pause)
+
+
+async def watch(target: Target[R], *, kind: RunKind[R], **options: Any) -> AsyncGenerator[R, None]:
+    """Yield the first reading, then each whose status differs from the one before."""
+    previous: str | None = None
+    async with aclosing(observe(target, kind=kind, **options)) as readings:
+        async for run in readings:
+            status = kind.status(run)
+            if status != previous:
+                previous = status
+                yield run
+
+
+async def wait(
+    target: Target[R],
+    *,
+    kind: RunKind[R],
+    raise_on_failure: bool,
+    on_status: Callable[[R], Any] | None,
+    **options: Any,
+) -> R:
+    """Poll one run until it is terminal; call ``on_status`` at each change."""
+    final: R | None = None
+    async with aclosing(watch(target, kind=kind, **options)) as changes:
+        async for run in changes:
+            final = run
+            if on_status is not None:
+                result = on_status(run)
+                if inspect.isawaitable(result):
+                    await result
+    if final is None:  # pragma: no cover - watch ends only after a terminal reading
+        raise RuntimeError("the poll ended without a reading")
+    if raise_on_failure and kind.is_failed(final):
+        raise RunFailedError(
+            f"{target.label} ended {kind.status(final)}", run=final, run_id=target.run_id
+        )
+    return final
+
+
+@attrs.define(eq=False)
+class _Track(Generic[R]):
+    target: Target[R]
+    order: int
+    attempt: int = 0
+    last: R | None = None
+    warned: bool = False
+
+
+async def _wait_any(
+    tasks: Collection[asyncio.Task[Any]], clock: Clock, delay: float | None
+) -> set[asyncio.Task[Any]]:
+    """Wait until one of ``tasks`` ends or ``delay`` passes on ``clock``."""
+    if delay is not None and delay <= 0:
+        await anyio.lowlevel.checkpoint()
+        return {task for task in tasks if task.done()}
+    if isinstance(clock, SystemClock) or delay is None:
+        if not tasks:
+            if delay is not None:
+                await clock.sleep(delay)
+            return set()
+        # The system clock is the event loop's own: its timeout needs no extra task.
+        done, _ = await asyncio.wait(tasks, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        return done
+    timer = asyncio.create_task(clock.sleep(delay), name="copyai_async.poll-timer")
+    try:
+        done, _ = await asyncio.wait({*tasks, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait([timer])
+    done.discard(timer)
+    return done
+
+
+async def wait_many(
+    targets: Iterable[Target[R]],
+    *,
+    kind: RunKind[R],
+    policy: PollPolicy,
+    clock: Clock,
+    rng: random.Random,
+    deadline: float | None,
+    time_limit: float | None,
+    concurrency: int,
+) -> AsyncGenerator[R, None]:
+    """Yield each run once, when seen terminal; then raise the failures as a group."""
+    tracks = [_Track(target=t, order=i) for i, t in enumerate(targets)]
+    sequence = itertools.count()
+    now = clock.monotonic()
+    heap: list[tuple[float, int, _Track[R]]] = [(now, next(sequence), t) for t in tracks]
+    running: dict[asyncio.Task[R], _Track[R]] = {}
+    failures: list[tuple[int, CopyAIError]] = []
+
+    def schedule(track: _Track[R]) -> None:
+        due = clock.monotonic() + policy.delay(track.attempt, rng)
+        track.attempt += 1
+        heapq.heappush(heap, (due, next(sequence), track))
+
+    try:
+        while heap or running:
+            now = clock.monotonic()
+            if deadline is not None and now >= deadline:
+                # Time is up for every run not seen terminal.
+                await cancel_and_wait(list(running))
+                late = [*running.values(), *(entry[2] for entry in heap)]
+                running.clear()
+                heap.clear()
+                failures.extend(
+                    (t.order, _timeout_error(t.target, kind, t.last, time_limit)) for t in late
+                )
+                break
+            while heap and heap[0][0] <= now and len(running) < concurrency:
+                track = heapq.heappop(heap)[2]
+                task = asyncio.create_task(
+                    bounded(track.target.fetch, deadline, clock),
+                    name=f"copyai_async.poll[{track.target.run_id}]",
+                )
+                running[task] = track
+            wake: float | None = None
+            if heap and len(running) < concurrency:
+                wake = heap[0][0]
+            if deadline is not None:
+                wake = deadline if wake is None else min(wake, deadline)
+            delay = None if wake is None else wake - clock.monotonic()
+            for task in await _wait_any(running, clock, delay):
+                track = running.pop(task)
+                error = task.exception()
+                if error is None:
+                    run = task.result()
+                    track.last = run
+                    if kind.is_terminal(run):
+                        yield run
+                        continue
+                    if not track.warned and kind.is_unknown(run):
+                        track.warned = True
+                        _warn_unknown(track.target, kind, run)
+                    schedule(track)
+                elif isinstance(error, NotFoundError) and (
+                    track.target.grace_until is not None
+                    and clock.monotonic() < track.target.grace_until
+                ):
+                    schedule(track)  # started moments ago and not readable yet
+                elif isinstance(error, DeadlineExceeded):
+                    timeout_error = _timeout_error(track.target, kind, track.last, time_limit)
+                    timeout_error.__cause__ = error.__cause__
+                    failures.append((track.order, timeout_error))
+                elif isinstance(error, CopyAIError):
+                    failures.append((track.order, error))
+                else:
+                    raise error
+    finally:
+        await cancel_and_wait(list(running))
+    if failures:
+        failures.sort(key=lambda item: item[0])
+        raise ExceptionGroup(
+            f"{len(failures)} of {len(tracks)} runs could not be waited for",
+            [error for _, error in failures],
+        )
+
+
+def check_timeout(timeout: Any) -> float | None:
+    """``timeout`` as seconds, or ``None``; raises TypeError/ValueError naming it."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, got {type(timeout).__name__}"
+        )
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_policy(policy: Any) -> PollPolicy:
+    if policy is None:
+        return PollPolicy()
+    if not isinstance(policy, PollPolicy):
+        raise TypeError(f"policy must be a PollPolicy, got {type(policy).__name__}")
+    return policy
+
+
+class Waiter(Generic[R]):
+    """The waits of one client: argument checks, deadlines, and the runs it started.
+
+    Args:
+        kind: what the API's runs look like to the poller.
+        clock: the client's clock.
+        started_memory: how many recently started runs to remember for the 404 grace.
+    """
+
+    def __init__(self, *, kind: RunKind[R], clock: Clock, started_memory: int = 10_000) -> None:
+        self.kind = kind
+        self.clock = clock
+        self.rng = random.Random()
+        self._started: dict[str, float] = {}
+        self._memory = started_memory
+
+    def note_started(self, key: str) -> None:
+        """Remember that this client started the run ``key`` now (for the 404 grace)."""
+        self._started.pop(key, None)
+        self._started[key] = self.clock.monotonic()
+        while len(self._started) > self._memory:
+            del self._started[next(iter(self._started))]
+
+    def target(
+        self,
+        *,
+        run_id: str,
+        key: str,
+        label: str,
+        fetch: Callable[[], Awaitable[R]],
+        policy: PollPolicy,
+    ) -> Target[R]:
+        started = self._started.get(key)
+        grace = None if started is None else started + policy.not_found_grace
+        return Target(run_id=run_id, label=label, fetch=fetch, grace_until=grace)
+
+    def deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else self.clock.monotonic() + timeout
+
+    def _options(
+        self, policy: PollPolicy, timeout: float | None, deadline: float | None
+    ) -> dict[str, Any]:
+        return {
+            "policy": policy,
+            "clock": self.clock,
+            "rng": self.rng,
+            "deadline": self.deadline(timeout) if deadline is None else deadline,
+            "time_limit": timeout,
+        }
+
+    async def wait(
+        self,
+        make_target: Callable[[PollPolicy], Target[R]],
+        *,
+        time_limit: Any,
+        policy: Any,
+        raise_on_failure: bool,
+        on_status: Any,
+        deadline: float | None = None,
+    ) -> R:
+        if on_status is not None and not callable(on_status):
+            raise TypeError(f"on_status must be callable or None, got {type(on_status).__name__}")
+        timeout = check_timeout(time_limit)
+        policy = _check_policy(policy)
+        return await wait(
+            make_target(policy),
+            kind=self.kind,
+            raise_on_failure=bool(raise_on_failure),
+            on_status=on_status,
+            **self._options(policy, timeout, deadline),
+        )
+
+    def watch(
+        self, make_target: Callable[[PollPolicy], Target[R]], *, timeout: Any, policy: Any
+    ) -> AsyncGenerator[R, None]:
+        timeout = check_timeout(timeout)
+        policy = _check_policy(policy)
+        target = make_target(policy)
+        # The deadline starts when iteration does, not when the generator is made.
+        return _deferred(
+            lambda: watch(target, kind=self.kind, **self._options(policy, timeout, None))
+        )
+
+    def wait_many(
+        self,
+        make_targets: Callable[[PollPolicy], list[Target[R]]],
+        *,
+        concurrency: Any,
+        timeout: Any,
+        policy: Any,
+    ) -> AsyncGenerator[R, None]:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        timeout = check_timeout(timeout)
+        policy = _check_policy(policy)
+        targets = make_targets(policy)
+        return _deferred(
+            lambda: wait_many(
+                targets,
+                kind=self.kind,
+                concurrency=concurrency,
+                **self._options(policy, timeout, None),
+            )
+        )
+
+
+async def _deferred(make: Callable[[], AsyncGenerator[R, None]]) -> AsyncGenerator[R, None]:
+    """An async generator that builds the real one on first iteration (so its deadline
+    starts then) and closes it with itself."""
+    async with aclosing(make()) as inner:
+        async for item in inner:
+            yield item
