@@ -235,6 +235,7 @@ class RecordedRequest:
         body: the raw body.
         status: the status answered (0 when the connection was dropped).
         fault: the fault injected, if any.
+        received_at: when it arrived, on the server's clock.
     """
 
     method: str
@@ -244,6 +245,7 @@ class RecordedRequest:
     body: bytes
     status: int
     fault: Fault | None
+    received_at: float = 0.0
 
     def json(self) -> Any:
         """The body decoded as JSON."""
@@ -519,6 +521,7 @@ class FakeCopyAI:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
+        received_at = self.clock()
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
@@ -568,6 +571,7 @@ class FakeCopyAI:
                     body=body,
                     status=status,
                     fault=fault,
+                    received_at=received_at,
                 )
             )
 

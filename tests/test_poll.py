@@ -1,0 +1,591 @@
+"""The poller: policy, wait/watch of one run, many runs, deadlines, grace, rate, cancellation.
+
+Single-run timing is checked on a FakeClock (virtual seconds); many-run waits use the
+real clock with millisecond intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from copyai_async import (
+    CopyAIClient,
+    NotFoundError,
+    PollPolicy,
+    PollTimeoutError,
+    RunFailedError,
+    RunStatus,
+    ServerError,
+    WorkflowRun,
+)
+from copyai_async._budget import Budget
+from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
+
+FAST = PollPolicy(initial=0.001, multiplier=2.0, max_interval=0.004, jitter=0.0)
+LIFECYCLE = Schedule.polls(("NEW", 1), ("WAITING", 1), ("PROCESSING", 2), ("RETRYING", 1))
+
+
+def _tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("copyai_async.")]
+
+
+async def _quiet(server: FakeCopyAI) -> None:
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert _tasks() == []
+    await asyncio.wait_for(server.idle(), 5)
+
+
+@pytest.fixture
+async def live(server: FakeCopyAI) -> AsyncIterator[CopyAIClient]:
+    """A client on the real clock, for waits whose timing is real (and tiny)."""
+    async with CopyAIClient(server.api_key, base_url=server.url) as c:
+        yield c
+
+
+# -- PollPolicy -------------------------------------------------------------------------
+
+
+def test_policy_defaults_and_growth() -> None:
+    policy = PollPolicy()
+    assert (policy.initial, policy.multiplier, policy.max_interval, policy.jitter) == (
+        1.0,
+        1.5,
+        10.0,
+        0.1,
+    )
+    assert [policy.interval(n) for n in range(7)] == [1.0, 1.5, 2.25, 3.375, 5.0625, 7.59375, 10.0]
+    assert policy.interval(10_000) == 10.0
+    rng = random.Random(5)
+    for n in range(20):
+        delay = policy.delay(n, rng)
+        assert policy.interval(n) * 0.9 <= delay <= policy.interval(n) <= policy.max_interval
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "words"),
+    [
+        ({"initial": 0}, ValueError, "initial"),
+        ({"initial": -1}, ValueError, "initial"),
+        ({"initial": math.inf}, ValueError, "initial"),
+        ({"initial": math.nan}, ValueError, "initial"),
+        ({"max_interval": 0}, ValueError, "max_interval"),
+        ({"multiplier": 0.5}, ValueError, "multiplier"),
+        ({"initial": 5, "max_interval": 2}, ValueError, "max_interval"),
+        ({"jitter": -0.1}, ValueError, "jitter"),
+        ({"jitter": 1.5}, ValueError, "jitter"),
+        ({"jitter": math.nan}, ValueError, "jitter"),
+        ({"not_found_grace": -1}, ValueError, "not_found_grace"),
+        ({"initial": "1"}, TypeError, "initial"),
+        ({"jitter": None}, TypeError, "jitter"),
+    ],
+)
+def test_policy_validation(kwargs: dict[str, Any], exc: type, words: str) -> None:
+    with pytest.raises(exc, match=words):
+        PollPolicy(**kwargs)
+
+
+def test_policy_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        PollPolicy().initial = 2  # type: ignore[misc]
+
+
+# -- wait_for_run: statuses -------------------------------------------------------------
+
+
+async def test_wait_through_every_status(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=LIFECYCLE)
+    seen: list[RunStatus] = []
+    run = await client.wait_for_run(
+        server.workflow_id, fake.id, on_status=lambda r: seen.append(r.status)
+    )
+    assert run.status is RunStatus.COMPLETE
+    assert run.output is not None
+    assert seen == [
+        RunStatus.NEW,
+        RunStatus.WAITING,
+        RunStatus.PROCESSING,
+        RunStatus.RETRYING,
+        RunStatus.COMPLETE,
+    ]
+    assert server.stats.requests == 6
+    # First poll at once, then one sleep per further poll, growing within the jitter.
+    policy = PollPolicy()
+    assert len(clock.sleeps) == 5
+    for n, slept in enumerate(clock.sleeps):
+        assert policy.interval(n) * (1 - policy.jitter) <= slept <= policy.interval(n)
+
+
+async def test_first_poll_is_immediate(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.immediate())
+    await client.wait_for_run(server.workflow_id, fake.id)
+    assert clock.sleeps == []
+    assert server.stats.requests == 1
+
+
+async def test_failed_raises_with_the_run(client: CopyAIClient, server: FakeCopyAI) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 2), final="FAILED"))
+    with pytest.raises(RunFailedError) as info:
+        await client.wait_for_run(server.workflow_id, fake.id)
+    assert info.value.run.status is RunStatus.FAILED
+    assert info.value.run_id == fake.id
+    assert fake.id in str(info.value)
+    assert "FAILED" in str(info.value)
+
+
+async def test_failed_returned_when_asked(client: CopyAIClient, server: FakeCopyAI) -> None:
+    fake = server.add_run(schedule=Schedule.immediate("FAILED"))
+    run = await client.wait_for_run(server.workflow_id, fake.id, raise_on_failure=False)
+    assert run.status is RunStatus.FAILED
+
+
+async def test_unknown_status_keeps_polling_sleeps_and_warns_once(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PAUSED", 4)))
+    seen: list[str | None] = []
+    run = await client.wait_for_run(
+        server.workflow_id, fake.id, on_status=lambda r: seen.append(r.raw_status)
+    )
+    assert run.status is RunStatus.COMPLETE
+    assert seen == ["PAUSED", "COMPLETE"]
+    assert len(clock.sleeps) == 4
+    assert all(s > 0.5 for s in clock.sleeps)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "'PAUSED'" in warnings[0].getMessage()
+    assert fake.id in warnings[0].getMessage()
+
+
+async def test_async_callback_is_awaited(client: CopyAIClient, server: FakeCopyAI) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 2)))
+    seen: list[RunStatus] = []
+
+    async def record(run: WorkflowRun) -> None:
+        await asyncio.sleep(0)
+        seen.append(run.status)
+
+    await client.wait_for_run(server.workflow_id, fake.id, on_status=record)
+    assert seen == [RunStatus.PROCESSING, RunStatus.COMPLETE]
+
+
+async def test_callback_error_ends_the_wait(client: CopyAIClient, server: FakeCopyAI) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 5)))
+
+    def explode(run: WorkflowRun) -> None:
+        raise LookupError("from the callback")
+
+    with pytest.raises(LookupError, match="from the callback"):
+        await client.wait_for_run(server.workflow_id, fake.id, on_status=explode)
+    assert server.stats.requests == 1
+
+
+# -- deadlines --------------------------------------------------------------------------
+
+
+async def test_deadline_cuts_the_long_sleep(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 100)))
+    policy = PollPolicy(initial=30, max_interval=60, jitter=0)
+    with pytest.raises(PollTimeoutError) as info:
+        await client.wait_for_run(server.workflow_id, fake.id, timeout=45, policy=policy)
+    # Polls at 0 and 30; the next sleep (45 s) would cross the deadline: it ends at 45.
+    assert clock.now == pytest.approx(45.0)
+    assert clock.sleeps == [30.0, pytest.approx(15.0)]
+    err = info.value
+    assert isinstance(err, TimeoutError)
+    assert err.run is not None
+    assert err.run.status is RunStatus.PROCESSING
+    assert err.timeout == 45
+    assert err.run_id == fake.id
+    assert "45 s timeout" in str(err)
+    assert "PROCESSING" in str(err)
+
+
+async def test_deadline_during_retries(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 100)))
+    server.inject(*[Fault.server_error(503)] * 50, path=fake.id)
+    async with CopyAIClient(
+        server.api_key,
+        base_url=server.url,
+        clock=clock,
+        max_retries=50,
+        backoff_base=4,
+        backoff_max=8,
+    ) as patient:
+        with pytest.raises(PollTimeoutError) as info:
+            await patient.wait_for_run(server.workflow_id, fake.id, timeout=20)
+    assert clock.now == pytest.approx(20.0)
+    assert info.value.run is None
+    assert isinstance(info.value.__cause__, ServerError)
+    assert "never read" in str(info.value)
+
+
+async def test_deadline_during_retry_after(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.immediate())
+    server.inject(Fault.rate_limit("30"))
+    with pytest.raises(PollTimeoutError):
+        await client.wait_for_run(server.workflow_id, fake.id, timeout=10)
+    assert clock.now == pytest.approx(10.0)  # not 30: the pause ends at the deadline
+
+
+async def test_deadline_during_a_hanging_request(live: CopyAIClient, server: FakeCopyAI) -> None:
+    fake = server.add_run(schedule=Schedule.immediate())
+    server.hold()
+    started = time.monotonic()
+    with pytest.raises(PollTimeoutError):
+        await live.wait_for_run(server.workflow_id, fake.id, timeout=0.2)
+    elapsed = time.monotonic() - started
+    assert 0.2 <= elapsed < 0.5  # within a small margin of the deadline
+    await _quiet(server)
+
+
+async def test_retry_after_honoured_while_polling(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 1)))
+    server.inject(Fault.rate_limit("7"))
+    run = await client.wait_for_run(server.workflow_id, fake.id)
+    assert run.status is RunStatus.COMPLETE
+    assert 7.0 in clock.sleeps
+
+
+# -- the 404 grace window ---------------------------------------------------------------
+
+
+async def test_not_found_just_after_start_is_polled_again(
+    client: CopyAIClient, server: FakeCopyAI
+) -> None:
+    server.default_schedule = Schedule.polls(("PROCESSING", 1))
+    server.inject(*[Fault.status_code(404, error_code="NOT_FOUND")] * 2, method="GET")
+    run = await client.start_and_wait(server.workflow_id, {"x": 1})
+    assert run.status is RunStatus.COMPLETE
+    assert [r.status for r in server.requests] == [200, 404, 404, 200, 200]
+
+
+async def test_not_found_after_the_grace_window_is_raised(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    started = await client.start_run(server.workflow_id, {})
+    server.inject(*[Fault.status_code(404, error_code="NOT_FOUND")] * 100, method="GET")
+    policy = PollPolicy(initial=1, max_interval=1, jitter=0, not_found_grace=5)
+    with pytest.raises(NotFoundError):
+        await client.wait_for_run(server.workflow_id, started.id, policy=policy)
+    assert clock.now == pytest.approx(5.0)  # polled at 0..4, raised at 5
+
+
+async def test_not_found_for_a_run_not_started_here_is_raised_at_once(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    with pytest.raises(NotFoundError):
+        await client.wait_for_run(server.workflow_id, "WRUN-typo")
+    assert clock.sleeps == []
+    assert server.stats.requests == 1
+
+
+# -- watch_run --------------------------------------------------------------------------
+
+
+async def test_watch_yields_changes_and_ends_after_terminal(
+    client: CopyAIClient, server: FakeCopyAI
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("NEW", 2), ("PROCESSING", 3), final="FAILED"))
+    seen = [run.status async for run in client.watch_run(server.workflow_id, fake.id)]
+    assert seen == [RunStatus.NEW, RunStatus.PROCESSING, RunStatus.FAILED]
+    assert server.stats.requests == 6
+
+
+async def test_watch_timeout_starts_at_iteration(
+    client: CopyAIClient, server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 100)))
+    watcher = client.watch_run(server.workflow_id, fake.id, timeout=5)
+    clock.advance(100)  # time before iterating does not count
+    seen: list[str] = []
+    with pytest.raises(PollTimeoutError):
+        await _collect(watcher, seen)
+    assert seen == [fake.id]  # one reading: PROCESSING
+    assert clock.now == pytest.approx(105.0)
+
+
+async def test_watch_break_leaves_nothing(live: CopyAIClient, server: FakeCopyAI) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 100)))
+    async for run in live.watch_run(server.workflow_id, fake.id, policy=FAST):
+        assert run.status is RunStatus.PROCESSING
+        break
+    await _quiet(server)
+
+
+# -- wait_for_runs ----------------------------------------------------------------------
+
+
+async def test_many_runs_each_once_failed_yielded(live: CopyAIClient, server: FakeCopyAI) -> None:
+    rng = random.Random(11)
+    fakes = [
+        server.add_run(
+            schedule=Schedule.polls(
+                ("PROCESSING", rng.randint(0, 6)), final=rng.choice(["COMPLETE", "FAILED"])
+            )
+        )
+        for _ in range(120)
+    ]
+    ids = [f.id for f in fakes]
+    got = [run async for run in live.wait_for_runs(server.workflow_id, ids + ids[:10], policy=FAST)]
+    assert sorted(r.id for r in got) == sorted(ids)
+    assert all(r.is_terminal for r in got)
+    assert {r.status for r in got} == {RunStatus.COMPLETE, RunStatus.FAILED}
+    # Each run polled until terminal and no further: steps + 1 polls.
+    polls = server.stats.by_path
+    for fake in fakes:
+        expected = int(fake.schedule.steps[0][1]) + 1
+        assert polls[f"GET /api/workflow/{server.workflow_id}/run/{fake.id}"] == expected
+
+
+async def test_many_runs_errors_come_last_as_a_group(
+    live: CopyAIClient, server: FakeCopyAI
+) -> None:
+    good = [server.add_run(schedule=Schedule.polls(("PROCESSING", 3))).id for _ in range(5)]
+    broken = server.add_run(schedule=Schedule.polls(("PROCESSING", 3))).id
+    server.inject(*[Fault.server_error(503)] * 20, path=broken)
+    ids = ["WRUN-missing-1", *good, broken, "WRUN-missing-2"]
+    got: list[str] = []
+    async with CopyAIClient(
+        server.api_key, base_url=server.url, max_retries=1, backoff_base=0.001
+    ) as impatient:
+        with pytest.raises(ExceptionGroup) as info:
+            await _collect(impatient.wait_for_runs(server.workflow_id, ids, policy=FAST), got)
+    assert sorted(got) == sorted(good)  # every other run first
+    group = info.value
+    assert "3 of 8 runs" in str(group)
+    kinds = [type(e) for e in group.exceptions]
+    assert kinds == [NotFoundError, ServerError, NotFoundError]  # in the order given
+    for error, run_id in zip(
+        group.exceptions, ["WRUN-missing-1", broken, "WRUN-missing-2"], strict=True
+    ):
+        assert run_id in str(error)
+
+
+async def test_many_runs_timeout_names_each_late_run(
+    live: CopyAIClient, server: FakeCopyAI
+) -> None:
+    quick = [server.add_run(schedule=Schedule.polls(("PROCESSING", 1))).id for _ in range(3)]
+    stuck = [server.add_run(schedule=Schedule.polls(("PROCESSING", 10**9))).id for _ in range(2)]
+    got: list[str] = []
+    with pytest.raises(ExceptionGroup) as info:
+        await _collect(
+            live.wait_for_runs(server.workflow_id, quick + stuck, policy=FAST, timeout=0.1), got
+        )
+    assert sorted(got) == sorted(quick)
+    errors = info.value.exceptions
+    assert [type(e) for e in errors] == [PollTimeoutError, PollTimeoutError]
+    assert [e.run_id for e in errors] == stuck  # type: ignore[attr-defined]
+    assert all(e.run.status is RunStatus.PROCESSING for e in errors)  # type: ignore[attr-defined]
+    await _quiet(server)
+
+
+async def test_concurrency_cap_per_wait(live: CopyAIClient, server: FakeCopyAI) -> None:
+    server.latency = 0.003
+    ids = [server.add_run(schedule=Schedule.polls(("PROCESSING", 2))).id for _ in range(60)]
+    got = [r async for r in live.wait_for_runs(server.workflow_id, ids, concurrency=4, policy=FAST)]
+    assert len(got) == 60
+    assert server.stats.max_in_flight == 4
+
+
+async def test_client_cap_across_operations(server: FakeCopyAI) -> None:
+    server.latency = 0.003
+    ids = [server.add_run(schedule=Schedule.polls(("PROCESSING", 1))).id for _ in range(40)]
+    async with CopyAIClient(server.api_key, base_url=server.url, max_connections=3) as capped:
+
+        async def drain(chunk: list[str]) -> int:
+            return len(
+                [
+                    r
+                    async for r in capped.wait_for_runs(
+                        server.workflow_id, chunk, concurrency=8, policy=FAST
+                    )
+                ]
+            )
+
+        counts = await asyncio.gather(drain(ids[:20]), drain(ids[20:]))
+    assert counts == [20, 20]
+    assert server.stats.max_in_flight == 3
+
+
+async def test_many_runs_break_and_cancel_leave_nothing(
+    live: CopyAIClient, server: FakeCopyAI
+) -> None:
+    ids = [server.add_run(schedule=Schedule.polls(("PROCESSING", 10**6))).id for _ in range(30)]
+    done = server.add_run(schedule=Schedule.immediate()).id
+    server.hold(lambda request: done not in request.path)  # the others stay in flight
+    async for run in live.wait_for_runs(server.workflow_id, [done, *ids], policy=FAST):
+        assert run.id == done
+        break
+    await _quiet(server)
+
+    task = asyncio.create_task(_drain(live.wait_for_runs(server.workflow_id, ids, policy=FAST)))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _quiet(server)
+
+
+async def _drain(iterator: Any) -> None:
+    async for _ in iterator:
+        pass
+
+
+async def _collect(iterator: Any, into: list[str]) -> None:
+    async for run in iterator:
+        into.append(run.id)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "words"),
+    [
+        ({"run_ids": "WRUN-1"}, TypeError, "single string"),
+        ({"run_ids": 5}, TypeError, "iterable"),
+        ({"run_ids": ["ok", ""]}, ValueError, "run_id"),
+        ({"run_ids": ["ok"], "concurrency": 0}, ValueError, "concurrency"),
+        ({"run_ids": ["ok"], "concurrency": 2.0}, TypeError, "concurrency"),
+        ({"run_ids": ["ok"], "timeout": 0}, ValueError, "timeout"),
+        ({"run_ids": ["ok"], "timeout": "5"}, TypeError, "timeout"),
+        ({"run_ids": ["ok"], "policy": {"initial": 1}}, TypeError, "policy"),
+    ],
+)
+def test_wait_for_runs_arguments(
+    client: CopyAIClient, kwargs: dict[str, Any], exc: type, words: str
+) -> None:
+    with pytest.raises(exc, match=words):
+        client.wait_for_runs("WCFG-1", **kwargs)
+
+
+async def test_wait_for_run_arguments(client: CopyAIClient, server: FakeCopyAI) -> None:
+    with pytest.raises(TypeError, match="on_status"):
+        await client.wait_for_run("w", "r", on_status="print")
+    with pytest.raises(ValueError, match="timeout"):
+        await client.wait_for_run("w", "r", timeout=-1)
+    with pytest.raises(ValueError, match="run_id"):
+        await client.wait_for_run("w", "")
+    with pytest.raises(TypeError, match="policy"):
+        client.watch_run("w", "r", policy=1.0)  # type: ignore[arg-type]
+    assert server.stats.requests == 0
+
+
+async def test_empty_run_ids(live: CopyAIClient, server: FakeCopyAI) -> None:
+    assert [r async for r in live.wait_for_runs(server.workflow_id, [])] == []
+    assert server.stats.requests == 0
+
+
+# -- start_and_wait, cancellation -------------------------------------------------------
+
+
+async def test_start_and_wait(client: CopyAIClient, server: FakeCopyAI) -> None:
+    server.default_schedule = Schedule.polls(("PROCESSING", 2), final="FAILED")
+    with pytest.raises(RunFailedError):
+        await client.start_and_wait(server.workflow_id, {"a": 1}, metadata={"m": 2})
+    run = await client.start_and_wait(server.workflow_id, {"a": 1}, raise_on_failure=False)
+    assert run.status is RunStatus.FAILED
+    assert run.metadata is None
+    assert server.runs()[1].metadata == {"m": 2}
+
+
+async def test_start_and_wait_timeout_covers_the_start(
+    live: CopyAIClient, server: FakeCopyAI
+) -> None:
+    server.hold(lambda request: request.method == "POST")
+    with pytest.raises(PollTimeoutError, match="may or may not have started"):
+        await live.start_and_wait(server.workflow_id, {}, timeout=0.1)
+    await _quiet(server)
+
+
+async def test_cancelling_a_wait_leaves_nothing(live: CopyAIClient, server: FakeCopyAI) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 10**6)))
+    task = asyncio.create_task(live.wait_for_run(server.workflow_id, fake.id, policy=FAST))
+    for _ in range(30):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _quiet(server)
+
+
+# -- the client's rate budget and shared pause ------------------------------------------
+
+
+async def test_budget_spaces_requests_evenly() -> None:
+    clock = FakeClock()
+    budget = Budget(clock=clock, max_concurrency=100, rate_limit=10)
+    starts = []
+
+    async def one() -> None:
+        await budget.wait_turn()
+        starts.append(clock.now)
+
+    await asyncio.gather(*(one() for _ in range(25)))
+    starts.sort()
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.1 - 1e-9
+    windows = [sum(1 for s in starts if t <= s < t + 1 - 1e-9) for t in starts]  # float sums
+    assert max(windows) <= 10
+
+
+async def test_budget_pause_holds_every_request() -> None:
+    clock = FakeClock()
+    budget = Budget(clock=clock, max_concurrency=10, rate_limit=None)
+    budget.pause(5)
+    await budget.wait_turn()
+    assert clock.now == pytest.approx(5.0)
+
+
+async def test_rate_limit_over_real_requests(server: FakeCopyAI) -> None:
+    ids = [server.add_run(schedule=Schedule.immediate()).id for _ in range(40)]
+    async with CopyAIClient(server.api_key, base_url=server.url, rate_limit=200) as paced:
+        got = [r async for r in paced.wait_for_runs(server.workflow_id, ids, concurrency=16)]
+    assert len(got) == 40
+    arrivals = sorted(r.received_at for r in server.requests)
+    assert arrivals[-1] - arrivals[0] >= 39 / 200 * 0.95
+    per_window = [sum(1 for a in arrivals if t <= a < t + 0.05) for t in arrivals]
+    assert max(per_window) <= 10 + 1  # 200/s is 10 per 50 ms; one for timer slack
+
+
+async def test_retry_after_pauses_other_requests_too(
+    live: CopyAIClient, server: FakeCopyAI
+) -> None:
+    first = server.add_run(schedule=Schedule.immediate()).id
+    second = server.add_run(schedule=Schedule.immediate()).id
+    server.inject(Fault.rate_limit("0.2"), path=first)
+    task = asyncio.create_task(live.get_run(server.workflow_id, first))
+    for _ in range(200):  # until the 429 is in
+        if any(r.status == 429 for r in server.requests):
+            break
+        await asyncio.sleep(0.001)
+    await live.get_run(server.workflow_id, second)  # waits out the other request's pause
+    await task
+    times = {r.path.rsplit("/", 1)[1]: r.received_at for r in server.requests if r.status == 200}
+    limited = next(r.received_at for r in server.requests if r.status == 429)
+    assert times[second] - limited >= 0.19
+    assert times[first] - limited >= 0.19
