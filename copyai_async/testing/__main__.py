@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import random
 import signal
 import sys
+import time
 
 from ._server import DEFAULT_API_KEY, DEFAULT_WORKFLOW_ID, FakeCopyAI, Schedule
 
@@ -25,14 +28,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     p.add_argument("--api-key", default=DEFAULT_API_KEY, help="accepted key (default %(default)s)")
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW_ID, help="workflow id to create")
-    p.add_argument("--runs", type=int, default=0, help="completed runs to create up front")
+    p.add_argument("--runs", type=int, default=0, help="runs to create up front (completed)")
+    p.add_argument(
+        "--finish-between",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="make the --runs finish at random times MIN..MAX s after start, not at once",
+    )
+    p.add_argument(
+        "--runs-file",
+        help="write the --runs as JSON: id and when each finishes (Unix time)",
+    )
     p.add_argument("--latency", type=float, default=0.0, help="milliseconds added per answer")
     p.add_argument("--fault-rate", type=float, default=0.0, help="share of requests to fail, 0..1")
     p.add_argument("--seed", type=int, default=0, help="seed for faults and ids")
     return p
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def _build(args: argparse.Namespace) -> FakeCopyAI:
     server = FakeCopyAI(
         api_key=args.api_key,
         workflows=(args.workflow,),
@@ -43,14 +57,29 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     if args.runs:
-        server.add_runs(args.runs, args.workflow, schedule=Schedule.immediate())
+        rng = random.Random(args.seed)
+        listing = []
+        started = time.time()
+        for fake in server.add_runs(args.runs, args.workflow, schedule=Schedule.immediate()):
+            finishes = 0.0
+            if args.finish_between:
+                finishes = rng.uniform(*args.finish_between)
+                fake.schedule = Schedule.seconds(("PROCESSING", finishes))
+            listing.append({"id": fake.id, "finishes_at": started + finishes})
+        if args.runs_file:
+            with open(args.runs_file, "w") as out:
+                json.dump(listing, out)
+    return server
+
+
+async def _serve(server: FakeCopyAI, workflow: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with server:
-        print(f"fake Copy.ai API on {server.url} (workflow {args.workflow})", flush=True)
+        print(f"fake Copy.ai API on {server.url} (workflow {workflow})", flush=True)
         await stop.wait()
 
 
@@ -62,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency < 0 or args.runs < 0:
         print("error: --latency and --runs must be >= 0", file=sys.stderr)
         return 2
+    if args.finish_between and not 0 <= args.finish_between[0] <= args.finish_between[1]:
+        print("error: --finish-between needs 0 <= MIN <= MAX", file=sys.stderr)
+        return 2
     try:
-        asyncio.run(_serve(args))
+        asyncio.run(_serve(_build(args), args.workflow))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
