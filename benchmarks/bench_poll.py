@@ -208,9 +208,10 @@ def main() -> int:
         (300, 100.0, (0.5, 3.0)) if quick else (2_000, 200.0, (1.0, 10.0))
     )
     policy = PollPolicy()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine,
         "copyai_async": copyai_async.__version__,
         "aiohttp": aiohttp.__version__,
         "runs": n,
