@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -39,44 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _harness import KEY, WORKFLOW, fake_server  # benchmarks/ is on sys.path when run
 
 import copyai_async
 from copyai_async import CopyAIClient
 from copyai_async._paginate import DEFAULT_PREFETCH
 
-KEY = "bench-key"
-WORKFLOW = "WCFG-bench"
 PAGE = 100
 RESULTS = Path(__file__).parent / "results"
-
-
-@contextmanager
-def fake_server(runs: int, latency_ms: float) -> Iterator[str]:
-    """Start ``python -m copyai_async.testing`` in its own process; yield its base URL."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "copyai_async.testing",
-        "--api-key",
-        KEY,
-        "--workflow",
-        WORKFLOW,
-        "--runs",
-        str(runs),
-        "--latency",
-        str(latency_ms),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"(http://\S+/api)", line)
-        if not match:
-            raise RuntimeError(f"the fake server did not start: {line!r}")
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 async def aiohttp_loop(url: str, limit: int | None = None) -> int:
@@ -194,7 +163,7 @@ def main() -> int:
     rows: list[tuple[str, str, str, str]] = []
 
     # 1. Latency-bound: prefetch against the sequential loop and against the ideal.
-    with fake_server(n_latency, latency) as url:
+    with fake_server("--runs", str(n_latency), "--latency", str(latency)) as url:
         walls = alternate(
             {"ours": lambda: ours(url), "aiohttp loop": lambda: aiohttp_loop(url)},
             repeats,
@@ -226,7 +195,7 @@ def main() -> int:
     )
 
     # 2. CPU-bound: no added latency.
-    with fake_server(n_fast, 0) as url:
+    with fake_server("--runs", str(n_fast)) as url:
         contenders: dict[str, Callable[[], Awaitable[int]]] = {
             "ours": lambda: ours(url),
             "aiohttp loop": lambda: aiohttp_loop(url),
@@ -261,7 +230,7 @@ def main() -> int:
     )
 
     # 3. Memory: peak RSS does not grow with the workflow's size.
-    with fake_server(n_big, 0) as url:
+    with fake_server("--runs", str(n_big)) as url:
         small = [child_rss(url, n_small) for _ in range(3 if not quick else 1)]
         big = [child_rss(url, n_big) for _ in range(2 if not quick else 1)]
     for sample, n in ((small, n_small), (big, n_big)):

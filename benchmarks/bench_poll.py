@@ -26,59 +26,25 @@ import asyncio
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+from _harness import KEY, WORKFLOW, fake_server  # benchmarks/ is on sys.path when run
 
 import copyai_async
 from copyai_async import CopyAIClient, PollPolicy
 from copyai_async._poll import DEFAULT_CONCURRENCY
 
-KEY = "bench-key"
-WORKFLOW = "WCFG-bench"
 RESULTS = Path(__file__).parent / "results"
 TERMINAL = ("COMPLETE", "FAILED")
-
-
-@contextmanager
-def fake_server(runs: int, finish: tuple[float, float], runs_file: str) -> Iterator[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "copyai_async.testing",
-        "--api-key",
-        KEY,
-        "--workflow",
-        WORKFLOW,
-        "--runs",
-        str(runs),
-        "--finish-between",
-        str(finish[0]),
-        str(finish[1]),
-        "--runs-file",
-        runs_file,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        match = re.search(r"(http://\S+/api)", proc.stdout.readline())
-        if not match:
-            raise RuntimeError("the fake server did not start")
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def traced_session(starts: list[float]) -> aiohttp.ClientSession:
@@ -174,7 +140,15 @@ def measure(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         runs_file = os.path.join(tmp, "runs.json")
-        with fake_server(runs, finish, runs_file) as url:
+        with fake_server(
+            "--runs",
+            str(runs),
+            "--finish-between",
+            str(finish[0]),
+            str(finish[1]),
+            "--runs-file",
+            runs_file,
+        ) as url:
             cmd = [sys.executable, __file__, "--child", mode, url, runs_file]
             if rate is not None:
                 cmd += ["--rate", str(rate)]

@@ -138,6 +138,10 @@ class Target(Generic[R]):
     fetch: Callable[[], Awaitable[R]]
     grace_until: float | None = None  # clock time until which a 404 is polled again
 
+    def in_grace(self, now: float) -> bool:
+        """Whether a 404 now means "started moments ago, not readable yet"."""
+        return self.grace_until is not None and now < self.grace_until
+
 
 def _timeout_error(
     target: Target[Any], kind: RunKind[Any], last: Any, time_limit: float | None
@@ -196,7 +200,7 @@ async def observe(
         try:
             run: R | None = await bounded(target.fetch, deadline, clock)
         except NotFoundError:
-            if target.grace_until is None or clock.monotonic() >= target.grace_until:
+            if not target.in_grace(clock.monotonic()):
                 raise
             run = None  # started moments ago and not readable yet
         except DeadlineExceeded as exc:
@@ -353,10 +357,7 @@ async def wait_many(
                         track.warned = True
                         _warn_unknown(track.target, kind, run)
                     schedule(track)
-                elif isinstance(error, NotFoundError) and (
-                    track.target.grace_until is not None
-                    and clock.monotonic() < track.target.grace_until
-                ):
+                elif isinstance(error, NotFoundError) and track.target.in_grace(clock.monotonic()):
                     schedule(track)  # started moments ago and not readable yet
                 elif isinstance(error, DeadlineExceeded):
                     timeout_error = _timeout_error(track.target, kind, track.last, time_limit)
