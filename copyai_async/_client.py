@@ -473,6 +473,7 @@ class CopyAIClient:
         concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float | None = None,
         policy: PollPolicy | None = None,
+        on_status: Callable[[WorkflowRun], Any] | None = None,
     ) -> AsyncGenerator[WorkflowRun, None]:
         """Wait on many runs at once: yields each run once, as soon as it is seen terminal.
 
@@ -495,6 +496,8 @@ class CopyAIClient:
             timeout: one deadline for the whole wait, in seconds; it starts when
                 iteration does.
             policy: the poll timing (default :class:`PollPolicy()`).
+            on_status: called (sync, or awaited) with each run at its first reading and
+                at each change of its status, e.g. to show progress.
 
         Raises:
             ExceptionGroup: while iterating, after the last run is yielded, if any failed.
@@ -512,6 +515,7 @@ class CopyAIClient:
             concurrency=concurrency,
             timeout=timeout,
             policy=policy,
+            on_status=on_status,
         )
 
     async def start_and_wait(

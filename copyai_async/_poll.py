@@ -304,8 +304,12 @@ async def wait_many(
     deadline: float | None,
     time_limit: float | None,
     concurrency: int,
+    on_status: Callable[[R], Any] | None = None,
 ) -> AsyncGenerator[R, None]:
-    """Yield each run once, when seen terminal; then raise the failures as a group."""
+    """Yield each run once, when seen terminal; then raise the failures as a group.
+
+    ``on_status`` is called with each reading whose status differs from that run's
+    reading before (the first reading included)."""
     tracks = [_Track(target=t, order=i) for i, t in enumerate(targets)]
     sequence = itertools.count()
     now = clock.monotonic()
@@ -349,6 +353,12 @@ async def wait_many(
                 error = task.exception()
                 if error is None:
                     run = task.result()
+                    if on_status is not None and (
+                        track.last is None or kind.status(track.last) != kind.status(run)
+                    ):
+                        result = on_status(run)
+                        if inspect.isawaitable(result):
+                            await result
                     track.last = run
                     if kind.is_terminal(run):
                         yield run
@@ -488,7 +498,10 @@ class Waiter(Generic[R]):
         concurrency: Any,
         timeout: Any,
         policy: Any,
+        on_status: Any = None,
     ) -> AsyncGenerator[R, None]:
+        if on_status is not None and not callable(on_status):
+            raise TypeError(f"on_status must be callable or None, got {type(on_status).__name__}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
         if concurrency < 1:
@@ -501,6 +514,7 @@ class Waiter(Generic[R]):
                 targets,
                 kind=self.kind,
                 concurrency=concurrency,
+                on_status=on_status,
                 **self._options(policy, timeout, None),
             )
         )

@@ -236,6 +236,15 @@ async def test_random_faults_are_seeded_and_counted(clock: FakeClock) -> None:
     assert faults == requests - 30
 
 
+async def test_random_faults_only_for_chosen_methods(clock: FakeClock) -> None:
+    server = FakeCopyAI(fault_rate=1.0, fault_methods=("GET",))
+    async with server, CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
+        for _ in range(5):
+            await client.start_run(server.workflow_id, {})
+    assert server.stats.faults == 0
+    assert len(server.runs()) == 5
+
+
 async def test_counters_and_request_log(client: CopyAIClient, server: FakeCopyAI) -> None:
     server.latency = 0.01
     fake = server.add_run(schedule=Schedule.immediate())

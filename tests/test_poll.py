@@ -495,6 +495,30 @@ async def test_wait_for_run_arguments(client: CopyAIClient, server: FakeCopyAI) 
     assert server.stats.requests == 0
 
 
+async def test_many_runs_report_each_status_change(live: CopyAIClient, server: FakeCopyAI) -> None:
+    fakes = [server.add_run(schedule=LIFECYCLE) for _ in range(5)]
+    seen: dict[str, list[RunStatus]] = {f.id: [] for f in fakes}
+
+    async def record(run: WorkflowRun) -> None:
+        seen[run.id].append(run.status)
+
+    ids = [f.id for f in fakes]
+    got = [
+        r async for r in live.wait_for_runs(server.workflow_id, ids, policy=FAST, on_status=record)
+    ]
+    assert len(got) == 5
+    expected = [
+        RunStatus.NEW,
+        RunStatus.WAITING,
+        RunStatus.PROCESSING,
+        RunStatus.RETRYING,
+        RunStatus.COMPLETE,
+    ]
+    assert all(statuses == expected for statuses in seen.values())
+    with pytest.raises(TypeError, match="on_status"):
+        live.wait_for_runs(server.workflow_id, ids, on_status=3)  # type: ignore[arg-type]
+
+
 async def test_empty_run_ids(live: CopyAIClient, server: FakeCopyAI) -> None:
     assert [r async for r in live.wait_for_runs(server.workflow_id, [])] == []
     assert server.stats.requests == 0

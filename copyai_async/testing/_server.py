@@ -293,6 +293,7 @@ class FakeCopyAI:
             start_variables)`` to pick its schedule.
         fault_rate: chance (0..1) that a request gets a random fault from ``faults``.
         faults: the faults to draw from.
+        fault_methods: the methods random faults hit (all if ``None``), e.g. ``("GET",)``.
         credit_limit: credits available to runs started through the API; past it a start
             answers 400 ``WORKFLOW_CREDIT_LIMIT_REACHED``.
         seed: seed of the random faults and generated ids.
@@ -319,6 +320,7 @@ class FakeCopyAI:
         schedule_for: Callable[[str, Mapping[str, Any]], Schedule] | None = None,
         fault_rate: float = 0.0,
         faults: Iterable[Fault] = DEFAULT_RANDOM_FAULTS,
+        fault_methods: Iterable[str] | None = None,
         credit_limit: int | None = None,
         seed: int | None = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -337,6 +339,7 @@ class FakeCopyAI:
         self.schedule_for = schedule_for
         self.fault_rate = fault_rate
         self.random_faults = tuple(faults)
+        self.fault_methods = None if fault_methods is None else frozenset(fault_methods)
         self.credit_limit = credit_limit
         self.credits_used = 0
         self.clock = clock
@@ -513,7 +516,12 @@ class FakeCopyAI:
             ):
                 del self._scripted[i]
                 return fault
-        if self.fault_rate and self.random_faults and self._rng.random() < self.fault_rate:
+        if (
+            self.fault_rate
+            and self.random_faults
+            and (self.fault_methods is None or request.method in self.fault_methods)
+            and self._rng.random() < self.fault_rate
+        ):
             return self._rng.choice(self.random_faults)
         return None
 
