@@ -1,0 +1,626 @@
+"""The ``copyai-async`` command line (also ``python -m copyai_async``).
+
+Exit codes:
+
+====  ==========================================================
+0     success (for ``runs wait``: every run COMPLETE)
+1     another API or network error
+2     usage error (bad arguments, no API key)
+3     authentication failed (401/403)
+4     not found (404)
+5     a run ended FAILED
+6     timed out (``--timeout``)
+130   interrupted (Ctrl-C)
+====  ==========================================================
+
+Human output uses rich (``pip install "copyai-async[cli]"``) when it is installed and
+stdout is a terminal; otherwise plain text. ``--json`` prints one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TextIO
+
+from ._client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, CopyAIClient
+from ._errors import (
+    AuthenticationError,
+    ConfigurationError,
+    CopyAIError,
+    NotFoundError,
+    PollTimeoutError,
+    RunFailedError,
+)
+from ._models import RunStatus, WorkflowRun
+from ._poll import PollPolicy
+from ._version import __version__
+
+if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
+    from exceptiongroup import ExceptionGroup
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+EXIT_RUN_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 5, 6, 130
+
+EXAMPLES = """\
+examples:
+  copyai-async demo                                   try it all on a fake server
+  copyai-async runs list WCFG-123 --all --json | jq .status
+  copyai-async runs get WCFG-123 WRUN-456
+  copyai-async runs start WCFG-123 --var topic=otters --wait --timeout 300
+  copyai-async runs wait WCFG-123 WRUN-1 WRUN-2 WRUN-3
+  copyai-async fake-server --port 8080 --latency 50
+
+The API key comes from --api-key or the COPYAI_API_KEY environment variable.
+exit codes: 0 ok, 1 API or network error, 2 usage, 3 authentication, 4 not found,
+5 run failed, 6 timeout, 130 interrupted.
+"""
+
+STATUS_STYLE = {
+    "COMPLETE": "green",
+    "FAILED": "red",
+    "PROCESSING": "cyan",
+    "RETRYING": "yellow",
+    "WAITING": "blue",
+    "NEW": "white",
+}
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given."""
+
+
+def run_json(run: WorkflowRun) -> dict[str, Any]:
+    """A run as a JSON object for ``--json`` output (ISO 8601 timestamps)."""
+    return {
+        "id": run.id,
+        "workflow_id": run.workflow_id,
+        "status": run.status.value,
+        "raw_status": run.raw_status,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "credits": run.credits,
+        "metadata": run.metadata,
+        "input": run.input,
+        "output": run.output,
+    }
+
+
+class Output:
+    """Where results go: JSON lines, rich, or plain text."""
+
+    def __init__(self, *, as_json: bool, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.as_json = as_json
+        self.tty = self.stream.isatty()
+        self.rich = self.tty and not as_json and importlib.util.find_spec("rich") is not None
+        self._console: Any = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self.stream)
+        return self._console
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.stream, flush=True)
+
+    def json_line(self, obj: Any) -> None:
+        print(
+            json.dumps(obj, ensure_ascii=False, separators=(",", ":")), file=self.stream, flush=True
+        )
+
+    def run(self, run: WorkflowRun) -> None:
+        if self.as_json:
+            self.json_line(run_json(run))
+            return
+        rows = [
+            ("Run", run.id),
+            ("Workflow", run.workflow_id),
+            ("Status", run.raw_status or run.status.value),
+            ("Created", run.created_at.isoformat() if run.created_at else "-"),
+            ("Credits", "-" if run.credits is None else str(run.credits)),
+        ]
+        for label, data in (
+            ("Metadata", run.metadata),
+            ("Input", run.input),
+            ("Output", run.output),
+        ):
+            if data is not None:
+                rows.append((label, json.dumps(data, ensure_ascii=False, indent=2)))
+        if self.rich:
+            from rich.table import Table
+
+            table = Table(show_header=False, box=None, pad_edge=False)
+            table.add_column(style="bold")
+            table.add_column()
+            for label, value in rows:
+                style = STATUS_STYLE.get(value, "") if label == "Status" else ""
+                table.add_row(label, f"[{style}]{value}[/]" if style else value)
+            self.console.print(table)
+        else:
+            for label, value in rows:
+                self.line(f"{label + ':':<10} {value}".replace("\n", "\n" + " " * 11))
+
+    def run_rows(self, runs: list[WorkflowRun], *, header: bool) -> None:
+        """Runs as table rows (a streamed table when not using rich)."""
+        if self.as_json:
+            for run in runs:
+                self.json_line(run_json(run))
+            return
+        if self.rich:
+            from rich.table import Table
+
+            table = Table(show_header=header)
+            for name in ("Run", "Status", "Created", "Credits"):
+                table.add_column(name, justify="right" if name == "Credits" else "left")
+            for run in runs:
+                status = run.raw_status or run.status.value
+                style = STATUS_STYLE.get(status, "")
+                table.add_row(
+                    run.id,
+                    f"[{style}]{status}[/]" if style else status,
+                    run.created_at.strftime("%Y-%m-%d %H:%M:%S") if run.created_at else "-",
+                    "-" if run.credits is None else str(run.credits),
+                )
+            self.console.print(table)
+            return
+        if header:
+            self.line(f"{'RUN':<42} {'STATUS':<11} {'CREATED':<19} {'CREDITS':>7}")
+        for run in runs:
+            created = run.created_at.strftime("%Y-%m-%d %H:%M:%S") if run.created_at else "-"
+            credits = "-" if run.credits is None else str(run.credits)
+            self.line(
+                f"{run.id:<42} {run.raw_status or run.status.value:<11} {created:<19} {credits:>7}"
+            )
+
+
+class StatusBoard:
+    """Live counts by status of many runs: a rich progress bar on a terminal, else a
+    plain line at most once a second."""
+
+    def __init__(self, out: Output, total: int, title: str) -> None:
+        self.out = out
+        self.total = total
+        self.title = title
+        self.latest: dict[str, str] = {}
+        self.done = 0
+        self.started = time.monotonic()
+        self._last_line = 0.0
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> StatusBoard:
+        if self.out.rich:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[counts]}"),
+                console=self.out.console,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.title, total=self.total, counts="")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._refresh()
+            self._progress.__exit__(None, None, None)
+        elif not self.out.as_json:
+            self.out.line(self.summary_line())
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.latest.values())
+
+    def summary_line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        counts = " ".join(f"{status.lower()} {n}" for status, n in sorted(self.counts().items()))
+        return f"{elapsed:6.1f} s  {self.done}/{self.total} done  {counts}"
+
+    def _refresh(self) -> None:
+        if self._progress is None:
+            return
+        order = ["COMPLETE", "FAILED", "RETRYING", "PROCESSING", "WAITING", "NEW"]
+        counts = self.counts()
+        parts = []
+        for status in sorted(counts, key=lambda s: order.index(s) if s in order else len(order)):
+            style = STATUS_STYLE.get(status, "magenta")
+            parts.append(f"[{style}]{status.lower()} {counts[status]}[/]")
+        self._progress.update(self._task, completed=self.done, counts="  ".join(parts))
+
+    def seen(self, run: WorkflowRun) -> None:
+        self.latest[run.id] = run.raw_status or run.status.value
+        self._refresh()
+        if self._progress is None and not self.out.as_json:
+            now = time.monotonic()
+            if now - self._last_line >= 1.0:
+                self._last_line = now
+                self.out.line(self.summary_line())
+
+    def finished(self, run: WorkflowRun) -> None:
+        self.done += 1
+        self.seen(run)
+
+
+def _pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} must be KEY=VALUE, got {item!r}")
+        result[key] = value
+    return result
+
+
+def _client(args: argparse.Namespace) -> CopyAIClient:
+    return CopyAIClient(args.api_key, base_url=args.base_url)
+
+
+async def cmd_list(args: argparse.Namespace, out: Output) -> int:
+    size = args.size or (MAX_PAGE_SIZE if args.all else 10)
+    async with _client(args) as client:
+        if not args.all:
+            page = await client.list_runs(args.workflow_id, page=args.page, size=size)
+            out.run_rows(list(page.runs), header=True)
+            if not out.as_json:
+                total = "?" if page.total is None else page.total
+                more = "; more with --page" if page.has_next else ""
+                out.line(f"page {page.page}, {len(page.runs)} runs of {total}{more}")
+            return EXIT_OK
+        count = 0
+        async with client.iter_runs(args.workflow_id, page_size=size, start_page=args.page) as runs:
+            async for page in runs.pages():
+                out.run_rows(list(page.runs), header=count == 0 and not out.rich)
+                count += len(page.runs)
+        if not out.as_json:
+            out.line(f"{count} runs")
+    return EXIT_OK
+
+
+async def cmd_get(args: argparse.Namespace, out: Output) -> int:
+    async with _client(args) as client:
+        out.run(await client.get_run(args.workflow_id, args.run_id))
+    return EXIT_OK
+
+
+async def cmd_start(args: argparse.Namespace, out: Output) -> int:
+    variables = _pairs(args.var, "--var")
+    metadata = _pairs(args.metadata, "--metadata") or None
+    async with _client(args) as client:
+        run = await client.start_run(args.workflow_id, variables, metadata=metadata)
+        if not args.wait:
+            out.run(run)
+            return EXIT_OK
+        if not out.as_json:
+            out.line(f"started {run.id}; waiting")
+
+        def show(seen: WorkflowRun) -> None:
+            if not out.as_json:
+                out.line(f"{time.strftime('%H:%M:%S')}  {seen.raw_status or seen.status.value}")
+
+        final = await client.wait_for_run(
+            args.workflow_id, run.id, timeout=args.timeout, raise_on_failure=False, on_status=show
+        )
+        out.run(final)
+        return EXIT_RUN_FAILED if final.status is RunStatus.FAILED else EXIT_OK
+
+
+async def cmd_wait(args: argparse.Namespace, out: Output) -> int:
+    ids = list(dict.fromkeys(args.run_ids))
+    failed = 0
+    async with _client(args) as client:
+        with StatusBoard(out, len(ids), "Waiting") as board:
+            try:
+                async for run in client.wait_for_runs(
+                    args.workflow_id, ids, timeout=args.timeout, on_status=board.seen
+                ):
+                    board.finished(run)
+                    failed += run.status is RunStatus.FAILED
+                    if out.as_json:
+                        out.json_line(run_json(run))
+            except ExceptionGroup as group:
+                codes = [exit_code(error) for error in group.exceptions]
+                for error in group.exceptions:
+                    print(f"error: {_one_line(error)}", file=sys.stderr)
+                return max(codes, key=_severity)
+    return EXIT_RUN_FAILED if failed else EXIT_OK
+
+
+# When several runs fail in different ways, the exit code names the gravest.
+_GRAVITY = [
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_TIMEOUT,
+    EXIT_ERROR,
+    EXIT_AUTH,
+    EXIT_USAGE,
+]
+
+
+def _severity(code: int) -> int:
+    return _GRAVITY.index(code)
+
+
+async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    from .testing import FakeCopyAI, Schedule
+
+    rng = random.Random(args.seed)
+
+    scale = args.time_scale
+
+    def schedule_for(_workflow: str, _variables: Any) -> Schedule:
+        steps = [
+            ("NEW", 0.2),
+            ("WAITING", rng.uniform(0.1, 1.5)),
+            ("PROCESSING", rng.uniform(0.5, 5)),
+        ]
+        if rng.random() < 0.2:
+            steps += [("RETRYING", rng.uniform(0.5, 1.5)), ("PROCESSING", rng.uniform(0.3, 2))]
+        final = "FAILED" if rng.random() < 0.08 else "COMPLETE"
+        scaled = [(status, seconds * scale) for status, seconds in steps]
+        return Schedule.seconds(*scaled, final=final, credits=rng.randint(1, 12))
+
+    server = FakeCopyAI(
+        latency=args.latency / 1000.0,
+        fault_rate=args.fault_rate,
+        fault_methods=("GET",),  # a start that fails after creating a run is not retried
+        schedule_for=schedule_for,
+        seed=args.seed,
+    )
+    policy = PollPolicy(initial=0.25 * scale, multiplier=1.5, max_interval=1.0 * scale)
+    began = time.monotonic()
+    async with server, CopyAIClient(server.api_key, base_url=server.url) as client:
+        say = (lambda text: None) if out.as_json else out.line
+        say(
+            f"fake Copy.ai API on {server.url} (latency {args.latency:g} ms, "
+            f"fault rate {args.fault_rate:g})"
+        )
+        gate = asyncio.Semaphore(16)
+
+        async def start(n: int) -> WorkflowRun:
+            async with gate:
+                return await client.start_run(
+                    server.workflow_id, {"topic": f"demo run {n}"}, metadata={"n": n}
+                )
+
+        started = await asyncio.gather(*(start(n) for n in range(args.runs)))
+        say(f"started {len(started)} runs in {time.monotonic() - began:.1f} s")
+        listed = 0
+        async for _ in client.iter_runs(server.workflow_id):
+            listed += 1
+        say(f"streamed {listed} runs with iter_runs ({time.monotonic() - began:.1f} s)")
+        finished: list[WorkflowRun] = []
+        with StatusBoard(out, len(started), "Waiting") as board:
+            async for run in client.wait_for_runs(
+                server.workflow_id, [r.id for r in started], policy=policy, on_status=board.seen
+            ):
+                board.finished(run)
+                finished.append(run)
+                if out.as_json:
+                    out.json_line(run_json(run))
+        wall = time.monotonic() - began
+    summary = {
+        "runs": len(finished),
+        "complete": sum(r.status is RunStatus.COMPLETE for r in finished),
+        "failed": sum(r.status is RunStatus.FAILED for r in finished),
+        "credits": sum(r.credits or 0 for r in finished),
+        "requests": server.stats.requests,
+        "faults_injected": server.stats.faults,
+        "wall_s": round(wall, 2),
+    }
+    if out.as_json:
+        out.json_line({"summary": summary})
+    elif out.rich:
+        from rich.table import Table
+
+        table = Table(title="copyai_async demo", show_header=False)
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        table.add_row("Runs", str(summary["runs"]))
+        table.add_row("Complete", f"[green]{summary['complete']}[/]")
+        table.add_row("Failed", f"[red]{summary['failed']}[/]")
+        table.add_row("Credits", str(summary["credits"]))
+        table.add_row("Requests made", str(summary["requests"]))
+        table.add_row("Faults injected (retried)", str(summary["faults_injected"]))
+        table.add_row("Wall time", f"{wall:.1f} s")
+        out.console.print(table)
+    else:
+        width = max(len(k) for k in summary)
+        for key, value in summary.items():
+            out.line(f"{key.replace('_', ' '):<{width}}  {value}")
+    return EXIT_OK
+
+
+def cmd_fake_server(args: argparse.Namespace) -> int:
+    from .testing.__main__ import main as serve
+
+    argv = [
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--latency",
+        str(args.latency),
+        "--fault-rate",
+        str(args.fault_rate),
+        "--runs",
+        str(args.runs),
+    ]
+    return serve(argv)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``--help`` shows examples and exit codes)."""
+    parser = argparse.ArgumentParser(
+        prog="copyai-async",
+        description="Copy.ai workflow runs from the shell: list, inspect, start and wait.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"copyai-async {__version__}")
+    parser.add_argument("--api-key", help="Copy.ai API key (default: $COPYAI_API_KEY)")
+    parser.add_argument(
+        "--base-url", default=DEFAULT_BASE_URL, help="API root (default %(default)s)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser("demo", help="run a demo against a fake server on loopback")
+    demo.add_argument(
+        "--runs", type=_int_at_least(1), default=300, help="runs to start (default 300)"
+    )
+    demo.add_argument("--latency", type=float, default=20.0, help="server latency, ms (default 20)")
+    demo.add_argument(
+        "--fault-rate",
+        type=_rate,
+        default=0.05,
+        help="share of polls that fail and are retried (default 0.05)",
+    )
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument(
+        "--time-scale",
+        type=_positive_float,
+        default=1.0,
+        help="stretch (or, below 1, shrink) how long runs take (default 1: up to ~10 s)",
+    )
+    demo.add_argument("--json", action="store_true", help="one JSON object per line")
+    demo.set_defaults(handler=cmd_demo)
+
+    runs = commands.add_parser("runs", help="list, get, start and wait for runs")
+    run_cmds = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+
+    listing = run_cmds.add_parser("list", help="list a workflow's runs, newest first")
+    listing.add_argument("workflow_id")
+    listing.add_argument("--all", action="store_true", help="every run, across all pages")
+    listing.add_argument("--page", type=_int_at_least(1), default=1, help="page (default 1)")
+    listing.add_argument("--size", type=_int_at_least(1), help="runs per page (max 100)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(handler=cmd_list)
+
+    get = run_cmds.add_parser("get", help="show one run")
+    get.add_argument("workflow_id")
+    get.add_argument("run_id")
+    get.add_argument("--json", action="store_true", help="print the run as JSON")
+    get.set_defaults(handler=cmd_get)
+
+    start = run_cmds.add_parser("start", help="start a run (and optionally wait for it)")
+    start.add_argument("workflow_id")
+    start.add_argument("--var", action="append", metavar="KEY=VALUE", help="a start variable")
+    start.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata")
+    start.add_argument("--wait", action="store_true", help="wait until it is COMPLETE or FAILED")
+    start.add_argument("--timeout", type=_positive_float, help="give up after S seconds")
+    start.add_argument("--json", action="store_true", help="print the run as JSON")
+    start.set_defaults(handler=cmd_start)
+
+    wait = run_cmds.add_parser("wait", help="wait for runs, with live progress")
+    wait.add_argument("workflow_id")
+    wait.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    wait.add_argument("--timeout", type=_positive_float, help="give up after S seconds")
+    wait.add_argument("--json", action="store_true", help="each run as JSON when it ends")
+    wait.set_defaults(handler=cmd_wait)
+
+    fake = commands.add_parser("fake-server", help="serve the fake Copy.ai API in the foreground")
+    fake.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
+    fake.add_argument("--port", type=_int_at_least(0), default=0, help="port (default: any free)")
+    fake.add_argument("--latency", type=float, default=0.0, help="ms added per answer")
+    fake.add_argument("--fault-rate", type=_rate, default=0.0, help="share of requests to fail")
+    fake.add_argument("--runs", type=_int_at_least(0), default=0, help="completed runs to create")
+    fake.set_defaults(handler=None)
+    return parser
+
+
+def exit_code(error: BaseException) -> int:
+    """The documented exit code for an error."""
+    if isinstance(error, (UsageError, ConfigurationError, TypeError, ValueError)):
+        return EXIT_USAGE
+    if isinstance(error, AuthenticationError):
+        return EXIT_AUTH
+    if isinstance(error, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(error, RunFailedError):
+        return EXIT_RUN_FAILED
+    if isinstance(error, PollTimeoutError):
+        return EXIT_TIMEOUT
+    return EXIT_ERROR
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("copyai_async")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    if args.command == "fake-server":
+        return cmd_fake_server(args)
+    out = Output(as_json=getattr(args, "json", False))
+    command: Callable[[argparse.Namespace, Output], Coroutine[Any, Any, int]] = args.handler
+    try:
+        return asyncio.run(command(args, out))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CopyAIError, UsageError, TypeError, ValueError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return exit_code(error)

@@ -1,0 +1,375 @@
+"""The copyai-async command line, against a fake server over loopback.
+
+The CLI runs its own event loop (asyncio.run), so these tests are synchronous and the
+fake server runs on a loop in a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+import copyai_async
+from copyai_async.cli import main
+from copyai_async.testing import FakeCopyAI, Schedule
+
+T = TypeVar("T")
+
+
+class ThreadedServer:
+    """A FakeCopyAI serving from a loop in another thread; ``call`` runs code on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = FakeCopyAI()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.aclose(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def api() -> Iterator[ThreadedServer]:
+    threaded = ThreadedServer()
+    yield threaded
+    threaded.close()
+
+
+def cli(api: ThreadedServer, *argv: str) -> int:
+    srv = api.server
+    return main(["--api-key", srv.api_key, "--base-url", srv.url, *argv])
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# -- global options ---------------------------------------------------------------------
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"copyai-async {copyai_async.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text
+    assert "copyai-async demo" in text
+    assert "130 interrupted" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["runs"],
+        ["runs", "list"],
+        ["runs", "list", "W", "--size", "0"],
+        ["runs", "list", "W", "--page", "x"],
+        ["runs", "wait", "W"],
+        ["runs", "start", "W", "--timeout", "-1"],
+        ["demo", "--fault-rate", "2"],
+        ["demo", "--runs", "0"],
+        ["nope"],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_missing_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", "get", "W", "R"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "COPYAI_API_KEY" in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+# -- runs list / get --------------------------------------------------------------------
+
+
+def test_list_human(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    fakes = api.call(lambda: api.server.add_runs(12, schedule=Schedule.immediate()))
+    assert cli(api, "runs", "list", api.server.workflow_id) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["RUN", "STATUS", "CREATED", "CREDITS"]
+    assert [line.split()[0] for line in lines[1:11]] == [f.id for f in reversed(fakes)][:10]
+    assert all(line.split()[1] == "COMPLETE" for line in lines[1:11])
+    assert lines[-1] == "page 1, 10 runs of 12; more with --page"
+
+
+def test_list_json_and_all(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    api.call(lambda: api.server.add_runs(250, schedule=Schedule.immediate(), metadata={"k": 1}))
+    assert cli(api, "runs", "list", api.server.workflow_id, "--all", "--json") == 0
+    rows = _json_lines(capsys.readouterr().out)
+    assert len(rows) == 250
+    assert len({r["id"] for r in rows}) == 250
+    first = rows[0]
+    assert set(first) == {
+        "id",
+        "workflow_id",
+        "status",
+        "raw_status",
+        "created_at",
+        "credits",
+        "metadata",
+        "input",
+        "output",
+    }
+    assert first["status"] == "COMPLETE"
+    assert first["metadata"] == {"k": 1}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", first["created_at"])
+    assert cli(api, "runs", "list", api.server.workflow_id, "--page", "3", "--size", "100") == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "page 3, 50 runs of 250"
+
+
+def test_get_human_and_json(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = api.call(
+        lambda: api.server.add_run(schedule=Schedule.immediate(), input={"topic": "otters"})
+    )
+    assert cli(api, "runs", "get", api.server.workflow_id, fake.id) == 0
+    out = capsys.readouterr().out
+    assert f"Run:       {fake.id}" in out
+    assert "Status:    COMPLETE" in out
+    assert '"topic": "otters"' in out
+    assert cli(api, "runs", "get", api.server.workflow_id, fake.id, "--json") == 0
+    (row,) = _json_lines(capsys.readouterr().out)
+    assert row["id"] == fake.id
+    assert row["input"] == {"topic": "otters"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "words"),
+    [
+        (["runs", "get", "WCFG-fake-workflow", "WRUN-nope"], 4, "404 NOT_FOUND"),
+        (["runs", "list", "WCFG-missing"], 4, "404"),
+        (["runs", "get", "WCFG-fake-workflow", ""], 2, "run_id"),
+    ],
+)
+def test_errors_are_one_line(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, words: str
+) -> None:
+    assert cli(api, *argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert words in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_wrong_key_exits_3(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--api-key", "wrong", "--base-url", api.server.url, "runs", "list", "W"]
+    assert main(argv) == 3
+    assert "401" in capsys.readouterr().err
+
+
+def test_verbose_logs_requests_without_the_key(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(api, "-v", "runs", "list", api.server.workflow_id) == 0
+    err = capsys.readouterr().err
+    assert "GET /api/workflow/" in err
+    assert "-> 200" in err
+    assert api.server.api_key not in err
+
+
+# -- runs start / wait ------------------------------------------------------------------
+
+
+def test_start(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "runs",
+        "start",
+        api.server.workflow_id,
+        "--var",
+        "topic=sea otters",
+        "--var",
+        "n=2",
+        "--metadata",
+        "job=7",
+        "--json",
+    ]
+    assert cli(api, *argv) == 0
+    (row,) = _json_lines(capsys.readouterr().out)
+    assert row["status"] == "NEW"
+    body = api.server.requests[-1].json()
+    assert body == {"startVariables": {"topic": "sea otters", "n": "2"}, "metadata": {"job": "7"}}
+    assert cli(api, "runs", "start", api.server.workflow_id, "--var", "oops") == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("final", "code"), [("COMPLETE", 0), ("FAILED", 5)])
+def test_start_and_wait(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str], final: str, code: int
+) -> None:
+    api.server.default_schedule = Schedule.seconds(("PROCESSING", 0.3), final=final)
+    assert cli(api, "runs", "start", api.server.workflow_id, "--wait") == code
+    out = capsys.readouterr().out
+    assert "started WRUN-" in out
+    assert "PROCESSING" in out
+    assert f"Status:    {final}" in out
+
+
+def test_start_wait_timeout_exits_6(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.server.default_schedule = Schedule.seconds(("PROCESSING", 60))
+    argv = ["runs", "start", api.server.workflow_id, "--wait", "--timeout", "0.3"]
+    assert cli(api, *argv) == 6
+    assert "timeout" in capsys.readouterr().err
+
+
+def test_wait_many(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    fakes = api.call(
+        lambda: [
+            api.server.add_run(schedule=Schedule.seconds(("PROCESSING", 0.2 * i))) for i in range(4)
+        ]
+    )
+    ids = [f.id for f in fakes]
+    assert cli(api, "runs", "wait", api.server.workflow_id, *ids, "--json") == 0
+    rows = _json_lines(capsys.readouterr().out)
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert {r["status"] for r in rows} == {"COMPLETE"}
+    assert cli(api, "runs", "wait", api.server.workflow_id, *ids) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[2:5] == ["4/4", "done", "complete"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "words"),
+    [("FAILED", 5, ""), ("missing", 4, "404"), ("slow", 6, "timeout")],
+)
+def test_wait_exit_status(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str], extra: str, code: int, words: str
+) -> None:
+    ok = api.call(lambda: api.server.add_run(schedule=Schedule.immediate())).id
+    if extra == "missing":
+        other = "WRUN-missing"
+    else:
+        schedule = (
+            Schedule.immediate("FAILED")
+            if extra == "FAILED"
+            else Schedule.seconds(("PROCESSING", 60))
+        )
+        other = api.call(lambda: api.server.add_run(schedule=schedule)).id
+    assert cli(api, "runs", "wait", api.server.workflow_id, ok, other, "--timeout", "1") == code
+    assert words in capsys.readouterr().err
+
+
+# -- demo, fake-server, Ctrl-C ----------------------------------------------------------
+
+
+def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["demo", "--runs", "40", "--latency", "0", "--time-scale", "0.05", "--seed", "3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "started 40 runs" in out
+    assert "streamed 40 runs with iter_runs" in out
+    summary = dict(line.rsplit(None, 1) for line in out.splitlines()[-7:])
+    assert summary["runs"] == "40"
+    assert int(summary["complete"]) + int(summary["failed"]) == 40
+    assert int(summary["faults injected"]) > 0  # retried: every run still came back
+    assert main([*argv, "--json"]) == 0
+    rows = _json_lines(capsys.readouterr().out)
+    assert len(rows) == 41
+    assert rows[-1]["summary"]["runs"] == 40
+
+
+def _spawn(*argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "copyai_async", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_fake_server_command() -> None:
+    proc = _spawn("fake-server", "--runs", "3")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+/api)", line)
+        assert url, line
+        listing = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "copyai_async",
+                "--api-key",
+                "test-key",
+                "--base-url",
+                url.group(1),
+                "runs",
+                "list",
+                "WCFG-fake-workflow",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert listing.returncode == 0
+        assert len(_json_lines(listing.stdout)) == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)  # reads and closes the pipes
+    assert proc.returncode == 0
+
+
+def test_ctrl_c_exits_130(api: ThreadedServer) -> None:
+    slow = api.call(lambda: api.server.add_run(schedule=Schedule.seconds(("PROCESSING", 600)))).id
+    proc = _spawn(
+        "--api-key",
+        api.server.api_key,
+        "--base-url",
+        api.server.url,
+        "runs",
+        "wait",
+        api.server.workflow_id,
+        slow,
+    )
+    deadline = time.monotonic() + 30
+    while api.server.stats.requests == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # a real process polling a real server: no clock to inject
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted"
+    assert "Traceback" not in err
+
+
+# -- the pytest plugin ------------------------------------------------------------------
+
+
+async def test_pytest_plugin_fixtures(copyai_client: Any, copyai_server: Any) -> None:
+    run = await copyai_client.start_run(copyai_server.workflow_id, {"topic": "otters"})
+    assert (await copyai_client.get_run(copyai_server.workflow_id, run.id)).id == run.id
