@@ -28,7 +28,7 @@ from ._errors import (
 from ._models import RunPage, RunStatus, WorkflowRun
 from ._paginate import RunPaginator
 from ._poll import PollPolicy
-from ._version import __version__
+from ._version import version as _version
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -60,3 +60,11 @@ __all__ = [
     "WorkflowRun",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> str:
+    # __version__ is read from the package metadata only when asked for (it costs ms).
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module 'copyai_async' has no attribute {name!r}")
+

@@ -20,7 +20,7 @@ from ._http import Response, RetryConfig, Secret, Transport, encode_segment
 from ._models import RunPage, RunStatus, WorkflowRun
 from ._paginate import DEFAULT_PREFETCH, RunPaginator
 from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter, bounded, check_timeout
-from ._version import __version__
+from ._version import version
 
 __all__ = ["DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "CopyAIClient"]
 
@@ -179,7 +179,7 @@ class CopyAIClient:
             base_url=base,
             auth_headers=lambda: {"x-copy-ai-api-key": secret.get()},
             secret=secret,
-            user_agent=f"copyai-async/{__version__}",
+            user_agent=f"copyai-async/{version()}",
             timeout=_client_timeout(timeout),
             retry=retry,
             budget=budget,

@@ -22,16 +22,20 @@ method, path and status.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
-from cattrs.gen import make_dict_structure_fn, override
 
 from ._models import RunPage, RunStatus, WorkflowRun
+
+if TYPE_CHECKING:
+    import cattrs
+
+if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
+    from exceptiongroup import ExceptionGroup
 
 __all__ = ["WIRE", "WireError", "WireFormat", "parse_datetime"]
 
@@ -166,7 +170,13 @@ def _is(expected: Any) -> Callable[[Any], bool]:
 
 
 def make_converter(*, strict: bool = False) -> cattrs.Converter:
-    """Build the converter; ``strict=True`` makes the test twin that refuses unknown keys."""
+    """Build the converter; ``strict=True`` makes the test twin that refuses unknown keys.
+
+    cattrs is imported here, on first use, not when the package is imported.
+    """
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn, override
+
     conv = cattrs.Converter(forbid_extra_keys=strict)
     conv.register_structure_hook(RunStatus, _structure_status)
     for cls, hook in _CLASS_HOOKS:
@@ -195,6 +205,8 @@ def _wire_name(cls: type, attribute: str) -> str:
 
 
 def _leaf_reason(exc: BaseException) -> str:
+    from cattrs.errors import ForbiddenExtraKeysError
+
     if isinstance(exc, KeyError):
         return "required field is missing"
     if isinstance(exc, ForbiddenExtraKeysError):
@@ -206,6 +218,8 @@ def _leaf_reason(exc: BaseException) -> str:
 
 def _walk(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
     """Yield (json_path, reason) for each leaf of a cattrs validation error."""
+    from cattrs.errors import ClassValidationError, IterableValidationError
+
     if isinstance(exc, ClassValidationError):
         with_notes, without = exc.group_exceptions()
         for sub, attr_note in with_notes:
@@ -239,10 +253,14 @@ class WireFormat:
     """
 
     strict: bool = False
-    _conv: cattrs.Converter = attrs.field(init=False)
+    _built: cattrs.Converter | None = attrs.field(init=False, default=None)
 
-    def __attrs_post_init__(self) -> None:
-        self._conv = make_converter(strict=self.strict)
+    @property
+    def _conv(self) -> cattrs.Converter:
+        # Built on first use: the code generation costs milliseconds at import otherwise.
+        if self._built is None:
+            self._built = make_converter(strict=self.strict)
+        return self._built
 
     def unwrap(self, body: Any) -> Any:
         """Return the ``data`` of a ``{"status": "success", "data": ...}`` envelope."""
@@ -270,7 +288,7 @@ class WireFormat:
     def _structure_run(self, run: dict[str, Any], path: str) -> WorkflowRun:
         try:
             return self._conv.structure(run, WorkflowRun)
-        except (ClassValidationError, ValueError, KeyError, TypeError) as exc:
+        except (ExceptionGroup, ValueError, KeyError, TypeError) as exc:
             raise _wire_error(exc, path) from exc
 
     def run(self, body: Any, *, workflow_id: str) -> WorkflowRun:

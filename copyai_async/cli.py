@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._models import RunStatus, WorkflowRun
 from ._poll import PollPolicy
-from ._version import __version__
+from ._version import version
 
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
     from exceptiongroup import ExceptionGroup
@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"copyai-async {__version__}")
+    parser.add_argument("--version", action="version", version=f"copyai-async {version()}")
     parser.add_argument("--api-key", help="Copy.ai API key (default: $COPYAI_API_KEY)")
     parser.add_argument(
         "--base-url", default=DEFAULT_BASE_URL, help="API root (default %(default)s)"

@@ -278,6 +278,13 @@ async def test_delete_run_shifts_pages(client: CopyAIClient, server: FakeCopyAI)
     assert page.total == 3
 
 
+async def test_stats_endpoint(client: CopyAIClient, server: FakeCopyAI) -> None:
+    await client.list_runs(server.workflow_id)
+    status, body = await _raw(server, "GET", "/../_fake/stats", key=None)
+    assert status == 200
+    assert body["requests"] == 1  # the stats request itself does not count
+
+
 async def test_url_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         _ = FakeCopyAI().url

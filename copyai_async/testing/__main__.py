@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         help="make the --runs finish at random times MIN..MAX s after start, not at once",
     )
     p.add_argument(
+        "--polls-each",
+        type=int,
+        default=0,
+        help="make the --runs stay PROCESSING for this many polls each (default: none)",
+    )
+    p.add_argument(
         "--runs-file",
         help="write the --runs as JSON: id and when each finishes (Unix time)",
     )
@@ -65,6 +71,8 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
             if args.finish_between:
                 finishes = rng.uniform(*args.finish_between)
                 fake.schedule = Schedule.seconds(("PROCESSING", finishes))
+            elif args.polls_each:
+                fake.schedule = Schedule.polls(("PROCESSING", args.polls_each))
             listing.append({"id": fake.id, "finishes_at": started + finishes})
         if args.runs_file:
             with open(args.runs_file, "w") as out:

@@ -378,6 +378,7 @@ class FakeCopyAI:
         app.router.add_post("/api/workflow/{workflow_id}/run", self._start_run)
         app.router.add_get("/api/workflow/{workflow_id}/run", self._list_runs)
         app.router.add_get("/api/workflow/{workflow_id}/run/{run_id}", self._get_run)
+        app.router.add_get("/_fake/stats", self._stats)
         # handler_cancellation: a client that hangs up cancels its request here, as on a
         # real server, so stats.in_flight shows what clients still wait for.
         runner = web.AppRunner(
@@ -550,7 +551,9 @@ class FakeCopyAI:
                     resp = await self._fault(request, fault, None)
                     status = resp.status if fault.kind in ("status", "raw") else 0
                     return resp
-            if request.headers.get("x-copy-ai-api-key") != self.api_key:
+            if request.path.startswith("/_fake/"):
+                resp = await handler(request)  # the fake's own stats: no key, not counted
+            elif request.headers.get("x-copy-ai-api-key") != self.api_key:
                 resp = _error(401, "UNAUTHORIZED")
             else:
                 try:
@@ -660,6 +663,13 @@ class FakeCopyAI:
             out["toolKey"] = "fake-tool"
             out["error"] = "the step failed" if status == "FAILED" else None
         return out
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        stats = self.stats
+        counted = stats.requests - stats.by_path["GET /_fake/stats"]
+        return web.json_response(
+            {"requests": counted, "faults": stats.faults, "max_in_flight": stats.max_in_flight}
+        )
 
     async def _get_run(self, request: web.Request) -> web.Response:
         wf, _ = self._workflow(request)

@@ -1,0 +1,162 @@
+"""What the benchmarks compare: copyai_async and the loops people write by hand.
+
+Each function does one job against the fake server and returns what it measured. The
+baselines are what a user would write instead: a sequential page loop, one polling loop
+per run gathered with ``asyncio.gather``, a single polling loop, each with aiohttp and
+with httpx, decoding JSON only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from _harness import KEY, WORKFLOW  # benchmarks/ is on sys.path when run
+from copyai_async import CopyAIClient, PollPolicy
+
+PAGE = 100
+TERMINAL = ("COMPLETE", "FAILED")
+HEADERS = {"x-copy-ai-api-key": KEY}
+SCHEDULE = PollPolicy(jitter=0)  # the baselines sleep as our default policy does
+
+
+# -- streaming every run ----------------------------------------------------------------
+
+
+async def stream_ours(url: str, runs: int) -> dict[str, Any]:
+    count = 0
+    async with CopyAIClient(KEY, base_url=url) as client:
+        async for _ in client.iter_runs(WORKFLOW):
+            count += 1
+    return {"runs": count}
+
+
+async def stream_aiohttp(url: str, runs: int) -> dict[str, Any]:
+    count, page = 0, 1
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        while True:
+            async with session.get(
+                f"{url}/workflow/{WORKFLOW}/run", params={"page": page, "size": PAGE}
+            ) as resp:
+                resp.raise_for_status()
+                body = await resp.json()
+            batch = body["data"]["data"]
+            count += len(batch)
+            if len(batch) < PAGE:
+                return {"runs": count}
+            page += 1
+
+
+async def stream_httpx(url: str, runs: int) -> dict[str, Any]:
+    import httpx
+
+    count, page = 0, 1
+    async with httpx.AsyncClient(headers=HEADERS) as session:
+        while True:
+            resp = await session.get(
+                f"{url}/workflow/{WORKFLOW}/run", params={"page": page, "size": PAGE}
+            )
+            resp.raise_for_status()
+            batch = resp.json()["data"]["data"]
+            count += len(batch)
+            if len(batch) < PAGE:
+                return {"runs": count}
+            page += 1
+
+
+# -- waiting on many runs ---------------------------------------------------------------
+
+
+async def wait_ours(url: str, finishes: dict[str, float]) -> dict[str, Any]:
+    latencies: list[float] = []
+    async with CopyAIClient(KEY, base_url=url) as client:
+        async for run in client.wait_for_runs(WORKFLOW, list(finishes)):
+            latencies.append(time.time() - finishes[run.id])
+    return {"latencies": latencies}
+
+
+async def _gather_loops(
+    get_status: Callable[[str], Awaitable[str | None]], finishes: dict[str, float]
+) -> dict[str, Any]:
+    latencies: list[float] = []
+
+    async def one(run_id: str) -> None:
+        attempt = 0
+        while await get_status(run_id) not in TERMINAL:
+            await asyncio.sleep(SCHEDULE.interval(attempt))
+            attempt += 1
+        latencies.append(time.time() - finishes[run_id])
+
+    await asyncio.gather(*(one(run_id) for run_id in finishes))
+    return {"latencies": latencies}
+
+
+async def wait_aiohttp(url: str, finishes: dict[str, float]) -> dict[str, Any]:
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+
+        async def status(run_id: str) -> str | None:
+            async with session.get(f"{url}/workflow/{WORKFLOW}/run/{run_id}") as resp:
+                resp.raise_for_status()
+                return (await resp.json())["data"].get("status")  # type: ignore[no-any-return]
+
+        return await _gather_loops(status, finishes)
+
+
+async def wait_httpx(url: str, finishes: dict[str, float]) -> dict[str, Any]:
+    import httpx
+
+    # httpx's default pool is 100 connections, as aiohttp's is: the same concurrency.
+    async with httpx.AsyncClient(headers=HEADERS, timeout=60) as session:
+
+        async def status(run_id: str) -> str | None:
+            resp = await session.get(f"{url}/workflow/{WORKFLOW}/run/{run_id}")
+            resp.raise_for_status()
+            return resp.json()["data"].get("status")  # type: ignore[no-any-return]
+
+        return await _gather_loops(status, finishes)
+
+
+# -- one wait, end to end ---------------------------------------------------------------
+
+TINY = PollPolicy(initial=0.0001, multiplier=1.0, max_interval=0.0001, jitter=0)
+
+
+async def single_ours(url: str, run_id: str) -> dict[str, Any]:
+    async with CopyAIClient(KEY, base_url=url) as client:
+        run = await client.wait_for_run(WORKFLOW, run_id, policy=TINY)
+    return {"status": run.status.value}
+
+
+async def single_aiohttp(url: str, run_id: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        while True:
+            async with session.get(f"{url}/workflow/{WORKFLOW}/run/{run_id}") as resp:
+                resp.raise_for_status()
+                status = (await resp.json())["data"].get("status")
+            if status in TERMINAL:
+                return {"status": status}
+            await asyncio.sleep(TINY.initial)
+
+
+async def single_httpx(url: str, run_id: str) -> dict[str, Any]:
+    import httpx
+
+    async with httpx.AsyncClient(headers=HEADERS) as session:
+        while True:
+            resp = await session.get(f"{url}/workflow/{WORKFLOW}/run/{run_id}")
+            resp.raise_for_status()
+            status = resp.json()["data"].get("status")
+            if status in TERMINAL:
+                return {"status": status}
+            await asyncio.sleep(TINY.initial)
+
+
+CONTENDERS: dict[str, dict[str, Callable[..., Awaitable[dict[str, Any]]]]] = {
+    "stream": {"ours": stream_ours, "aiohttp": stream_aiohttp, "httpx": stream_httpx},
+    "wait": {"ours": wait_ours, "aiohttp": wait_aiohttp, "httpx": wait_httpx},
+    "single": {"ours": single_ours, "aiohttp": single_aiohttp, "httpx": single_httpx},
+}

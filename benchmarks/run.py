@@ -1,0 +1,357 @@
+"""The benchmark harness: copyai_async side by side with hand-written aiohttp and httpx loops.
+
+One command (after ``pip install -e ".[bench]"``)::
+
+    python benchmarks/run.py            # the full run, about 25 minutes
+    python benchmarks/run.py --quick    # smaller sizes, under a minute
+
+The fake Copy.ai server runs in a separate process; every measurement runs in a fresh
+process of its own (so peak RSS and CPU seconds are that contender's alone), after a
+warm-up, and is repeated; figures are medians with min and max. Scenarios:
+
+1. stream: every run of a workflow of N runs, at 0 ms and 50 ms per request: runs/s,
+   wall time, peak RSS, CPU seconds.
+2. wait: N runs finishing at random times (1 to 20 s): requests made, CPU seconds, peak
+   RSS, detection latency p50/p99 (from the server marking a run terminal to the caller
+   seeing it).
+3. single: one ``wait_for_run`` of a run that takes 200 polls: time per poll, and ours
+   minus the baseline's (the overhead per poll).
+4. import: ``import copyai_async`` against ``import aiohttp`` alone.
+
+Output: a table with ratios (ours ÷ baseline), ``benchmarks/results/bench.json`` with
+every figure, and a chart (``benchmarks/results/streaming.png``; matplotlib, from the
+``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from _harness import fake_server  # benchmarks/ is on sys.path when run
+from contenders import CONTENDERS
+
+RESULTS = Path(__file__).parent / "results"
+BASELINES = ("aiohttp", "httpx")
+
+
+def plan(mode: str) -> dict[str, Any]:
+    """Sizes and repeats for ``full``, ``quick`` and ``tiny`` (the test suite's)."""
+    if mode == "tiny":
+        return {"stream": [(0, 300, 1)], "wait": [(20, (0.1, 0.5), 1)], "single": (20, 1),
+                "import": 2}
+    if mode == "quick":
+        return {"stream": [(0, 1_000, 3), (0, 10_000, 3), (50, 1_000, 3)],
+                "wait": [(100, (0.5, 3.0), 2)], "single": (200, 3), "import": 5}
+    return {
+        # (latency ms, runs, repeats): sequential loops at 50 ms take pages x 50 ms, so
+        # 100,000 runs there is measured once and 1,000,000 not at all (500 s a run).
+        "stream": [(0, 1_000, 5), (0, 10_000, 5), (0, 100_000, 5), (0, 1_000_000, 3),
+                   (50, 1_000, 5), (50, 10_000, 5), (50, 100_000, 1)],
+        "wait": [(100, (1.0, 20.0), 5), (1_000, (1.0, 20.0), 5), (10_000, (1.0, 20.0), 3)],
+        "single": (200, 5),
+        "import": 15,
+    }
+
+
+def available(contender: str) -> bool:
+    return contender != "httpx" or importlib.util.find_spec("httpx") is not None
+
+
+# -- one measurement, in a process of its own -------------------------------------------
+
+
+def child_main(spec: dict[str, Any]) -> None:
+    contender = CONTENDERS[spec["scenario"]][spec["contender"]]
+    started = time.perf_counter()
+    result = asyncio.run(contender(spec["url"], spec["arg"]))
+    wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.update(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime,
+                  peak_rss_mb=usage.ru_maxrss / 1024)
+    print(json.dumps(result))
+
+
+def measure(scenario: str, contender: str, url: str, arg: Any) -> dict[str, Any]:
+    spec = {"scenario": scenario, "contender": contender, "url": url, "arg": arg}
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode:
+        raise RuntimeError(f"{scenario}/{contender} failed:\n{out.stderr[-2000:]}")
+    return dict(json.loads(out.stdout))
+
+
+def server_requests(url: str) -> int:
+    base = url.rsplit("/api", 1)[0]
+    with urllib.request.urlopen(f"{base}/_fake/stats", timeout=10) as resp:  # noqa: S310
+        return int(json.load(resp)["requests"])
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# -- scenarios --------------------------------------------------------------------------
+
+
+def run_stream(steps: list[tuple[int, int, int]], log: Any) -> list[dict[str, Any]]:
+    rows = []
+    for latency, runs, repeats in steps:
+        with fake_server("--runs", str(runs), "--latency", str(latency)) as url:
+            contenders = ["ours", *(b for b in BASELINES if available(b))]
+            samples: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+            for name in contenders:  # warm-up: server caches, page cache, imports
+                measure("stream", name, url, min(runs, 1_000))
+            for _ in range(repeats):
+                for name in contenders:
+                    result = measure("stream", name, url, runs)
+                    if result["runs"] != runs:
+                        raise RuntimeError(f"{name} streamed {result['runs']} of {runs}")
+                    samples[name].append(result)
+        row: dict[str, Any] = {"latency_ms": latency, "runs": runs, "repeats": repeats}
+        for name, got in samples.items():
+            row[name] = {
+                "runs_per_s": summary([runs / s["wall_s"] for s in got]),
+                "wall_s": summary([s["wall_s"] for s in got]),
+                "cpu_s": summary([s["cpu_s"] for s in got]),
+                "peak_rss_mb": summary([s["peak_rss_mb"] for s in got]),
+            }
+        rows.append(row)
+        log(f"stream {runs:,} runs @ {latency} ms: "
+            + ", ".join(f"{n} {row[n]['runs_per_s']['median']:,.0f} runs/s" for n in samples))
+    return rows
+
+
+def run_wait(steps: list[tuple[int, tuple[float, float], int]], log: Any) -> list[dict[str, Any]]:
+    rows = []
+    for runs, finish, repeats in steps:
+        contenders = ["ours", *(b for b in BASELINES if available(b))]
+        samples: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+        for _ in range(repeats):
+            for name in contenders:
+                with tempfile.TemporaryDirectory() as tmp:
+                    runs_file = os.path.join(tmp, "runs.json")
+                    with fake_server(
+                        "--runs", str(runs), "--finish-between", str(finish[0]),
+                        str(finish[1]), "--runs-file", runs_file, "--seed", str(len(samples[name])),
+                    ) as url:
+                        listing = json.loads(Path(runs_file).read_text())
+                        finishes = {r["id"]: r["finishes_at"] for r in listing}
+                        result = measure("wait", name, url, finishes)
+                        result["requests"] = server_requests(url)
+                if len(result["latencies"]) != runs:
+                    raise RuntimeError(f"{name} saw {len(result['latencies'])} of {runs} runs")
+                latencies = sorted(result.pop("latencies"))
+                result["p50_s"] = statistics.median(latencies)
+                result["p99_s"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+                samples[name].append(result)
+        row: dict[str, Any] = {"runs": runs, "finish_between_s": finish, "repeats": repeats}
+        for name, got in samples.items():
+            row[name] = {key: summary([s[key] for s in got])
+                         for key in ("requests", "cpu_s", "peak_rss_mb", "p50_s", "p99_s", "wall_s")}
+        rows.append(row)
+        log(f"wait {runs:,} runs: " + ", ".join(
+            f"{n} {row[n]['peak_rss_mb']['median']:.0f} MB {row[n]['cpu_s']['median']:.2f} s CPU"
+            for n in samples))
+    return rows
+
+
+def run_single(polls: int, repeats: int, log: Any) -> dict[str, Any]:
+    contenders = ["ours", *(b for b in BASELINES if available(b))]
+    needed = (repeats + 1) * len(contenders)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_file = os.path.join(tmp, "runs.json")
+        with fake_server("--runs", str(needed), "--polls-each", str(polls),
+                         "--runs-file", runs_file) as url:
+            ids = iter(r["id"] for r in json.loads(Path(runs_file).read_text()))
+            for name in contenders:
+                measure("single", name, url, next(ids))  # warm-up
+            per_poll: dict[str, list[float]] = {c: [] for c in contenders}
+            for _ in range(repeats):
+                for name in contenders:
+                    result = measure("single", name, url, next(ids))
+                    per_poll[name].append(result["wall_s"] / (polls + 1))
+    row: dict[str, Any] = {"polls": polls + 1, "repeats": repeats}
+    for name, values in per_poll.items():
+        row[name] = {"ms_per_poll": summary([v * 1000 for v in values])}
+    for base in contenders[1:]:
+        row[f"overhead_vs_{base}_ms"] = (
+            row["ours"]["ms_per_poll"]["median"] - row[base]["ms_per_poll"]["median"]
+        )
+    log("single wait: " + ", ".join(
+        f"{n} {row[n]['ms_per_poll']['median']:.3f} ms/poll" for n in contenders))
+    return row
+
+
+def import_ms(module: str) -> float:
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True, text=True, check=True,
+    ).stderr
+    last = [line for line in out.splitlines() if line.rstrip().endswith(f"| {module}")][-1]
+    return int(last.split("|")[1]) / 1000.0
+
+
+def run_import(repeats: int, log: Any) -> dict[str, Any]:
+    ours = [import_ms("copyai_async") for _ in range(repeats)]
+    aiohttp_ = [import_ms("aiohttp") for _ in range(repeats)]
+    row = {"copyai_async_ms": summary(ours), "aiohttp_ms": summary(aiohttp_),
+           "ratio": statistics.median(ours) / statistics.median(aiohttp_)}
+    log(f"import: copyai_async {row['copyai_async_ms']['median']:.0f} ms, "
+        f"aiohttp {row['aiohttp_ms']['median']:.0f} ms")
+    return row
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def _cell(stats: dict[str, float], fmt: str) -> str:
+    return f"{fmt.format(stats['median'])} ({fmt.format(stats['min'])}-{fmt.format(stats['max'])})"
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"copyai_async {results['copyai_async']} benchmarks, {results['date']}, "
+             f"{results['machine']}; medians (min-max); ratios are ours / baseline"]
+    names = results["contenders"]
+
+    def ratios(row: dict[str, Any], metric: str) -> str:
+        ours = row["ours"][metric]["median"]
+        return "  ".join(f"/{b} {ours / row[b][metric]['median']:.2f}x" for b in names[1:])
+
+    lines.append("\nstreaming every run          " + "  ".join(f"{n:>28}" for n in names))
+    for row in results["stream"]:
+        for metric, fmt, label in (("runs_per_s", "{:,.0f}", "runs/s"),
+                                   ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
+                                   ("cpu_s", "{:.2f}", "CPU s")):
+            head = f"{row['runs']:>9,} @ {row['latency_ms']:>2} ms {label:<12}"
+            cells = "  ".join(f"{_cell(row[n][metric], fmt):>28}" for n in names)
+            lines.append(f"{head} {cells}  {ratios(row, metric)}")
+    lines.append("\nwaiting on many runs         " + "  ".join(f"{n:>28}" for n in names))
+    for row in results["wait"]:
+        for metric, fmt, label in (("peak_rss_mb", "{:.1f}", "peak RSS MB"),
+                                   ("cpu_s", "{:.2f}", "CPU s"),
+                                   ("requests", "{:,.0f}", "requests"),
+                                   ("p50_s", "{:.2f}", "detect p50 s"),
+                                   ("p99_s", "{:.2f}", "detect p99 s")):
+            head = f"{row['runs']:>9,} runs {label:<15}"
+            cells = "  ".join(f"{_cell(row[n][metric], fmt):>28}" for n in names)
+            lines.append(f"{head} {cells}  {ratios(row, metric)}")
+    single = results["single"]
+    lines.append(f"\none wait_for_run, {single['polls']} polls: " + ", ".join(
+        f"{n} {single[n]['ms_per_poll']['median']:.3f} ms/poll" for n in names)
+        + "; overhead " + ", ".join(
+        f"{single[f'overhead_vs_{b}_ms'] * 1000:+.0f} us vs {b}" for b in names[1:]))
+    imp = results["import"]
+    lines.append(f"import: copyai_async {imp['copyai_async_ms']['median']:.0f} ms, aiohttp "
+                 f"{imp['aiohttp_ms']['median']:.0f} ms -> {imp['ratio']:.2f}x (target <= 1.2x)")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> str:
+    if importlib.util.find_spec("matplotlib") is None:
+        return "no chart: matplotlib is not installed (pip install -e '.[bench]')"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate_ax, rss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for latency, style in ((0, "-"), (50, "--")):
+        rows = [r for r in results["stream"] if r["latency_ms"] == latency]
+        if not rows:
+            continue
+        for name in results["contenders"]:
+            xs = [r["runs"] for r in rows]
+            rate_ax.plot(xs, [r[name]["runs_per_s"]["median"] for r in rows], style,
+                         marker="o", label=f"{name}, {latency} ms")
+            if latency == 0:
+                rss_ax.plot(xs, [r[name]["peak_rss_mb"]["median"] for r in rows], style,
+                            marker="o", label=name)
+    for ax, title, unit in ((rate_ax, "Streaming throughput", "runs per second"),
+                            (rss_ax, "Peak RSS while streaming (0 ms)", "MB")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("runs in the workflow")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"copyai_async {results['copyai_async']} vs hand-written loops, "
+                 f"{results['date']}, {results['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"chart: {path}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
+    size.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(json.loads(args.child))
+        return 0
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    steps = plan(mode)
+
+    def log(text: str) -> None:
+        print(f"  [{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    import aiohttp
+
+    import copyai_async
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine,
+        "mode": mode,
+        "copyai_async": copyai_async.__version__,
+        "aiohttp": aiohttp.__version__,
+        "httpx": _version("httpx"),
+        "orjson": _version("orjson"),
+        "contenders": ["ours", *(b for b in BASELINES if available(b))],
+    }
+    results["stream"] = run_stream(steps["stream"], log)
+    results["wait"] = run_wait(steps["wait"], log)
+    results["single"] = run_single(*steps["single"], log)
+    results["import"] = run_import(steps["import"], log)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(report(results))
+    print(chart(results, args.out / "streaming.png"))
+    print(f"all figures: {args.out / 'bench.json'}")
+    return 0
+
+
+def _version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
