@@ -79,15 +79,27 @@ async def wait_ours(url: str, finishes: dict[str, float]) -> dict[str, Any]:
     return {"latencies": latencies}
 
 
+async def wait_ours_rate(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    """Ours with a client-wide ``rate_limit``: the server counts requests per second."""
+    finishes = arg["finishes"]
+    latencies: list[float] = []
+    async with CopyAIClient(KEY, base_url=url, rate_limit=arg["rate"]) as client:
+        async for run in client.wait_for_runs(WORKFLOW, list(finishes)):
+            latencies.append(time.time() - finishes[run.id])
+    return {"latencies": latencies}
+
+
 async def _gather_loops(
-    get_status: Callable[[str], Awaitable[str | None]], finishes: dict[str, float]
+    get_status: Callable[[str], Awaitable[str | None]],
+    finishes: dict[str, float],
+    fixed: float | None = None,
 ) -> dict[str, Any]:
     latencies: list[float] = []
 
     async def one(run_id: str) -> None:
         attempt = 0
         while await get_status(run_id) not in TERMINAL:
-            await asyncio.sleep(SCHEDULE.interval(attempt))
+            await asyncio.sleep(fixed if fixed is not None else SCHEDULE.interval(attempt))
             attempt += 1
         latencies.append(time.time() - finishes[run_id])
 
@@ -95,7 +107,9 @@ async def _gather_loops(
     return {"latencies": latencies}
 
 
-async def wait_aiohttp(url: str, finishes: dict[str, float]) -> dict[str, Any]:
+async def wait_aiohttp(
+    url: str, finishes: dict[str, float], fixed: float | None = None
+) -> dict[str, Any]:
     async with aiohttp.ClientSession(headers=HEADERS) as session:
 
         async def status(run_id: str) -> str | None:
@@ -103,7 +117,12 @@ async def wait_aiohttp(url: str, finishes: dict[str, float]) -> dict[str, Any]:
                 resp.raise_for_status()
                 return (await resp.json())["data"].get("status")  # type: ignore[no-any-return]
 
-        return await _gather_loops(status, finishes)
+        return await _gather_loops(status, finishes, fixed)
+
+
+async def wait_aiohttp_1s(url: str, finishes: dict[str, float]) -> dict[str, Any]:
+    """The docs' advice as people write it: poll each run every second."""
+    return await wait_aiohttp(url, finishes, fixed=1.0)
 
 
 async def wait_httpx(url: str, finishes: dict[str, float]) -> dict[str, Any]:
@@ -157,6 +176,12 @@ async def single_httpx(url: str, run_id: str) -> dict[str, Any]:
 
 CONTENDERS: dict[str, dict[str, Callable[..., Awaitable[dict[str, Any]]]]] = {
     "stream": {"ours": stream_ours, "aiohttp": stream_aiohttp, "httpx": stream_httpx},
-    "wait": {"ours": wait_ours, "aiohttp": wait_aiohttp, "httpx": wait_httpx},
+    "wait": {
+        "ours": wait_ours,
+        "aiohttp": wait_aiohttp,
+        "httpx": wait_httpx,
+        "aiohttp-1s": wait_aiohttp_1s,
+    },
+    "rate": {"ours": wait_ours_rate},
     "single": {"ours": single_ours, "aiohttp": single_aiohttp, "httpx": single_httpx},
 }

@@ -14,9 +14,13 @@ warm-up, and is repeated; figures are medians with min and max. Scenarios:
 2. wait: N runs finishing at random times (1 to 20 s): requests made, CPU seconds, peak
    RSS, detection latency p50/p99 (from the server marking a run terminal to the caller
    seeing it).
+   Baselines: gather of polling loops on our default intervals (aiohttp, httpx), and
+   aiohttp polling every second (``aiohttp-1s``, the docs' "short delay").
 3. single: one ``wait_for_run`` of a run that takes 200 polls: time per poll, and ours
    minus the baseline's (the overhead per poll).
-4. import: ``import copyai_async`` against ``import aiohttp`` alone.
+4. rate: ``wait_for_runs`` with ``rate_limit=R``; the server counts the most requests
+   that arrive within any one second.
+5. import: ``import copyai_async`` against ``import aiohttp`` alone.
 
 Output: a table with ratios (ours ÷ baseline), ``benchmarks/results/bench.json`` with
 every figure, and a chart (``benchmarks/results/streaming.png``; matplotlib, from the
@@ -45,30 +49,52 @@ from _harness import fake_server  # benchmarks/ is on sys.path when run
 from contenders import CONTENDERS
 
 RESULTS = Path(__file__).parent / "results"
-BASELINES = ("aiohttp", "httpx")
+PREFETCH = 6  # copyai_async's default, for the ideal streaming time at 50 ms
 
 
 def plan(mode: str) -> dict[str, Any]:
     """Sizes and repeats for ``full``, ``quick`` and ``tiny`` (the test suite's)."""
     if mode == "tiny":
-        return {"stream": [(0, 300, 1)], "wait": [(20, (0.1, 0.5), 1)], "single": (20, 1),
-                "import": 2}
+        return {
+            "stream": [(0, 300, 1)],
+            "wait": [(20, (0.1, 0.5), 1)],
+            "single": (20, 1),
+            "rate": (30, (0.1, 0.5), 50.0),
+            "import": 2,
+        }
     if mode == "quick":
-        return {"stream": [(0, 1_000, 3), (0, 10_000, 3), (50, 1_000, 3)],
-                "wait": [(100, (0.5, 3.0), 2)], "single": (200, 3), "import": 5}
+        return {
+            "stream": [(0, 1_000, 3), (0, 10_000, 3), (50, 1_000, 3)],
+            "wait": [(100, (0.5, 3.0), 2)],
+            "single": (200, 3),
+            "rate": (300, (0.5, 3.0), 100.0),
+            "import": 5,
+        }
     return {
         # (latency ms, runs, repeats): sequential loops at 50 ms take pages x 50 ms, so
         # 100,000 runs there is measured once and 1,000,000 not at all (500 s a run).
-        "stream": [(0, 1_000, 5), (0, 10_000, 5), (0, 100_000, 5), (0, 1_000_000, 3),
-                   (50, 1_000, 5), (50, 10_000, 5), (50, 100_000, 1)],
-        "wait": [(100, (1.0, 20.0), 5), (1_000, (1.0, 20.0), 5), (10_000, (1.0, 20.0), 3)],
+        "stream": [
+            (0, 1_000, 5),
+            (0, 10_000, 5),
+            (0, 100_000, 5),
+            (0, 1_000_000, 3),
+            (50, 1_000, 5),
+            (50, 10_000, 5),
+            (50, 100_000, 1),
+        ],
+        "wait": [(100, (1.0, 20.0), 5), (1_000, (1.0, 20.0), 3), (10_000, (1.0, 20.0), 3)],
         "single": (200, 5),
+        "rate": (2_000, (1.0, 10.0), 200.0),
         "import": 15,
     }
 
 
 def available(contender: str) -> bool:
     return contender != "httpx" or importlib.util.find_spec("httpx") is not None
+
+
+def contenders_of(scenario: str) -> list[str]:
+    return [name for name in CONTENDERS[scenario] if available(name)]
 
 
 # -- one measurement, in a process of its own -------------------------------------------
@@ -80,8 +106,9 @@ def child_main(spec: dict[str, Any]) -> None:
     result = asyncio.run(contender(spec["url"], spec["arg"]))
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.update(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime,
-                  peak_rss_mb=usage.ru_maxrss / 1024)
+    result.update(
+        wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024
+    )
     print(json.dumps(result))
 
 
@@ -89,7 +116,9 @@ def measure(scenario: str, contender: str, url: str, arg: Any) -> dict[str, Any]
     spec = {"scenario": scenario, "contender": contender, "url": url, "arg": arg}
     out = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode:
         raise RuntimeError(f"{scenario}/{contender} failed:\n{out.stderr[-2000:]}")
@@ -113,7 +142,7 @@ def run_stream(steps: list[tuple[int, int, int]], log: Any) -> list[dict[str, An
     rows = []
     for latency, runs, repeats in steps:
         with fake_server("--runs", str(runs), "--latency", str(latency)) as url:
-            contenders = ["ours", *(b for b in BASELINES if available(b))]
+            contenders = contenders_of("stream")
             samples: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
             for name in contenders:  # warm-up: server caches, page cache, imports
                 measure("stream", name, url, min(runs, 1_000))
@@ -123,7 +152,15 @@ def run_stream(steps: list[tuple[int, int, int]], log: Any) -> list[dict[str, An
                     if result["runs"] != runs:
                         raise RuntimeError(f"{name} streamed {result['runs']} of {runs}")
                     samples[name].append(result)
-        row: dict[str, Any] = {"latency_ms": latency, "runs": runs, "repeats": repeats}
+        row: dict[str, Any] = {
+            "latency_ms": latency,
+            "runs": runs,
+            "repeats": repeats,
+            "contenders": contenders,
+        }
+        if latency:
+            pages = -(-runs // 100)
+            row["ideal_s"] = -(-pages // PREFETCH) * latency / 1000
         for name, got in samples.items():
             row[name] = {
                 "runs_per_s": summary([runs / s["wall_s"] for s in got]),
@@ -132,23 +169,32 @@ def run_stream(steps: list[tuple[int, int, int]], log: Any) -> list[dict[str, An
                 "peak_rss_mb": summary([s["peak_rss_mb"] for s in got]),
             }
         rows.append(row)
-        log(f"stream {runs:,} runs @ {latency} ms: "
-            + ", ".join(f"{n} {row[n]['runs_per_s']['median']:,.0f} runs/s" for n in samples))
+        log(
+            f"stream {runs:,} runs @ {latency} ms: "
+            + ", ".join(f"{n} {row[n]['runs_per_s']['median']:,.0f} runs/s" for n in samples)
+        )
     return rows
 
 
 def run_wait(steps: list[tuple[int, tuple[float, float], int]], log: Any) -> list[dict[str, Any]]:
     rows = []
     for runs, finish, repeats in steps:
-        contenders = ["ours", *(b for b in BASELINES if available(b))]
+        contenders = contenders_of("wait")
         samples: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
         for _ in range(repeats):
             for name in contenders:
                 with tempfile.TemporaryDirectory() as tmp:
                     runs_file = os.path.join(tmp, "runs.json")
                     with fake_server(
-                        "--runs", str(runs), "--finish-between", str(finish[0]),
-                        str(finish[1]), "--runs-file", runs_file, "--seed", str(len(samples[name])),
+                        "--runs",
+                        str(runs),
+                        "--finish-between",
+                        str(finish[0]),
+                        str(finish[1]),
+                        "--runs-file",
+                        runs_file,
+                        "--seed",
+                        str(len(samples[name])),
                     ) as url:
                         listing = json.loads(Path(runs_file).read_text())
                         finishes = {r["id"]: r["finishes_at"] for r in listing}
@@ -160,24 +206,66 @@ def run_wait(steps: list[tuple[int, tuple[float, float], int]], log: Any) -> lis
                 result["p50_s"] = statistics.median(latencies)
                 result["p99_s"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
                 samples[name].append(result)
-        row: dict[str, Any] = {"runs": runs, "finish_between_s": finish, "repeats": repeats}
+        row: dict[str, Any] = {
+            "runs": runs,
+            "finish_between_s": finish,
+            "repeats": repeats,
+            "contenders": contenders,
+        }
         for name, got in samples.items():
-            row[name] = {key: summary([s[key] for s in got])
-                         for key in ("requests", "cpu_s", "peak_rss_mb", "p50_s", "p99_s", "wall_s")}
+            row[name] = {
+                key: summary([s[key] for s in got])
+                for key in ("requests", "cpu_s", "peak_rss_mb", "p50_s", "p99_s", "wall_s")
+            }
         rows.append(row)
-        log(f"wait {runs:,} runs: " + ", ".join(
-            f"{n} {row[n]['peak_rss_mb']['median']:.0f} MB {row[n]['cpu_s']['median']:.2f} s CPU"
-            for n in samples))
+        log(
+            f"wait {runs:,} runs: "
+            + ", ".join(
+                f"{n} {row[n]['peak_rss_mb']['median']:.0f} MB {row[n]['cpu_s']['median']:.2f} s CPU"
+                for n in samples
+            )
+        )
     return rows
 
 
+def run_rate(runs: int, finish: tuple[float, float], rate: float, log: Any) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_file = os.path.join(tmp, "runs.json")
+        with fake_server(
+            "--runs",
+            str(runs),
+            "--finish-between",
+            str(finish[0]),
+            str(finish[1]),
+            "--runs-file",
+            runs_file,
+        ) as url:
+            listing = json.loads(Path(runs_file).read_text())
+            finishes = {r["id"]: r["finishes_at"] for r in listing}
+            result = measure("rate", "ours", url, {"finishes": finishes, "rate": rate})
+            base = url.rsplit("/api", 1)[0]
+            with urllib.request.urlopen(f"{base}/_fake/stats", timeout=10) as resp:  # noqa: S310
+                stats = json.load(resp)
+    row = {
+        "rate_limit": rate,
+        "runs": runs,
+        "requests": stats["requests"],
+        "max_per_second": stats["max_per_second"],
+        "max_over_limit": stats["max_per_second"] / rate,
+        "wall_s": result["wall_s"],
+    }
+    log(f"rate_limit={rate:g}: at most {row['max_per_second']} requests in any second")
+    return row
+
+
 def run_single(polls: int, repeats: int, log: Any) -> dict[str, Any]:
-    contenders = ["ours", *(b for b in BASELINES if available(b))]
+    contenders = contenders_of("single")
     needed = (repeats + 1) * len(contenders)
     with tempfile.TemporaryDirectory() as tmp:
         runs_file = os.path.join(tmp, "runs.json")
-        with fake_server("--runs", str(needed), "--polls-each", str(polls),
-                         "--runs-file", runs_file) as url:
+        with fake_server(
+            "--runs", str(needed), "--polls-each", str(polls), "--runs-file", runs_file
+        ) as url:
             ids = iter(r["id"] for r in json.loads(Path(runs_file).read_text()))
             for name in contenders:
                 measure("single", name, url, next(ids))  # warm-up
@@ -186,22 +274,26 @@ def run_single(polls: int, repeats: int, log: Any) -> dict[str, Any]:
                 for name in contenders:
                     result = measure("single", name, url, next(ids))
                     per_poll[name].append(result["wall_s"] / (polls + 1))
-    row: dict[str, Any] = {"polls": polls + 1, "repeats": repeats}
+    row: dict[str, Any] = {"polls": polls + 1, "repeats": repeats, "contenders": contenders}
     for name, values in per_poll.items():
         row[name] = {"ms_per_poll": summary([v * 1000 for v in values])}
     for base in contenders[1:]:
         row[f"overhead_vs_{base}_ms"] = (
             row["ours"]["ms_per_poll"]["median"] - row[base]["ms_per_poll"]["median"]
         )
-    log("single wait: " + ", ".join(
-        f"{n} {row[n]['ms_per_poll']['median']:.3f} ms/poll" for n in contenders))
+    log(
+        "single wait: "
+        + ", ".join(f"{n} {row[n]['ms_per_poll']['median']:.3f} ms/poll" for n in contenders)
+    )
     return row
 
 
 def import_ms(module: str) -> float:
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {module}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stderr
     last = [line for line in out.splitlines() if line.rstrip().endswith(f"| {module}")][-1]
     return int(last.split("|")[1]) / 1000.0
@@ -210,10 +302,15 @@ def import_ms(module: str) -> float:
 def run_import(repeats: int, log: Any) -> dict[str, Any]:
     ours = [import_ms("copyai_async") for _ in range(repeats)]
     aiohttp_ = [import_ms("aiohttp") for _ in range(repeats)]
-    row = {"copyai_async_ms": summary(ours), "aiohttp_ms": summary(aiohttp_),
-           "ratio": statistics.median(ours) / statistics.median(aiohttp_)}
-    log(f"import: copyai_async {row['copyai_async_ms']['median']:.0f} ms, "
-        f"aiohttp {row['aiohttp_ms']['median']:.0f} ms")
+    row = {
+        "copyai_async_ms": summary(ours),
+        "aiohttp_ms": summary(aiohttp_),
+        "ratio": statistics.median(ours) / statistics.median(aiohttp_),
+    }
+    log(
+        f"import: copyai_async {row['copyai_async_ms']['median']:.0f} ms, "
+        f"aiohttp {row['aiohttp_ms']['median']:.0f} ms"
+    )
     return row
 
 
@@ -225,40 +322,66 @@ def _cell(stats: dict[str, float], fmt: str) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [f"copyai_async {results['copyai_async']} benchmarks, {results['date']}, "
-             f"{results['machine']}; medians (min-max); ratios are ours / baseline"]
-    names = results["contenders"]
+    lines = [
+        f"copyai_async {results['copyai_async']} benchmarks, {results['date']}, "
+        f"{results['machine']}; medians (min-max); ratios are ours / baseline"
+    ]
 
     def ratios(row: dict[str, Any], metric: str) -> str:
         ours = row["ours"][metric]["median"]
-        return "  ".join(f"/{b} {ours / row[b][metric]['median']:.2f}x" for b in names[1:])
+        return "  ".join(
+            f"/{b} {ours / row[b][metric]['median']:.2f}x" for b in row["contenders"][1:]
+        )
 
+    names = results["stream"][0]["contenders"]
     lines.append("\nstreaming every run          " + "  ".join(f"{n:>28}" for n in names))
     for row in results["stream"]:
-        for metric, fmt, label in (("runs_per_s", "{:,.0f}", "runs/s"),
-                                   ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
-                                   ("cpu_s", "{:.2f}", "CPU s")):
+        for metric, fmt, label in (
+            ("runs_per_s", "{:,.0f}", "runs/s"),
+            ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
+            ("cpu_s", "{:.2f}", "CPU s"),
+        ):
             head = f"{row['runs']:>9,} @ {row['latency_ms']:>2} ms {label:<12}"
             cells = "  ".join(f"{_cell(row[n][metric], fmt):>28}" for n in names)
             lines.append(f"{head} {cells}  {ratios(row, metric)}")
+        if "ideal_s" in row:
+            ours_wall = row["ours"]["wall_s"]["median"]
+            lines.append(
+                f"{'':>29} wall {ours_wall:.3f} s = {ours_wall / row['ideal_s']:.2f}x "
+                f"the ideal ceil(pages/{PREFETCH}) x latency = {row['ideal_s']:.3f} s"
+            )
+    names = results["wait"][0]["contenders"]
     lines.append("\nwaiting on many runs         " + "  ".join(f"{n:>28}" for n in names))
     for row in results["wait"]:
-        for metric, fmt, label in (("peak_rss_mb", "{:.1f}", "peak RSS MB"),
-                                   ("cpu_s", "{:.2f}", "CPU s"),
-                                   ("requests", "{:,.0f}", "requests"),
-                                   ("p50_s", "{:.2f}", "detect p50 s"),
-                                   ("p99_s", "{:.2f}", "detect p99 s")):
+        for metric, fmt, label in (
+            ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
+            ("cpu_s", "{:.2f}", "CPU s"),
+            ("requests", "{:,.0f}", "requests"),
+            ("p50_s", "{:.2f}", "detect p50 s"),
+            ("p99_s", "{:.2f}", "detect p99 s"),
+        ):
             head = f"{row['runs']:>9,} runs {label:<15}"
             cells = "  ".join(f"{_cell(row[n][metric], fmt):>28}" for n in names)
             lines.append(f"{head} {cells}  {ratios(row, metric)}")
     single = results["single"]
-    lines.append(f"\none wait_for_run, {single['polls']} polls: " + ", ".join(
-        f"{n} {single[n]['ms_per_poll']['median']:.3f} ms/poll" for n in names)
-        + "; overhead " + ", ".join(
-        f"{single[f'overhead_vs_{b}_ms'] * 1000:+.0f} us vs {b}" for b in names[1:]))
+    names = single["contenders"]
+    lines.append(
+        f"\none wait_for_run, {single['polls']} polls: "
+        + ", ".join(f"{n} {single[n]['ms_per_poll']['median']:.3f} ms/poll" for n in names)
+        + "; overhead "
+        + ", ".join(f"{single[f'overhead_vs_{b}_ms'] * 1000:+.0f} us vs {b}" for b in names[1:])
+    )
+    rate = results["rate"]
+    lines.append(
+        f"rate_limit={rate['rate_limit']:g} ({rate['runs']:,} runs): at most "
+        f"{rate['max_per_second']} requests in any second -> "
+        f"{rate['max_over_limit']:.3f}x the limit (target <= 1.05x)"
+    )
     imp = results["import"]
-    lines.append(f"import: copyai_async {imp['copyai_async_ms']['median']:.0f} ms, aiohttp "
-                 f"{imp['aiohttp_ms']['median']:.0f} ms -> {imp['ratio']:.2f}x (target <= 1.2x)")
+    lines.append(
+        f"import: copyai_async {imp['copyai_async_ms']['median']:.0f} ms, aiohttp "
+        f"{imp['aiohttp_ms']['median']:.0f} ms -> {imp['ratio']:.2f}x (target <= 1.2x)"
+    )
     return "\n".join(lines)
 
 
@@ -275,15 +398,27 @@ def chart(results: dict[str, Any], path: Path) -> str:
         rows = [r for r in results["stream"] if r["latency_ms"] == latency]
         if not rows:
             continue
-        for name in results["contenders"]:
+        for name in rows[0]["contenders"]:
             xs = [r["runs"] for r in rows]
-            rate_ax.plot(xs, [r[name]["runs_per_s"]["median"] for r in rows], style,
-                         marker="o", label=f"{name}, {latency} ms")
+            rate_ax.plot(
+                xs,
+                [r[name]["runs_per_s"]["median"] for r in rows],
+                style,
+                marker="o",
+                label=f"{name}, {latency} ms",
+            )
             if latency == 0:
-                rss_ax.plot(xs, [r[name]["peak_rss_mb"]["median"] for r in rows], style,
-                            marker="o", label=name)
-    for ax, title, unit in ((rate_ax, "Streaming throughput", "runs per second"),
-                            (rss_ax, "Peak RSS while streaming (0 ms)", "MB")):
+                rss_ax.plot(
+                    xs,
+                    [r[name]["peak_rss_mb"]["median"] for r in rows],
+                    style,
+                    marker="o",
+                    label=name,
+                )
+    for ax, title, unit in (
+        (rate_ax, "Streaming throughput", "runs per second"),
+        (rss_ax, "Peak RSS while streaming (0 ms)", "MB"),
+    ):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("runs in the workflow")
@@ -291,8 +426,11 @@ def chart(results: dict[str, Any], path: Path) -> str:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"copyai_async {results['copyai_async']} vs hand-written loops, "
-                 f"{results['date']}, {results['machine']}", fontsize=9)
+    fig.suptitle(
+        f"copyai_async {results['copyai_async']} vs hand-written loops, "
+        f"{results['date']}, {results['machine']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -329,11 +467,11 @@ def main() -> int:
         "aiohttp": aiohttp.__version__,
         "httpx": _version("httpx"),
         "orjson": _version("orjson"),
-        "contenders": ["ours", *(b for b in BASELINES if available(b))],
     }
     results["stream"] = run_stream(steps["stream"], log)
     results["wait"] = run_wait(steps["wait"], log)
     results["single"] = run_single(*steps["single"], log)
+    results["rate"] = run_rate(*steps["rate"], log)
     results["import"] = run_import(steps["import"], log)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")

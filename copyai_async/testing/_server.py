@@ -262,6 +262,7 @@ class ServerStats:
         max_in_flight: the most handled at once.
         faults: faults injected.
         by_path: requests per ``"METHOD /path"``.
+        max_per_second: the most requests that arrived within any one second.
     """
 
     requests: int = 0
@@ -269,6 +270,8 @@ class ServerStats:
     max_in_flight: int = 0
     faults: int = 0
     by_path: Counter[str] = attrs.field(factory=Counter)
+    max_per_second: int = 0
+    _window: deque[float] = attrs.field(factory=deque, repr=False)
 
 
 class FakeCopyAI:
@@ -533,6 +536,11 @@ class FakeCopyAI:
         received_at = self.clock()
         stats = self.stats
         stats.requests += 1
+        window = stats._window
+        window.append(received_at)
+        while window[0] <= received_at - 1.0:
+            window.popleft()
+        stats.max_per_second = max(stats.max_per_second, len(window))
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         stats.by_path[f"{request.method} {request.path}"] += 1
@@ -668,7 +676,12 @@ class FakeCopyAI:
         stats = self.stats
         counted = stats.requests - stats.by_path["GET /_fake/stats"]
         return web.json_response(
-            {"requests": counted, "faults": stats.faults, "max_in_flight": stats.max_in_flight}
+            {
+                "requests": counted,
+                "faults": stats.faults,
+                "max_in_flight": stats.max_in_flight,
+                "max_per_second": stats.max_per_second,
+            }
         )
 
     async def _get_run(self, request: web.Request) -> web.Response:
