@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-
 from _harness import KEY, WORKFLOW  # benchmarks/ is on sys.path when run
+
 from copyai_async import CopyAIClient, PollPolicy
 
 PAGE = 100

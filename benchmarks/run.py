@@ -221,7 +221,8 @@ def run_wait(steps: list[tuple[int, tuple[float, float], int]], log: Any) -> lis
         log(
             f"wait {runs:,} runs: "
             + ", ".join(
-                f"{n} {row[n]['peak_rss_mb']['median']:.0f} MB {row[n]['cpu_s']['median']:.2f} s CPU"
+                f"{n} {row[n]['peak_rss_mb']['median']:.0f} MB "
+                f"{row[n]['cpu_s']['median']:.2f} s CPU"
                 for n in samples
             )
         )

@@ -1,7 +1,8 @@
-"""The package version, read from the installed metadata on first use (never typed twice).
+"""The package version, from the package metadata (never typed twice).
 
-Reading metadata costs milliseconds, so it waits until something asks: ``__version__``
-(a lazy module attribute) or a client's User-Agent.
+The build writes it into ``_build_version.py`` (hatchling's version hook, from the
+metadata in ``pyproject.toml``), so reading it is free; a source tree that was never
+installed falls back to ``importlib.metadata``, which costs milliseconds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from functools import lru_cache
 @lru_cache(maxsize=1)
 def version() -> str:
     """The installed version of copyai-async (``0+unknown`` from a bare source tree)."""
+    try:
+        from ._build_version import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover - a source tree that was never built
+        pass
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as read
 
