@@ -17,7 +17,8 @@ import asyncio
 import math
 from contextvars import ContextVar
 
-from ._clock import Clock
+from ._clock import Clock, SystemClock
+from ._errors import ClientClosedError
 
 __all__ = ["DEADLINE", "Budget", "DeadlineExceeded"]
 
@@ -45,15 +46,43 @@ class Budget:
         self._spacing = 1.0 / rate_limit if rate_limit else 0.0
         self._next_start = -math.inf
         self._paused_until = -math.inf
+        self.closing: asyncio.Future[None] | None = None  # resolved when the client closes
 
     @property
     def paused_until(self) -> float:
         """Until when (on the clock) the client is paused; in the past if it is not."""
         return self._paused_until
 
+    def closing_future(self) -> asyncio.Future[None]:
+        """The future resolved when the client closes (made in the running loop)."""
+        if self.closing is None:
+            self.closing = asyncio.get_running_loop().create_future()
+        return self.closing
+
     def pause(self, seconds: float) -> None:
         """Pause every request of the client for ``seconds`` (a server's Retry-After)."""
         self._paused_until = max(self._paused_until, self.clock.monotonic() + seconds)
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep on the clock; if the client closes meanwhile, raise ClientClosedError at once."""
+        closing = self.closing
+        if closing is None:
+            await self.clock.sleep(seconds)
+            return
+        if not closing.done():
+            if isinstance(self.clock, SystemClock):
+                # The loop's own clock: waiting on the future with a timeout is enough.
+                await asyncio.wait((closing,), timeout=max(0.0, seconds))
+            else:
+                sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+                try:
+                    await asyncio.wait((sleeper, closing), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not sleeper.done():
+                        sleeper.cancel()
+                        await asyncio.wait((sleeper,))
+        if closing.done():
+            raise ClientClosedError("the client was closed while this operation was waiting")
 
     async def sleep(self, seconds: float, *, cause: BaseException | None = None) -> None:
         """Sleep, but not past the deadline: reaching it raises :class:`DeadlineExceeded`."""
@@ -62,9 +91,9 @@ class Budget:
             remaining = deadline - self.clock.monotonic()
             if seconds >= remaining:
                 if remaining > 0:
-                    await self.clock.sleep(remaining)
+                    await self.nap(remaining)
                 raise DeadlineExceeded() from cause
-        await self.clock.sleep(seconds)
+        await self.nap(seconds)
 
     async def wait_turn(self) -> None:
         """Wait out any pause, then for this request's place in the rate; call it while

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -58,17 +59,39 @@ def _int_in(name: str, value: Any, low: int, high: int | None = None) -> int:
     return value
 
 
-def _base_url(value: Any) -> URL:
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _base_url(value: Any, *, allow_http: bool) -> URL:
     if not isinstance(value, (str, URL)):
         raise TypeError(f"base_url must be a str, got {type(value).__name__}")
     url = URL(value)
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.user is not None or url.password is not None:
+        # Say so without echoing them: they are secrets too.
         raise ConfigurationError(
-            "base_url must be an absolute http(s) URL such as "
-            f"{DEFAULT_BASE_URL!r}, got {str(value)!r}"
+            "base_url must not contain credentials (user:password@); the API key goes in "
+            "api_key="
         )
+    shown = str(url)
+    if url.scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {shown!r}"
+        )
+    if not url.host:
+        raise ConfigurationError(f"base_url must name a host, got {shown!r}")
     if url.query_string or url.fragment:
         raise ConfigurationError("base_url must not carry a query or a fragment")
+    if url.scheme == "http" and not allow_http and not _is_loopback(url.host):
+        raise ConfigurationError(
+            f"base_url {shown!r} is plain http to a host that is not loopback: the API key "
+            "would cross the network unencrypted; use https, or pass allow_http=True"
+        )
     return url
 
 
@@ -116,6 +139,8 @@ class CopyAIClient:
             limit). Requests are spaced evenly, so no one-second window holds more. A
             429 with ``Retry-After`` pauses every request of the client, not only the
             one that got it.
+        allow_http: allow a plain ``http://`` base URL to a host that is not loopback
+            (the key would travel unencrypted); loopback hosts are always allowed.
 
     Raises:
         ConfigurationError: no API key (argument or ``COPYAI_API_KEY``), or a bad
@@ -137,6 +162,7 @@ class CopyAIClient:
         session: aiohttp.ClientSession | None = None,
         clock: Clock | None = None,
         rate_limit: float | None = None,
+        allow_http: bool = False,
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(API_KEY_ENV)
@@ -153,7 +179,7 @@ class CopyAIClient:
             )
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError("clock must have monotonic() and async sleep(seconds)")
-        base = _base_url(base_url)
+        base = _base_url(base_url, allow_http=allow_http)
         backoff_base_s = _positive("backoff_base", backoff_base)
         backoff_max_s = _positive("backoff_max", backoff_max)
         if backoff_max_s < backoff_base_s:
@@ -187,7 +213,7 @@ class CopyAIClient:
             session=session,
         )
 
-        self._waiter = Waiter(kind=COPYAI_RUNS, clock=budget.clock)
+        self._waiter = Waiter(kind=COPYAI_RUNS, budget=budget)
 
     def __repr__(self) -> str:
         state = "closed" if self._transport.closed else "open"

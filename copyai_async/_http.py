@@ -294,6 +294,7 @@ class Transport:
         """The session, created on first use (inside the running loop)."""
         if self._closed:
             raise ClientClosedError("this client is closed; create a new client to make requests")
+        self.budget.closing_future()
         session = self._session
         if session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
@@ -306,8 +307,15 @@ class Transport:
         return session
 
     async def aclose(self) -> None:
-        """Close the owned session (a borrowed one is left open). Idempotent."""
+        """Close the owned session (a borrowed one is left open). Idempotent.
+
+        Operations still running end promptly with :class:`ClientClosedError`: their
+        waits wake up, and requests cut off by the closing session are not retried.
+        """
         self._closed = True
+        closing = self.budget.closing
+        if closing is not None and not closing.done():
+            closing.set_result(None)
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()
@@ -367,6 +375,10 @@ class Transport:
                 else:
                     failure = None
             if failure is not None:
+                if self._closed:
+                    raise ClientClosedError(
+                        f"{method} {shown}: the client was closed while the request was in flight"
+                    ) from failure
                 error_cls, what, retriable = _classify_failure(failure, idempotent)
                 detail = self._secret.redact(f"{type(failure).__name__}: {failure}".rstrip(": "))
                 suffix = f" (after {attempt} attempts)" if attempt > 1 else ""

@@ -31,9 +31,15 @@ from typing import Any, Generic, TypeVar
 import anyio
 import attrs
 
-from ._budget import DEADLINE, DeadlineExceeded
+from ._budget import DEADLINE, Budget, DeadlineExceeded
 from ._clock import Clock, SystemClock
-from ._errors import CopyAIError, NotFoundError, PollTimeoutError, RunFailedError
+from ._errors import (
+    ClientClosedError,
+    CopyAIError,
+    NotFoundError,
+    PollTimeoutError,
+    RunFailedError,
+)
 from ._tasks import cancel_and_wait
 
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
@@ -191,8 +197,12 @@ async def observe(
     rng: random.Random,
     deadline: float | None,
     time_limit: float | None,
+    nap: Callable[[float], Awaitable[None]] | None = None,
 ) -> AsyncGenerator[R, None]:
-    """Yield every reading of one run until it is terminal (the last one yielded)."""
+    """Yield every reading of one run until it is terminal (the last one yielded).
+
+    ``nap`` sleeps between polls (the client's, which ends early if it closes)."""
+    rest = nap or clock.sleep
     last: R | None = None
     attempt = 0
     warned = False
@@ -219,9 +229,9 @@ async def observe(
             remaining = deadline - clock.monotonic()
             if pause >= remaining:
                 if remaining > 0:
-                    await clock.sleep(remaining)
+                    await rest(remaining)
                 raise _timeout_error(target, kind, last, time_limit)
-        await clock.sleep(pause)
+        await rest(pause)
 
 
 async def watch(target: Target[R], *, kind: RunKind[R], **options: Any) -> AsyncGenerator[R, None]:
@@ -271,26 +281,35 @@ class _Track(Generic[R]):
 
 
 async def _wait_any(
-    tasks: Collection[asyncio.Task[Any]], clock: Clock, delay: float | None
+    tasks: Collection[asyncio.Task[Any]],
+    clock: Clock,
+    delay: float | None,
+    closing: asyncio.Future[None] | None,
 ) -> set[asyncio.Task[Any]]:
-    """Wait until one of ``tasks`` ends or ``delay`` passes on ``clock``."""
+    """Wait until one of ``tasks`` ends, ``delay`` passes on ``clock``, or the client closes
+    (then raise ClientClosedError)."""
     if delay is not None and delay <= 0:
         await anyio.lowlevel.checkpoint()
-        return {task for task in tasks if task.done()}
-    if isinstance(clock, SystemClock) or delay is None:
-        if not tasks:
-            if delay is not None:
-                await clock.sleep(delay)
-            return set()
-        # The system clock is the event loop's own: its timeout needs no extra task.
-        done, _ = await asyncio.wait(tasks, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        return done
-    timer = asyncio.create_task(clock.sleep(delay), name="copyai_async.poll-timer")
-    try:
-        done, _ = await asyncio.wait({*tasks, timer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_and_wait([timer])
-    done.discard(timer)
+        done = {task for task in tasks if task.done()}
+    else:
+        waits: set[asyncio.Future[Any]] = set(tasks)
+        if closing is not None:
+            waits.add(closing)
+        timer = None
+        if delay is not None and not isinstance(clock, SystemClock):
+            timer = asyncio.create_task(clock.sleep(delay), name="copyai_async.poll-timer")
+            waits.add(timer)
+        try:
+            # With the system clock, the loop's own timeout needs no extra task.
+            finished, _ = await asyncio.wait(
+                waits, timeout=None if timer else delay, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if timer is not None:
+                await cancel_and_wait([timer])
+        done = {task for task in tasks if task in finished}
+    if closing is not None and closing.done():
+        raise ClientClosedError("the client was closed while this operation was waiting")
     return done
 
 
@@ -305,6 +324,8 @@ async def wait_many(
     time_limit: float | None,
     concurrency: int,
     on_status: Callable[[R], Any] | None = None,
+    nap: Callable[[float], Awaitable[None]] | None = None,
+    closing: asyncio.Future[None] | None = None,
 ) -> AsyncGenerator[R, None]:
     """Yield each run once, when seen terminal; then raise the failures as a group.
 
@@ -348,7 +369,7 @@ async def wait_many(
             if deadline is not None:
                 wake = deadline if wake is None else min(wake, deadline)
             delay = None if wake is None else wake - clock.monotonic()
-            for task in await _wait_any(running, clock, delay):
+            for task in await _wait_any(running, clock, delay, closing):
                 track = running.pop(task)
                 error = task.exception()
                 if error is None:
@@ -414,12 +435,14 @@ class Waiter(Generic[R]):
     Args:
         kind: what the API's runs look like to the poller.
         clock: the client's clock.
+        budget: the client's budget: its clock, and its naps that end when it closes.
         started_memory: how many recently started runs to remember for the 404 grace.
     """
 
-    def __init__(self, *, kind: RunKind[R], clock: Clock, started_memory: int = 10_000) -> None:
+    def __init__(self, *, kind: RunKind[R], budget: Budget, started_memory: int = 10_000) -> None:
         self.kind = kind
-        self.clock = clock
+        self.budget = budget
+        self.clock = budget.clock
         self.rng = random.Random()
         self._started: dict[str, float] = {}
         self._memory = started_memory
@@ -456,6 +479,7 @@ class Waiter(Generic[R]):
             "rng": self.rng,
             "deadline": self.deadline(timeout) if deadline is None else deadline,
             "time_limit": timeout,
+            "nap": self.budget.nap,
         }
 
     async def wait(
@@ -515,6 +539,7 @@ class Waiter(Generic[R]):
                 kind=self.kind,
                 concurrency=concurrency,
                 on_status=on_status,
+                closing=self.budget.closing_future(),
                 **self._options(policy, timeout, None),
             )
         )

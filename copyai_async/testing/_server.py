@@ -103,7 +103,7 @@ class Fault:
     (a started run exists) and fails the answer: the case a client must not retry.
     """
 
-    kind: Literal["status", "disconnect", "truncate", "raw"]
+    kind: Literal["status", "disconnect", "truncate", "raw", "stall"]
     status: int = 500
     html: bool = False
     retry_after: str | None = None
@@ -157,6 +157,11 @@ class Fault:
     def disconnect(cls, *, after: bool = False) -> Fault:
         """Close the connection without answering."""
         return cls(kind="disconnect", after=after)
+
+    @classmethod
+    def stall(cls) -> Fault:
+        """Send the headers and half the body, then nothing more until the client leaves."""
+        return cls(kind="stall", after=True)
 
     @classmethod
     def truncate(cls, *, after: bool = False) -> Fault:
@@ -617,13 +622,16 @@ class FakeCopyAI:
             if transport is not None:
                 transport.abort()
             return web.Response(status=500)
-        # truncate: the real body (or a plausible one), half of it, then the line drops.
+        # truncate (or stall): the real body (or a plausible one), half of it, then the
+        # line drops (or goes quiet).
         full = real.body if isinstance(real, web.Response) and isinstance(real.body, bytes) else b""
         full = full or json.dumps({"status": "success", "data": {"total": 0, "data": []}}).encode()
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.content_length = len(full)
         await resp.prepare(request)
         await resp.write(full[: len(full) // 2])
+        if fault.kind == "stall":
+            await asyncio.Event().wait()  # until the client hangs up (and this is cancelled)
         if transport is not None:
             transport.abort()
         return resp
