@@ -27,6 +27,7 @@ __all__ = ["DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "CopyAIClient"]
 
 DEFAULT_BASE_URL = "https://api.copy.ai/api"
 MAX_PAGE_SIZE = 100
+MAX_PREFETCH = 100
 API_KEY_ENV = "COPYAI_API_KEY"
 
 _T = TypeVar("_T")
@@ -271,7 +272,7 @@ class CopyAIClient:
         wf = encode_segment("workflow_id", workflow_id)
         run = encode_segment("run_id", run_id)
         resp = await self._transport.request("GET", ("workflow", wf, "run", run), idempotent=True)
-        return _parse(resp, lambda: WIRE.run(resp.data, workflow_id=workflow_id))
+        return _parse(resp, lambda: WIRE.run(resp.data, workflow_id=workflow_id), self._key)
 
     async def list_runs(self, workflow_id: str, *, page: int = 1, size: int = 10) -> RunPage:
         """Fetch one page of a workflow's runs, newest first (``GET /workflow/{id}/run``).
@@ -298,7 +299,9 @@ class CopyAIClient:
             idempotent=True,
         )
         return _parse(
-            resp, lambda: WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size)
+            resp,
+            lambda: WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size),
+            self._key,
         )
 
     def iter_runs(
@@ -328,7 +331,7 @@ class CopyAIClient:
             page_size: runs per request; above 100 (the API's maximum) it is capped at 100.
             start_page: the first page to read, from 1.
             max_items: stop after this many runs (``None``: all of them).
-            prefetch: pages requested ahead, 0 for strictly one request at a time.
+            prefetch: pages requested ahead, 0 (strictly one request at a time) to 100.
                 The default, 6, is fast and stays polite.
 
         Returns:
@@ -345,7 +348,7 @@ class CopyAIClient:
         size = min(_int_in("page_size", page_size, 1), MAX_PAGE_SIZE)
         first = _int_in("start_page", start_page, 1)
         limit = None if max_items is None else _int_in("max_items", max_items, 0)
-        ahead = _int_in("prefetch", prefetch, 0)
+        ahead = _int_in("prefetch", prefetch, 0, MAX_PREFETCH)
 
         async def fetch(page: int, page_size: int) -> RunPage:
             return await self.list_runs(workflow_id, page=page, size=page_size)
@@ -394,7 +397,9 @@ class CopyAIClient:
         resp = await self._transport.request(
             "POST", ("workflow", wf, "run"), json_body=body, idempotent=False
         )
-        run = _parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id))
+        run = _parse(
+            resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id), self._key
+        )
         self._waiter.note_started(f"{workflow_id}\0{run.id}")
         return run
 
@@ -518,7 +523,7 @@ class CopyAIClient:
         Args:
             workflow_id: the workflow's id.
             run_ids: the runs' ids (a collection of str, not one str).
-            concurrency: requests of this wait in flight at once (default 16).
+            concurrency: requests of this wait in flight at once, 1 to 1,000 (default 16).
             timeout: one deadline for the whole wait, in seconds; it starts when
                 iteration does.
             policy: the poll timing (default :class:`PollPolicy()`).
@@ -600,15 +605,20 @@ def _json_object(name: str, value: Any) -> dict[str, Any]:
     return obj
 
 
-def _parse(resp: Response, convert: Callable[[], _T]) -> _T:
+def _parse(resp: Response, convert: Callable[[], _T], secret: Secret | None = None) -> _T:
     try:
         return convert()
     except WireError as exc:
-        raise InvalidResponseError(
-            f"{resp.method} {resp.path} -> {resp.status}: the answer does not have the "
-            f"documented shape: {exc.reason} at {exc.json_path}",
-            method=resp.method,
-            path=resp.path,
-            status=resp.status,
-            json_path=exc.json_path,
-        ) from exc
+        json_path, reason = exc.json_path, exc.reason
+    # Raised outside the handler, and unchained: the wire error and cattrs' errors behind
+    # it quote payload values, which could echo the API key.
+    if secret is not None:
+        reason = secret.redact(reason)
+    raise InvalidResponseError(
+        f"{resp.method} {resp.path} -> {resp.status}: the answer does not have the "
+        f"documented shape: {reason} at {json_path}",
+        method=resp.method,
+        path=resp.path,
+        status=resp.status,
+        json_path=json_path,
+    )

@@ -467,14 +467,17 @@ class Transport:
         try:
             return loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            preview = self._secret.redact(raw[:80].decode("utf-8", "replace"))
-            raise InvalidResponseError(
-                f"{method} {shown} -> {status}: the body is not JSON "
-                f"(content type {content_type or 'none'}, starts {preview!r})",
-                method=method,
-                path=path,
-                status=status,
-            ) from exc
+            # Keep the reason, not the exception: it holds the whole body (which may echo
+            # the API key), and anything raised in this block would chain to it.
+            reason = str(exc)
+        preview = self._secret.redact(raw[:80].decode("utf-8", "replace"))
+        raise InvalidResponseError(
+            f"{method} {shown} -> {status}: the body is not JSON ({reason}; content type "
+            f"{content_type or 'none'}, starts {preview!r})",
+            method=method,
+            path=path,
+            status=status,
+        )
 
     def _status_error(
         self,

@@ -54,6 +54,8 @@ R = TypeVar("R")
 DEFAULT_CONCURRENCY = 16
 """Polls of one ``wait_for_runs`` in flight at once, by default."""
 
+MAX_CONCURRENCY = 1_000
+
 
 def _finite_positive(name: str) -> Callable[[Any, Any, float], None]:
     def check(_instance: Any, _attribute: Any, value: float) -> None:
@@ -528,8 +530,10 @@ class Waiter(Generic[R]):
             raise TypeError(f"on_status must be callable or None, got {type(on_status).__name__}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ValueError(
+                f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}"
+            )
         timeout = check_timeout(timeout)
         policy = _check_policy(policy)
         targets = make_targets(policy)

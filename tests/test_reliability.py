@@ -164,7 +164,7 @@ RUN_KEYS = [
 ]
 NEAR_RUN = st.dictionaries(st.sampled_from(RUN_KEYS), JSON, max_size=9) | st.fixed_dictionaries(
     {"id": st.text(max_size=10), "status": st.sampled_from([*RunStatus.__members__, "x", ""])},
-    optional=dict.fromkeys(RUN_KEYS[2:], JSON),
+    optional=dict.fromkeys([k for k in RUN_KEYS if k not in ("id", "status")], JSON),
 )
 BODY = (
     JSON
@@ -260,8 +260,8 @@ def _acceptable(name: str, value: Any) -> bool:
         return True  # any non-empty id is opaque
     if value == 10**30 and not isinstance(value, bool) and name in ("page", "timeout"):
         return True  # big, but within the allowed range
-    if name == "page_size" and isinstance(value, int) and not isinstance(value, bool):
-        return value >= 1  # above 100 is capped, documented
+    if name in ("page_size", "start_page") and isinstance(value, int) and not isinstance(value, bool):
+        return value >= 1  # page_size above 100 is capped (documented); a far page is empty
     if name in ("max_items", "prefetch") and value == 0:
         return True
     return (
@@ -403,6 +403,7 @@ async def test_the_key_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
                 Fault.raw(f"oops {SECRET}"),
                 Fault.disconnect(),
                 Fault.raw({"status": "error", "errorCode": SECRET}, status=400),
+                Fault.raw({"status": "success", "data": {"id": "r", "credits": SECRET}}),
             ):
                 server.inject(fault, fault)
                 with pytest.raises(CopyAIError) as info:
