@@ -67,4 +67,3 @@ def __getattr__(name: str) -> str:
     if name == "__version__":
         return _version()
     raise AttributeError(f"module 'copyai_async' has no attribute {name!r}")
-

@@ -76,8 +76,7 @@ def _base_url(value: Any, *, allow_http: bool) -> URL:
     if url.user is not None or url.password is not None:
         # Say so without echoing them: they are secrets too.
         raise ConfigurationError(
-            "base_url must not contain credentials (user:password@); the API key goes in "
-            "api_key="
+            "base_url must not contain credentials (user:password@); the API key goes in api_key="
         )
     shown = str(url)
     if url.scheme not in ("http", "https"):
@@ -397,9 +396,7 @@ class CopyAIClient:
         resp = await self._transport.request(
             "POST", ("workflow", wf, "run"), json_body=body, idempotent=False
         )
-        run = _parse(
-            resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id), self._key
-        )
+        run = _parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id), self._key)
         self._waiter.note_started(f"{workflow_id}\0{run.id}")
         return run
 

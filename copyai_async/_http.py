@@ -363,8 +363,14 @@ class Transport:
                 await budget.wait_turn()
                 started = self.clock.monotonic()
                 try:
+                    # No redirects: the key must go to the configured base URL and nowhere else.
                     async with session.request(
-                        method, url, data=data, headers=headers, timeout=self._timeout
+                        method,
+                        url,
+                        data=data,
+                        headers=headers,
+                        timeout=self._timeout,
+                        allow_redirects=False,
                     ) as resp:
                         raw = await resp.read()
                         status = resp.status

@@ -260,7 +260,11 @@ def _acceptable(name: str, value: Any) -> bool:
         return True  # any non-empty id is opaque
     if value == 10**30 and not isinstance(value, bool) and name in ("page", "timeout"):
         return True  # big, but within the allowed range
-    if name in ("page_size", "start_page") and isinstance(value, int) and not isinstance(value, bool):
+    if (
+        name in ("page_size", "start_page")
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
         return value >= 1  # page_size above 100 is capped (documented); a far page is empty
     if name in ("max_items", "prefetch") and value == 0:
         return True
@@ -292,6 +296,19 @@ def test_plain_http_for_loopback_or_when_asked() -> None:
     for url in ("http://127.0.0.1:8080/api", "http://localhost/api", "http://[::1]:9/api"):
         CopyAIClient("k", base_url=url)
     CopyAIClient("k", base_url="http://api.internal/api", allow_http=True)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_redirects_are_not_followed(status: int) -> None:
+    elsewhere = FakeCopyAI(api_key=SECRET)
+    server = FakeCopyAI(api_key=SECRET)
+    async with elsewhere, server, CopyAIClient(SECRET, base_url=server.url) as client:
+        target = f"{elsewhere.url}/workflow/{elsewhere.workflow_id}/run"
+        server.inject(Fault.raw("", status=status, headers={"Location": target}))
+        with pytest.raises(CopyAIError) as info:
+            await client.list_runs(server.workflow_id)
+    assert elsewhere.stats.requests == 0  # the key went nowhere else
+    assert str(status) in str(info.value)
 
 
 @pytest.mark.parametrize(

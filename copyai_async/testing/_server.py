@@ -111,6 +111,7 @@ class Fault:
     after: bool = False
     body: bytes = b""
     content_type: str = "application/json"
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def server_error(cls, status: int = 500, *, html: bool = False, after: bool = False) -> Fault:
@@ -139,9 +140,15 @@ class Fault:
 
     @classmethod
     def raw(
-        cls, body: bytes | str | Any, *, status: int = 200, content_type: str | None = None
+        cls,
+        body: bytes | str | Any,
+        *,
+        status: int = 200,
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Fault:
-        """Answer with exactly this body: bytes or text as given, anything else as JSON."""
+        """Answer with exactly this body (bytes or text as given, anything else as JSON),
+        status and extra headers (e.g. a ``Location`` for a redirect)."""
         if isinstance(body, bytes):
             data = body
         elif isinstance(body, str):
@@ -151,7 +158,13 @@ class Fault:
         ctype = content_type or (
             "application/json" if not isinstance(body, (bytes, str)) else "text/plain"
         )
-        return cls(kind="raw", status=status, body=data, content_type=ctype)
+        return cls(
+            kind="raw",
+            status=status,
+            body=data,
+            content_type=ctype,
+            extra_headers=tuple((headers or {}).items()),
+        )
 
     @classmethod
     def disconnect(cls, *, after: bool = False) -> Fault:
@@ -615,7 +628,9 @@ class FakeCopyAI:
             return _error(fault.status, code, headers=headers)
         if fault.kind == "raw":
             return web.Response(
-                status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type}
+                status=fault.status,
+                body=fault.body,
+                headers={"Content-Type": fault.content_type, **dict(fault.extra_headers)},
             )
         transport = request.transport
         if fault.kind == "disconnect":
