@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import math
-import os
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
-from yarl import URL
 
-from ._budget import Budget, DeadlineExceeded
-from ._clock import Clock, SystemClock
-from ._convert import WIRE, WireError
-from ._errors import ConfigurationError, InvalidResponseError, PollTimeoutError
-from ._http import Response, RetryConfig, Secret, Transport, encode_segment
+from ._base import BaseClient, credential, int_in, json_object, parse
+from ._budget import DeadlineExceeded
+from ._clock import Clock
+from ._convert import WIRE
+from ._errors import PollTimeoutError
+from ._http import encode_segment
 from ._models import RunPage, RunStatus, WorkflowRun
 from ._paginate import DEFAULT_PREFETCH, RunPaginator
-from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter, bounded, check_timeout
-from ._version import version
+from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, bounded, check_timeout
 
 __all__ = ["DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "CopyAIClient"]
 
@@ -41,70 +36,7 @@ COPYAI_RUNS: RunKind[WorkflowRun] = RunKind(
 """How the poller reads a Copy.ai run: COMPLETE and FAILED end it, FAILED is failure."""
 
 
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not (math.isfinite(value) and low_ok):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
-def _int_in(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        allowed = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return value
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _base_url(value: Any, *, allow_http: bool) -> URL:
-    if not isinstance(value, (str, URL)):
-        raise TypeError(f"base_url must be a str, got {type(value).__name__}")
-    url = URL(value)
-    if url.user is not None or url.password is not None:
-        # Say so without echoing them: they are secrets too.
-        raise ConfigurationError(
-            "base_url must not contain credentials (user:password@); the API key goes in api_key="
-        )
-    shown = str(url)
-    if url.scheme not in ("http", "https"):
-        raise ConfigurationError(
-            f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {shown!r}"
-        )
-    if not url.host:
-        raise ConfigurationError(f"base_url must name a host, got {shown!r}")
-    if url.query_string or url.fragment:
-        raise ConfigurationError("base_url must not carry a query or a fragment")
-    if url.scheme == "http" and not allow_http and not _is_loopback(url.host):
-        raise ConfigurationError(
-            f"base_url {shown!r} is plain http to a host that is not loopback: the API key "
-            "would cross the network unencrypted; use https, or pass allow_http=True"
-        )
-    return url
-
-
-def _client_timeout(value: Any) -> aiohttp.ClientTimeout:
-    if isinstance(value, aiohttp.ClientTimeout):
-        return value
-    total = _positive("timeout", value)
-    # A separate connect limit lets a stalled connect be told apart from a slow answer:
-    # only the former is safe to retry for a POST.
-    return aiohttp.ClientTimeout(total=total, connect=min(total, 10.0))
-
-
-class CopyAIClient:
+class CopyAIClient(BaseClient[WorkflowRun]):
     """Async client for the Copy.ai Workflow API.
 
     Use it as an async context manager, or call :meth:`aclose` when done::
@@ -164,92 +96,24 @@ class CopyAIClient:
         rate_limit: float | None = None,
         allow_http: bool = False,
     ) -> None:
-        if api_key is None:
-            api_key = os.environ.get(API_KEY_ENV)
-        if api_key is not None and not isinstance(api_key, str):
-            raise TypeError(f"api_key must be a str, got {type(api_key).__name__}")
-        if not api_key or not api_key.strip():
-            raise ConfigurationError(
-                "no Copy.ai API key: pass CopyAIClient(api_key=...) or set the "
-                f"{API_KEY_ENV} environment variable"
-            )
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
-            raise TypeError(
-                f"session must be an aiohttp.ClientSession, got {type(session).__name__}"
-            )
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError("clock must have monotonic() and async sleep(seconds)")
-        base = _base_url(base_url, allow_http=allow_http)
-        backoff_base_s = _positive("backoff_base", backoff_base)
-        backoff_max_s = _positive("backoff_max", backoff_max)
-        if backoff_max_s < backoff_base_s:
-            raise ValueError(
-                f"backoff_max must be >= backoff_base ({backoff_base_s:g}), got {backoff_max_s:g}"
-            )
-        retry = RetryConfig(
-            max_retries=_int_in("max_retries", max_retries, 0),
-            backoff_base=backoff_base_s,
-            backoff_max=backoff_max_s,
-            max_retry_after=_positive("max_retry_after", max_retry_after, allow_zero=True),
-        )
-        secret = Secret(api_key)
-        self._key = secret
-        self.base_url = str(base)
-        connections = _int_in("max_connections", max_connections, 1)
-        budget = Budget(
-            clock=clock or SystemClock(),
-            max_concurrency=connections,
-            rate_limit=None if rate_limit is None else _positive("rate_limit", rate_limit),
-        )
-        self._transport = Transport(
-            base_url=base,
-            auth_headers=lambda: {"x-copy-ai-api-key": secret.get()},
-            secret=secret,
-            user_agent=f"copyai-async/{version()}",
-            timeout=_client_timeout(timeout),
-            retry=retry,
-            budget=budget,
-            max_connections=connections,
+        super().__init__(
+            secret=credential(
+                api_key, name="api_key", env=API_KEY_ENV, what="Copy.ai API key", how="CopyAIClient"
+            ),
+            auth_headers=lambda key: {"x-copy-ai-api-key": key.get()},
+            kind=COPYAI_RUNS,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_connections=max_connections,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            max_retry_after=max_retry_after,
             session=session,
+            clock=clock,
+            rate_limit=rate_limit,
+            allow_http=allow_http,
         )
-
-        self._waiter = Waiter(kind=COPYAI_RUNS, budget=budget)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._transport.closed else "open"
-        return f"<CopyAIClient base_url={self.base_url!r} api_key='***' {state}>"
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`aclose` has been called."""
-        return self._transport.closed
-
-    @property
-    def clock(self) -> Clock:
-        """The clock this client sleeps on."""
-        return self._transport.clock
-
-    async def __aenter__(self) -> CopyAIClient:
-        self._transport.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the client and its own session (a session passed in is left open).
-
-        Calling it again does nothing. Any later request raises
-        :class:`ClientClosedError`.
-        """
-        await self._transport.aclose()
 
     # -- endpoints ---------------------------------------------------------------------
 
@@ -271,7 +135,7 @@ class CopyAIClient:
         wf = encode_segment("workflow_id", workflow_id)
         run = encode_segment("run_id", run_id)
         resp = await self._transport.request("GET", ("workflow", wf, "run", run), idempotent=True)
-        return _parse(resp, lambda: WIRE.run(resp.data, workflow_id=workflow_id), self._key)
+        return parse(resp, lambda: WIRE.run(resp.data, workflow_id=workflow_id), self._key)
 
     async def list_runs(self, workflow_id: str, *, page: int = 1, size: int = 10) -> RunPage:
         """Fetch one page of a workflow's runs, newest first (``GET /workflow/{id}/run``).
@@ -289,15 +153,15 @@ class CopyAIClient:
             CopyAIError: any failure of the request (see the error tree).
         """
         wf = encode_segment("workflow_id", workflow_id)
-        page = _int_in("page", page, 1)
-        size = _int_in("size", size, 1, MAX_PAGE_SIZE)
+        page = int_in("page", page, 1)
+        size = int_in("size", size, 1, MAX_PAGE_SIZE)
         resp = await self._transport.request(
             "GET",
             ("workflow", wf, "run"),
             params={"page": str(page), "size": str(size)},
             idempotent=True,
         )
-        return _parse(
+        return parse(
             resp,
             lambda: WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size),
             self._key,
@@ -344,10 +208,10 @@ class CopyAIClient:
                 repeats a page forever.
         """
         encode_segment("workflow_id", workflow_id)
-        size = min(_int_in("page_size", page_size, 1), MAX_PAGE_SIZE)
-        first = _int_in("start_page", start_page, 1)
-        limit = None if max_items is None else _int_in("max_items", max_items, 0)
-        ahead = _int_in("prefetch", prefetch, 0, MAX_PREFETCH)
+        size = min(int_in("page_size", page_size, 1), MAX_PAGE_SIZE)
+        first = int_in("start_page", start_page, 1)
+        limit = None if max_items is None else int_in("max_items", max_items, 0)
+        ahead = int_in("prefetch", prefetch, 0, MAX_PREFETCH)
 
         async def fetch(page: int, page_size: int) -> RunPage:
             return await self.list_runs(workflow_id, page=page, size=page_size)
@@ -390,13 +254,13 @@ class CopyAIClient:
             CopyAIError: any other failure.
         """
         wf = encode_segment("workflow_id", workflow_id)
-        body: dict[str, Any] = {"startVariables": _json_object("start_variables", start_variables)}
+        body: dict[str, Any] = {"startVariables": json_object("start_variables", start_variables)}
         if metadata is not None:
-            body["metadata"] = _json_object("metadata", metadata)
+            body["metadata"] = json_object("metadata", metadata)
         resp = await self._transport.request(
             "POST", ("workflow", wf, "run"), json_body=body, idempotent=False
         )
-        run = _parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id), self._key)
+        run = parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id), self._key)
         self._waiter.note_started(f"{workflow_id}\0{run.id}")
         return run
 
@@ -589,33 +453,3 @@ class CopyAIClient:
             on_status=None,
             deadline=deadline,
         )
-
-
-def _json_object(name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a mapping (dict), got {type(value).__name__}")
-    obj = dict(value)
-    try:
-        json.dumps(obj)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must hold only JSON-encodable values: {exc}") from exc
-    return obj
-
-
-def _parse(resp: Response, convert: Callable[[], _T], secret: Secret | None = None) -> _T:
-    try:
-        return convert()
-    except WireError as exc:
-        json_path, reason = exc.json_path, exc.reason
-    # Raised outside the handler, and unchained: the wire error and cattrs' errors behind
-    # it quote payload values, which could echo the API key.
-    if secret is not None:
-        reason = secret.redact(reason)
-    raise InvalidResponseError(
-        f"{resp.method} {resp.path} -> {resp.status}: the answer does not have the "
-        f"documented shape: {reason} at {json_path}",
-        method=resp.method,
-        path=resp.path,
-        status=resp.status,
-        json_path=json_path,
-    )

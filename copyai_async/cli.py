@@ -606,12 +606,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logger = logging.getLogger("copyai_async")
+    handler: logging.Handler | None = None
+    previous_level = logger.level
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger = logging.getLogger("copyai_async")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+    try:
+        return _run(args)
+    finally:
+        if handler is not None:  # main() may be called again in the same process
+            logger.removeHandler(handler)
+            logger.setLevel(previous_level)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "fake-server":
         return cmd_fake_server(args)
     out = Output(as_json=getattr(args, "json", False))

@@ -28,7 +28,7 @@ from copyai_async import (
     ServerError,
     WorkflowRun,
 )
-from copyai_async._client import _parse
+from copyai_async._base import parse as _parse
 from copyai_async._convert import WIRE
 from copyai_async._http import Response
 from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule

@@ -1,0 +1,241 @@
+"""What every client shares: options and their checks, lifecycle, the request path, waits.
+
+:class:`CopyAIClient` and :class:`~copyai_async.aitasker.AITaskerClient` differ only in
+how they authenticate, what their runs look like, and their endpoints; everything else
+(retries, the rate budget, redaction, closing, polling) is here, once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from ._budget import Budget
+from ._clock import Clock, SystemClock
+from ._convert import WireError
+from ._errors import ConfigurationError, InvalidResponseError
+from ._http import Response, RetryConfig, Secret, Transport, copyai_error_fields
+from ._poll import RunKind, Waiter
+from ._version import version
+
+__all__ = ["BaseClient", "credential", "int_in", "json_object", "parse"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_C = TypeVar("_C", bound="BaseClient[Any]")
+
+
+def credential(value: Any, *, name: str, env: str, what: str, how: str) -> str:
+    """The secret from the argument or the environment variable, checked."""
+    if value is None:
+        value = os.environ.get(env)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value or not value.strip():
+        raise ConfigurationError(
+            f"no {what}: pass {how}({name}=...) or set the {env} environment variable"
+        )
+    return value
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (math.isfinite(value) and low_ok):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def int_in(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        allowed = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _base_url(value: Any, *, allow_http: bool) -> URL:
+    if not isinstance(value, (str, URL)):
+        raise TypeError(f"base_url must be a str, got {type(value).__name__}")
+    url = URL(value)
+    if url.user is not None or url.password is not None:
+        # Say so without echoing them: they are secrets too.
+        raise ConfigurationError(
+            "base_url must not contain credentials (user:password@); the API key goes in api_key="
+        )
+    shown = str(url)
+    if url.scheme not in ("http", "https"):
+        raise ConfigurationError(f"base_url must be an http(s) URL, got {shown!r}")
+    if not url.host:
+        raise ConfigurationError(f"base_url must name a host, got {shown!r}")
+    if url.query_string or url.fragment:
+        raise ConfigurationError("base_url must not carry a query or a fragment")
+    if url.scheme == "http" and not allow_http and not _is_loopback(url.host):
+        raise ConfigurationError(
+            f"base_url {shown!r} is plain http to a host that is not loopback: the API key "
+            "would cross the network unencrypted; use https, or pass allow_http=True"
+        )
+    return url
+
+
+def _client_timeout(value: Any) -> aiohttp.ClientTimeout:
+    if isinstance(value, aiohttp.ClientTimeout):
+        return value
+    total = _positive("timeout", value)
+    # A separate connect limit lets a stalled connect be told apart from a slow answer:
+    # only the former is safe to retry for a POST.
+    return aiohttp.ClientTimeout(total=total, connect=min(total, 10.0))
+
+
+def json_object(name: str, value: Any) -> dict[str, Any]:
+    """``value`` as a dict that JSON can encode, or TypeError naming ``name``."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping (dict), got {type(value).__name__}")
+    obj = dict(value)
+    try:
+        json.dumps(obj)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must hold only JSON-encodable values: {exc}") from exc
+    return obj
+
+
+def parse(resp: Response, convert: Callable[[], _T], secret: Secret | None = None) -> _T:
+    """``convert()``, with a WireError turned into InvalidResponseError (redacted)."""
+    try:
+        return convert()
+    except WireError as exc:
+        json_path, reason = exc.json_path, exc.reason
+    # Raised outside the handler, and unchained: the wire error and cattrs' errors behind
+    # it quote payload values, which could echo the API key.
+    if secret is not None:
+        reason = secret.redact(reason)
+    raise InvalidResponseError(
+        f"{resp.method} {resp.path} -> {resp.status}: the answer does not have the "
+        f"documented shape: {reason} at {json_path}",
+        method=resp.method,
+        path=resp.path,
+        status=resp.status,
+        json_path=json_path,
+    )
+
+
+class BaseClient(Generic[_R]):
+    """The shared body of a client; see :class:`CopyAIClient` for the options."""
+
+    def __init__(
+        self,
+        *,
+        secret: str,
+        auth_headers: Callable[[Secret], Mapping[str, str]],
+        kind: RunKind[_R],
+        base_url: Any,
+        timeout: Any,
+        max_retries: Any,
+        max_connections: Any,
+        backoff_base: Any,
+        backoff_max: Any,
+        max_retry_after: Any,
+        session: Any,
+        clock: Any,
+        rate_limit: Any,
+        allow_http: bool,
+        error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
+    ) -> None:
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError(
+                f"session must be an aiohttp.ClientSession, got {type(session).__name__}"
+            )
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError("clock must have monotonic() and async sleep(seconds)")
+        base = _base_url(base_url, allow_http=allow_http)
+        backoff_base_s = _positive("backoff_base", backoff_base)
+        backoff_max_s = _positive("backoff_max", backoff_max)
+        if backoff_max_s < backoff_base_s:
+            raise ValueError(
+                f"backoff_max must be >= backoff_base ({backoff_base_s:g}), got {backoff_max_s:g}"
+            )
+        retry = RetryConfig(
+            max_retries=int_in("max_retries", max_retries, 0),
+            backoff_base=backoff_base_s,
+            backoff_max=backoff_max_s,
+            max_retry_after=_positive("max_retry_after", max_retry_after, allow_zero=True),
+        )
+        key = Secret(secret)
+        self._key = key
+        self.base_url = str(base)
+        connections = int_in("max_connections", max_connections, 1)
+        budget = Budget(
+            clock=clock or SystemClock(),
+            max_concurrency=connections,
+            rate_limit=None if rate_limit is None else _positive("rate_limit", rate_limit),
+        )
+        self._transport = Transport(
+            base_url=base,
+            auth_headers=lambda: auth_headers(key),
+            secret=key,
+            user_agent=f"copyai-async/{version()}",
+            timeout=_client_timeout(timeout),
+            retry=retry,
+            budget=budget,
+            max_connections=connections,
+            session=session,
+            error_fields=error_fields,
+        )
+
+        self._waiter: Waiter[_R] = Waiter(kind=kind, budget=budget)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._transport.closed else "open"
+        return f"<{type(self).__name__} base_url={self.base_url!r} key='***' {state}>"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has been called."""
+        return self._transport.closed
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this client sleeps on."""
+        return self._transport.clock
+
+    async def __aenter__(self: _C) -> _C:
+        self._transport.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client and its own session (a session passed in is left open).
+
+        Calling it again does nothing. Any later request raises
+        :class:`ClientClosedError`.
+        """
+        await self._transport.aclose()
