@@ -114,8 +114,10 @@ def child_main(spec: dict[str, Any]) -> None:
 
 def measure(scenario: str, contender: str, url: str, arg: Any) -> dict[str, Any]:
     spec = {"scenario": scenario, "contender": contender, "url": url, "arg": arg}
+    # The spec goes on stdin: 10,000 run ids are too long for one argument.
     out = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
+        [sys.executable, __file__, "--child", "-"],
+        input=json.dumps(spec),
         capture_output=True,
         text=True,
         check=False,
@@ -447,7 +449,7 @@ def main() -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_main(json.loads(args.child))
+        child_main(json.loads(sys.stdin.read() if args.child == "-" else args.child))
         return 0
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     steps = plan(mode)

@@ -11,7 +11,7 @@ import ipaddress
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -23,7 +23,7 @@ from ._clock import Clock, SystemClock
 from ._convert import WireError
 from ._errors import ConfigurationError, InvalidResponseError
 from ._http import Response, RetryConfig, Secret, Transport, copyai_error_fields
-from ._poll import RunKind, Waiter
+from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter
 from ._version import version
 
 __all__ = ["BaseClient", "credential", "int_in", "json_object", "parse"]
@@ -239,3 +239,134 @@ class BaseClient(Generic[_R]):
         :class:`ClientClosedError`.
         """
         await self._transport.aclose()
+
+    # -- waiting (the same for every API; ``_target`` says how to read one run) ----------
+
+    def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[_R]]:
+        raise NotImplementedError
+
+    async def wait_for_run(
+        self,
+        workflow_id: str,
+        run_id: str,
+        *,
+        timeout: float | None = None,
+        policy: PollPolicy | None = None,
+        raise_on_failure: bool = True,
+        on_status: Callable[[_R], Any] | None = None,
+    ) -> _R:
+        """Poll a run until its status is terminal (Copy.ai: ``COMPLETE`` or ``FAILED``).
+
+        The first poll is immediate; then sleeps grow as ``policy`` says (with jitter) up
+        to its ``max_interval``. ``NEW``, ``WAITING``, ``PROCESSING`` and ``RETRYING``
+        keep polling; so does an undocumented status (logged once at WARNING). A 429's
+        ``Retry-After`` pauses every request of this client. A 404 for a run this client
+        started less than ``policy.not_found_grace`` seconds ago is polled again (the run
+        may not be readable yet); any other 404 is raised.
+
+        Args:
+            workflow_id: the workflow's id.
+            run_id: the run's id.
+            timeout: one deadline, in seconds on the client's monotonic clock, over
+                requests, retries, pauses and sleeps (``None``: wait as long as it takes).
+            policy: the poll timing (default :class:`PollPolicy()`).
+            raise_on_failure: raise :class:`RunFailedError` for a ``FAILED`` run (else
+                return it).
+            on_status: called (sync, or awaited if it returns an awaitable) with the run
+                at its first reading and at each status change; what it raises ends the
+                wait.
+
+        Returns:
+            The run, finished (or failed, with ``raise_on_failure=False``).
+
+        Raises:
+            RunFailedError: the run ended ``FAILED`` (``.run`` holds it).
+            PollTimeoutError: ``timeout`` passed first (``.run`` is the last reading; it
+                is also a ``TimeoutError``).
+            NotFoundError: no such run (outside the grace window).
+            CopyAIError: any other failure, after retries.
+            TypeError, ValueError: bad arguments.
+        """
+        return await self._waiter.wait(
+            self._target(workflow_id, run_id),
+            time_limit=timeout,
+            policy=policy,
+            raise_on_failure=raise_on_failure,
+            on_status=on_status,
+        )
+
+    def watch_run(
+        self,
+        workflow_id: str,
+        run_id: str,
+        *,
+        timeout: float | None = None,
+        policy: PollPolicy | None = None,
+    ) -> AsyncGenerator[_R, None]:
+        """Follow a run's status: ``async for run in client.watch_run(wf, run_id)``.
+
+        Yields the first reading, then each reading whose status differs from the one
+        before, and ends after the terminal one (a ``FAILED`` run is yielded, not
+        raised). Polling, ``timeout`` and ``policy`` are as for :meth:`wait_for_run`;
+        the timeout starts when iteration does. Breaking out or closing it cancels the
+        request in flight.
+
+        Raises:
+            PollTimeoutError: while iterating, when ``timeout`` passes first.
+            CopyAIError: while iterating, a failure after retries.
+            TypeError, ValueError: bad arguments (at the call).
+        """
+        return self._waiter.watch(self._target(workflow_id, run_id), timeout=timeout, policy=policy)
+
+    def wait_for_runs(
+        self,
+        workflow_id: str,
+        run_ids: Iterable[str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float | None = None,
+        policy: PollPolicy | None = None,
+        on_status: Callable[[_R], Any] | None = None,
+    ) -> AsyncGenerator[_R, None]:
+        """Wait on many runs at once: yields each run once, as soon as it is seen terminal.
+
+        ``FAILED`` runs are yielded, not raised. Polls are scheduled by due time (first
+        polls at once, then each run's sleeps grow as ``policy`` says), with at most
+        ``concurrency`` requests of this wait in flight; the client's own limits
+        (``max_connections``, ``rate_limit``) apply on top. Duplicate ids are waited on
+        once. Polling pauses while the loop body runs (requests in flight go on).
+
+        A run that cannot be polled (a 404 outside the grace window, a failure after
+        retries, or the ``timeout``) does not stop the others: once every other run has
+        been yielded, those errors are raised together as an ``ExceptionGroup`` of
+        :class:`CopyAIError` (each naming its run; :class:`PollTimeoutError` for runs
+        the timeout caught), in the order the ids were given.
+
+        Args:
+            workflow_id: the workflow's id.
+            run_ids: the runs' ids (a collection of str, not one str).
+            concurrency: requests of this wait in flight at once, 1 to 1,000 (default 16).
+            timeout: one deadline for the whole wait, in seconds; it starts when
+                iteration does.
+            policy: the poll timing (default :class:`PollPolicy()`).
+            on_status: called (sync, or awaited) with each run at its first reading and
+                at each change of its status, e.g. to show progress.
+
+        Raises:
+            ExceptionGroup: while iterating, after the last run is yielded, if any failed.
+            TypeError, ValueError: bad arguments (at the call).
+        """
+        if isinstance(run_ids, (str, bytes)):
+            raise TypeError("run_ids must be a collection of run ids, not a single string")
+        try:
+            ids = list(dict.fromkeys(run_ids))
+        except TypeError as exc:
+            raise TypeError(f"run_ids must be an iterable of str: {exc}") from exc
+        makers = [self._target(workflow_id, run_id) for run_id in ids]
+        return self._waiter.wait_many(
+            lambda policy: [make(policy) for make in makers],
+            concurrency=concurrency,
+            timeout=timeout,
+            policy=policy,
+            on_status=on_status,
+        )

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
     from exceptiongroup import ExceptionGroup
 
-__all__ = ["WIRE", "WireError", "WireFormat", "parse_datetime"]
+__all__ = ["WIRE", "WireError", "WireFormat", "base_converter", "parse_datetime", "wire_error"]
 
 
 class WireError(Exception):
@@ -169,21 +169,29 @@ def _is(expected: Any) -> Callable[[Any], bool]:
     return predicate
 
 
-def make_converter(*, strict: bool = False) -> cattrs.Converter:
-    """Build the converter; ``strict=True`` makes the test twin that refuses unknown keys.
+def base_converter(*, strict: bool = False) -> cattrs.Converter:
+    """A converter with the rules every API here shares: integers or numeric strings,
+    strings that are strings, ISO 8601 timestamps made aware, objects kept as they are.
 
     cattrs is imported here, on first use, not when the package is imported.
     """
     import cattrs
-    from cattrs.gen import make_dict_structure_fn, override
 
     conv = cattrs.Converter(forbid_extra_keys=strict)
-    conv.register_structure_hook(RunStatus, _structure_status)
     for cls, hook in _CLASS_HOOKS:
         conv.register_structure_hook(cls, hook)
     conv.register_structure_hook_func(_is(_OBJECT), _structure_object)
     for typ, hook in (*_CLASS_HOOKS, (_OBJECT, _structure_object)):
         conv.register_structure_hook_func(_is(typ | None), _or_none(hook))
+    return conv
+
+
+def make_converter(*, strict: bool = False) -> cattrs.Converter:
+    """The Copy.ai converter; ``strict=True`` makes the test twin that refuses unknown keys."""
+    from cattrs.gen import make_dict_structure_fn, override
+
+    conv = base_converter(strict=strict)
+    conv.register_structure_hook(RunStatus, _structure_status)
     conv.register_structure_hook(
         WorkflowRun,
         make_dict_structure_fn(
@@ -202,6 +210,11 @@ def _wire_name(cls: type, attribute: str) -> str:
     if cls is WorkflowRun:
         return _RUN_RENAMES.get(attribute, attribute)
     return attribute
+
+
+def wire_error(exc: Exception, path: str) -> WireError:
+    """A cattrs validation error as a WireError naming the first bad JSON path."""
+    return _wire_error(exc, path)
 
 
 def _leaf_reason(exc: BaseException) -> str:

@@ -129,12 +129,14 @@ class RunKind(Generic[R]):
         is_terminal: whether the run will not change any more.
         is_failed: whether a terminal run failed.
         is_unknown: whether the status is one the API does not document.
+        failure_detail: why a failed run failed, if the API says (for error messages).
     """
 
     status: Callable[[R], str]
     is_terminal: Callable[[R], bool]
     is_failed: Callable[[R], bool]
     is_unknown: Callable[[R], bool]
+    failure_detail: Callable[[R], str | None] = lambda _run: None
 
 
 @attrs.frozen(kw_only=True)
@@ -267,8 +269,11 @@ async def wait(
     if final is None:  # pragma: no cover - watch ends only after a terminal reading
         raise RuntimeError("the poll ended without a reading")
     if raise_on_failure and kind.is_failed(final):
+        detail = kind.failure_detail(final)
         raise RunFailedError(
-            f"{target.label} ended {kind.status(final)}", run=final, run_id=target.run_id
+            f"{target.label} ended {kind.status(final)}" + (f": {detail}" if detail else ""),
+            run=final,
+            run_id=target.run_id,
         )
     return final
 

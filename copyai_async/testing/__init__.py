@@ -11,6 +11,8 @@ Run it on its own with ``python -m copyai_async.testing --port 8080``.
 
 from ._clock import FakeClock
 from ._server import (
+    AITASKER_WORKFLOW_ID,
+    AITASKER_WORKSPACE_ID,
     DEFAULT_API_KEY,
     DEFAULT_WORKFLOW_ID,
     FakeCopyAI,
@@ -23,6 +25,8 @@ from ._server import (
 )
 
 __all__ = [
+    "AITASKER_WORKFLOW_ID",
+    "AITASKER_WORKSPACE_ID",
     "DEFAULT_API_KEY",
     "DEFAULT_WORKFLOW_ID",
     "FakeClock",

@@ -18,6 +18,8 @@ import attrs
 from aiohttp import web
 
 __all__ = [
+    "AITASKER_WORKFLOW_ID",
+    "AITASKER_WORKSPACE_ID",
     "DEFAULT_API_KEY",
     "DEFAULT_WORKFLOW_ID",
     "FakeCopyAI",
@@ -31,6 +33,9 @@ __all__ = [
 
 DEFAULT_API_KEY = "test-key"
 DEFAULT_WORKFLOW_ID = "WCFG-fake-workflow"
+AITASKER_WORKSPACE_ID = "6f1c2a0e-0000-4000-8000-00000000a17a"
+AITASKER_WORKFLOW_ID = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+AITASKER_SCHEDULE_STEPS = (("queued", 1.0), ("running", 2.0))
 MAX_SIZE = 100
 TERMINAL = frozenset({"COMPLETE", "FAILED"})
 
@@ -372,6 +377,10 @@ class FakeCopyAI:
         self._index: dict[str, dict[str, FakeRun]] = {}
         for wf in workflows:
             self.add_workflow(wf)
+        self._at_runs: dict[str, list[FakeRun]] = {}
+        self._at_index: dict[str, dict[str, FakeRun]] = {}
+        self._at_workspace: dict[str, str] = {}
+        self._at_errors: dict[str, str] = {}
         self.report_total: Callable[[int], int | None] | None = None
         self.page_for: Callable[[int], int] | None = None
         self._holds: list[tuple[Callable[[web.Request], bool], asyncio.Event]] = []
@@ -400,6 +409,14 @@ class FakeCopyAI:
         app.router.add_get("/api/workflow/{workflow_id}/run", self._list_runs)
         app.router.add_get("/api/workflow/{workflow_id}/run/{run_id}", self._get_run)
         app.router.add_get("/_fake/stats", self._stats)
+        # aitasker's API (Bearer auth, FastAPI-style errors, bare arrays)
+        app.router.add_get(
+            "/api/v1/workspaces/{workspace_id}/workflows/{workflow_id}/runs", self._at_list
+        )
+        app.router.add_get("/api/v1/workflows/{workflow_id}/runs/{run_id}", self._at_get)
+        app.router.add_post(
+            "/api/v1/workspaces/{workspace_id}/workflows/{workflow_id}/trigger", self._at_trigger
+        )
         # handler_cancellation: a client that hangs up cancels its request here, as on a
         # real server, so stats.in_flight shows what clients still wait for.
         runner = web.AppRunner(
@@ -529,6 +546,108 @@ class FakeCopyAI:
         self.stats = ServerStats()
         self.requests.clear()
 
+    # -- aitasker ----------------------------------------------------------------------
+
+    def add_aitasker_run(
+        self,
+        workspace_id: str = AITASKER_WORKSPACE_ID,
+        workflow_id: str = AITASKER_WORKFLOW_ID,
+        *,
+        schedule: Schedule | None = None,
+        payload: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        error_message: str = "node 'summarise' failed: model timeout",
+    ) -> FakeRun:
+        """Add an aitasker run (statuses are lower case, e.g. queued, running, completed)."""
+        self._at_workspace.setdefault(workflow_id, workspace_id)
+        runs = self._at_runs.setdefault(workflow_id, [])
+        index = self._at_index.setdefault(workflow_id, {})
+        rid = run_id or str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        run = FakeRun(
+            id=rid,
+            workflow_id=workflow_id,
+            input=dict(payload or {}),
+            metadata=None,
+            created_at=datetime.now(timezone.utc),
+            created_mono=self.clock(),
+            schedule=schedule or Schedule.polls(*AITASKER_SCHEDULE_STEPS, final="completed"),
+        )
+        runs.append(run)
+        index[rid] = run
+        self._at_errors[rid] = error_message
+        return run
+
+    def aitasker_runs(self, workflow_id: str = AITASKER_WORKFLOW_ID) -> list[FakeRun]:
+        """An aitasker workflow's runs, oldest first."""
+        return list(self._at_runs.get(workflow_id, []))
+
+    def _at_json(self, run: FakeRun, status: str) -> dict[str, Any]:
+        first = run.schedule.steps[0][0] if run.schedule.steps else status
+        terminal = status.lower() in ("completed", "failed", "succeeded", "error", "cancelled")
+        failed = status.lower() in ("failed", "error", "cancelled")
+        stamp = run.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        started = None if status == first and not terminal else stamp
+        finished = stamp if terminal else None
+        node = {
+            "id": str(uuid.UUID(int=hash(run.id) & (2**128 - 1), version=4)),
+            "workflow_run_id": run.id,
+            "workflow_node_id": "3c90c3cc-0d44-4b50-8888-000000000001",
+            "status": status,
+            "created_at": stamp,
+            "task_id": None,
+            "input_data": run.input,
+            "output_data": {"summary": "done"} if terminal and not failed else None,
+            "started_at": started,
+            "completed_at": finished,
+        }
+        return {
+            "id": run.id,
+            "workflow_id": run.workflow_id,
+            "status": status,
+            "created_at": stamp,
+            "triggered_by": "api",
+            "trigger_payload": run.input,
+            "started_at": started,
+            "completed_at": finished,
+            "error_message": self._at_errors.get(run.id) if failed else None,
+            "total_cost_cents": run.schedule.credits if terminal else 0,
+            "node_runs": [node],
+        }
+
+    async def _at_list(self, request: web.Request) -> web.Response:
+        wf = request.match_info["workflow_id"]
+        if self._at_workspace.get(wf) != request.match_info["workspace_id"]:
+            raise web.HTTPNotFound()
+        now = self.clock()
+        runs = self._at_runs[wf]
+        return web.json_response([self._at_json(r, r.status(now)) for r in reversed(runs)])
+
+    async def _at_get(self, request: web.Request) -> web.Response:
+        index = self._at_index.get(request.match_info["workflow_id"], {})
+        run = index.get(request.match_info["run_id"])
+        if run is None:
+            raise web.HTTPNotFound()
+        status = run.status(self.clock())
+        run.polls += 1
+        return web.json_response(self._at_json(run, status))
+
+    async def _at_trigger(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        payload = body.get("trigger_payload") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(payload, dict):
+            detail = [
+                {"loc": ["body", "trigger_payload"], "msg": "field required", "type": "missing"}
+            ]
+            return web.json_response({"detail": detail}, status=422)
+        ws, wf = request.match_info["workspace_id"], request.match_info["workflow_id"]
+        if self._at_workspace.get(wf, ws) != ws:
+            raise web.HTTPNotFound()
+        run = self.add_aitasker_run(ws, wf, payload=payload)
+        return web.json_response(self._at_json(run, run.status(self.clock())))
+
     # -- serving -----------------------------------------------------------------------
 
     def _pick_fault(self, request: web.Request) -> Fault | None:
@@ -579,6 +698,14 @@ class FakeCopyAI:
                     return resp
             if request.path.startswith("/_fake/"):
                 resp = await handler(request)  # the fake's own stats: no key, not counted
+            elif request.path.startswith("/api/v1/"):
+                if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                    resp = web.json_response({"detail": "Not authenticated"}, status=401)
+                else:
+                    try:
+                        resp = await handler(request)
+                    except web.HTTPException as exc:
+                        resp = web.json_response({"detail": exc.reason}, status=exc.status)
             elif request.headers.get("x-copy-ai-api-key") != self.api_key:
                 resp = _error(401, "UNAUTHORIZED")
             else:

@@ -1,0 +1,195 @@
+"""AITaskerClient: aitasker's workflow runs on the same core as CopyAIClient."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+
+from .._base import BaseClient, credential, json_object, parse
+from .._clock import Clock
+from .._http import encode_segment
+from .._poll import PollPolicy, RunKind, Target
+from ._convert import AITASKER_WIRE
+from ._models import AITaskerRun
+
+__all__ = [
+    "DEFAULT_FAILED_STATUSES",
+    "DEFAULT_RUNNING_STATUSES",
+    "DEFAULT_TERMINAL_STATUSES",
+    "TOKEN_ENV",
+    "AITaskerClient",
+]
+
+TOKEN_ENV = "AITASKER_API_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+DEFAULT_TERMINAL_STATUSES = frozenset(
+    {"completed", "succeeded", "success", "failed", "error", "cancelled", "canceled"}
+)
+"""Statuses that end a run (compared case-insensitively)."""
+DEFAULT_FAILED_STATUSES = frozenset({"failed", "error", "cancelled", "canceled"})
+"""Terminal statuses that mean the run did not succeed."""
+DEFAULT_RUNNING_STATUSES = frozenset(
+    {"pending", "queued", "created", "waiting", "started", "running", "in_progress", "processing"}
+)
+"""Statuses known to mean "still going"; any other non-terminal one is logged once."""
+
+
+def _statuses(name: str, values: Iterable[str]) -> frozenset[str]:
+    if isinstance(values, str):
+        raise TypeError(f"{name} must be a collection of statuses, not a single string")
+    result = set()
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            raise TypeError(f"{name} must hold non-empty strings, got {value!r}")
+        result.add(value.strip().lower())
+    if not result:
+        raise ValueError(f"{name} must not be empty")
+    return frozenset(result)
+
+
+def _fastapi_error_fields(body: Any) -> tuple[str | None, Any]:
+    """``(error_code, details)`` of an aitasker (FastAPI) error body: ``{"detail": ...}``."""
+    if isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        return (detail if isinstance(detail, str) and len(detail) <= 80 else None), detail
+    return None, None
+
+
+class AITaskerClient(BaseClient[AITaskerRun]):
+    """Async client for aitasker's workflow-run API, with CopyAIClient's guarantees.
+
+    Same lifecycle, retries, rate budget, error tree, key redaction and waits as
+    :class:`~copyai_async.CopyAIClient`; see it for the shared options.
+
+    Args:
+        token: the API token, sent as ``Authorization: Bearer <token>``. Defaults to the
+            ``AITASKER_API_TOKEN`` environment variable.
+        base_url: the API's root, e.g. ``https://aitasker.example.com`` (required: the
+            documentation names no real host). Paths start with ``/api/v1``.
+        terminal_statuses: statuses that end a run, compared case-insensitively
+            (default: completed, succeeded, success, failed, error, cancelled,
+            canceled). Any other status counts as still running.
+        failed_statuses: the terminal statuses that mean failure (default: failed,
+            error, cancelled, canceled); they must be terminal too.
+
+    Raises:
+        ConfigurationError: no token, or a bad ``base_url``.
+        TypeError, ValueError: an option of the wrong type or out of range.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        base_url: str,
+        terminal_statuses: Iterable[str] = DEFAULT_TERMINAL_STATUSES,
+        failed_statuses: Iterable[str] = DEFAULT_FAILED_STATUSES,
+        timeout: float | aiohttp.ClientTimeout = 60.0,
+        max_retries: int = 3,
+        max_connections: int = 100,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        max_retry_after: float = 60.0,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock | None = None,
+        rate_limit: float | None = None,
+        allow_http: bool = False,
+    ) -> None:
+        terminal = _statuses("terminal_statuses", terminal_statuses)
+        failed = _statuses("failed_statuses", failed_statuses)
+        if not failed <= terminal:
+            raise ValueError(
+                f"failed_statuses must be terminal too; not in terminal_statuses: "
+                f"{sorted(failed - terminal)}"
+            )
+        self.terminal_statuses = terminal
+        self.failed_statuses = failed
+        kind: RunKind[AITaskerRun] = RunKind(
+            status=lambda run: run.status,
+            is_terminal=lambda run: run.status.lower() in terminal,
+            is_failed=lambda run: run.status.lower() in failed,
+            is_unknown=lambda run: run.status.lower() not in DEFAULT_RUNNING_STATUSES | terminal,
+            failure_detail=lambda run: run.error_message,
+        )
+        super().__init__(
+            secret=credential(
+                token, name="token", env=TOKEN_ENV, what="aitasker API token", how="AITaskerClient"
+            ),
+            auth_headers=lambda key: {"Authorization": f"Bearer {key.get()}"},
+            kind=kind,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_connections=max_connections,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            max_retry_after=max_retry_after,
+            session=session,
+            clock=clock,
+            rate_limit=rate_limit,
+            allow_http=allow_http,
+            error_fields=_fastapi_error_fields,
+        )
+
+    async def list_runs(self, workspace_id: str, workflow_id: str) -> list[AITaskerRun]:
+        """All runs of a workflow (``GET /api/v1/workspaces/{ws}/workflows/{wf}/runs``).
+
+        The endpoint answers a bare JSON array: no envelope, no pagination.
+        """
+        ws = encode_segment("workspace_id", workspace_id)
+        wf = encode_segment("workflow_id", workflow_id)
+        resp = await self._transport.request(
+            "GET", ("api", "v1", "workspaces", ws, "workflows", wf, "runs"), idempotent=True
+        )
+        return parse(resp, lambda: AITASKER_WIRE.runs(resp.data), self._key)
+
+    async def get_run(self, workflow_id: str, run_id: str) -> AITaskerRun:
+        """One run (``GET /api/v1/workflows/{workflow_id}/runs/{run_id}``)."""
+        wf = encode_segment("workflow_id", workflow_id)
+        run = encode_segment("run_id", run_id)
+        resp = await self._transport.request(
+            "GET", ("api", "v1", "workflows", wf, "runs", run), idempotent=True
+        )
+        return parse(resp, lambda: AITASKER_WIRE.run(resp.data), self._key)
+
+    async def trigger(
+        self, workspace_id: str, workflow_id: str, payload: Mapping[str, Any] | None = None
+    ) -> AITaskerRun:
+        """Start a run (``POST .../workflows/{wf}/trigger`` with ``{"trigger_payload": ...}``).
+
+        Retried only where the run cannot have been created (429, failures to connect).
+
+        Returns:
+            The new run, as the API answers it.
+        """
+        ws = encode_segment("workspace_id", workspace_id)
+        wf = encode_segment("workflow_id", workflow_id)
+        body = {"trigger_payload": {} if payload is None else json_object("payload", payload)}
+        resp = await self._transport.request(
+            "POST",
+            ("api", "v1", "workspaces", ws, "workflows", wf, "trigger"),
+            json_body=body,
+            idempotent=False,
+        )
+        run = parse(resp, lambda: AITASKER_WIRE.run(resp.data), self._key)
+        self._waiter.note_started(f"{run.workflow_id}\0{run.id}")
+        return run
+
+    def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[AITaskerRun]]:
+        encode_segment("workflow_id", workflow_id)
+        encode_segment("run_id", run_id)
+
+        async def fetch() -> AITaskerRun:
+            return await self.get_run(workflow_id, run_id)
+
+        def make(policy: PollPolicy) -> Target[AITaskerRun]:
+            return self._waiter.target(
+                run_id=run_id,
+                key=f"{workflow_id}\0{run_id}",
+                label=f"aitasker run {run_id} of workflow {workflow_id}",
+                fetch=fetch,
+                policy=policy,
+            )
+
+        return make
