@@ -22,7 +22,7 @@ from ._budget import Budget
 from ._clock import Clock, SystemClock
 from ._convert import WireError
 from ._errors import ConfigurationError, InvalidResponseError
-from ._http import Response, RetryConfig, Secret, Transport, copyai_error_fields
+from ._http import Response, RetryConfig, Secret, Transport, copyai_error_fields, encode_segment
 from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter
 from ._version import version
 
@@ -242,8 +242,31 @@ class BaseClient(Generic[_R]):
 
     # -- waiting (the same for every API; ``_target`` says how to read one run) ----------
 
+    _run_label = "run"  # how messages name a run: "<label> <id> of workflow <id>"
+
+    async def get_run(self, workflow_id: str, run_id: str) -> _R:
+        raise NotImplementedError  # each API's client reads one run its own way
+
+    def _note_started(self, workflow_id: str, run_id: str) -> None:
+        self._waiter.note_started(f"{workflow_id}\0{run_id}")
+
     def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[_R]]:
-        raise NotImplementedError
+        encode_segment("workflow_id", workflow_id)
+        encode_segment("run_id", run_id)
+
+        async def fetch() -> _R:
+            return await self.get_run(workflow_id, run_id)
+
+        def make(policy: PollPolicy) -> Target[_R]:
+            return self._waiter.target(
+                run_id=run_id,
+                key=f"{workflow_id}\0{run_id}",
+                label=f"{self._run_label} {run_id} of workflow {workflow_id}",
+                fetch=fetch,
+                policy=policy,
+            )
+
+        return make
 
     async def wait_for_run(
         self,

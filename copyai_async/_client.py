@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -16,7 +16,7 @@ from ._errors import PollTimeoutError
 from ._http import encode_segment
 from ._models import RunPage, RunStatus, WorkflowRun
 from ._paginate import DEFAULT_PREFETCH, RunPaginator
-from ._poll import PollPolicy, RunKind, Target, bounded, check_timeout
+from ._poll import PollPolicy, RunKind, bounded, check_timeout
 
 __all__ = ["DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "CopyAIClient"]
 
@@ -261,28 +261,12 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             "POST", ("workflow", wf, "run"), json_body=body, idempotent=False
         )
         run = parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id), self._key)
-        self._waiter.note_started(f"{workflow_id}\0{run.id}")
+        self._note_started(workflow_id, run.id)
         return run
 
-    # -- waiting -----------------------------------------------------------------------
+    # -- waiting (wait_for_run, watch_run, wait_for_runs: see BaseClient) ---------------
 
-    def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[WorkflowRun]]:
-        encode_segment("workflow_id", workflow_id)
-        encode_segment("run_id", run_id)
-
-        async def fetch() -> WorkflowRun:
-            return await self.get_run(workflow_id, run_id)
-
-        def make(policy: PollPolicy) -> Target[WorkflowRun]:
-            return self._waiter.target(
-                run_id=run_id,
-                key=f"{workflow_id}\0{run_id}",
-                label=f"run {run_id} of workflow {workflow_id}",
-                fetch=fetch,
-                policy=policy,
-            )
-
-        return make
+    _run_label = "run"
 
     async def start_and_wait(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -10,7 +10,7 @@ import aiohttp
 from .._base import BaseClient, credential, json_object, parse
 from .._clock import Clock
 from .._http import encode_segment
-from .._poll import PollPolicy, RunKind, Target
+from .._poll import RunKind
 from ._convert import AITASKER_WIRE
 from ._models import AITaskerRun
 
@@ -173,23 +173,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             idempotent=False,
         )
         run = parse(resp, lambda: AITASKER_WIRE.run(resp.data), self._key)
-        self._waiter.note_started(f"{run.workflow_id}\0{run.id}")
+        self._note_started(run.workflow_id, run.id)
         return run
 
-    def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[AITaskerRun]]:
-        encode_segment("workflow_id", workflow_id)
-        encode_segment("run_id", run_id)
-
-        async def fetch() -> AITaskerRun:
-            return await self.get_run(workflow_id, run_id)
-
-        def make(policy: PollPolicy) -> Target[AITaskerRun]:
-            return self._waiter.target(
-                run_id=run_id,
-                key=f"{workflow_id}\0{run_id}",
-                label=f"aitasker run {run_id} of workflow {workflow_id}",
-                fetch=fetch,
-                policy=policy,
-            )
-
-        return make
+    _run_label = "aitasker run"
