@@ -378,6 +378,12 @@ class Transport:
                         content_type = resp.content_type
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     failure: BaseException | None = exc
+                except Exception as exc:
+                    # Closing the session under a request can trip aiohttp's own internals
+                    # (an AssertionError on aiohttp 3.10): that is the close, reported below.
+                    if not self._closed:
+                        raise
+                    failure = exc
                 else:
                     failure = None
             if failure is not None:
