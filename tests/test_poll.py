@@ -603,10 +603,12 @@ async def test_retry_after_pauses_other_requests_too(
     second = server.add_run(schedule=Schedule.immediate()).id
     server.inject(Fault.rate_limit("0.2"), path=first)
     task = asyncio.create_task(live.get_run(server.workflow_id, first))
-    for _ in range(200):  # until the 429 is in
-        if any(r.status == 429 for r in server.requests):
+    budget = live._transport.budget
+    for _ in range(2000):  # until the client has read the 429 and paused itself
+        if budget.paused_until > time.monotonic():
             break
         await asyncio.sleep(0.001)
+    assert budget.paused_until > time.monotonic()
     await live.get_run(server.workflow_id, second)  # waits out the other request's pause
     await task
     times = {r.path.rsplit("/", 1)[1]: r.received_at for r in server.requests if r.status == 200}
