@@ -212,11 +212,6 @@ def _wire_name(cls: type, attribute: str) -> str:
     return attribute
 
 
-def wire_error(exc: Exception, path: str) -> WireError:
-    """A cattrs validation error as a WireError naming the first bad JSON path."""
-    return _wire_error(exc, path)
-
-
 def _leaf_reason(exc: BaseException) -> str:
     from cattrs.errors import ForbiddenExtraKeysError
 
@@ -249,7 +244,8 @@ def _walk(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
         yield path, _leaf_reason(exc)
 
 
-def _wire_error(exc: Exception, path: str) -> WireError:
+def wire_error(exc: Exception, path: str) -> WireError:
+    """A cattrs validation error as a WireError naming the first bad JSON path."""
     leaves = list(_walk(exc, path))
     first_path, first_reason = leaves[0]
     more = f" (and {len(leaves) - 1} more problems)" if len(leaves) > 1 else ""
@@ -302,7 +298,7 @@ class WireFormat:
         try:
             return self._conv.structure(run, WorkflowRun)
         except (ExceptionGroup, ValueError, KeyError, TypeError) as exc:
-            raise _wire_error(exc, path) from exc
+            raise wire_error(exc, path) from exc
 
     def run(self, body: Any, *, workflow_id: str) -> WorkflowRun:
         """Parse the answer of ``GET /workflow/{id}/run/{run_id}``."""

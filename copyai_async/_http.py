@@ -401,7 +401,7 @@ class Transport:
                 if retriable and attempt <= retry.max_retries:
                     delay = retry.backoff(attempt - 1, self._rng)
                     self._log_retry(method, shown, attempt, delay, type(failure).__name__)
-                    await budget.sleep(delay, cause=error)
+                    await budget.sleep(delay, cause=status_error)
                     continue
                 raise error
             elapsed_ms = (self.clock.monotonic() - started) * 1000.0
@@ -423,33 +423,7 @@ class Transport:
                     resp_headers.get("Retry-After"), now=_response_date(resp_headers)
                 )
             too_long = retry_after is not None and retry_after > retry.max_retry_after
-            if retriable and not too_long and attempt <= retry.max_retries:
-                if retry_after is not None and status == 429:
-                    # The server asked this client to slow down: all its requests wait.
-                    budget.pause(retry_after)
-                delay = (
-                    retry_after
-                    if retry_after is not None
-                    else retry.backoff(attempt - 1, self._rng)
-                )
-                self._log_retry(method, shown, attempt, delay, str(status))
-                await budget.sleep(
-                    delay,
-                    cause=self._status_error(
-                        method,
-                        path,
-                        shown,
-                        status,
-                        raw,
-                        resp_headers,
-                        content_type,
-                        retry_after,
-                        attempt,
-                        False,
-                    ),
-                )
-                continue
-            raise self._status_error(
+            status_error = self._status_error(
                 method,
                 path,
                 shown,
@@ -461,6 +435,16 @@ class Transport:
                 attempt,
                 too_long,
             )
+            if not (retriable and not too_long and attempt <= retry.max_retries):
+                raise status_error
+            if retry_after is not None and status == 429:
+                # The server asked this client to slow down: all its requests wait.
+                budget.pause(retry_after)
+            delay = (
+                retry_after if retry_after is not None else retry.backoff(attempt - 1, self._rng)
+            )
+            self._log_retry(method, shown, attempt, delay, str(status))
+            await budget.sleep(delay, cause=status_error)
 
     def _log_retry(self, method: str, shown: str, attempt: int, delay: float, why: str) -> None:
         logger.info(
