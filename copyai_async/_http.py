@@ -401,7 +401,7 @@ class Transport:
                 if retriable and attempt <= retry.max_retries:
                     delay = retry.backoff(attempt - 1, self._rng)
                     self._log_retry(method, shown, attempt, delay, type(failure).__name__)
-                    await budget.sleep(delay, cause=status_error)
+                    await budget.sleep(delay, cause=error)
                     continue
                 raise error
             elapsed_ms = (self.clock.monotonic() - started) * 1000.0
