@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -19,6 +19,7 @@ from _harness import KEY, WORKFLOW  # benchmarks/ is on sys.path when run
 from copyai_async import CopyAIClient, PollPolicy
 
 PAGE = 100
+POOL = 100  # connections per client: the default of aiohttp and of httpx
 TERMINAL = ("COMPLETE", "FAILED")
 HEADERS = {"x-copy-ai-api-key": KEY}
 SCHEDULE = PollPolicy(jitter=0)  # the baselines sleep as our default policy does
@@ -128,11 +129,16 @@ async def wait_aiohttp_1s(url: str, finishes: dict[str, float]) -> dict[str, Any
 async def wait_httpx(url: str, finishes: dict[str, float]) -> dict[str, Any]:
     import httpx
 
-    # httpx's default pool is 100 connections, as aiohttp's is: the same concurrency.
+    # httpx's default pool is 100 connections, as aiohttp's is: the same concurrency. The
+    # loops queue on a semaphore of that size rather than in the pool: httpcore 1.0 rescans
+    # every queued request on each release (encode/httpx#3215, encode/httpcore#1035), so
+    # 10,000 requests queued in the pool took over 10 minutes of CPU a measurement.
+    limit = asyncio.Semaphore(POOL)
     async with httpx.AsyncClient(headers=HEADERS, timeout=60) as session:
 
         async def status(run_id: str) -> str | None:
-            resp = await session.get(f"{url}/workflow/{WORKFLOW}/run/{run_id}")
+            async with limit:
+                resp = await session.get(f"{url}/workflow/{WORKFLOW}/run/{run_id}")
             resp.raise_for_status()
             return resp.json()["data"].get("status")  # type: ignore[no-any-return]
 
@@ -174,7 +180,7 @@ async def single_httpx(url: str, run_id: str) -> dict[str, Any]:
             await asyncio.sleep(TINY.initial)
 
 
-CONTENDERS: dict[str, dict[str, Callable[..., Awaitable[dict[str, Any]]]]] = {
+CONTENDERS: dict[str, dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]]] = {
     "stream": {"ours": stream_ours, "aiohttp": stream_aiohttp, "httpx": stream_httpx},
     "wait": {
         "ours": wait_ours,
