@@ -7,6 +7,7 @@ how they authenticate, what their runs look like, and their endpoints; everythin
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -253,20 +254,13 @@ class BaseClient(Generic[_R]):
     def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[_R]]:
         encode_segment("workflow_id", workflow_id)
         encode_segment("run_id", run_id)
-
-        async def fetch() -> _R:
-            return await self.get_run(workflow_id, run_id)
-
-        def make(policy: PollPolicy) -> Target[_R]:
-            return self._waiter.target(
-                run_id=run_id,
-                key=f"{workflow_id}\0{run_id}",
-                label=f"{self._run_label} {run_id} of workflow {workflow_id}",
-                fetch=fetch,
-                policy=policy,
-            )
-
-        return make
+        return functools.partial(
+            self._waiter.target,
+            workflow_id=workflow_id,
+            run_id=run_id,
+            read=self.get_run,
+            noun=self._run_label,
+        )
 
     async def wait_for_run(
         self,
@@ -385,9 +379,14 @@ class BaseClient(Generic[_R]):
             ids = list(dict.fromkeys(run_ids))
         except TypeError as exc:
             raise TypeError(f"run_ids must be an iterable of str: {exc}") from exc
-        makers = [self._target(workflow_id, run_id) for run_id in ids]
+        encode_segment("workflow_id", workflow_id)
+        for run_id in ids:
+            encode_segment("run_id", run_id)
+        read, noun, target = self.get_run, self._run_label, self._waiter.target
         return self._waiter.wait_many(
-            lambda policy: [make(policy) for make in makers],
+            lambda policy: [
+                target(policy, workflow_id=workflow_id, run_id=r, read=read, noun=noun) for r in ids
+            ],
             concurrency=concurrency,
             timeout=timeout,
             policy=policy,

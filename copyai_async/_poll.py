@@ -141,12 +141,25 @@ class RunKind(Generic[R]):
 
 @attrs.frozen(kw_only=True)
 class Target(Generic[R]):
-    """One run to wait for: how to read it, and how to speak of it."""
+    """One run to wait for: how to read it, and how to speak of it.
 
+    Kept small, one per run waited on: the reader and the noun are shared by every
+    target of a client, and the label is only built when a message needs it."""
+
+    workflow_id: str
     run_id: str
-    label: str  # e.g. "run WRUN-1 of workflow WCFG-2"
-    fetch: Callable[[], Awaitable[R]]
+    read: Callable[[str, str], Awaitable[R]]  # (workflow_id, run_id) -> the run
+    noun: str = "run"  # how messages name a run, e.g. "aitasker run"
     grace_until: float | None = None  # clock time until which a 404 is polled again
+
+    @property
+    def label(self) -> str:
+        """How messages name the run, e.g. "run WRUN-1 of workflow WCFG-2"."""
+        return f"{self.noun} {self.run_id} of workflow {self.workflow_id}"
+
+    def fetch(self) -> Awaitable[R]:
+        """Read the run once."""
+        return self.read(self.workflow_id, self.run_id)
 
     def in_grace(self, now: float) -> bool:
         """Whether a 404 now means "started moments ago, not readable yet"."""
@@ -338,10 +351,15 @@ async def wait_many(
 
     ``on_status`` is called with each reading whose status differs from that run's
     reading before (the first reading included)."""
-    tracks = [_Track(target=t, order=i) for i, t in enumerate(targets)]
     sequence = itertools.count()
     now = clock.monotonic()
-    heap: list[tuple[float, int, _Track[R]]] = [(now, next(sequence), t) for t in tracks]
+    # Only the heap and the running tasks hold a track: a run seen terminal is let go at
+    # once, so memory follows the runs still pending, not all the runs ever given.
+    heap: list[tuple[float, int, _Track[R]]] = [
+        (now, next(sequence), _Track(target=t, order=i)) for i, t in enumerate(targets)
+    ]
+    targets = ()
+    total = len(heap)
     running: dict[asyncio.Task[R], _Track[R]] = {}
     failures: list[tuple[int, CopyAIError]] = []
 
@@ -410,7 +428,7 @@ async def wait_many(
     if failures:
         failures.sort(key=lambda item: item[0])
         raise ExceptionGroup(
-            f"{len(failures)} of {len(tracks)} runs could not be waited for",
+            f"{len(failures)} of {total} runs could not be waited for",
             [error for _, error in failures],
         )
 
@@ -463,16 +481,18 @@ class Waiter(Generic[R]):
 
     def target(
         self,
-        *,
-        run_id: str,
-        key: str,
-        label: str,
-        fetch: Callable[[], Awaitable[R]],
         policy: PollPolicy,
+        *,
+        workflow_id: str,
+        run_id: str,
+        read: Callable[[str, str], Awaitable[R]],
+        noun: str,
     ) -> Target[R]:
-        started = self._started.get(key)
+        started = self._started.get(f"{workflow_id}\0{run_id}")
         grace = None if started is None else started + policy.not_found_grace
-        return Target(run_id=run_id, label=label, fetch=fetch, grace_until=grace)
+        return Target(
+            workflow_id=workflow_id, run_id=run_id, read=read, noun=noun, grace_until=grace
+        )
 
     def deadline(self, timeout: float | None) -> float | None:
         return None if timeout is None else self.clock.monotonic() + timeout
@@ -541,22 +561,30 @@ class Waiter(Generic[R]):
             )
         timeout = check_timeout(timeout)
         policy = _check_policy(policy)
-        targets = make_targets(policy)
-        return _deferred(
-            lambda: wait_many(
-                targets,
+        targets: list[Target[R]] | None = make_targets(policy)
+
+        def start() -> AsyncGenerator[R, None]:
+            # Hand the list over: wait_many lets each target go once its run is seen
+            # terminal, which it could not do while this closure still held them all.
+            nonlocal targets
+            given, targets = targets or [], None
+            return wait_many(
+                given,
                 kind=self.kind,
                 concurrency=concurrency,
                 on_status=on_status,
                 closing=self.budget.closing_future(),
                 **self._options(policy, timeout, None),
             )
-        )
+
+        return _deferred(start)
 
 
 async def _deferred(make: Callable[[], AsyncGenerator[R, None]]) -> AsyncGenerator[R, None]:
     """An async generator that builds the real one on first iteration (so its deadline
     starts then) and closes it with itself."""
-    async with aclosing(make()) as inner:
+    inner = make()
+    del make  # what it holds is the inner generator's now
+    async with aclosing(inner):
         async for item in inner:
             yield item

@@ -7,13 +7,16 @@ real clock with millisecond intervals.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import math
 import random
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -451,6 +454,25 @@ async def test_many_runs_break_and_cancel_leave_nothing(
     with pytest.raises(asyncio.CancelledError):
         await task
     await _quiet(server)
+
+
+async def test_many_runs_let_go_of_each_run_once_yielded(
+    live: CopyAIClient, server: FakeCopyAI
+) -> None:
+    # Memory follows the runs still pending: a run seen terminal is not kept until the end.
+    quick = [server.add_run(schedule=Schedule.immediate()).id for _ in range(3)]
+    slow = server.add_run(schedule=Schedule.polls(("PROCESSING", 10**6))).id
+    seen: list[weakref.ref[WorkflowRun]] = []
+    stream = live.wait_for_runs(server.workflow_id, [*quick, slow], concurrency=1, policy=FAST)
+    async with aclosing(stream):
+        async for run in stream:
+            seen.append(weakref.ref(run))
+            if len(seen) == 3:
+                break
+        del run
+        gc.collect()
+        # The last one yielded is still the generator's local; the two before are gone.
+        assert [ref() is None for ref in seen] == [True, True, False]
 
 
 async def _drain(iterator: Any) -> None:
