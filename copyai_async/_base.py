@@ -7,7 +7,6 @@ how they authenticate, what their runs look like, and their endpoints; everythin
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import math
@@ -251,16 +250,21 @@ class BaseClient(Generic[_R]):
     def _note_started(self, workflow_id: str, run_id: str) -> None:
         self._waiter.note_started(f"{workflow_id}\0{run_id}")
 
-    def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[_R]]:
+    def _targets(
+        self, workflow_id: str, run_ids: list[str]
+    ) -> Callable[[PollPolicy], list[Target[_R]]]:
         encode_segment("workflow_id", workflow_id)
-        encode_segment("run_id", run_id)
-        return functools.partial(
-            self._waiter.target,
-            workflow_id=workflow_id,
-            run_id=run_id,
-            read=self.get_run,
-            noun=self._run_label,
-        )
+        for run_id in run_ids:
+            encode_segment("run_id", run_id)
+        # One reader and one noun for every target: a target per run stays small.
+        read, noun, target = self.get_run, self._run_label, self._waiter.target
+        return lambda policy: [
+            target(policy, workflow_id=workflow_id, run_id=r, read=read, noun=noun) for r in run_ids
+        ]
+
+    def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[_R]]:
+        make = self._targets(workflow_id, [run_id])
+        return lambda policy: make(policy)[0]
 
     async def wait_for_run(
         self,
@@ -379,14 +383,8 @@ class BaseClient(Generic[_R]):
             ids = list(dict.fromkeys(run_ids))
         except TypeError as exc:
             raise TypeError(f"run_ids must be an iterable of str: {exc}") from exc
-        encode_segment("workflow_id", workflow_id)
-        for run_id in ids:
-            encode_segment("run_id", run_id)
-        read, noun, target = self.get_run, self._run_label, self._waiter.target
         return self._waiter.wait_many(
-            lambda policy: [
-                target(policy, workflow_id=workflow_id, run_id=r, read=read, noun=noun) for r in ids
-            ],
+            self._targets(workflow_id, ids),
             concurrency=concurrency,
             timeout=timeout,
             policy=policy,

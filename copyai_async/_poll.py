@@ -353,8 +353,9 @@ async def wait_many(
     reading before (the first reading included)."""
     sequence = itertools.count()
     now = clock.monotonic()
-    # Only the heap and the running tasks hold a track: a run seen terminal is let go at
-    # once, so memory follows the runs still pending, not all the runs ever given.
+    # Only the heap and the running tasks hold a track (and its target): a run seen
+    # terminal is let go at once, so memory follows the runs still pending, not all the
+    # runs ever given. Hence ``targets`` is dropped once the heap is built.
     heap: list[tuple[float, int, _Track[R]]] = [
         (now, next(sequence), _Track(target=t, order=i)) for i, t in enumerate(targets)
     ]
@@ -561,30 +562,24 @@ class Waiter(Generic[R]):
             )
         timeout = check_timeout(timeout)
         policy = _check_policy(policy)
-        targets: list[Target[R]] | None = make_targets(policy)
-
-        def start() -> AsyncGenerator[R, None]:
-            # Hand the list over: wait_many lets each target go once its run is seen
-            # terminal, which it could not do while this closure still held them all.
-            nonlocal targets
-            given, targets = targets or [], None
-            return wait_many(
-                given,
+        targets = make_targets(policy)
+        return _deferred(
+            lambda: wait_many(
+                targets,
                 kind=self.kind,
                 concurrency=concurrency,
                 on_status=on_status,
                 closing=self.budget.closing_future(),
                 **self._options(policy, timeout, None),
             )
-
-        return _deferred(start)
+        )
 
 
 async def _deferred(make: Callable[[], AsyncGenerator[R, None]]) -> AsyncGenerator[R, None]:
     """An async generator that builds the real one on first iteration (so its deadline
     starts then) and closes it with itself."""
     inner = make()
-    del make  # what it holds is the inner generator's now
+    del make  # what it captured (e.g. every target of a wait) is the inner generator's now
     async with aclosing(inner):
         async for item in inner:
             yield item
