@@ -19,13 +19,15 @@ from ._errors import (
     InvalidResponseError,
     NotFoundError,
     PaginationError,
+    PollFailedError,
     PollTimeoutError,
     RateLimitError,
     RunFailedError,
     ServerError,
+    StartUncertainError,
     UnprocessableEntityError,
 )
-from ._models import RunPage, RunStatus, WorkflowRun
+from ._models import START_KEY, RunPage, RunStatus, WorkflowRun
 from ._paginate import RunPaginator
 from ._poll import PollPolicy
 from ._version import version as _version
@@ -33,6 +35,7 @@ from ._version import version as _version
 __all__ = [
     "DEFAULT_BASE_URL",
     "MAX_PAGE_SIZE",
+    "START_KEY",
     "APIConnectionError",
     "APIError",
     "APIStatusError",
@@ -47,6 +50,7 @@ __all__ = [
     "InvalidResponseError",
     "NotFoundError",
     "PaginationError",
+    "PollFailedError",
     "PollPolicy",
     "PollTimeoutError",
     "RateLimitError",
@@ -55,6 +59,7 @@ __all__ = [
     "RunPaginator",
     "RunStatus",
     "ServerError",
+    "StartUncertainError",
     "SystemClock",
     "UnprocessableEntityError",
     "WorkflowRun",

@@ -11,7 +11,8 @@ import ipaddress
 import json
 import math
 import os
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -20,13 +21,21 @@ from yarl import URL
 
 from ._budget import Budget
 from ._clock import Clock, SystemClock
-from ._convert import WireError
-from ._errors import ConfigurationError, InvalidResponseError
-from ._http import Response, RetryConfig, Secret, Transport, copyai_error_fields, encode_segment
+from ._errors import APIError, ConfigurationError, StartUncertainError
+from ._http import (
+    OutcomeUnknown,
+    Response,
+    RetryConfig,
+    Secret,
+    Transport,
+    copyai_error_fields,
+    encode_segment,
+    logger,
+)
 from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter
 from ._version import version
 
-__all__ = ["BaseClient", "credential", "int_in", "json_object", "parse"]
+__all__ = ["BaseClient", "LookupInconclusive", "credential", "int_in", "json_object"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -108,35 +117,29 @@ def _client_timeout(value: Any) -> aiohttp.ClientTimeout:
 
 
 def json_object(name: str, value: Any) -> dict[str, Any]:
-    """``value`` as a dict that JSON can encode, or TypeError naming ``name``."""
+    """``value`` as a dict that JSON can encode.
+
+    Raises:
+        TypeError: not a mapping, or holding a value JSON cannot encode.
+        ValueError: holding NaN or an infinity (not JSON), a circular reference, or
+            nesting deeper than the encoder can follow.
+    """
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a mapping (dict), got {type(value).__name__}")
     obj = dict(value)
     try:
-        json.dumps(obj)
-    except (TypeError, ValueError) as exc:
+        json.dumps(obj, allow_nan=False)
+    except TypeError as exc:
         raise TypeError(f"{name} must hold only JSON-encodable values: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{name} must hold only JSON-encodable values: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{name} is nested too deeply to encode as JSON") from None
     return obj
 
 
-def parse(resp: Response, convert: Callable[[], _T], secret: Secret | None = None) -> _T:
-    """``convert()``, with a WireError turned into InvalidResponseError (redacted)."""
-    try:
-        return convert()
-    except WireError as exc:
-        json_path, reason = exc.json_path, exc.reason
-    # Raised outside the handler, and unchained: the wire error and cattrs' errors behind
-    # it quote payload values, which could echo the API key.
-    if secret is not None:
-        reason = secret.redact(reason)
-    raise InvalidResponseError(
-        f"{resp.method} {resp.path} -> {resp.status}: the answer does not have the "
-        f"documented shape: {reason} at {json_path}",
-        method=resp.method,
-        path=resp.path,
-        status=resp.status,
-        json_path=json_path,
-    )
+class LookupInconclusive(Exception):
+    """Looking for a started run could neither find it nor rule it out."""
 
 
 class BaseClient(Generic[_R]):
@@ -239,6 +242,117 @@ class BaseClient(Generic[_R]):
         :class:`ClientClosedError`.
         """
         await self._transport.aclose()
+
+    # -- starting runs exactly once ------------------------------------------------------
+
+    async def _start(
+        self,
+        segments: Sequence[str],
+        *,
+        workflow_id: str,
+        body: Mapping[str, Any],
+        parse: Callable[[Response], _R],
+        start_key: str | None,
+        find: Callable[[str, float], Awaitable[_R | None]] | None,
+    ) -> _R:
+        """POST a start, and settle a lost answer instead of guessing.
+
+        The transport sends a start again by itself only where it provably never reached
+        the server. Where the server may have acted on it, the answer is settled here:
+        after a short wait (a server still at work gets a moment), ``find(start_key,
+        sent)`` looks for a run tagged with the start's key. Found: that is the answer.
+        Ruled out: the start is sent again (within ``max_retries``), or the error is
+        raised knowing no run exists. Neither (no key, the lookup failed or could not see
+        far enough back, or the server may still be creating it): StartUncertainError.
+
+        Args:
+            segments: the start's path.
+            workflow_id: for messages and the error.
+            body: the JSON body.
+            parse: reads the answer into a run.
+            start_key: the key the start carries in its metadata, or ``None``.
+            find: looks for a run by key among runs created since the monotonic time it
+                is given; returns ``None`` when it rules the run out, and raises
+                :class:`LookupInconclusive` when it cannot.
+        """
+        transport = self._transport
+        sent_at = datetime.now(timezone.utc)
+        attempt = 1
+        while True:
+            sent = self.clock.monotonic()
+            try:
+                return await transport.request(
+                    "POST",
+                    segments,
+                    json_body=body,
+                    idempotent=False,
+                    parse=parse,
+                    first_attempt=attempt,
+                )
+            except OutcomeUnknown as exc:
+                lost = exc
+            error = lost.error
+
+            def uncertain(why: str, lost: OutcomeUnknown = lost) -> StartUncertainError:
+                uncertain_error = StartUncertainError(
+                    f"{lost.error.message}; the run may or may not have started: {why}",
+                    method=lost.error.method,
+                    path=lost.error.path,
+                    workflow_id=workflow_id,
+                    start_key=start_key,
+                    sent_at=sent_at,
+                    status=lost.status,
+                )
+                uncertain_error.__cause__ = lost.error
+                return uncertain_error
+
+            if start_key is None or find is None:
+                raise uncertain(
+                    "the start carried no start key to look for it by; look among the "
+                    "workflow's newest runs before starting it again"
+                )
+            retry = transport.retry
+            asked = lost.retry_after
+            wait = asked if asked is not None and asked <= retry.max_retry_after else None
+            # A server still at work gets a moment before the lookup (and the resend).
+            await transport.budget.sleep(
+                wait if wait is not None else transport.backoff(lost.attempt), cause=error
+            )
+            try:
+                found = await find(start_key, sent)
+            except (APIError, LookupInconclusive) as lookup_error:
+                raise uncertain(
+                    f"looking for start key {start_key!r} did not settle it ({lookup_error}); "
+                    f"before starting it again, await client.find_started_run("
+                    f"{workflow_id!r}, {start_key!r})"
+                ) from error
+            if found is not None:
+                logger.info(
+                    "%s %s: the answer was lost, but the run had started: found %s by its "
+                    "start key",
+                    error.method,
+                    error.path,
+                    getattr(found, "id", "?"),
+                )
+                return found
+            if lost.in_progress:
+                raise uncertain(
+                    f"no run carries start key {start_key!r} yet, but the server may still "
+                    f"be creating it; before starting it again, await "
+                    f"client.find_started_run({workflow_id!r}, {start_key!r})"
+                )
+            if lost.attempt > retry.max_retries or (asked is not None and wait is None):
+                # Known not to have started: the error is the whole story.
+                raise error
+            attempt = lost.attempt + 1
+            logger.info(
+                "retrying %s %s (attempt %d of %d): the answer was lost, and no run carries "
+                "its start key",
+                error.method,
+                error.path,
+                attempt,
+                retry.max_retries + 1,
+            )
 
     # -- waiting (the same for every API; ``_target`` says how to read one run) ----------
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 import math
+import uuid
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 
-from ._base import BaseClient, credential, int_in, json_object, parse
+from ._base import BaseClient, LookupInconclusive, credential, int_in, json_object
 from ._budget import DeadlineExceeded
 from ._clock import Clock
 from ._convert import WIRE
 from ._errors import PollTimeoutError
-from ._http import encode_segment
-from ._models import RunPage, RunStatus, WorkflowRun
+from ._http import Response, encode_segment, response_date
+from ._models import START_KEY, RunPage, RunStatus, WorkflowRun
 from ._paginate import DEFAULT_PREFETCH, RunPaginator
 from ._poll import PollPolicy, RunKind, bounded, check_timeout
 
@@ -24,6 +27,22 @@ DEFAULT_BASE_URL = "https://api.copy.ai/api"
 MAX_PAGE_SIZE = 100
 MAX_PREFETCH = 100
 API_KEY_ENV = "COPYAI_API_KEY"
+MAX_START_KEY_LENGTH = 200
+LOOKUP_PAGES = 10
+"""Pages of 100 runs a lost start's lookup may read before it gives up (1,000 runs)."""
+LOOKUP_MARGIN = 5.0
+"""Seconds the lookup looks back further than the start was sent, on the server's clock
+(its ``Date`` header, to the second; ``createdAt`` may come from another of its clocks)."""
+LOOKUP_MARGIN_NO_DATE = 60.0
+"""The same, when the server sends no ``Date`` and the client's own clock must do."""
+
+
+class _Auto(enum.Enum):
+    AUTO = "auto"
+
+
+AUTO = _Auto.AUTO
+"""``start_key`` left to the client: a fresh one, if the client's ``start_keys`` is on."""
 
 _T = TypeVar("_T")
 
@@ -73,6 +92,11 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             one that got it.
         allow_http: allow a plain ``http://`` base URL to a host that is not loopback
             (the key would travel unencrypted); loopback hosts are always allowed.
+        start_keys: tag each run ``start_run`` starts with a fresh random key in its
+            metadata (``metadata["copyai_async_start_key"]``), so that a start whose
+            answer is lost can be found instead of guessed at, and never started twice.
+            ``False`` sends the metadata exactly as given (a lost answer then raises
+            :class:`StartUncertainError`).
 
     Raises:
         ConfigurationError: no API key (argument or ``COPYAI_API_KEY``), or a bad
@@ -95,7 +119,11 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         clock: Clock | None = None,
         rate_limit: float | None = None,
         allow_http: bool = False,
+        start_keys: bool = True,
     ) -> None:
+        if not isinstance(start_keys, bool):
+            raise TypeError(f"start_keys must be a bool, got {type(start_keys).__name__}")
+        self.start_keys = start_keys
         super().__init__(
             secret=credential(
                 api_key, name="api_key", env=API_KEY_ENV, what="Copy.ai API key", how="CopyAIClient"
@@ -134,8 +162,12 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         """
         wf = encode_segment("workflow_id", workflow_id)
         run = encode_segment("run_id", run_id)
-        resp = await self._transport.request("GET", ("workflow", wf, "run", run), idempotent=True)
-        return parse(resp, lambda: WIRE.run(resp.data, workflow_id=workflow_id), self._key)
+        return await self._transport.request(
+            "GET",
+            ("workflow", wf, "run", run),
+            idempotent=True,
+            parse=lambda resp: WIRE.run(resp.data, workflow_id=workflow_id),
+        )
 
     async def list_runs(self, workflow_id: str, *, page: int = 1, size: int = 10) -> RunPage:
         """Fetch one page of a workflow's runs, newest first (``GET /workflow/{id}/run``).
@@ -152,19 +184,29 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             TypeError, ValueError: ``page`` < 1, ``size`` outside 1..100, or a bad id.
             CopyAIError: any failure of the request (see the error tree).
         """
-        wf = encode_segment("workflow_id", workflow_id)
         page = int_in("page", page, 1)
         size = int_in("size", size, 1, MAX_PAGE_SIZE)
-        resp = await self._transport.request(
+        return await self._transport.request(
             "GET",
-            ("workflow", wf, "run"),
+            ("workflow", encode_segment("workflow_id", workflow_id), "run"),
             params={"page": str(page), "size": str(size)},
             idempotent=True,
+            parse=lambda resp: WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size),
         )
-        return parse(
-            resp,
-            lambda: WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size),
-            self._key,
+
+    async def _dated_page(self, workflow_id: str, page: int) -> tuple[RunPage, datetime | None]:
+        """A page of the newest runs (100 a page) and the server's ``Date`` of its answer."""
+
+        def parse(resp: Response) -> tuple[RunPage, datetime | None]:
+            data = WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=MAX_PAGE_SIZE)
+            return data, response_date(resp.headers)
+
+        return await self._transport.request(
+            "GET",
+            ("workflow", encode_segment("workflow_id", workflow_id), "run"),
+            params={"page": str(page), "size": str(MAX_PAGE_SIZE)},
+            idempotent=True,
+            parse=parse,
         )
 
     def iter_runs(
@@ -231,38 +273,156 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         start_variables: Mapping[str, Any],
         *,
         metadata: Mapping[str, Any] | None = None,
+        start_key: str | Literal[_Auto.AUTO] | None = AUTO,
     ) -> WorkflowRun:
-        """Start a run (``POST /workflow/{id}/run``).
+        """Start a run (``POST /workflow/{id}/run``), once.
 
-        The request is retried only where the run cannot have been created (429, and
-        failures to connect), so a run is never started twice by the client.
+        The run is tagged with a start key in its metadata (see ``start_key``). If the
+        request provably never reached the server (a failure to connect, a connection
+        that was closing before the request was written, 408, 429), it is sent again. If
+        the server may have acted on it (the connection dropped after sending, a timeout,
+        500/502/503/504, a success answer that cannot be read), the client looks for the
+        key among the workflow's newest runs: the run found is returned; if none has it,
+        the start is sent again (within ``max_retries``); if it cannot tell,
+        :class:`StartUncertainError` says so. A run is never started twice by the client.
 
         Args:
             workflow_id: the workflow's id.
             start_variables: the workflow's inputs, sent as ``startVariables``.
             metadata: optional data attached to the run and echoed back on it.
+            start_key: the key sent as ``metadata["copyai_async_start_key"]``: leave it
+                out for a fresh random one (when the client's ``start_keys`` is on, the
+                default), give your own (e.g. a job id, up to 200 characters, so that you
+                can find the run later with :meth:`find_started_run`), or ``None`` for
+                none (a lost answer then raises :class:`StartUncertainError`).
 
         Returns:
-            The new run. The API may answer with only its id: the run then has status
-            ``NEW`` and the given ``workflow_id``.
+            The new run (``run.start_key`` holds its key). The API may answer with only
+            its id: the run then has status ``NEW``, the given ``workflow_id``, and the
+            ``input`` and ``metadata`` that were sent.
 
         Raises:
             TypeError: ``start_variables`` or ``metadata`` is not a mapping, or holds
-                values JSON cannot encode.
+                values JSON cannot encode; ``start_key`` is not a str.
+            ValueError: ``metadata`` holds NaN or is nested too deeply; ``start_key`` is
+                empty, too long, or differs from the key already in ``metadata``.
             UnprocessableEntityError: the API refused the variables (``details`` says why).
             BadRequestError: e.g. ``WORKFLOW_CREDIT_LIMIT_REACHED``.
-            CopyAIError: any other failure.
+            StartUncertainError: the answer was lost and the client cannot tell whether
+                the run started (``.start_key`` says what to look for).
+            CopyAIError: any other failure; the run was not started.
         """
         wf = encode_segment("workflow_id", workflow_id)
         body: dict[str, Any] = {"startVariables": json_object("start_variables", start_variables)}
-        if metadata is not None:
-            body["metadata"] = json_object("metadata", metadata)
-        resp = await self._transport.request(
-            "POST", ("workflow", wf, "run"), json_body=body, idempotent=False
+        meta = None if metadata is None else json_object("metadata", metadata)
+        key = self._start_key(start_key, meta)
+        if key is not None:
+            meta = {**(meta or {}), START_KEY: key}
+        if meta is not None:
+            body["metadata"] = meta
+        run = await self._start(
+            ("workflow", wf, "run"),
+            workflow_id=workflow_id,
+            body=body,
+            parse=lambda resp: WIRE.started_run(
+                resp.data,
+                workflow_id=workflow_id,
+                start_variables=body["startVariables"],
+                metadata=meta,
+            ),
+            start_key=key,
+            find=lambda key, sent: self._find_lost_start(workflow_id, key, sent),
         )
-        run = parse(resp, lambda: WIRE.started_run(resp.data, workflow_id=workflow_id), self._key)
         self._note_started(workflow_id, run.id)
         return run
+
+    def _start_key(
+        self, start_key: str | _Auto | None, metadata: Mapping[str, Any] | None
+    ) -> str | None:
+        given = metadata.get(START_KEY) if metadata is not None else None
+        if start_key is AUTO:
+            if isinstance(given, str) and given:
+                return given  # the caller tagged the run already
+            return uuid.uuid4().hex if self.start_keys else None
+        if start_key is None:
+            return None
+        if not isinstance(start_key, str):
+            raise TypeError(f"start_key must be a str or None, got {type(start_key).__name__}")
+        if not start_key.strip() or len(start_key) > MAX_START_KEY_LENGTH:
+            raise ValueError(
+                f"start_key must be a non-blank string of at most {MAX_START_KEY_LENGTH} "
+                f"characters, got {len(start_key)} characters"
+            )
+        if given is not None and given != start_key:
+            raise ValueError(
+                f"start_key differs from metadata[{START_KEY!r}]; give the key in one place"
+            )
+        return start_key
+
+    async def find_started_run(
+        self, workflow_id: str, start_key: str, *, max_runs: int = 1000
+    ) -> WorkflowRun | None:
+        """Look for the run a start tagged with ``start_key`` among the newest runs.
+
+        For a :class:`StartUncertainError` (``exc.start_key``), or your own key given to
+        :meth:`start_run`. Reads pages of 100 runs, newest first, until the run is found,
+        the listing ends, or ``max_runs`` runs have been read.
+
+        Args:
+            workflow_id: the workflow the run was started in.
+            start_key: the key to look for (``metadata["copyai_async_start_key"]``).
+            max_runs: how many of the newest runs to read at most, 1 to 100,000.
+
+        Returns:
+            The run, or ``None`` if none of the runs read carries the key.
+
+        Raises:
+            TypeError, ValueError: bad arguments.
+            CopyAIError: a page could not be read (after retries).
+        """
+        encode_segment("workflow_id", workflow_id)
+        if not isinstance(start_key, str) or not start_key:
+            raise TypeError(f"start_key must be a non-empty str, got {start_key!r}")
+        limit = int_in("max_runs", max_runs, 1, 100_000)
+        for page_no in range(1, -(-limit // MAX_PAGE_SIZE) + 1):
+            page, _date = await self._dated_page(workflow_id, page_no)
+            for run in page.runs:
+                if run.start_key == start_key:
+                    return run
+            if len(page.runs) < MAX_PAGE_SIZE:
+                return None
+        return None
+
+    async def _find_lost_start(
+        self, workflow_id: str, start_key: str, sent: float
+    ) -> WorkflowRun | None:
+        """The run tagged ``start_key``; ``None`` once the pages read reach back past the
+        moment it was sent (so it would have been seen); LookupInconclusive if they can't.
+
+        The listing is newest first. The first page's ``Date`` header says what time it
+        is on the server; ``sent`` (the client's monotonic clock) says how long ago the
+        start went out. A run created by it cannot be older than that, less a margin, so
+        a page holding an older run shows every run newer than it was read.
+        """
+        horizon: datetime | None = None
+        for page_no in range(1, LOOKUP_PAGES + 1):
+            page, date = await self._dated_page(workflow_id, page_no)
+            for run in page.runs:
+                if run.start_key == start_key:
+                    return run
+            if len(page.runs) < MAX_PAGE_SIZE:
+                return None  # the whole listing was read
+            if horizon is None:
+                margin = LOOKUP_MARGIN if date is not None else LOOKUP_MARGIN_NO_DATE
+                now = date if date is not None else datetime.now(timezone.utc)
+                ago = self.clock.monotonic() - sent + margin
+                horizon = now - timedelta(seconds=ago)
+            if any(r.created_at is not None and r.created_at < horizon for r in page.runs):
+                return None
+        raise LookupInconclusive(
+            f"the {LOOKUP_PAGES * MAX_PAGE_SIZE} newest runs hold none with it, but do not "
+            "reach back to when the start was sent"
+        )
 
     # -- waiting (wait_for_run, watch_run, wait_for_runs: see BaseClient) ---------------
 
@@ -274,6 +434,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         start_variables: Mapping[str, Any],
         *,
         metadata: Mapping[str, Any] | None = None,
+        start_key: str | Literal[_Auto.AUTO] | None = AUTO,
         timeout: float | None = None,
         policy: PollPolicy | None = None,
         raise_on_failure: bool = True,
@@ -284,21 +445,24 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         not be readable yet), for ``policy.not_found_grace`` seconds.
 
         Raises:
-            RunFailedError, PollTimeoutError, CopyAIError: as :meth:`start_run` and
-                :meth:`wait_for_run`.
+            RunFailedError, PollTimeoutError, PollFailedError, StartUncertainError,
+                CopyAIError: as :meth:`start_run` and :meth:`wait_for_run`.
         """
         timeout = check_timeout(timeout)
         deadline = self._waiter.deadline(timeout)
+        meta = None if metadata is None else json_object("metadata", metadata)
+        key = self._start_key(start_key, meta)
         try:
             run = await bounded(
-                lambda: self.start_run(workflow_id, start_variables, metadata=metadata),
+                lambda: self.start_run(workflow_id, start_variables, metadata=meta, start_key=key),
                 deadline,
                 self.clock,
             )
         except DeadlineExceeded as exc:
+            find = f"; look for start key {key!r} with client.find_started_run()" if key else ""
             raise PollTimeoutError(
                 f"starting a run of workflow {workflow_id}: no answer within the "
-                f"{timeout:g} s timeout (the run may or may not have started)",
+                f"{timeout:g} s timeout (the run may or may not have started{find})",
                 run=None,
                 run_id="",
                 timeout=timeout if timeout is not None else math.inf,

@@ -4,11 +4,16 @@ The models in :mod:`copyai_async._models` are plain data; this module knows how 
 spells them:
 
 - camelCase keys (``workflowId``, ``createdAt``) and the ``{"status", "data"}`` envelope;
+  an envelope whose ``status`` is ``"error"`` (in any case), even on a 2xx answer, is an
+  error from the API (:class:`ErrorEnvelope`, with its ``errorCode``);
 - ``id``, or only ``workflowRunId``, for a run's id; a missing ``workflowId`` is the id
   the run was asked for under;
 - ``total`` and ``credits`` as integers or numeric strings (``"22"``); anything else, such
   as ``"lots"``, is an error rather than a silent 0;
-- ``createdAt`` with or without fractional seconds, always made timezone-aware;
+- ``createdAt`` with or without fractional seconds, with any offset, leap seconds
+  (``23:59:60``) included, always made timezone-aware. A run whose ``createdAt`` cannot
+  be read keeps every other field and gets ``created_at=None`` (logged once at WARNING),
+  so one odd timestamp does not fail a whole page; the strict twin refuses it;
 - ``metadata`` as an object, ``null`` or missing; ``input``/``output``/``status`` missing;
 - unknown status strings become ``RunStatus.UNKNOWN`` with the raw value kept;
 - unknown keys are ignored (the strict twin, ``WireFormat(strict=True)``, refuses them
@@ -21,6 +26,7 @@ method, path and status.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -37,7 +43,17 @@ if TYPE_CHECKING:
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
     from exceptiongroup import ExceptionGroup
 
-__all__ = ["WIRE", "WireError", "WireFormat", "base_converter", "parse_datetime", "wire_error"]
+__all__ = [
+    "WIRE",
+    "ErrorEnvelope",
+    "WireError",
+    "WireFormat",
+    "base_converter",
+    "parse_datetime",
+    "wire_error",
+]
+
+logger = logging.getLogger("copyai_async")
 
 
 class WireError(Exception):
@@ -52,6 +68,20 @@ class WireError(Exception):
         super().__init__(f"{reason} at {json_path}")
         self.json_path = json_path
         self.reason = reason
+
+
+class ErrorEnvelope(Exception):
+    """A 2xx answer whose envelope says ``"status": "error"``: an error from the API.
+
+    Attributes:
+        error_code: its ``errorCode``, if it is a string.
+        details: its ``details``, if any.
+    """
+
+    def __init__(self, error_code: str | None, details: Any) -> None:
+        super().__init__(f"the API answered status 'error' ({error_code or 'no error code'})")
+        self.error_code = error_code
+        self.details = details
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
@@ -107,7 +137,8 @@ def _structure_status(value: Any, _: Any) -> RunStatus:
 def parse_datetime(value: str) -> datetime:
     """Parse an ISO 8601 timestamp, with or without fractions; always timezone-aware.
 
-    A timestamp without an offset is taken as UTC.
+    A timestamp without an offset is taken as UTC. A leap second (``23:59:60``) becomes
+    ``23:59:59.999999``, as :class:`~datetime.datetime` has no 60th second.
 
     Raises:
         ValueError: the text is not an ISO 8601 date-time.
@@ -134,12 +165,17 @@ def _parse_datetime_slow(text: str) -> datetime:
         delta = timedelta(hours=int(off_h), minutes=int(off_m))
         tz = timezone(-delta if sign == "-" else delta)
     micro = int((frac or "0")[:6].ljust(6, "0"))
-    return datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micro, tz
-    )
+    sec = int(second or 0)
+    if sec == 60:
+        # An RFC 3339 leap second: datetime has no 60th second, so it becomes the last
+        # instant of the 59th (its order among the minute's other instants is kept).
+        sec, micro = 59, 999_999
+    return datetime(int(year), int(month), int(day), int(hour), int(minute), sec, micro, tz)
 
 
 def _structure_datetime(value: Any, _: Any) -> datetime:
+    if isinstance(value, datetime):  # already read (see WireFormat._prepare_run)
+        return value
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected an ISO 8601 date-time string, got {_short(value)}")
     return parse_datetime(value)
@@ -263,6 +299,7 @@ class WireFormat:
 
     strict: bool = False
     _built: cattrs.Converter | None = attrs.field(init=False, default=None)
+    _warned: bool = attrs.field(init=False, default=False)
 
     @property
     def _conv(self) -> cattrs.Converter:
@@ -272,13 +309,18 @@ class WireFormat:
         return self._built
 
     def unwrap(self, body: Any) -> Any:
-        """Return the ``data`` of a ``{"status": "success", "data": ...}`` envelope."""
+        """Return the ``data`` of a ``{"status": "success", "data": ...}`` envelope.
+
+        Raises:
+            ErrorEnvelope: the envelope's ``status`` is ``"error"`` (in any case).
+            WireError: no envelope.
+        """
         if not isinstance(body, dict):
             raise WireError("$", f"expected the {{status, data}} envelope, got {_short(body)}")
-        if body.get("status") == "error":
-            raise WireError(
-                "$.status", f"the API answered status 'error' ({body.get('errorCode')})"
-            )
+        status = body.get("status")
+        if isinstance(status, str) and status.lower() == "error":
+            code = body.get("errorCode")
+            raise ErrorEnvelope(code if isinstance(code, str) else None, body.get("details"))
         if "data" not in body:
             raise WireError("$.data", "the envelope has no 'data'")
         return body["data"]
@@ -292,7 +334,27 @@ class WireFormat:
             run["id"] = run_id_alias
         if run.get("workflowId") is None:
             run["workflowId"] = workflow_id
+        created = run.get("createdAt")
+        if created is not None:
+            try:
+                run["createdAt"] = _structure_datetime(created, datetime)
+            except ValueError as exc:
+                if self.strict:
+                    raise WireError(f"{path}.createdAt", str(exc)) from None
+                run["createdAt"] = None
+                self._odd_timestamp(run.get("id"))
         return run
+
+    def _odd_timestamp(self, run_id: Any) -> None:
+        # The value itself is not logged: it is the server's text, which could echo a
+        # secret. Once at WARNING, then at DEBUG, so a whole page of them is one warning.
+        level = logging.DEBUG if self._warned else logging.WARNING
+        self._warned = True
+        logger.log(
+            level,
+            "run %s: createdAt is not an ISO 8601 date-time; its created_at is None",
+            run_id if isinstance(run_id, str) else "(no id)",
+        )
 
     def _structure_run(self, run: dict[str, Any], path: str) -> WorkflowRun:
         try:
@@ -305,16 +367,28 @@ class WireFormat:
         data = self.unwrap(body)
         return self._structure_run(self._prepare_run(data, "$.data", workflow_id), "$.data")
 
-    def started_run(self, body: Any, *, workflow_id: str) -> WorkflowRun:
+    def started_run(
+        self,
+        body: Any,
+        *,
+        workflow_id: str,
+        start_variables: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> WorkflowRun:
         """Parse the answer of ``POST /workflow/{id}/run``; it may hold only ``id``.
 
-        A run known only by its id has status ``NEW``. ``url`` is a documented key of
-        this answer that runs do not carry, so it is dropped here.
+        A run known only by its id has status ``NEW``, and the ``input`` and ``metadata``
+        that were sent (the run has exactly those). ``url`` is a documented key of this
+        answer that runs do not carry, so it is dropped here.
         """
         data = self.unwrap(body)
         run = self._prepare_run(data, "$.data", workflow_id)
         run.pop("url", None)
         run.setdefault("status", RunStatus.NEW.value)
+        if start_variables is not None:
+            run.setdefault("input", start_variables)
+        if metadata is not None and run.get("metadata") is None:
+            run["metadata"] = metadata
         return self._structure_run(run, "$.data")
 
     def page(self, body: Any, *, workflow_id: str, page: int, size: int) -> RunPage:

@@ -6,6 +6,9 @@
     ├── ConfigurationError          bad or missing setup (no API key, bad base URL)
     ├── ClientClosedError           the client was used after aclose() (also a RuntimeError)
     ├── PaginationError             the server keeps repeating a page; iteration stopped
+    ├── RunFailedError              a waited-for run ended FAILED
+    ├── PollTimeoutError            a wait's timeout passed (also a TimeoutError)
+    ├── PollFailedError             a wait's polls failed too many times in a row
     └── APIError                    a request went wrong; knows its method and path
         ├── APIStatusError          the server answered with an error status
         │   ├── BadRequestError             400 (e.g. WORKFLOW_CREDIT_LIMIT_REACHED)
@@ -16,8 +19,10 @@
         │   └── ServerError                 5xx
         ├── APIConnectionError      no answer: refused, reset, dropped mid-body
         │   └── APITimeoutError     no answer in time (also a TimeoutError)
-        └── InvalidResponseError    an answer that is not JSON, lacks the envelope, or
-                                    does not fit the model; names the JSON path
+        ├── InvalidResponseError    an answer that is not JSON, lacks the envelope, or
+        │                           does not fit the model; names the JSON path
+        └── StartUncertainError     a start's answer was lost and the client cannot tell
+                                    whether the run exists; carries how to find it
 
 Messages say what happened, to which request (method and path, never the API key) and,
 where there is one, what to do. Every error from the network or the server is one of
@@ -27,6 +32,7 @@ these; aiohttp's own exceptions are only ever the ``__cause__``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 __all__ = [
@@ -42,10 +48,12 @@ __all__ = [
     "InvalidResponseError",
     "NotFoundError",
     "PaginationError",
+    "PollFailedError",
     "PollTimeoutError",
     "RateLimitError",
     "RunFailedError",
     "ServerError",
+    "StartUncertainError",
     "UnprocessableEntityError",
 ]
 
@@ -114,6 +122,28 @@ class PollTimeoutError(CopyAIError, TimeoutError):
         self.run = run
         self.run_id = run_id
         self.timeout = timeout
+
+
+class PollFailedError(CopyAIError):
+    """A wait gave up: more polls in a row failed than its policy allows.
+
+    A poll that fails for a passing reason (5xx, 429, a dropped connection, a timeout, an
+    answer that cannot be read), after the request's own retries, is a missed poll: the
+    wait logs it and polls again on its schedule. Once ``PollPolicy.max_failed_polls``
+    polls in a row have failed, the next failure ends the wait with this error; the last
+    failure is its ``__cause__``.
+
+    Attributes:
+        run: the last good reading of the run, or ``None`` if it was never read.
+        run_id: the id of the run waited for.
+        failures: how many polls in a row failed.
+    """
+
+    def __init__(self, message: str, *, run: Any, run_id: str, failures: int) -> None:
+        super().__init__(message)
+        self.run = run
+        self.run_id = run_id
+        self.failures = failures
 
 
 class APIError(CopyAIError):
@@ -220,3 +250,39 @@ class InvalidResponseError(APIError):
         super().__init__(message, method=method, path=path)
         self.status = status
         self.json_path = json_path
+
+
+class StartUncertainError(APIError):
+    """A start was sent, its answer was lost, and the client cannot tell if the run exists.
+
+    The server may have created the run before the answer was lost (a dropped
+    connection, a timeout, a 5xx or an unreadable answer after the request was sent).
+    The client looks for the run by its start key before sending again; this error means
+    it could not settle the question: the start carried no key, the lookup failed, or the
+    server may still be creating the run. Look for the run before starting it again:
+    ``await client.find_started_run(exc.workflow_id, exc.start_key)``.
+
+    Attributes:
+        workflow_id: the workflow the run was started in.
+        start_key: the value of ``metadata["copyai_async_start_key"]`` sent with the start,
+            or ``None`` if it carried none.
+        sent_at: when the start was first sent (UTC, the client's clock).
+        status: the HTTP status of the lost answer, or ``None`` if none arrived.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        path: str,
+        workflow_id: str,
+        start_key: str | None,
+        sent_at: datetime,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, method=method, path=path)
+        self.workflow_id = workflow_id
+        self.start_key = start_key
+        self.sent_at = sent_at
+        self.status = status

@@ -6,10 +6,16 @@ documented exceptions. Nothing else in the package talks to aiohttp.
 Retry rules:
 
 - an *idempotent* request (GET) is retried on connection failures, timeouts, dropped
-  responses and the statuses 408, 429, 500, 502, 503, 504;
-- a request that is *not* idempotent (POST: starting a run) is retried only where the
-  server cannot have acted on it: 429, and failures to connect (including a connect
-  timeout). Never after a 5xx, a read timeout or a dropped response: the run may exist.
+  responses, the statuses 408, 429, 500, 502, 503, 504, and a 2xx answer that cannot be
+  read (not JSON, cut short, an HTML page, the wrong shape);
+- a request that is *not* idempotent (POST: starting a run) is sent again only where the
+  server cannot have acted on it: a failure to connect (or a connect timeout), a
+  connection that was closing before the request was fully written (the keep-alive
+  edge: the server closed an idle connection as the request went out), 408 and 429.
+  Where the server may have acted on it (sent, then the connection dropped with no
+  answer, a read timeout, 500, 502, 503, 504, or a 2xx that cannot be read), the request
+  is not sent again here: :class:`OutcomeUnknown` hands the question to the caller,
+  which can look for the result before deciding (see ``BaseClient._start``).
 
 Waits are exponential with full jitter, ``uniform(0, min(backoff_max, backoff_base * 2**n))``,
 unless the server sent ``Retry-After`` (seconds or an HTTP date): then exactly that, as
@@ -19,13 +25,15 @@ long as it is at most ``max_retry_after``; a longer ask raises at once.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -33,8 +41,10 @@ import attrs
 from yarl import URL
 
 from ._budget import Budget
+from ._convert import ErrorEnvelope, WireError
 from ._errors import (
     APIConnectionError,
+    APIError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
@@ -47,9 +57,20 @@ from ._errors import (
     UnprocessableEntityError,
 )
 
-__all__ = ["Response", "RetryConfig", "Secret", "Transport", "encode_segment"]
+__all__ = [
+    "OutcomeUnknown",
+    "Response",
+    "RetryConfig",
+    "Secret",
+    "Transport",
+    "encode_segment",
+    "loads",
+    "response_date",
+]
 
 logger = logging.getLogger("copyai_async")
+
+_T = TypeVar("_T")
 
 _fast_loads: Callable[[bytes], Any] | None
 try:  # a faster decoder when installed (pip install "copyai-async[fast]")
@@ -58,14 +79,26 @@ except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 
 
-def loads(raw: bytes) -> Any:
-    """Decode JSON with orjson when installed, else the standard library.
+# 19 digits in a row: an integer literal that may not fit in 64 bits (or a long digit run
+# in a string, which costs only the slower decoder).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
-    If orjson refuses a body (it rejects ``NaN`` and ``Infinity``, which the standard
-    library accepts), the standard library gets the last word. One difference remains:
-    orjson reads integers beyond 64 bits as floats; no field of these APIs comes near.
+
+def loads(raw: bytes) -> Any:
+    """Decode JSON exactly: with orjson when installed and safe, else the standard library.
+
+    The result never depends on whether orjson is installed. orjson reads an integer
+    beyond 64 bits as a float (``2**64 + 1`` would become ``2**64``), so a body with 19
+    digits in a row goes to the standard library, which keeps every integer exact. If
+    orjson refuses a body (``NaN``, ``Infinity``, a number past the float range), the
+    standard library gets the last word too.
+
+    Raises:
+        ValueError: not JSON (``json.JSONDecodeError``), or an integer literal longer than
+            Python's limit for converting text to ``int``.
+        RecursionError: nested deeper than the standard library can follow.
     """
-    if _fast_loads is not None:
+    if _fast_loads is not None and _LONG_DIGITS.search(raw) is None:
         try:
             return _fast_loads(raw)
         except ValueError:
@@ -73,7 +106,57 @@ def loads(raw: bytes) -> Any:
     return json.loads(raw)
 
 
+class OutcomeUnknown(Exception):
+    """A request that is not idempotent was sent and its answer was lost.
+
+    The server may have acted on it (a run may exist). :meth:`Transport.request` raises
+    this instead of sending such a request again; the caller decides (look for the
+    result, send again, or tell the user).
+
+    Attributes:
+        error: the documented error for what went wrong (with method, path, status).
+        attempt: the number of the attempt that failed (1 for the first).
+        in_progress: the server may still be acting on it (a timeout, ours or a
+            gateway's 504): a result not visible yet may still appear.
+        retry_after: seconds the server asked to wait (a 503's ``Retry-After``), if any.
+        status: the HTTP status of the lost answer, or ``None`` if none arrived.
+    """
+
+    def __init__(
+        self,
+        error: APIError,
+        *,
+        attempt: int,
+        in_progress: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempt = attempt
+        self.in_progress = in_progress
+        self.retry_after = retry_after
+        self.status = status
+
+
+class Fate(enum.Enum):
+    """What a failed attempt means for the request."""
+
+    UNSENT = "unsent"  # provably never reached the server: always safe to send again
+    UNKNOWN = "unknown"  # sent; the server may have acted on it, and is done with it
+    RUNNING = "running"  # sent; the server may have acted on it, or may still be acting
+    FINAL = "final"  # sending again would fail the same way (e.g. TLS)
+
+
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# A start answered with one of these may have created the run (504: may still do so).
+UNKNOWN_OUTCOME_STATUSES = frozenset({500, 502, 503, 504})
+# A start answered with one of these did not: the server refused it before acting.
+UNSENT_STATUSES = frozenset({408, 429})
+# Texts of aiohttp's errors for a request that was not fully written: the connection was
+# closing (or closed) first, so the server cannot have acted on it. aiohttp 3.10 raises
+# ClientOSError, later releases ClientConnectionResetError, with these words.
+_NOT_WRITTEN = ("Cannot write to closing transport", "Can not write request body")
 # Statuses whose Retry-After is honoured (a 503 often carries one too).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 _BODY_KEEP = 2000
@@ -172,7 +255,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - reference).total_seconds())
 
 
-def _response_date(headers: Mapping[str, str]) -> datetime | None:
+def response_date(headers: Mapping[str, str]) -> datetime | None:
     """The server's ``Date``: the reference for an HTTP-date Retry-After (skew-proof)."""
     raw = headers.get("Date")
     if not raw:
@@ -201,6 +284,16 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     429: RateLimitError,
 }
 
+# For the API's error envelope on a 2xx answer, where the status says nothing.
+_CODE_CLASSES: dict[str, type[APIStatusError]] = {
+    "BAD_REQUEST": BadRequestError,
+    "WORKFLOW_CREDIT_LIMIT_REACHED": BadRequestError,
+    "UNAUTHORIZED": AuthenticationError,
+    "FORBIDDEN": AuthenticationError,
+    "NOT_FOUND": NotFoundError,
+    "REQUEST_INVALID": UnprocessableEntityError,
+}
+
 _STATUS_HINTS: dict[type[APIStatusError], str] = {
     AuthenticationError: "check the API key (api_key= or the COPYAI_API_KEY variable)",
     NotFoundError: "no such workflow or run, or not visible to this API key",
@@ -220,20 +313,33 @@ def _details_summary(details: Any) -> str:
     return ""
 
 
-def _classify_failure(
-    exc: BaseException, idempotent: bool
-) -> tuple[type[APIConnectionError], str, bool]:
-    """Say what an aiohttp failure was, and whether the request may be sent again."""
+def _not_written(exc: BaseException) -> bool:
+    """Whether aiohttp failed before the request was fully written (see ``_NOT_WRITTEN``)."""
+    current: BaseException | None = exc
+    for _ in range(4):  # the error and the causes aiohttp chains to it
+        if current is None:
+            return False
+        if isinstance(current, OSError) and any(t in str(current) for t in _NOT_WRITTEN):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _classify_failure(exc: BaseException) -> tuple[type[APIConnectionError], str, Fate]:
+    """Say what an aiohttp failure was, and what it means for the request's fate."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         # Timed out connecting (or waiting for a pooled connection): nothing was sent.
-        return APITimeoutError, "timed out connecting", True
+        return APITimeoutError, "timed out connecting", Fate.UNSENT
     if isinstance(exc, asyncio.TimeoutError):
-        return APITimeoutError, "no answer within the timeout", idempotent
+        return APITimeoutError, "no answer within the timeout", Fate.RUNNING
     if isinstance(exc, aiohttp.ClientSSLError):
-        return APIConnectionError, "TLS failed", False
+        return APIConnectionError, "TLS failed", Fate.FINAL
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return APIConnectionError, "could not connect", True
-    return APIConnectionError, "the connection failed before a full answer arrived", idempotent
+        return APIConnectionError, "could not connect", Fate.UNSENT
+    if _not_written(exc):
+        # The keep-alive edge: the pooled connection was closing as the request went out.
+        return APIConnectionError, "the connection closed before the request was sent", Fate.UNSENT
+    return APIConnectionError, "the connection failed before a full answer arrived", Fate.UNKNOWN
 
 
 class Transport:
@@ -331,17 +437,35 @@ class Transport:
         method: str,
         segments: Sequence[str],
         *,
+        parse: Callable[[Response], _T],
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         idempotent: bool,
-    ) -> Response:
-        """Send one logical request, retrying as the rules say; return decoded JSON.
+        first_attempt: int = 1,
+    ) -> _T:
+        """Send one logical request, retrying as the rules say; return ``parse(answer)``.
+
+        Args:
+            method: the HTTP method.
+            segments: the path under the base URL, each segment already encoded.
+            parse: turns a 2xx answer (JSON decoded) into the result; it may raise
+                :class:`WireError` (the answer does not have the documented shape) or
+                :class:`ErrorEnvelope` (the API's error envelope on a 2xx).
+            params: the query.
+            json_body: the body, sent as JSON.
+            idempotent: whether sending the request twice is harmless (see the rules).
+            first_attempt: the number of this call's first attempt (a caller sending a
+                request again after :class:`OutcomeUnknown` continues the count), so that
+                ``max_retries`` bounds every attempt of the request.
 
         Raises:
             ClientClosedError: the client or its borrowed session is closed.
-            APIStatusError: (a subclass of) for an error status after retries.
+            APIStatusError: (a subclass of) for an error status, or the API's error
+                envelope on a 2xx, after retries.
             APIConnectionError: no answer after retries (``APITimeoutError`` for timeouts).
-            InvalidResponseError: a success status whose body is not JSON.
+            InvalidResponseError: a 2xx answer that cannot be read, after retries.
+            OutcomeUnknown: a request that is not idempotent was sent and its answer was
+                lost (only when ``idempotent`` is false).
         """
         url = self.url(segments)
         if params:
@@ -355,7 +479,7 @@ class Transport:
             headers["Content-Type"] = "application/json"
         retry = self.retry
         budget = self.budget
-        attempt = 0
+        attempt = first_attempt - 1
         while True:
             attempt += 1
             session = self.open()
@@ -386,18 +510,21 @@ class Transport:
                     failure = exc
                 else:
                     failure = None
+            suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
             if failure is not None:
                 if self._closed:
                     raise ClientClosedError(
                         f"{method} {shown}: the client was closed while the request was in flight"
                     ) from failure
-                error_cls, what, retriable = _classify_failure(failure, idempotent)
+                error_cls, what, fate = _classify_failure(failure)
                 detail = self._secret.redact(f"{type(failure).__name__}: {failure}".rstrip(": "))
-                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
                 error = error_cls(
                     f"{method} {shown}: {what} ({detail}){suffix}", method=method, path=path
                 )
                 error.__cause__ = failure
+                if not idempotent and fate in (Fate.UNKNOWN, Fate.RUNNING):
+                    raise OutcomeUnknown(error, attempt=attempt, in_progress=fate is Fate.RUNNING)
+                retriable = fate is not Fate.FINAL if idempotent else fate is Fate.UNSENT
                 if retriable and attempt <= retry.max_retries:
                     delay = retry.backoff(attempt - 1, self._rng)
                     self._log_retry(method, shown, attempt, delay, type(failure).__name__)
@@ -409,18 +536,43 @@ class Transport:
                 "%s %s -> %d (%.1f ms, attempt %d)", method, shown, status, elapsed_ms, attempt
             )
             if 200 <= status < 300:
-                return Response(
-                    method=method,
-                    path=path,
-                    status=status,
-                    headers=resp_headers,
-                    data=self._decode(raw, method, path, shown, status, content_type),
+                answer = Response(
+                    method=method, path=path, status=status, headers=resp_headers, data=None
                 )
-            retriable = status in RETRY_STATUSES if idempotent else status == 429
+                try:
+                    return self._read(answer, raw, shown, content_type, parse, suffix)
+                except ErrorEnvelope:
+                    # The API's own error, on a 2xx: an answer, not a garbled one.
+                    raise self._status_error(
+                        method,
+                        path,
+                        shown,
+                        status,
+                        raw,
+                        resp_headers,
+                        content_type,
+                        None,
+                        attempt,
+                        False,
+                        envelope=True,
+                    ) from None
+                except InvalidResponseError as unreadable:
+                    if not idempotent:
+                        # The server answered 2xx: it acted, but the answer is lost.
+                        raise OutcomeUnknown(
+                            unreadable, attempt=attempt, in_progress=False, status=status
+                        ) from None
+                    if attempt > retry.max_retries:
+                        raise
+                    delay = retry.backoff(attempt - 1, self._rng)
+                    self._log_retry(method, shown, attempt, delay, f"an unreadable {status}")
+                    await budget.sleep(delay, cause=unreadable)
+                    continue
+            retriable = status in (RETRY_STATUSES if idempotent else UNSENT_STATUSES)
             retry_after = None
             if status in RETRY_AFTER_STATUSES:
                 retry_after = parse_retry_after(
-                    resp_headers.get("Retry-After"), now=_response_date(resp_headers)
+                    resp_headers.get("Retry-After"), now=response_date(resp_headers)
                 )
             too_long = retry_after is not None and retry_after > retry.max_retry_after
             status_error = self._status_error(
@@ -435,6 +587,14 @@ class Transport:
                 attempt,
                 too_long,
             )
+            if not idempotent and status in UNKNOWN_OUTCOME_STATUSES:
+                raise OutcomeUnknown(
+                    status_error,
+                    attempt=attempt,
+                    in_progress=status == 504,
+                    retry_after=retry_after,
+                    status=status,
+                )
             if not (retriable and not too_long and attempt <= retry.max_retries):
                 raise status_error
             if retry_after is not None and status == 429:
@@ -445,6 +605,10 @@ class Transport:
             )
             self._log_retry(method, shown, attempt, delay, str(status))
             await budget.sleep(delay, cause=status_error)
+
+    def backoff(self, attempt: int) -> float:
+        """The wait before attempt ``attempt + 1`` (full jitter, as for retries)."""
+        return self.retry.backoff(attempt - 1, self._rng)
 
     def _log_retry(self, method: str, shown: str, attempt: int, delay: float, why: str) -> None:
         logger.info(
@@ -457,22 +621,51 @@ class Transport:
             self.retry.max_retries + 1,
         )
 
-    def _decode(
-        self, raw: bytes, method: str, path: str, shown: str, status: int, content_type: str
-    ) -> Any:
+    def _read(
+        self,
+        answer: Response,
+        raw: bytes,
+        shown: str,
+        content_type: str,
+        parse: Callable[[Response], _T],
+        suffix: str,
+    ) -> _T:
+        """Decode a 2xx body and ``parse`` it; an unreadable one is InvalidResponseError."""
+        method, status = answer.method, answer.status
         try:
-            return loads(raw)
+            data = loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             # Keep the reason, not the exception: it holds the whole body (which may echo
             # the API key), and anything raised in this block would chain to it.
             reason = str(exc)
+        except RecursionError:
+            reason = "nested deeper than the JSON decoder can follow"
+        else:
+            return self._parse(attrs.evolve(answer, data=data), parse, suffix)
         preview = self._secret.redact(raw[:80].decode("utf-8", "replace"))
         raise InvalidResponseError(
             f"{method} {shown} -> {status}: the body is not JSON ({reason}; content type "
-            f"{content_type or 'none'}, starts {preview!r})",
+            f"{content_type or 'none'}, starts {preview!r}){suffix}",
             method=method,
-            path=path,
+            path=answer.path,
             status=status,
+        )
+
+    def _parse(self, answer: Response, parse: Callable[[Response], _T], suffix: str) -> _T:
+        try:
+            return parse(answer)
+        except WireError as exc:
+            json_path, reason = exc.json_path, exc.reason
+        # Raised outside the handler, and unchained: the wire error and cattrs' errors
+        # behind it quote payload values, which could echo the API key.
+        reason = self._secret.redact(reason)
+        raise InvalidResponseError(
+            f"{answer.method} {answer.path} -> {answer.status}: the answer does not have the "
+            f"documented shape: {reason} at {json_path}{suffix}",
+            method=answer.method,
+            path=answer.path,
+            status=answer.status,
+            json_path=json_path,
         )
 
     def _status_error(
@@ -487,18 +680,26 @@ class Transport:
         retry_after: float | None,
         attempts: int,
         too_long: bool,
+        *,
+        envelope: bool = False,
     ) -> APIStatusError:
         text = self._secret.redact(raw.decode("utf-8", "replace"))
         try:
             parsed = json.loads(text) if "json" in content_type or text[:1] in "{[" else None
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         error_code, details = self._error_fields(parsed)
-        cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIStatusError)
+        if envelope:
+            # A 2xx whose envelope says "error": the code says what kind of error it is.
+            cls = _CODE_CLASSES.get(error_code or "", APIStatusError)
+        else:
+            cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIStatusError)
         label = error_code or (
             "(non-JSON body)" if parsed is None and text.strip() else "(no error code)"
         )
         message = f"{method} {shown} -> {status} {label}"
+        if envelope:
+            message += " (an error envelope in a success answer)"
         summary = _details_summary(details)
         if summary:
             message += f": {summary}"

@@ -12,7 +12,10 @@ from typing import Any
 
 import attrs
 
-__all__ = ["RunPage", "RunStatus", "WorkflowRun"]
+__all__ = ["START_KEY", "RunPage", "RunStatus", "WorkflowRun"]
+
+START_KEY = "copyai_async_start_key"
+"""The metadata key under which a start carries its start key (see ``start_run``)."""
 
 
 class RunStatus(str, enum.Enum):
@@ -56,6 +59,9 @@ class WorkflowRun:
         created_at: when the run was created, always timezone-aware (UTC if unmarked).
         credits: credits the run used, if sent (the API sends an integer or a
             numeric string; it is always an ``int`` here).
+
+    The property :attr:`start_key` is the start key this client's ``start_run`` put in
+    the run's metadata, if any.
     """
 
     id: str
@@ -72,6 +78,13 @@ class WorkflowRun:
     def is_terminal(self) -> bool:
         """True when the run is ``COMPLETE`` or ``FAILED``."""
         return self.status.is_terminal
+
+    @property
+    def start_key(self) -> str | None:
+        """``metadata["copyai_async_start_key"]``: the key ``start_run`` tagged the run
+        with, so that a start whose answer was lost can be found; ``None`` if untagged."""
+        key = self.metadata.get(START_KEY) if self.metadata is not None else None
+        return key if isinstance(key, str) else None
 
 
 @attrs.frozen(kw_only=True)

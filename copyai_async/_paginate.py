@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from datetime import datetime
@@ -213,6 +212,11 @@ class RunPaginator:
         await self.aclose()
 
 
+def _ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` in integers: a float division overflows past about 1.8e308."""
+    return -(-a // b)
+
+
 async def _runs(pages: AsyncGenerator[RunPage, None]) -> AsyncGenerator[WorkflowRun, None]:
     try:
         async for page in pages:
@@ -310,7 +314,7 @@ async def _pages(
             if full:
                 ahead = prefetch
                 if believe_total and page.total is not None:
-                    last = math.ceil(page.total / page_size)
+                    last = _ceil_div(page.total, page_size)  # exact for any int
                     if page.total % page_size == 0:
                         last += 1  # the last page is full: the empty one after it ends it
                     if page_no >= last:
@@ -319,7 +323,7 @@ async def _pages(
                         # Up to where ``total`` says runs end; past it, one page at a time.
                         ahead = min(ahead, last - page_no)
                 if max_items is not None:
-                    ahead = min(ahead, math.ceil((max_items - yielded) / page_size))
+                    ahead = min(ahead, _ceil_div(max_items - yielded, page_size))
                 for number in range(page_no + 1, page_no + ahead + 1):
                     launch(number)
             else:

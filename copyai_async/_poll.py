@@ -9,6 +9,13 @@ exceeds ``max_interval``). A ``timeout`` is one deadline on the client's monoton
 over requests, retries, pauses and sleeps: a sleep that would cross it ends at it, and a
 request in flight at it is cancelled.
 
+Failures: a poll is a read, so a poll that fails for a passing reason (5xx, 429, a
+dropped connection, a timeout, an answer that cannot be read), after the request's own
+retries, is a missed poll: logged at WARNING, and the next poll comes on schedule (no
+sooner than a 429's ``Retry-After``). More than ``max_failed_polls`` in a row end the wait
+with :class:`PollFailedError`, carrying the last good reading. Failures that another poll
+would only repeat (400, 401, 403, a 404 outside the grace window, 422) end it at once.
+
 Many runs: a heap of (due time, run) and at most ``concurrency`` polls in flight, each a
 short-lived task. Waiting on 10,000 runs costs 10,000 small heap entries, not 10,000
 sleeping tasks; the scheduler wakes only when a poll ends or the earliest run falls due.
@@ -34,11 +41,17 @@ import attrs
 from ._budget import DEADLINE, Budget, DeadlineExceeded
 from ._clock import Clock, SystemClock
 from ._errors import (
+    APIConnectionError,
+    APIStatusError,
     ClientClosedError,
     CopyAIError,
+    InvalidResponseError,
     NotFoundError,
+    PollFailedError,
     PollTimeoutError,
+    RateLimitError,
     RunFailedError,
+    ServerError,
 )
 from ._tasks import cancel_and_wait
 
@@ -55,6 +68,7 @@ DEFAULT_CONCURRENCY = 16
 """Polls of one ``wait_for_runs`` in flight at once, by default."""
 
 MAX_CONCURRENCY = 1_000
+MAX_FAILED_POLLS = 1_000_000
 
 
 def _finite_positive(name: str) -> Callable[[Any, Any, float], None]:
@@ -83,10 +97,16 @@ class PollPolicy:
             many waits do not poll in lockstep.
         not_found_grace: seconds after this client started a run during which a 404 for
             it means "not readable yet" and is polled again; later, it is raised.
+        max_failed_polls: polls in a row that may fail for a passing reason (5xx, 429,
+            connection, timeout, an unreadable answer; each after the request's own
+            retries) before the wait gives up with :class:`PollFailedError`. Each is
+            logged at WARNING and the wait polls again on schedule; 0 gives up at the
+            first.
 
     Raises:
         ValueError: a non-positive or non-finite value, ``multiplier < 1``,
-            ``max_interval < initial``, or ``jitter`` outside 0..1.
+            ``max_interval < initial``, ``jitter`` outside 0..1, or a negative
+            ``max_failed_polls``.
     """
 
     initial: float = attrs.field(default=1.0, validator=_finite_positive("initial"))
@@ -94,6 +114,7 @@ class PollPolicy:
     max_interval: float = attrs.field(default=10.0, validator=_finite_positive("max_interval"))
     jitter: float = 0.1
     not_found_grace: float = 10.0
+    max_failed_polls: int = 5
 
     def __attrs_post_init__(self) -> None:
         if self.multiplier < 1:
@@ -110,6 +131,13 @@ class PollPolicy:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
         if not (math.isfinite(self.not_found_grace) and self.not_found_grace >= 0):
             raise ValueError(f"not_found_grace must be >= 0, got {self.not_found_grace!r}")
+        failed = self.max_failed_polls
+        if isinstance(failed, bool) or not isinstance(failed, int):
+            raise TypeError(f"max_failed_polls must be an int, got {type(failed).__name__}")
+        if not 0 <= failed <= MAX_FAILED_POLLS:
+            raise ValueError(
+                f"max_failed_polls must be between 0 and {MAX_FAILED_POLLS}, got {failed}"
+            )
 
     def interval(self, attempt: int) -> float:
         """The sleep after poll ``attempt + 1``, before jitter."""
@@ -178,6 +206,46 @@ def _timeout_error(
     )
 
 
+def transient(error: CopyAIError) -> bool:
+    """Whether another poll may well succeed where this one failed."""
+    if isinstance(error, (APIConnectionError, InvalidResponseError, ServerError, RateLimitError)):
+        return True
+    return isinstance(error, APIStatusError) and error.status == 408
+
+
+def _not_before(error: CopyAIError) -> float:
+    """The least a next poll must wait after ``error`` (a 429's Retry-After), in seconds."""
+    retry_after = error.retry_after if isinstance(error, RateLimitError) else None
+    return retry_after or 0.0
+
+
+def _missed_poll(
+    target: Target[Any], error: CopyAIError, failures: int, policy: PollPolicy, pause: float
+) -> None:
+    logger.warning(
+        "%s: a poll failed (%s); polling again in %.1f s (%d in a row; the wait gives up after %d)",
+        target.label,
+        error,
+        pause,
+        failures,
+        policy.max_failed_polls + 1,
+    )
+
+
+def _gave_up(
+    target: Target[Any], kind: RunKind[Any], last: Any, failures: int, error: CopyAIError
+) -> PollFailedError:
+    seen = f"last status {kind.status(last)}" if last is not None else "never read"
+    gave_up = PollFailedError(
+        f"{target.label}: {failures} polls in a row failed ({seen}); the last: {error}",
+        run=last,
+        run_id=target.run_id,
+        failures=failures,
+    )
+    gave_up.__cause__ = error
+    return gave_up
+
+
 async def bounded(call: Callable[[], Awaitable[R]], deadline: float | None, clock: Clock) -> R:
     """Await ``call()`` within the deadline; past it, raise :class:`DeadlineExceeded`.
 
@@ -223,7 +291,9 @@ async def observe(
     last: R | None = None
     attempt = 0
     warned = False
+    failures = 0
     while True:
+        missed: CopyAIError | None = None
         try:
             run: R | None = await bounded(target.fetch, deadline, clock)
         except NotFoundError:
@@ -232,7 +302,15 @@ async def observe(
             run = None  # started moments ago and not readable yet
         except DeadlineExceeded as exc:
             raise _timeout_error(target, kind, last, time_limit) from exc.__cause__
+        except CopyAIError as exc:
+            if not transient(exc):
+                raise
+            failures += 1
+            if failures > policy.max_failed_polls:
+                raise _gave_up(target, kind, last, failures, exc) from exc
+            run, missed = None, exc
         if run is not None:
+            failures = 0
             last = run
             yield run
             if kind.is_terminal(run):
@@ -242,6 +320,9 @@ async def observe(
                 _warn_unknown(target, kind, run)
         pause = policy.delay(attempt, rng)
         attempt += 1
+        if missed is not None:
+            pause = max(pause, _not_before(missed))
+            _missed_poll(target, missed, failures, policy, pause)
         if deadline is not None:
             remaining = deadline - clock.monotonic()
             if pause >= remaining:
@@ -298,6 +379,7 @@ class _Track(Generic[R]):
     attempt: int = 0
     last: R | None = None
     warned: bool = False
+    failures: int = 0  # polls in a row that failed for a passing reason
 
 
 async def _wait_any(
@@ -364,10 +446,13 @@ async def wait_many(
     running: dict[asyncio.Task[R], _Track[R]] = {}
     failures: list[tuple[int, CopyAIError]] = []
 
-    def schedule(track: _Track[R]) -> None:
-        due = clock.monotonic() + policy.delay(track.attempt, rng)
+    def schedule(track: _Track[R], missed: CopyAIError | None = None) -> None:
+        pause = policy.delay(track.attempt, rng)
         track.attempt += 1
-        heapq.heappush(heap, (due, next(sequence), track))
+        if missed is not None:
+            pause = max(pause, _not_before(missed))
+            _missed_poll(track.target, missed, track.failures, policy, pause)
+        heapq.heappush(heap, (clock.monotonic() + pause, next(sequence), track))
 
     try:
         while heap or running:
@@ -400,6 +485,7 @@ async def wait_many(
                 error = task.exception()
                 if error is None:
                     run = task.result()
+                    track.failures = 0
                     if on_status is not None and (
                         track.last is None or kind.status(track.last) != kind.status(run)
                     ):
@@ -420,6 +506,13 @@ async def wait_many(
                     timeout_error = _timeout_error(track.target, kind, track.last, time_limit)
                     timeout_error.__cause__ = error.__cause__
                     failures.append((track.order, timeout_error))
+                elif isinstance(error, CopyAIError) and transient(error):
+                    track.failures += 1
+                    if track.failures > policy.max_failed_polls:
+                        gave_up = _gave_up(track.target, kind, track.last, track.failures, error)
+                        failures.append((track.order, gave_up))
+                    else:
+                        schedule(track, missed=error)  # a missed poll: poll again on schedule
                 elif isinstance(error, CopyAIError):
                     failures.append((track.order, error))
                 else:

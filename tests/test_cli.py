@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 import copyai_async
+from copyai_async import START_KEY
 from copyai_async.cli import main
 from copyai_async.testing import FakeCopyAI, Schedule
 
@@ -220,6 +221,8 @@ def test_start(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
     (row,) = _json_lines(capsys.readouterr().out)
     assert row["status"] == "NEW"
     body = api.server.requests[-1].json()
+    key = body["metadata"].pop(START_KEY)
+    assert re.fullmatch("[0-9a-f]{32}", key)  # a fresh start key, so the start is sent once
     assert body == {"startVariables": {"topic": "sea otters", "n": "2"}, "metadata": {"job": "7"}}
     assert cli(api, "runs", "start", api.server.workflow_id, "--var", "oops") == 2
     assert "KEY=VALUE" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import aiohttp
@@ -10,6 +11,7 @@ import pytest
 
 import copyai_async
 from copyai_async import (
+    START_KEY,
     ClientClosedError,
     ConfigurationError,
     CopyAIClient,
@@ -81,6 +83,7 @@ def test_version_and_public_surface() -> None:
         [
             "DEFAULT_BASE_URL",
             "MAX_PAGE_SIZE",
+            "START_KEY",
             "APIConnectionError",
             "APIError",
             "APIStatusError",
@@ -95,6 +98,7 @@ def test_version_and_public_surface() -> None:
             "InvalidResponseError",
             "NotFoundError",
             "PaginationError",
+            "PollFailedError",
             "PollPolicy",
             "PollTimeoutError",
             "RateLimitError",
@@ -103,6 +107,7 @@ def test_version_and_public_surface() -> None:
             "RunPaginator",
             "RunStatus",
             "ServerError",
+            "StartUncertainError",
             "SystemClock",
             "UnprocessableEntityError",
             "WorkflowRun",
@@ -237,7 +242,7 @@ async def test_key_never_in_repr_logs_or_errors(
         body = info.value.body  # type: ignore[attr-defined]
         assert "bad key ***" in body  # the echoed page is kept, with the key masked
         texts += [str(info.value), repr(info.value), body]
-        server.inject(Fault.raw(f"not json {SECRET}"))
+        server.inject(Fault.raw(f"not json {SECRET}"), Fault.raw(f"not json {SECRET}"))
         with pytest.raises(CopyAIError) as info2:
             await client.get_run(server.workflow_id, run.id)
         texts += [str(info2.value)]
@@ -260,15 +265,42 @@ async def test_start_run_sends_documented_body(client: CopyAIClient, server: Fak
     run = await client.start_run(server.workflow_id, {"topic": "otters"}, metadata={"job": 7})
     assert run.status is RunStatus.NEW
     assert run.workflow_id == server.workflow_id
+    key = run.start_key
+    assert key is not None
+    assert re.fullmatch("[0-9a-f]{32}", key)
+    assert run.input == {"topic": "otters"}  # what was sent: the answer holds only the id
+    assert run.metadata == {"job": 7, START_KEY: key}
     sent = server.requests[-1]
     assert (sent.method, sent.path) == ("POST", f"/api/workflow/{server.workflow_id}/run")
-    assert sent.json() == {"startVariables": {"topic": "otters"}, "metadata": {"job": 7}}
+    assert sent.json() == {"startVariables": {"topic": "otters"}, "metadata": run.metadata}
     assert sent.headers["Content-Type"] == "application/json"
-    await client.start_run(server.workflow_id, {})
-    assert server.requests[-1].json() == {"startVariables": {}}
+    other = await client.start_run(server.workflow_id, {})
+    assert server.requests[-1].json() == {
+        "startVariables": {},
+        "metadata": {START_KEY: other.start_key},
+    }
+    assert other.start_key not in (None, key)  # a fresh key per start
     fake = server.get(run.id)
     assert fake.input == {"topic": "otters"}
-    assert fake.metadata == {"job": 7}
+    assert fake.metadata == {"job": 7, START_KEY: key}
+
+
+async def test_start_keys_off_sends_the_documented_body_exactly(
+    server: FakeCopyAI, clock: FakeClock
+) -> None:
+    async with CopyAIClient(
+        server.api_key, base_url=server.url, clock=clock, start_keys=False
+    ) as client:
+        run = await client.start_run(server.workflow_id, {"topic": "otters"}, metadata={"job": 7})
+        await client.start_run(server.workflow_id, {})
+        mine = await client.start_run(server.workflow_id, {}, start_key="job-7")
+    assert run.start_key is None
+    assert [r.json() for r in server.requests] == [
+        {"startVariables": {"topic": "otters"}, "metadata": {"job": 7}},
+        {"startVariables": {}},
+        {"startVariables": {}, "metadata": {START_KEY: "job-7"}},  # asked for in the call
+    ]
+    assert mine.start_key == "job-7"
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from copyai_async import RunPage, RunStatus, WorkflowRun
-from copyai_async._convert import WIRE, WireError, WireFormat, parse_datetime
+from copyai_async._convert import WIRE, ErrorEnvelope, WireError, WireFormat, parse_datetime
 
 from .conftest import load_payload
 
@@ -149,20 +149,35 @@ def test_total_missing_is_none() -> None:
 
 
 def test_bad_run_in_a_page_names_its_index_and_wire_key() -> None:
-    body = _env({"total": 3, "data": [_run(), _run(id="WRUN-2"), _run(id="WRUN-3", createdAt=5)]})
+    body = _env({"total": 3, "data": [_run(), _run(id="WRUN-2"), _run(id="WRUN-3", credits="x")]})
     with pytest.raises(WireError) as info:
         WIRE.page(body, workflow_id="w", page=1, size=3)
-    assert info.value.json_path == "$.data.data[2].createdAt"
+    assert info.value.json_path == "$.data.data[2].credits"
 
 
-@pytest.mark.parametrize(
-    "body",
-    [[1, 2], "text", None, {"status": "success"}, {"data": {"id": "x"}, "status": "error"}],
-)
+@pytest.mark.parametrize("body", [[1, 2], "text", None, {"status": "success"}])
 def test_missing_envelope(body: Any) -> None:
     with pytest.raises(WireError) as info:
         WIRE.run(body, workflow_id="w")
-    assert info.value.json_path in ("$", "$.data", "$.status")
+    assert info.value.json_path in ("$", "$.data")
+
+
+@BOTH
+@pytest.mark.parametrize("word", ["error", "ERROR", "Error"])
+def test_error_envelope_in_any_case_is_the_apis_error(wire: WireFormat, word: str) -> None:
+    body = {"status": word, "errorCode": "NOT_FOUND", "details": {"id": ["unknown"]}}
+    for read in (
+        lambda: wire.run(body, workflow_id="w"),
+        lambda: wire.started_run(body, workflow_id="w"),
+        lambda: wire.page(body, workflow_id="w", page=1, size=10),
+    ):
+        with pytest.raises(ErrorEnvelope) as info:
+            read()
+        assert info.value.error_code == "NOT_FOUND"
+        assert info.value.details == {"id": ["unknown"]}
+    with pytest.raises(ErrorEnvelope) as no_code:
+        wire.run({"status": word, "errorCode": 5, "data": {"id": "x"}}, workflow_id="w")
+    assert no_code.value.error_code is None  # not a string: no code, still an error
 
 
 def test_page_without_run_list() -> None:
@@ -253,11 +268,64 @@ def test_timestamps_always_aware(text: str, expected: datetime) -> None:
     assert parsed.utcoffset() == expected.utcoffset()
 
 
-@pytest.mark.parametrize("raw", ["yesterday", "", "2023-13-45T00:00:00Z", 1695839087])
-def test_bad_timestamp_names_the_path(raw: Any) -> None:
+BAD_TIMESTAMPS = ["yesterday", "", "2023-13-45T00:00:00Z", 1695839087, "2023-09-27T25:00:00Z"]
+
+
+@pytest.mark.parametrize("raw", BAD_TIMESTAMPS)
+def test_bad_timestamp_names_the_path_in_the_strict_twin(raw: Any) -> None:
     with pytest.raises(WireError) as info:
-        WIRE.run(_env(_run(createdAt=raw)), workflow_id="w")
+        STRICT.run(_env(_run(createdAt=raw)), workflow_id="w")
     assert info.value.json_path == "$.data.createdAt"
+
+
+def test_one_bad_timestamp_does_not_fail_a_page(caplog: pytest.LogCaptureFixture) -> None:
+    # Decided: a run whose createdAt cannot be read keeps every other field, with
+    # created_at None; it is logged (once at WARNING), and the rest of the page is read.
+    wire = WireFormat()
+    runs = [_run(id=f"WRUN-{i}", credits=i) for i in range(3)]
+    runs[1]["createdAt"] = "yesterday at noon"
+    runs.append(_run(id="WRUN-3", credits=3, createdAt=1695839087))
+    with caplog.at_level("DEBUG", logger="copyai_async"):
+        page = wire.page(_env({"total": 4, "data": runs}), workflow_id="w", page=1, size=4)
+    assert [r.id for r in page.runs] == ["WRUN-0", "WRUN-1", "WRUN-2", "WRUN-3"]
+    assert [r.credits for r in page.runs] == [0, 1, 2, 3]
+    assert [r.created_at is None for r in page.runs] == [False, True, False, True]
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert logged == [
+        ("WARNING", "run WRUN-1: createdAt is not an ISO 8601 date-time; its created_at is None"),
+        ("DEBUG", "run WRUN-3: createdAt is not an ISO 8601 date-time; its created_at is None"),
+    ]
+    assert "noon" not in str(logged)  # the server's text is not logged
+
+
+@BOTH
+def test_run_without_created_at_or_credits_decodes(wire: WireFormat) -> None:
+    run = wire.run(_env({"id": "WRUN-1"}), workflow_id="w")
+    assert (run.created_at, run.credits, run.metadata, run.output) == (None, None, None, None)
+    assert run.status is RunStatus.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)),
+        (
+            "2016-12-31T23:59:60.5+00:00",
+            datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        ),
+        (
+            "2015-06-30T18:59:60-05:00",
+            datetime(2015, 6, 30, 18, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+        ),
+    ],
+)
+def test_leap_seconds_are_accepted(text: str, expected: datetime) -> None:
+    parsed = parse_datetime(text)
+    assert parsed == expected
+    assert parsed > parse_datetime(text.replace(":60", ":59"))  # after the second it follows
+    # Strict too: a leap second is a valid RFC 3339 time.
+    run = STRICT.run(_env(_run(createdAt=text)), workflow_id="w")
+    assert run.created_at == expected
 
 
 def test_run_page_has_next_is_about_fullness_not_total() -> None:

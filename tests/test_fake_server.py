@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from copyai_async import CopyAIClient, InvalidResponseError, RunStatus
+from copyai_async import START_KEY, CopyAIClient, NotFoundError, RunStatus
 from copyai_async._convert import WIRE, WireError, WireFormat
 from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Quirks, Schedule
 
@@ -164,6 +164,12 @@ QUIRKS = [
     Quirks(omit_workflow_id=True),
     Quirks(omit_status=True),
     Quirks(omit_input=True),
+    Quirks(omit_created_at=True),
+    Quirks(omit_credits=True),
+    Quirks(omit_output_on_get=True),
+    Quirks(timestamp_offset="+05:30"),
+    Quirks(timestamp_offset="-08:00", whole_second_timestamps=True),
+    Quirks(errors_as_200=True),
     Quirks(full_start_answer=True),
     Quirks(
         numbers_as_strings=True,
@@ -172,6 +178,10 @@ QUIRKS = [
         run_id_keys="workflowRunId",
         omit_workflow_id=True,
         omit_input=True,
+        omit_created_at=True,
+        omit_credits=True,
+        omit_output_on_get=True,
+        errors_as_200=True,
     ),
 ]
 
@@ -182,24 +192,42 @@ async def test_each_quirk_reads_the_same(quirks: Quirks, clock: FakeClock) -> No
     async with server, CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
         started = [
             await client.start_run(server.workflow_id, {"n": 1}, metadata={"m": 1}),
-            await client.start_run(server.workflow_id, {"n": 2}),
+            await client.start_run(server.workflow_id, {"n": 2}, start_key=None),
         ]
         assert all(r.status is RunStatus.NEW for r in started)
         page = await client.list_runs(server.workflow_id)
         single = await client.get_run(server.workflow_id, started[0].id)
+        with pytest.raises(NotFoundError) as missing:  # 404, or 200 with the error envelope
+            await client.get_run(server.workflow_id, "WRUN-nope")
+    assert missing.value.status == (200 if quirks.errors_as_200 else 404)
+    assert missing.value.error_code == "NOT_FOUND"
     assert [r.id for r in page.runs] == [started[1].id, started[0].id]
     assert page.total == 2
     expected_status = RunStatus.UNKNOWN if quirks.omit_status else RunStatus.COMPLETE
-    for run in (*page.runs, single):
+    created = [fake.created_at for fake in server.runs()]
+    for run, made in ((page.runs[0], created[0]), (page.runs[1], created[1]), (single, created[1])):
         assert run.workflow_id == server.workflow_id
         assert run.status is expected_status
-        assert run.credits == 2
-        assert run.created_at is not None
-        assert run.created_at.tzinfo is not None
-        assert run.output == {"result": "Generated text for 1 input(s)"}
-        if quirks.whole_second_timestamps:
-            assert run.created_at.microsecond == 0
-    assert single.metadata == {"m": 1}
+        assert run.credits == (None if quirks.omit_credits else 2)
+        if quirks.omit_created_at:
+            assert run.created_at is None
+        else:
+            assert run.created_at is not None
+            assert run.created_at.tzinfo is not None
+            exact = made.replace(microsecond=made.microsecond // 1000 * 1000)
+            if quirks.whole_second_timestamps:
+                exact = made.replace(microsecond=0)
+            assert run.created_at == exact  # the same instant, whatever the offset
+    for run in (*page.runs, single):
+        if run is single and quirks.omit_output_on_get:
+            assert run.output is None
+        else:
+            assert run.output == {"result": "Generated text for 1 input(s)"}
+    key = started[0].start_key
+    assert key is not None
+    assert single.metadata == {"m": 1, START_KEY: key}
+    assert single.start_key == key
+    assert started[1].start_key is None
     assert page.runs[0].metadata is None
     assert page.runs[0].input == (None if quirks.omit_input else {"n": 2})
 
@@ -265,9 +293,9 @@ async def test_scripted_fault_matching(client: CopyAIClient, server: FakeCopyAI)
     server.inject(Fault.raw("<html/>"), path="/run/WRUN-target")
     await client.list_runs(server.workflow_id)  # does not match: no fault
     server.add_run(run_id="WRUN-target", schedule=Schedule.immediate())
-    with pytest.raises(InvalidResponseError):
-        await client.get_run(server.workflow_id, "WRUN-target")
-    assert [r.fault is not None for r in server.requests] == [False, True]
+    # The HTML 200 matches once; the client retries an unreadable GET, and reads the run.
+    assert (await client.get_run(server.workflow_id, "WRUN-target")).id == "WRUN-target"
+    assert [r.fault is not None for r in server.requests] == [False, True, False]
 
 
 async def test_delete_run_shifts_pages(client: CopyAIClient, server: FakeCopyAI) -> None:

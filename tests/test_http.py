@@ -31,9 +31,10 @@ from copyai_async import (
     RateLimitError,
     RunStatus,
     ServerError,
+    StartUncertainError,
     UnprocessableEntityError,
 )
-from copyai_async._http import RetryConfig, _classify_failure, parse_retry_after
+from copyai_async._http import Fate, RetryConfig, _classify_failure, parse_retry_after
 from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule
 
 from .conftest import load_payload
@@ -248,27 +249,50 @@ async def test_post_retried_on_429_and_creates_one_run(
     assert clock.sleeps[0] == 0.5
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        Fault.server_error(500),
-        Fault.server_error(503),
-        Fault.status_code(408),
-        Fault.disconnect(),
-        Fault.truncate(),
-        Fault.server_error(502, after=True),
-        Fault.disconnect(after=True),
-    ],
-)
-async def test_post_never_retried_where_the_run_may_exist(
-    quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, fault: Fault
+UNKNOWN_OUTCOMES = [
+    Fault.server_error(500),
+    Fault.server_error(503),
+    Fault.server_error(504),
+    Fault.disconnect(),
+    Fault.truncate(),
+    Fault.garbled("html", after=False),
+    Fault.server_error(502, after=True),
+    Fault.disconnect(after=True),
+    Fault.truncate(after=True),
+    Fault.garbled("truncated"),
+    Fault.garbled("shape"),
+]
+
+
+@pytest.mark.parametrize("fault", UNKNOWN_OUTCOMES, ids=repr)
+async def test_post_not_sent_blindly_where_the_run_may_exist(
+    server: FakeCopyAI, clock: FakeClock, fault: Fault
 ) -> None:
+    # Without a start key the client cannot look for the run: it says so, and does not
+    # send the start again.
     server.inject(fault, method="POST")
-    with pytest.raises(CopyAIError):
-        await quick.start_run(server.workflow_id, {"a": 1})
+    async with _make(server, clock, start_keys=False) as client:
+        with pytest.raises(StartUncertainError) as info:
+            await client.start_run(server.workflow_id, {"a": 1})
     assert server.stats.requests == 1
     assert clock.sleeps == []
     assert len(server.runs()) == (1 if fault.after else 0)
+    error = info.value
+    assert error.start_key is None
+    assert error.workflow_id == server.workflow_id
+    assert error.method == "POST"
+    assert isinstance(error.__cause__, CopyAIError)
+    assert "may or may not have started" in str(error)
+
+
+@pytest.mark.parametrize("fault", [Fault.status_code(408), Fault.rate_limit("0")], ids=repr)
+async def test_post_refused_unread_is_sent_again(
+    quick: CopyAIClient, server: FakeCopyAI, fault: Fault
+) -> None:
+    server.inject(fault, method="POST")
+    run = await quick.start_run(server.workflow_id, {"a": 1})
+    assert [f.id for f in server.runs()] == [run.id]
+    assert [r.method for r in server.requests] == ["POST", "POST"]  # no lookup needed
 
 
 def _closed_port() -> int:
@@ -290,12 +314,28 @@ async def test_connect_failure_retried_for_get_and_post(clock: FakeClock, method
     assert info.value.method == method
 
 
-def test_connect_timeout_is_retryable_even_for_post() -> None:
-    assert _classify_failure(aiohttp.ConnectionTimeoutError(), False)[2] is True
-    assert _classify_failure(aiohttp.SocketTimeoutError(), False)[2] is False
-    assert _classify_failure(asyncio.TimeoutError(), False)[2] is False
-    assert _classify_failure(asyncio.TimeoutError(), True)[2] is True
-    assert _classify_failure(aiohttp.ServerDisconnectedError(), False)[2] is False
+def test_what_a_failure_means_for_a_request_that_is_not_idempotent() -> None:
+    unsent = [
+        aiohttp.ConnectionTimeoutError(),
+        aiohttp.ClientConnectorError(
+            aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None),
+            OSError(111, "refused"),
+        ),
+        # The keep-alive edge, as aiohttp 3.14 and 3.10 report it.
+        aiohttp.ClientConnectionResetError("Cannot write to closing transport"),
+        aiohttp.ClientOSError("Cannot write to closing transport"),
+        aiohttp.ClientOSError(None, "Can not write request body for http://h/api/x"),
+    ]
+    for exc in unsent:
+        assert _classify_failure(exc)[2] is Fate.UNSENT, exc
+    assert _classify_failure(aiohttp.SocketTimeoutError())[2] is Fate.RUNNING
+    assert _classify_failure(asyncio.TimeoutError())[2] is Fate.RUNNING
+    for exc in (
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+    ):
+        assert _classify_failure(exc)[2] is Fate.UNKNOWN, exc
 
 
 # -- timeouts ---------------------------------------------------------------------------
@@ -313,13 +353,18 @@ async def test_read_timeout_get_retried_then_raised(
     assert len(clock.sleeps) == 1
 
 
-async def test_read_timeout_post_not_retried(server: FakeCopyAI, clock: FakeClock) -> None:
-    server.latency = 0.5
+async def test_read_timeout_post_not_sent_again(server: FakeCopyAI, clock: FakeClock) -> None:
+    # The server may still be creating the run when the client gives up waiting: a
+    # lookup that finds nothing cannot rule it out, so the start is not sent again.
+    release = server.hold(lambda request: request.method == "POST")
     async with _make(server, clock, timeout=0.05, max_retries=3) as client:
-        with pytest.raises(APITimeoutError):
+        with pytest.raises(StartUncertainError) as info:
             await client.start_run(server.workflow_id, {})
-    assert server.stats.requests == 1
-    assert clock.sleeps == []
+    release.set()
+    assert [r.method for r in server.requests if r.method == "POST"] == ["POST"]
+    assert "may still be creating it" in str(info.value)
+    assert info.value.start_key is not None
+    assert isinstance(info.value.__cause__, APITimeoutError)
 
 
 async def test_client_timeout_object_accepted(
@@ -416,27 +461,69 @@ async def test_unlisted_status_is_base_status_error(
 async def test_invalid_response(
     quick: CopyAIClient, server: FakeCopyAI, clock: FakeClock, body: Any, json_path: str, words: str
 ) -> None:
-    server.inject(Fault.raw(body))
+    server.inject(*[Fault.raw(body)] * 3)
     with pytest.raises(InvalidResponseError) as info:
         await quick.get_run(server.workflow_id, "r")
     err = info.value
     assert err.json_path == json_path
     assert words in str(err)
+    assert "after 3 attempts" in str(err)
     assert err.status == 200
     assert err.method == "GET"
     assert err.path in str(err)
-    assert clock.sleeps == []  # a readable 200 is not retried
+    assert len(clock.sleeps) == 2  # an unreadable 200 is retried like a 5xx
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault.garbled("truncated"), Fault.garbled("html"), Fault.garbled("shape")], ids=repr
+)
+async def test_unreadable_answer_to_a_get_is_retried(
+    quick: CopyAIClient, server: FakeCopyAI, run_id: str, fault: Fault
+) -> None:
+    server.inject(fault, fault)
+    run = await quick.get_run(server.workflow_id, run_id)
+    assert run.id == run_id
+    assert server.stats.requests == 3
+
+
+@pytest.mark.parametrize("word", ["error", "ERROR", "Error"])
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        ("NOT_FOUND", NotFoundError),
+        ("WORKFLOW_CREDIT_LIMIT_REACHED", BadRequestError),
+        ("REQUEST_INVALID", UnprocessableEntityError),
+        ("UNAUTHORIZED", AuthenticationError),
+        ("SOMETHING_NEW", APIStatusError),
+        (None, APIStatusError),
+    ],
+)
+async def test_error_envelope_on_a_200_is_an_api_error(
+    quick: CopyAIClient, server: FakeCopyAI, word: str, code: str | None, cls: type
+) -> None:
+    body: dict[str, Any] = {"status": word, "details": {"field": ["bad"]}}
+    if code is not None:
+        body["errorCode"] = code
+    server.inject(Fault.raw(body))
+    with pytest.raises(APIStatusError) as info:
+        await quick.get_run(server.workflow_id, "r")
+    assert type(info.value) is cls
+    assert info.value.status == 200
+    assert info.value.error_code == code
+    assert info.value.details == {"field": ["bad"]}
+    assert f"-> 200 {code or '(no error code)'}" in str(info.value)
+    assert server.stats.requests == 1  # the API's own answer: not retried
 
 
 async def test_invalid_page_names_index(quick: CopyAIClient, server: FakeCopyAI) -> None:
     body = {
         "status": "success",
-        "data": {"total": "2", "data": [{"id": "a"}, {"id": "b", "createdAt": "noon"}]},
+        "data": {"total": "2", "data": [{"id": "a"}, {"id": "b", "credits": "lots"}]},
     }
-    server.inject(Fault.raw(body))
+    server.inject(*[Fault.raw(body)] * 3)
     with pytest.raises(InvalidResponseError) as info:
         await quick.list_runs(server.workflow_id)
-    assert info.value.json_path == "$.data.data[1].createdAt"
+    assert info.value.json_path == "$.data.data[1].credits"
     assert "?page=1&size=10" not in info.value.path
 
 
@@ -454,7 +541,7 @@ async def test_requests_and_retries_are_logged(
 
 async def test_errors_survive_pickling(server: FakeCopyAI) -> None:
     server.inject(Fault.rate_limit("99"), Fault.raw("<html>"))
-    async with _make(server, FakeClock(), max_retry_after=1) as client:
+    async with _make(server, FakeClock(), max_retry_after=1, max_retries=0) as client:
         with pytest.raises(RateLimitError) as rate:
             await client.get_run(server.workflow_id, "r")
         with pytest.raises(InvalidResponseError) as invalid:

@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 
 from copyai_async import (
+    START_KEY,
     CopyAIClient,
     NotFoundError,
+    PollFailedError,
     PollPolicy,
     PollTimeoutError,
     RunFailedError,
@@ -383,11 +385,16 @@ async def test_many_runs_errors_come_last_as_a_group(
     group = info.value
     assert "3 of 8 runs" in str(group)
     kinds = [type(e) for e in group.exceptions]
-    assert kinds == [NotFoundError, ServerError, NotFoundError]  # in the order given
+    assert kinds == [NotFoundError, PollFailedError, NotFoundError]  # in the order given
     for error, run_id in zip(
         group.exceptions, ["WRUN-missing-1", broken, "WRUN-missing-2"], strict=True
     ):
         assert run_id in str(error)
+    gave_up = group.exceptions[1]
+    assert isinstance(gave_up, PollFailedError)
+    assert gave_up.failures == FAST.max_failed_polls + 1  # missed polls first, then it gave up
+    assert isinstance(gave_up.__cause__, ServerError)
+    assert gave_up.run is None  # never read
 
 
 async def test_many_runs_timeout_names_each_late_run(
@@ -555,8 +562,15 @@ async def test_start_and_wait(client: CopyAIClient, server: FakeCopyAI) -> None:
         await client.start_and_wait(server.workflow_id, {"a": 1}, metadata={"m": 2})
     run = await client.start_and_wait(server.workflow_id, {"a": 1}, raise_on_failure=False)
     assert run.status is RunStatus.FAILED
-    assert run.metadata is None
-    assert server.runs()[1].metadata == {"m": 2}
+    assert run.start_key is not None
+    assert run.metadata == {START_KEY: run.start_key}
+    first = server.runs()[1]
+    assert first.metadata is not None
+    assert first.metadata["m"] == 2
+    mine = await client.start_and_wait(
+        server.workflow_id, {}, start_key="job-42", raise_on_failure=False
+    )
+    assert mine.start_key == "job-42"
 
 
 async def test_start_and_wait_timeout_covers_the_start(

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from .._base import BaseClient, credential, json_object, parse
+from .._base import BaseClient, credential, json_object
 from .._clock import Clock
 from .._http import encode_segment
 from .._poll import RunKind
@@ -139,40 +139,55 @@ class AITaskerClient(BaseClient[AITaskerRun]):
         """
         ws = encode_segment("workspace_id", workspace_id)
         wf = encode_segment("workflow_id", workflow_id)
-        resp = await self._transport.request(
-            "GET", ("api", "v1", "workspaces", ws, "workflows", wf, "runs"), idempotent=True
+        return await self._transport.request(
+            "GET",
+            ("api", "v1", "workspaces", ws, "workflows", wf, "runs"),
+            idempotent=True,
+            parse=lambda resp: AITASKER_WIRE.runs(resp.data),
         )
-        return parse(resp, lambda: AITASKER_WIRE.runs(resp.data), self._key)
 
     async def get_run(self, workflow_id: str, run_id: str) -> AITaskerRun:
         """One run (``GET /api/v1/workflows/{workflow_id}/runs/{run_id}``)."""
         wf = encode_segment("workflow_id", workflow_id)
         run = encode_segment("run_id", run_id)
-        resp = await self._transport.request(
-            "GET", ("api", "v1", "workflows", wf, "runs", run), idempotent=True
+        return await self._transport.request(
+            "GET",
+            ("api", "v1", "workflows", wf, "runs", run),
+            idempotent=True,
+            parse=lambda resp: AITASKER_WIRE.run(resp.data),
         )
-        return parse(resp, lambda: AITASKER_WIRE.run(resp.data), self._key)
 
     async def trigger(
         self, workspace_id: str, workflow_id: str, payload: Mapping[str, Any] | None = None
     ) -> AITaskerRun:
         """Start a run (``POST .../workflows/{wf}/trigger`` with ``{"trigger_payload": ...}``).
 
-        Retried only where the run cannot have been created (429, failures to connect).
+        Sent again only where it provably never reached the server (a failure to
+        connect, a connection closing before the request was written, 408, 429). aitasker
+        runs carry no metadata to tag them with, so where the server may have acted on it
+        (the connection dropped after sending, a timeout, 500/502/503/504, a success
+        answer that cannot be read) the client cannot look for the run: it raises
+        :class:`~copyai_async.StartUncertainError`, never starting a run twice.
 
         Returns:
             The new run, as the API answers it.
+
+        Raises:
+            StartUncertainError: the answer was lost; the run may have started (look for
+                it with :meth:`list_runs` before triggering again).
+            CopyAIError: any other failure; the run was not started.
         """
         ws = encode_segment("workspace_id", workspace_id)
         wf = encode_segment("workflow_id", workflow_id)
         body = {"trigger_payload": {} if payload is None else json_object("payload", payload)}
-        resp = await self._transport.request(
-            "POST",
+        run = await self._start(
             ("api", "v1", "workspaces", ws, "workflows", wf, "trigger"),
-            json_body=body,
-            idempotent=False,
+            workflow_id=workflow_id,
+            body=body,
+            parse=lambda resp: AITASKER_WIRE.run(resp.data),
+            start_key=None,
+            find=None,
         )
-        run = parse(resp, lambda: AITASKER_WIRE.run(resp.data), self._key)
         self._note_started(run.workflow_id, run.id)
         return run
 

@@ -3,24 +3,27 @@
 :class:`FakeCopyAI` serves the documented Workflow API endpoints from memory over real
 HTTP on 127.0.0.1, with runs that move through their statuses on a schedule you set,
 the documented payload quirks, latency, and fault injection (5xx with JSON or HTML
-bodies, 429 with and without ``Retry-After``, dropped connections, truncated JSON).
+bodies, 429 with and without ``Retry-After``, dropped connections, truncated JSON,
+unreadable 200 answers). Like production servers, it closes idle keep-alive connections
+(after 5 s by default) and gzips large answers.
 :class:`FakeClock` makes retries and waits take no real time.
 
 Run it on its own with ``python -m copyai_async.testing --port 8080``.
 """
 
 from ._clock import FakeClock
+from ._faults import DEFAULT_RANDOM_FAULTS, Fault
+from ._quirks import Quirks
+from ._schedule import FakeRun, Schedule
 from ._server import (
     AITASKER_WORKFLOW_ID,
     AITASKER_WORKSPACE_ID,
     DEFAULT_API_KEY,
+    DEFAULT_COMPRESS_MIN_SIZE,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_WORKFLOW_ID,
     FakeCopyAI,
-    FakeRun,
-    Fault,
-    Quirks,
     RecordedRequest,
-    Schedule,
     ServerStats,
 )
 
@@ -28,6 +31,9 @@ __all__ = [
     "AITASKER_WORKFLOW_ID",
     "AITASKER_WORKSPACE_ID",
     "DEFAULT_API_KEY",
+    "DEFAULT_COMPRESS_MIN_SIZE",
+    "DEFAULT_KEEPALIVE_TIMEOUT",
+    "DEFAULT_RANDOM_FAULTS",
     "DEFAULT_WORKFLOW_ID",
     "FakeClock",
     "FakeCopyAI",

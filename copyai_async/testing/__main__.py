@@ -11,7 +11,8 @@ import signal
 import sys
 import time
 
-from ._server import DEFAULT_API_KEY, DEFAULT_WORKFLOW_ID, FakeCopyAI, Schedule
+from ._schedule import Schedule
+from ._server import DEFAULT_API_KEY, DEFAULT_WORKFLOW_ID, FakeCopyAI
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,4 +1,10 @@
-"""FakeCopyAI: an in-memory stand-in for the Copy.ai Workflow API over real loopback HTTP."""
+"""FakeCopyAI: an in-memory stand-in for the Copy.ai Workflow API over real loopback HTTP.
+
+The server is split by concern: run schedules (``_schedule``), how answers are spelled
+and the quirks (``_quirks``), faults (``_faults``) and aitasker's endpoints
+(``_aitasker``). This module holds the server itself: options, lifecycle, state, the
+Copy.ai routes, and the middleware that counts, logs, delays, faults and compresses.
+"""
 
 from __future__ import annotations
 
@@ -12,238 +18,36 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import attrs
-from aiohttp import web
+from aiohttp import hdrs, web
+
+from ._aitasker import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID, FakeAITasker
+from ._faults import DEFAULT_RANDOM_FAULTS, Fault, answer_with_fault
+from ._quirks import Quirks, error_response, ok_response, render_run
+from ._schedule import FakeRun, Schedule
 
 __all__ = [
     "AITASKER_WORKFLOW_ID",
     "AITASKER_WORKSPACE_ID",
     "DEFAULT_API_KEY",
+    "DEFAULT_COMPRESS_MIN_SIZE",
+    "DEFAULT_KEEPALIVE_TIMEOUT",
     "DEFAULT_WORKFLOW_ID",
     "FakeCopyAI",
-    "FakeRun",
-    "Fault",
-    "Quirks",
     "RecordedRequest",
-    "Schedule",
     "ServerStats",
 ]
 
 DEFAULT_API_KEY = "test-key"
 DEFAULT_WORKFLOW_ID = "WCFG-fake-workflow"
-AITASKER_WORKSPACE_ID = "6f1c2a0e-0000-4000-8000-00000000a17a"
-AITASKER_WORKFLOW_ID = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
-AITASKER_SCHEDULE_STEPS = (("queued", 1.0), ("running", 2.0))
 MAX_SIZE = 100
-TERMINAL = frozenset({"COMPLETE", "FAILED"})
-
-_HTML_ERROR = (
-    "<!DOCTYPE html><html><head><title>{status} Error</title></head>"
-    "<body><h1>{status}</h1><p>The server encountered a temporary error.</p></body></html>"
-)
-
-
-def _check_duration(steps: tuple[tuple[str, float], ...]) -> None:
-    for status, duration in steps:
-        if not isinstance(status, str) or not status:
-            raise TypeError(f"each step's status must be a non-empty str, got {status!r}")
-        if not duration >= 0:
-            raise ValueError(f"each step's duration must be >= 0, got {duration!r}")
-
-
-@attrs.frozen(kw_only=True)
-class Schedule:
-    """How a fake run moves through its statuses.
-
-    Each step is ``(status, duration)``; after the last step the run is ``final``.
-    Durations count GETs of the run (``unit="polls"``: the first GET shows the first
-    step) or seconds since the run was created (``unit="seconds"``, on the server's clock).
-
-    Build one with :meth:`polls`, :meth:`seconds` or :meth:`immediate`.
-    """
-
-    steps: tuple[tuple[str, float], ...] = (("NEW", 1), ("WAITING", 1), ("PROCESSING", 2))
-    final: str = "COMPLETE"
-    unit: Literal["polls", "seconds"] = "polls"
-    output: Mapping[str, Any] | None = None
-    credits: int = 2
-
-    def __attrs_post_init__(self) -> None:
-        _check_duration(self.steps)
-        if self.unit not in ("polls", "seconds"):
-            raise ValueError(f"unit must be 'polls' or 'seconds', got {self.unit!r}")
-
-    @classmethod
-    def polls(cls, *steps: tuple[str, float], final: str = "COMPLETE", **kw: Any) -> Schedule:
-        """Steps measured in GETs of the run, e.g. ``Schedule.polls(("PROCESSING", 3))``."""
-        return cls(steps=tuple(steps), final=final, unit="polls", **kw)
-
-    @classmethod
-    def seconds(cls, *steps: tuple[str, float], final: str = "COMPLETE", **kw: Any) -> Schedule:
-        """Steps measured in seconds since creation, e.g. ``(("PROCESSING", 2.5),)``."""
-        return cls(steps=tuple(steps), final=final, unit="seconds", **kw)
-
-    @classmethod
-    def immediate(cls, final: str = "COMPLETE", **kw: Any) -> Schedule:
-        """A run that is ``final`` from its first observation."""
-        return cls(steps=(), final=final, **kw)
-
-    def status_at(self, elapsed: float) -> str:
-        """The status after ``elapsed`` polls or seconds."""
-        edge = 0.0
-        for status, duration in self.steps:
-            edge += duration
-            if elapsed < edge:
-                return status
-        return self.final
-
-
-@attrs.frozen(kw_only=True)
-class Fault:
-    """A failure the fake server answers with instead of (or after) the real answer.
-
-    Build one with the class methods. ``after=True`` lets the request take effect first
-    (a started run exists) and fails the answer: the case a client must not retry.
-    """
-
-    kind: Literal["status", "disconnect", "truncate", "raw", "stall"]
-    status: int = 500
-    html: bool = False
-    retry_after: str | None = None
-    error_code: str | None = None
-    after: bool = False
-    body: bytes = b""
-    content_type: str = "application/json"
-    extra_headers: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def server_error(cls, status: int = 500, *, html: bool = False, after: bool = False) -> Fault:
-        """A 5xx, with a JSON error body or (``html=True``) an HTML page."""
-        return cls(kind="status", status=status, html=html, after=after)
-
-    @classmethod
-    def rate_limit(cls, retry_after: str | float | None = None) -> Fault:
-        """A 429, with ``Retry-After`` (seconds or an HTTP date) or without."""
-        value = None if retry_after is None else str(retry_after)
-        return cls(kind="status", status=429, retry_after=value, error_code="RATE_LIMITED")
-
-    @classmethod
-    def status_code(
-        cls,
-        status: int,
-        *,
-        error_code: str | None = None,
-        retry_after: str | None = None,
-        html: bool = False,
-    ) -> Fault:
-        """Any status with an optional ``errorCode`` and ``Retry-After``."""
-        return cls(
-            kind="status", status=status, error_code=error_code, retry_after=retry_after, html=html
-        )
-
-    @classmethod
-    def raw(
-        cls,
-        body: bytes | str | Any,
-        *,
-        status: int = 200,
-        content_type: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Fault:
-        """Answer with exactly this body (bytes or text as given, anything else as JSON),
-        status and extra headers (e.g. a ``Location`` for a redirect)."""
-        if isinstance(body, bytes):
-            data = body
-        elif isinstance(body, str):
-            data = body.encode()
-        else:
-            data = json.dumps(body).encode()
-        ctype = content_type or (
-            "application/json" if not isinstance(body, (bytes, str)) else "text/plain"
-        )
-        return cls(
-            kind="raw",
-            status=status,
-            body=data,
-            content_type=ctype,
-            extra_headers=tuple((headers or {}).items()),
-        )
-
-    @classmethod
-    def disconnect(cls, *, after: bool = False) -> Fault:
-        """Close the connection without answering."""
-        return cls(kind="disconnect", after=after)
-
-    @classmethod
-    def stall(cls) -> Fault:
-        """Send the headers and half the body, then nothing more until the client leaves."""
-        return cls(kind="stall", after=True)
-
-    @classmethod
-    def truncate(cls, *, after: bool = False) -> Fault:
-        """Send half of the JSON body (with the full Content-Length), then close."""
-        return cls(kind="truncate", after=after)
-
-
-DEFAULT_RANDOM_FAULTS: tuple[Fault, ...] = (
-    Fault.server_error(500),
-    Fault.server_error(503, html=True),
-    Fault.server_error(502, html=True),
-    Fault.rate_limit("0"),
-    Fault.rate_limit(None),
-    Fault.disconnect(),
-    Fault.truncate(),
-)
-
-
-@attrs.frozen(kw_only=True)
-class Quirks:
-    """Switches for the payload variations seen in Copy.ai's own documentation.
-
-    Attributes:
-        numbers_as_strings: send ``total`` and ``credits`` as strings (``"22"``).
-        empty_metadata: how a run without metadata sends it: ``"null"`` or ``"missing"``.
-        whole_second_timestamps: ``createdAt`` without fractional seconds.
-        run_id_keys: send the run id as ``id``, ``workflowRunId`` or both.
-        omit_workflow_id: leave ``workflowId`` out of runs.
-        omit_status: leave ``status`` out of runs.
-        omit_input: leave ``input`` out of runs.
-        extra_fields: add undocumented fields (``error``, ``toolKey``).
-        full_start_answer: answer a start with ``id``, ``url``, ``status``,
-            ``workflowRunId`` and ``workflowId`` rather than ``id`` alone.
-    """
-
-    numbers_as_strings: bool = False
-    empty_metadata: Literal["null", "missing"] = "null"
-    whole_second_timestamps: bool = False
-    run_id_keys: Literal["id", "workflowRunId", "both"] = "both"
-    omit_workflow_id: bool = False
-    omit_status: bool = False
-    omit_input: bool = False
-    extra_fields: bool = False
-    full_start_answer: bool = False
-
-
-@attrs.define(kw_only=True, eq=False)
-class FakeRun:
-    """A run held by the fake server. Change its fields to steer a test."""
-
-    id: str
-    workflow_id: str
-    input: dict[str, Any]
-    metadata: dict[str, Any] | None
-    created_at: datetime
-    created_mono: float
-    schedule: Schedule
-    polls: int = 0
-
-    def status(self, now: float) -> str:
-        """The run's status at server-clock time ``now`` (not counting a new poll)."""
-        if self.schedule.unit == "polls":
-            return self.schedule.status_at(self.polls)
-        return self.schedule.status_at(now - self.created_mono)
+DEFAULT_KEEPALIVE_TIMEOUT = 5.0
+"""Seconds an idle keep-alive connection stays open: uvicorn's and Node's default."""
+DEFAULT_COMPRESS_MIN_SIZE = 1024
+"""Answers of at least this many bytes are gzipped for clients that accept gzip."""
+_NO_IDLE_TIMEOUT = 3600.0
 
 
 @attrs.frozen(kw_only=True)
@@ -286,6 +90,7 @@ class ServerStats:
         faults: faults injected.
         by_path: requests per ``"METHOD /path"``.
         max_per_second: the most requests that arrived within any one second.
+        runs_started: runs created by ``POST /workflow/{id}/run`` (seeded runs not counted).
     """
 
     requests: int = 0
@@ -294,7 +99,18 @@ class ServerStats:
     faults: int = 0
     by_path: Counter[str] = attrs.field(factory=Counter)
     max_per_second: int = 0
+    runs_started: int = 0
     _window: deque[float] = attrs.field(factory=deque, repr=False)
+
+
+def _check_keepalive(value: float | None) -> float:
+    if value is None:
+        return _NO_IDLE_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(
+            f"keepalive_timeout must be a number of seconds > 0 or None, got {value!r}"
+        )
+    return float(value)
 
 
 class FakeCopyAI:
@@ -306,6 +122,10 @@ class FakeCopyAI:
         async with FakeCopyAI() as server:
             async with CopyAIClient(server.api_key, base_url=server.url) as client:
                 run = await client.start_run(server.workflow_id, {"topic": "otters"})
+
+    It is no kinder than production: idle keep-alive connections are closed after
+    ``keepalive_timeout`` seconds (so a request can meet a connection the server is just
+    closing), and large answers are gzipped for clients that accept it.
 
     Args:
         api_key: the only key accepted; others get 401.
@@ -325,12 +145,17 @@ class FakeCopyAI:
         seed: seed of the random faults and generated ids.
         clock: the server's monotonic clock, for ``unit="seconds"`` schedules.
         request_log_size: how many recent requests :attr:`requests` keeps.
+        keepalive_timeout: seconds before an idle keep-alive connection is closed
+            (default 5, like uvicorn and Node); ``None`` keeps idle connections for an hour.
+        compress_min_size: gzip answers of at least this many bytes when the request
+            accepts gzip (default 1024); ``None`` never compresses.
 
     Attributes you may change while it runs: ``latency``, ``quirks``, ``fault_rate``,
-    ``default_schedule``, ``schedule_for``, ``credit_limit``, ``api_key``, and two hooks
-    for paging tests: ``report_total`` (maps the real run count to the ``total`` sent;
-    ``None`` from it leaves ``total`` out) and ``page_for`` (maps the page asked for to
-    the page served, e.g. ``lambda page: 1`` for a server that ignores ``page``).
+    ``default_schedule``, ``schedule_for``, ``credit_limit``, ``api_key``,
+    ``compress_min_size``, and two hooks for paging tests: ``report_total`` (maps the real
+    run count to the ``total`` sent; ``None`` from it leaves ``total`` out) and
+    ``page_for`` (maps the page asked for to the page served, e.g. ``lambda page: 1`` for
+    a server that ignores ``page``).
     """
 
     def __init__(
@@ -351,11 +176,15 @@ class FakeCopyAI:
         seed: int | None = 0,
         clock: Callable[[], float] = time.monotonic,
         request_log_size: int = 10_000,
+        keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
+        compress_min_size: int | None = DEFAULT_COMPRESS_MIN_SIZE,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate!r}")
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency!r}")
+        if compress_min_size is not None and compress_min_size < 0:
+            raise ValueError(f"compress_min_size must be >= 0 or None, got {compress_min_size!r}")
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -369,6 +198,8 @@ class FakeCopyAI:
         self.credit_limit = credit_limit
         self.credits_used = 0
         self.clock = clock
+        self.keepalive_timeout = _check_keepalive(keepalive_timeout)
+        self.compress_min_size = compress_min_size
         self.stats = ServerStats()
         self.requests: deque[RecordedRequest] = deque(maxlen=request_log_size)
         self._rng = random.Random(seed)
@@ -377,10 +208,7 @@ class FakeCopyAI:
         self._index: dict[str, dict[str, FakeRun]] = {}
         for wf in workflows:
             self.add_workflow(wf)
-        self._at_runs: dict[str, list[FakeRun]] = {}
-        self._at_index: dict[str, dict[str, FakeRun]] = {}
-        self._at_workspace: dict[str, str] = {}
-        self._at_errors: dict[str, str] = {}
+        self._aitasker = FakeAITasker(clock=lambda: self.clock(), rng=self._rng)
         self.report_total: Callable[[int], int | None] | None = None
         self.page_for: Callable[[int], int] | None = None
         self._holds: list[tuple[Callable[[web.Request], bool], asyncio.Event]] = []
@@ -409,18 +237,15 @@ class FakeCopyAI:
         app.router.add_get("/api/workflow/{workflow_id}/run", self._list_runs)
         app.router.add_get("/api/workflow/{workflow_id}/run/{run_id}", self._get_run)
         app.router.add_get("/_fake/stats", self._stats)
-        # aitasker's API (Bearer auth, FastAPI-style errors, bare arrays)
-        app.router.add_get(
-            "/api/v1/workspaces/{workspace_id}/workflows/{workflow_id}/runs", self._at_list
-        )
-        app.router.add_get("/api/v1/workflows/{workflow_id}/runs/{run_id}", self._at_get)
-        app.router.add_post(
-            "/api/v1/workspaces/{workspace_id}/workflows/{workflow_id}/trigger", self._at_trigger
-        )
+        self._aitasker.add_routes(app)
         # handler_cancellation: a client that hangs up cancels its request here, as on a
         # real server, so stats.in_flight shows what clients still wait for.
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, handler_cancellation=True
+            app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            keepalive_timeout=self.keepalive_timeout,
         )
         await runner.setup()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -523,6 +348,16 @@ class FakeCopyAI:
         """
         self._scripted.extend((method, path, fault) for fault in faults)
 
+    def clear_faults(self) -> int:
+        """Drop the faults queued by :meth:`inject` that no request has met yet.
+
+        Returns:
+            How many were dropped.
+        """
+        dropped = len(self._scripted)
+        self._scripted.clear()
+        return dropped
+
     def hold(self, match: Callable[[web.Request], bool] | None = None) -> asyncio.Event:
         """Make matching requests wait before answering until the returned event is set.
 
@@ -559,94 +394,18 @@ class FakeCopyAI:
         error_message: str = "node 'summarise' failed: model timeout",
     ) -> FakeRun:
         """Add an aitasker run (statuses are lower case, e.g. queued, running, completed)."""
-        self._at_workspace.setdefault(workflow_id, workspace_id)
-        runs = self._at_runs.setdefault(workflow_id, [])
-        index = self._at_index.setdefault(workflow_id, {})
-        rid = run_id or str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-        run = FakeRun(
-            id=rid,
-            workflow_id=workflow_id,
-            input=dict(payload or {}),
-            metadata=None,
-            created_at=datetime.now(timezone.utc),
-            created_mono=self.clock(),
-            schedule=schedule or Schedule.polls(*AITASKER_SCHEDULE_STEPS, final="completed"),
+        return self._aitasker.add_run(
+            workspace_id,
+            workflow_id,
+            schedule=schedule,
+            payload=payload,
+            run_id=run_id,
+            error_message=error_message,
         )
-        runs.append(run)
-        index[rid] = run
-        self._at_errors[rid] = error_message
-        return run
 
     def aitasker_runs(self, workflow_id: str = AITASKER_WORKFLOW_ID) -> list[FakeRun]:
         """An aitasker workflow's runs, oldest first."""
-        return list(self._at_runs.get(workflow_id, []))
-
-    def _at_json(self, run: FakeRun, status: str) -> dict[str, Any]:
-        first = run.schedule.steps[0][0] if run.schedule.steps else status
-        terminal = status.lower() in ("completed", "failed", "succeeded", "error", "cancelled")
-        failed = status.lower() in ("failed", "error", "cancelled")
-        stamp = run.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        started = None if status == first and not terminal else stamp
-        finished = stamp if terminal else None
-        node = {
-            "id": str(uuid.UUID(int=hash(run.id) & (2**128 - 1), version=4)),
-            "workflow_run_id": run.id,
-            "workflow_node_id": "3c90c3cc-0d44-4b50-8888-000000000001",
-            "status": status,
-            "created_at": stamp,
-            "task_id": None,
-            "input_data": run.input,
-            "output_data": {"summary": "done"} if terminal and not failed else None,
-            "started_at": started,
-            "completed_at": finished,
-        }
-        return {
-            "id": run.id,
-            "workflow_id": run.workflow_id,
-            "status": status,
-            "created_at": stamp,
-            "triggered_by": "api",
-            "trigger_payload": run.input,
-            "started_at": started,
-            "completed_at": finished,
-            "error_message": self._at_errors.get(run.id) if failed else None,
-            "total_cost_cents": run.schedule.credits if terminal else 0,
-            "node_runs": [node],
-        }
-
-    async def _at_list(self, request: web.Request) -> web.Response:
-        wf = request.match_info["workflow_id"]
-        if self._at_workspace.get(wf) != request.match_info["workspace_id"]:
-            raise web.HTTPNotFound()
-        now = self.clock()
-        runs = self._at_runs[wf]
-        return web.json_response([self._at_json(r, r.status(now)) for r in reversed(runs)])
-
-    async def _at_get(self, request: web.Request) -> web.Response:
-        index = self._at_index.get(request.match_info["workflow_id"], {})
-        run = index.get(request.match_info["run_id"])
-        if run is None:
-            raise web.HTTPNotFound()
-        status = run.status(self.clock())
-        run.polls += 1
-        return web.json_response(self._at_json(run, status))
-
-    async def _at_trigger(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        payload = body.get("trigger_payload") if isinstance(body, dict) else None
-        if not isinstance(body, dict) or not isinstance(payload, dict):
-            detail = [
-                {"loc": ["body", "trigger_payload"], "msg": "field required", "type": "missing"}
-            ]
-            return web.json_response({"detail": detail}, status=422)
-        ws, wf = request.match_info["workspace_id"], request.match_info["workflow_id"]
-        if self._at_workspace.get(wf, ws) != ws:
-            raise web.HTTPNotFound()
-        run = self.add_aitasker_run(ws, wf, payload=payload)
-        return web.json_response(self._at_json(run, run.status(self.clock())))
+        return self._aitasker.runs(workflow_id)
 
     # -- serving -----------------------------------------------------------------------
 
@@ -693,34 +452,16 @@ class FakeCopyAI:
             if fault is not None:
                 stats.faults += 1
                 if not fault.after:
-                    resp = await self._fault(request, fault, None)
-                    status = resp.status if fault.kind in ("status", "raw") else 0
+                    resp = await answer_with_fault(request, fault, None)
+                    status = resp.status if fault.kind in ("status", "raw", "garbled") else 0
                     return resp
-            if request.path.startswith("/_fake/"):
-                resp = await handler(request)  # the fake's own stats: no key, not counted
-            elif request.path.startswith("/api/v1/"):
-                if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-                    resp = web.json_response({"detail": "Not authenticated"}, status=401)
-                else:
-                    try:
-                        resp = await handler(request)
-                    except web.HTTPException as exc:
-                        resp = web.json_response({"detail": exc.reason}, status=exc.status)
-            elif request.headers.get("x-copy-ai-api-key") != self.api_key:
-                resp = _error(401, "UNAUTHORIZED")
-            else:
-                try:
-                    resp = await handler(request)
-                except web.HTTPException as exc:
-                    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(
-                        exc.status, "BAD_REQUEST"
-                    )
-                    resp = _error(exc.status, code)
+            resp = await self._answer(request, handler)
             if fault is not None:
-                resp = await self._fault(request, fault, resp)
-                status = resp.status if fault.kind in ("status", "raw") else 0
+                resp = await answer_with_fault(request, fault, resp)
+                status = resp.status if fault.kind in ("status", "raw", "garbled") else 0
             else:
                 status = resp.status
+            self._maybe_compress(request, resp)
             return resp
         finally:
             stats.in_flight -= 1
@@ -739,44 +480,40 @@ class FakeCopyAI:
                 )
             )
 
-    async def _fault(
-        self, request: web.Request, fault: Fault, real: web.StreamResponse | None
+    async def _answer(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
-        if fault.kind == "status":
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            if fault.html:
-                return web.Response(
-                    status=fault.status,
-                    text=_HTML_ERROR.format(status=fault.status),
-                    content_type="text/html",
-                    headers=headers,
-                )
-            code = fault.error_code or ("INTERNAL_SERVER_ERROR" if fault.status >= 500 else None)
-            return _error(fault.status, code, headers=headers)
-        if fault.kind == "raw":
-            return web.Response(
-                status=fault.status,
-                body=fault.body,
-                headers={"Content-Type": fault.content_type, **dict(fault.extra_headers)},
-            )
-        transport = request.transport
-        if fault.kind == "disconnect":
-            if transport is not None:
-                transport.abort()
-            return web.Response(status=500)
-        # truncate (or stall): the real body (or a plausible one), half of it, then the
-        # line drops (or goes quiet).
-        full = real.body if isinstance(real, web.Response) and isinstance(real.body, bytes) else b""
-        full = full or json.dumps({"status": "success", "data": {"total": 0, "data": []}}).encode()
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
-        resp.content_length = len(full)
-        await resp.prepare(request)
-        await resp.write(full[: len(full) // 2])
-        if fault.kind == "stall":
-            await asyncio.Event().wait()  # until the client hangs up (and this is cancelled)
-        if transport is not None:
-            transport.abort()
+        """The real answer: authentication, then the route (errors in each API's style)."""
+        if request.path.startswith("/_fake/"):
+            resp: web.StreamResponse = await handler(request)  # no key, not counted
+            return resp
+        if request.path.startswith("/api/v1/"):
+            if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return web.json_response({"detail": "Not authenticated"}, status=401)
+            try:
+                resp = await handler(request)
+            except web.HTTPException as exc:
+                resp = web.json_response({"detail": exc.reason}, status=exc.status)
+            return resp
+        if request.headers.get("x-copy-ai-api-key") != self.api_key:
+            return error_response(401, "UNAUTHORIZED", quirks=self.quirks)
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, "BAD_REQUEST")
+            resp = error_response(exc.status, code, quirks=self.quirks)
         return resp
+
+    def _maybe_compress(self, request: web.Request, resp: web.StreamResponse) -> None:
+        """gzip a large answer for a client that accepts it, as production servers do."""
+        least = self.compress_min_size
+        if least is None or not isinstance(resp, web.Response) or resp.prepared:
+            return
+        body = resp.body
+        if not isinstance(body, bytes) or len(body) < least:
+            return
+        if "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower():
+            resp.enable_compression(web.ContentCoding.gzip)
 
     def _workflow(self, request: web.Request) -> tuple[str, list[FakeRun]]:
         wf = request.match_info["workflow_id"]
@@ -785,42 +522,8 @@ class FakeCopyAI:
             raise web.HTTPNotFound()
         return wf, runs
 
-    def _run_json(self, run: FakeRun, status: str) -> dict[str, Any]:
-        q = self.quirks
-        out: dict[str, Any] = {}
-        if not q.omit_status:
-            out["status"] = status
-        if not q.omit_input:
-            out["input"] = run.input
-        if status == "COMPLETE":
-            out["output"] = (
-                dict(run.schedule.output)
-                if run.schedule.output is not None
-                else {"result": f"Generated text for {len(run.input)} input(s)"}
-            )
-        if run.metadata is not None:
-            out["metadata"] = run.metadata
-        elif q.empty_metadata == "null":
-            out["metadata"] = None
-        created = run.created_at.astimezone(timezone.utc)
-        if q.whole_second_timestamps:
-            out["createdAt"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
-        else:
-            out["createdAt"] = (
-                created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z"
-            )
-        if q.run_id_keys in ("id", "both"):
-            out["id"] = run.id
-        if q.run_id_keys in ("workflowRunId", "both"):
-            out["workflowRunId"] = run.id
-        if not q.omit_workflow_id:
-            out["workflowId"] = run.workflow_id
-        credits = run.schedule.credits if status in TERMINAL else 0
-        out["credits"] = str(credits) if q.numbers_as_strings else credits
-        if q.extra_fields:
-            out["toolKey"] = "fake-tool"
-            out["error"] = "the step failed" if status == "FAILED" else None
-        return out
+    def _error(self, status: int, code: str | None, **kw: Any) -> web.Response:
+        return error_response(status, code, quirks=self.quirks, **kw)
 
     async def _stats(self, request: web.Request) -> web.Response:
         stats = self.stats
@@ -831,6 +534,7 @@ class FakeCopyAI:
                 "faults": stats.faults,
                 "max_in_flight": stats.max_in_flight,
                 "max_per_second": stats.max_per_second,
+                "runs_started": stats.runs_started,
             }
         )
 
@@ -841,7 +545,7 @@ class FakeCopyAI:
             raise web.HTTPNotFound()
         status = run.status(self.clock())
         run.polls += 1
-        return _ok(self._run_json(run, status))
+        return ok_response(render_run(run, status, self.quirks, single=True))
 
     async def _list_runs(self, request: web.Request) -> web.Response:
         _, runs = self._workflow(request)
@@ -851,14 +555,14 @@ class FakeCopyAI:
             try:
                 params[name] = default if raw is None else int(raw)
             except ValueError:
-                return _error(400, "BAD_REQUEST", details={name: ["must be an integer"]})
+                return self._error(400, "BAD_REQUEST", details={name: ["must be an integer"]})
         page, size = params["page"], params["size"]
         if self.page_for is not None and page >= 1:
             page = self.page_for(page)
         if page < 1:
-            return _error(400, "BAD_REQUEST", details={"page": ["must be at least 1"]})
+            return self._error(400, "BAD_REQUEST", details={"page": ["must be at least 1"]})
         if not 1 <= size <= MAX_SIZE:
-            return _error(400, "BAD_REQUEST", details={"size": [f"must be 1 to {MAX_SIZE}"]})
+            return self._error(400, "BAD_REQUEST", details={"size": [f"must be 1 to {MAX_SIZE}"]})
         end = len(runs) - (page - 1) * size
         chunk = runs[max(0, end - size) : max(0, end)][::-1]
         now = self.clock()
@@ -866,31 +570,34 @@ class FakeCopyAI:
         total = len(runs) if self.report_total is None else self.report_total(len(runs))
         if total is not None:
             data["total"] = str(total) if self.quirks.numbers_as_strings else total
-        data["data"] = [self._run_json(r, r.status(now)) for r in chunk]
-        return _ok(data)
+        data["data"] = [render_run(r, r.status(now), self.quirks) for r in chunk]
+        return ok_response(data)
 
     async def _start_run(self, request: web.Request) -> web.Response:
         wf, _ = self._workflow(request)
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "BAD_REQUEST", details={"body": ["must be JSON"]})
+            return self._error(400, "BAD_REQUEST", details={"body": ["must be JSON"]})
         if not isinstance(body, dict) or "startVariables" not in body:
-            return _error(422, "REQUEST_INVALID", details={"startVariables": ["is required"]})
+            return self._error(422, "REQUEST_INVALID", details={"startVariables": ["is required"]})
         variables = body["startVariables"]
         if not isinstance(variables, dict):
-            return _error(422, "REQUEST_INVALID", details={"startVariables": ["must be an object"]})
+            return self._error(
+                422, "REQUEST_INVALID", details={"startVariables": ["must be an object"]}
+            )
         metadata = body.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
-            return _error(422, "REQUEST_INVALID", details={"metadata": ["must be an object"]})
+            return self._error(422, "REQUEST_INVALID", details={"metadata": ["must be an object"]})
         schedule = self.schedule_for(wf, variables) if self.schedule_for else self.default_schedule
         if (
             self.credit_limit is not None
             and self.credits_used + schedule.credits > self.credit_limit
         ):
-            return _error(400, "WORKFLOW_CREDIT_LIMIT_REACHED")
+            return self._error(400, "WORKFLOW_CREDIT_LIMIT_REACHED")
         self.credits_used += schedule.credits
         run = self.add_run(wf, schedule=schedule, input=variables, metadata=metadata)
+        self.stats.runs_started += 1
         data: dict[str, Any] = {"id": run.id}
         if self.quirks.full_start_answer:
             data.update(
@@ -899,23 +606,4 @@ class FakeCopyAI:
                 workflowRunId=run.id,
                 workflowId=wf,
             )
-        return _ok(data)
-
-
-def _ok(data: Any) -> web.Response:
-    return web.json_response({"status": "success", "data": data})
-
-
-def _error(
-    status: int,
-    code: str | None,
-    *,
-    details: Mapping[str, Any] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    body: dict[str, Any] = {"status": "error"}
-    if code is not None:
-        body["errorCode"] = code
-    if details is not None:
-        body["details"] = dict(details)
-    return web.json_response(body, status=status, headers=headers)
+        return ok_response(data)
