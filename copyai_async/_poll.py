@@ -328,7 +328,8 @@ async def observe(
             if pause >= remaining:
                 if remaining > 0:
                     await rest(remaining)
-                raise _timeout_error(target, kind, last, time_limit)
+                # If polls were failing when time ran out, the last failure says why.
+                raise _timeout_error(target, kind, last, time_limit) from missed
         await rest(pause)
 
 
@@ -380,6 +381,7 @@ class _Track(Generic[R]):
     last: R | None = None
     warned: bool = False
     failures: int = 0  # polls in a row that failed for a passing reason
+    missed: CopyAIError | None = None  # the last of them, while the streak lasts
 
 
 async def _wait_any(
@@ -463,9 +465,10 @@ async def wait_many(
                 late = [*running.values(), *(entry[2] for entry in heap)]
                 running.clear()
                 heap.clear()
-                failures.extend(
-                    (t.order, _timeout_error(t.target, kind, t.last, time_limit)) for t in late
-                )
+                for t in late:
+                    timeout_error = _timeout_error(t.target, kind, t.last, time_limit)
+                    timeout_error.__cause__ = t.missed  # why its last polls failed, if they did
+                    failures.append((t.order, timeout_error))
                 break
             while heap and heap[0][0] <= now and len(running) < concurrency:
                 track = heapq.heappop(heap)[2]
@@ -485,7 +488,7 @@ async def wait_many(
                 error = task.exception()
                 if error is None:
                     run = task.result()
-                    track.failures = 0
+                    track.failures, track.missed = 0, None
                     if on_status is not None and (
                         track.last is None or kind.status(track.last) != kind.status(run)
                     ):
@@ -508,6 +511,7 @@ async def wait_many(
                     failures.append((track.order, timeout_error))
                 elif isinstance(error, CopyAIError) and transient(error):
                     track.failures += 1
+                    track.missed = error
                     if track.failures > policy.max_failed_polls:
                         gave_up = _gave_up(track.target, kind, track.last, track.failures, error)
                         failures.append((track.order, gave_up))

@@ -19,10 +19,13 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+import attrs
 import pytest
 
 from copyai_async import (
     START_KEY,
+    AuthenticationError,
+    BadRequestError,
     CopyAIClient,
     NotFoundError,
     PollFailedError,
@@ -31,6 +34,7 @@ from copyai_async import (
     RunFailedError,
     RunStatus,
     ServerError,
+    UnprocessableEntityError,
     WorkflowRun,
 )
 from copyai_async._budget import Budget
@@ -96,6 +100,10 @@ def test_policy_defaults_and_growth() -> None:
         ({"not_found_grace": -1}, ValueError, "not_found_grace"),
         ({"initial": "1"}, TypeError, "initial"),
         ({"jitter": None}, TypeError, "jitter"),
+        ({"max_failed_polls": -1}, ValueError, "max_failed_polls"),
+        ({"max_failed_polls": 10**7}, ValueError, "max_failed_polls"),
+        ({"max_failed_polls": 1.5}, TypeError, "max_failed_polls"),
+        ({"max_failed_polls": True}, TypeError, "max_failed_polls"),
     ],
 )
 def test_policy_validation(kwargs: dict[str, Any], exc: type, words: str) -> None:
@@ -651,3 +659,245 @@ async def test_retry_after_pauses_other_requests_too(
     limited = next(r.received_at for r in server.requests if r.status == 429)
     assert times[second] - limited >= 0.19
     assert times[first] - limited >= 0.19
+
+
+# -- failures: a poll is a read -----------------------------------------------------------
+
+PASSING_FAULTS = [
+    Fault.server_error(500),
+    Fault.server_error(503, html=True),
+    Fault.server_error(502, html=True),
+    Fault.rate_limit(None),
+    Fault.status_code(408),
+    Fault.disconnect(),
+    Fault.truncate(),
+    Fault.garbled("truncated"),
+    Fault.garbled("html"),
+    Fault.garbled("shape"),
+]
+
+
+def _no_retries(server: FakeCopyAI, clock: FakeClock, **kw: Any) -> CopyAIClient:
+    """A client whose every failed request is at once a failed poll."""
+    return CopyAIClient(server.api_key, base_url=server.url, clock=clock, max_retries=0, **kw)
+
+
+@pytest.mark.parametrize("fault", PASSING_FAULTS, ids=repr)
+async def test_a_passing_failure_is_a_missed_poll(
+    server: FakeCopyAI, clock: FakeClock, fault: Fault, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 2)))
+    policy = PollPolicy(initial=2.0, multiplier=1.0, max_interval=2.0, jitter=0.0)
+    async with _no_retries(server, clock) as client:
+        server.inject(fault, fault, path=fake.id)  # the first two polls fail
+        with caplog.at_level(logging.WARNING, logger="copyai_async"):
+            run = await client.wait_for_run(server.workflow_id, fake.id, policy=policy)
+    assert run.status is RunStatus.COMPLETE
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    # aiohttp itself sends a GET again once after a dropped reused connection, so one
+    # poll may meet both disconnects.
+    missed = len(warnings)
+    assert missed == (1 if fault.kind == "disconnect" else 2)
+    assert all(f"run {fake.id} of workflow" in w and "a poll failed" in w for w in warnings)
+    assert [w.split("(")[-1] for w in warnings][:1] == ["1 in a row; the wait gives up after 6)"]
+    # A fault that lets the request count (after=True) moves the run on, as a real poll.
+    readings = 1 if fault.after else 3
+    assert clock.sleeps == [2.0] * (missed + readings - 1)  # missed polls keep the schedule
+
+
+async def test_too_many_failed_polls_give_up_with_the_last_good_reading(
+    server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 10**6)))
+    policy = PollPolicy(initial=1.0, max_interval=1.0, jitter=0.0, max_failed_polls=3)
+
+    def then_fail(_run: WorkflowRun) -> None:  # after the first reading, every poll fails
+        server.inject(*[Fault.server_error(502, html=True)] * 10, path=fake.id)
+
+    async with _no_retries(server, clock) as client:
+        with pytest.raises(PollFailedError) as info:
+            await client.wait_for_run(
+                server.workflow_id, fake.id, policy=policy, on_status=then_fail
+            )
+    error = info.value
+    assert error.failures == 4  # 3 allowed in a row, the 4th ends it
+    assert server.stats.requests == 5
+    assert error.run_id == fake.id
+    assert error.run is not None
+    assert error.run.status is RunStatus.PROCESSING  # the last good reading
+    assert isinstance(error.__cause__, ServerError)
+    assert "4 polls in a row failed (last status PROCESSING)" in str(error)
+    assert "502" in str(error)
+
+
+class _FailingEveryOtherPoll(FakeClock):
+    """Injects a fault for the poll after every other sleep: read, fail, read, fail..."""
+
+    def __init__(self, server: FakeCopyAI, run_id: str) -> None:
+        super().__init__()
+        self.server, self.run_id, self.count = server, run_id, 0
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        self.count += 1
+        if self.count % 2:
+            self.server.inject(Fault.server_error(503), path=self.run_id)
+
+
+@pytest.mark.parametrize(("allowed", "ends"), [(1, "COMPLETE"), (0, "gave up")])
+async def test_a_good_reading_ends_a_streak_of_failures(
+    server: FakeCopyAI, allowed: int, ends: str
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 6)))
+    policy = PollPolicy(initial=1.0, max_interval=1.0, jitter=0.0, max_failed_polls=allowed)
+    clock = _FailingEveryOtherPoll(server, fake.id)
+    async with _no_retries(server, clock) as client:
+        if ends == "COMPLETE":  # six failures in all, never two in a row
+            run = await client.wait_for_run(server.workflow_id, fake.id, policy=policy)
+            assert run.status is RunStatus.COMPLETE
+            assert server.stats.faults == 6
+        else:
+            with pytest.raises(PollFailedError):
+                await client.wait_for_run(server.workflow_id, fake.id, policy=policy)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (Fault.status_code(400, error_code="BAD_REQUEST"), BadRequestError),
+        (Fault.status_code(401, error_code="UNAUTHORIZED"), AuthenticationError),
+        (Fault.status_code(403), AuthenticationError),
+        (Fault.status_code(404, error_code="NOT_FOUND"), NotFoundError),
+        (Fault.status_code(422, error_code="REQUEST_INVALID"), UnprocessableEntityError),
+        (Fault.raw({"status": "error", "errorCode": "NOT_FOUND"}), NotFoundError),
+    ],
+    ids=["400", "401", "403", "404", "422", "200-error-envelope"],
+)
+async def test_a_lasting_failure_ends_the_wait_at_once(
+    server: FakeCopyAI, clock: FakeClock, fault: Fault, error: type
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 5)))
+    async with CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
+        server.inject(fault, path=fake.id)
+        with pytest.raises(error):
+            await client.wait_for_run(server.workflow_id, fake.id)
+    assert server.stats.requests == 1
+
+
+async def test_zero_failed_polls_allowed_gives_up_at_the_first(
+    server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 5)))
+    async with _no_retries(server, clock) as client:
+        server.inject(Fault.server_error(500), path=fake.id)
+        with pytest.raises(PollFailedError) as info:
+            await client.wait_for_run(
+                server.workflow_id, fake.id, policy=PollPolicy(max_failed_polls=0)
+            )
+    assert info.value.failures == 1
+    assert info.value.run is None
+
+
+async def test_a_429_asking_for_longer_delays_the_next_poll(
+    server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 1)))
+    async with CopyAIClient(
+        server.api_key, base_url=server.url, clock=clock, max_retry_after=5
+    ) as client:
+        server.inject(Fault.rate_limit("30"), path=fake.id)  # too long to wait inside a request
+        run = await client.wait_for_run(server.workflow_id, fake.id)
+    assert run.status is RunStatus.COMPLETE
+    assert clock.sleeps[0] == 30.0  # the next poll waited as the server asked
+
+
+async def test_the_deadline_during_failures_carries_the_last_reading(
+    server: FakeCopyAI, clock: FakeClock
+) -> None:
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 10**6)))
+
+    def then_fail(_run: WorkflowRun) -> None:
+        server.inject(*[Fault.server_error(503)] * 100, path=fake.id)
+
+    async with _no_retries(server, clock) as client:
+        with pytest.raises(PollTimeoutError) as info:
+            await client.wait_for_run(
+                server.workflow_id,
+                fake.id,
+                timeout=20,
+                policy=PollPolicy(max_failed_polls=100),
+                on_status=then_fail,
+            )
+    assert info.value.run is not None
+    assert info.value.run.status is RunStatus.PROCESSING
+    assert isinstance(info.value.__cause__, ServerError)  # why the last polls failed
+    server.clear_faults()
+    # Many runs: on the real clock (a fake one would jump to the deadline while the
+    # requests are still on the wire).
+    async with CopyAIClient(server.api_key, base_url=server.url, max_retries=0) as client:
+        with pytest.raises(ExceptionGroup) as group:
+            await _collect(
+                client.wait_for_runs(
+                    server.workflow_id,
+                    [fake.id],
+                    timeout=0.3,
+                    policy=attrs.evolve(FAST, max_failed_polls=10_000),
+                    on_status=then_fail,
+                ),
+                [],
+            )
+    (late,) = group.value.exceptions
+    assert isinstance(late, PollTimeoutError)
+    assert late.run is not None
+    assert isinstance(late.__cause__, ServerError)
+
+
+async def test_watch_and_many_runs_miss_polls_too(server: FakeCopyAI, clock: FakeClock) -> None:
+    fakes = [server.add_run(schedule=Schedule.polls(("PROCESSING", 2))) for _ in range(5)]
+    policy = PollPolicy(initial=1.0, max_interval=1.0, jitter=0.0)
+    async with _no_retries(server, clock) as client:
+        for fake in fakes:
+            server.inject(Fault.garbled("truncated"), Fault.server_error(503), path=fake.id)
+        done = [
+            r
+            async for r in client.wait_for_runs(
+                server.workflow_id, [f.id for f in fakes], policy=policy
+            )
+        ]
+        watched = fakes[0]
+        watched.polls = 0
+        server.inject(Fault.disconnect(), path=watched.id)
+        statuses = [
+            r.status async for r in client.watch_run(server.workflow_id, watched.id, policy=policy)
+        ]
+    assert sorted(r.id for r in done) == sorted(f.id for f in fakes)
+    assert statuses == [RunStatus.PROCESSING, RunStatus.COMPLETE]
+
+
+async def test_many_runs_give_up_on_one_run_only(server: FakeCopyAI, clock: FakeClock) -> None:
+    good = [server.add_run(schedule=Schedule.polls(("PROCESSING", 2))).id for _ in range(4)]
+    bad = server.add_run(schedule=Schedule.polls(("PROCESSING", 2))).id
+    policy = PollPolicy(initial=1.0, max_interval=1.0, jitter=0.0, max_failed_polls=2)
+    async with _no_retries(server, clock) as client:
+        server.inject(*[Fault.server_error(500)] * 3, path=bad)
+        got: list[str] = []
+        with pytest.raises(ExceptionGroup) as info:
+            await _collect(
+                client.wait_for_runs(server.workflow_id, [*good, bad], policy=policy), got
+            )
+    assert sorted(got) == sorted(good)
+    (error,) = info.value.exceptions
+    assert isinstance(error, PollFailedError)
+    assert error.run_id == bad
+    assert error.failures == 3
+
+
+async def test_aitasker_waits_miss_polls_too(server: FakeCopyAI, clock: FakeClock) -> None:
+    from copyai_async.aitasker import AITaskerClient
+
+    fake = server.add_aitasker_run()
+    base = server.url.rsplit("/api", 1)[0]
+    async with AITaskerClient(server.api_key, base_url=base, clock=clock, max_retries=0) as at:
+        server.inject(Fault.server_error(502, html=True), Fault.garbled("html"), path=fake.id)
+        run = await at.wait_for_run(fake.workflow_id, fake.id, policy=FAST)
+    assert run.status == "completed"

@@ -49,6 +49,19 @@ MIX = (
 )
 
 
+# The "real servers" chaos: 18% faults, among them 200 answers whose JSON is cut short
+# with a Content-Length that matches (a proxy's doing: the framing is fine, the JSON not).
+CHAOS = (
+    *[Fault.server_error(500)] * 4,
+    *[Fault.server_error(503, html=True)] * 3,
+    *[Fault.server_error(502, html=True)] * 3,
+    *[Fault.rate_limit("0")] * 2,
+    *[Fault.rate_limit(None)] * 2,
+    *[Fault.disconnect()] * 2,
+    *[Fault.garbled("truncated")] * 2,
+)
+
+
 def _tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("copyai_async.")]
 
@@ -97,6 +110,45 @@ async def test_waiting_on_1000_runs_through_faults() -> None:
     assert sorted(r.id for r in got) == sorted(truth)
     assert all(r.status.value == truth[r.id] for r in got)
     assert server.stats.faults > 50
+
+
+async def test_chaos_no_wait_is_ended_by_one_bad_answer() -> None:
+    # Before the fix, about 8% of such waits ended with InvalidResponseError although
+    # every run went on to finish.
+    server = FakeCopyAI(fault_rate=0.18, faults=CHAOS, seed=14)
+    fakes = [
+        server.add_run(
+            schedule=Schedule.polls(
+                ("PROCESSING", 1 + i % 5), final="FAILED" if i % 7 == 0 else "COMPLETE"
+            )
+        )
+        for i in range(300)
+    ]
+    truth = {fake.id: fake.schedule.final for fake in fakes}
+    async with (
+        server,
+        CopyAIClient(
+            server.api_key, base_url=server.url, backoff_base=0.001, backoff_max=0.002
+        ) as client,
+    ):
+        wf = server.workflow_id
+        one_by_one = await asyncio.gather(
+            *(
+                client.wait_for_run(wf, run_id, policy=FAST, raise_on_failure=False)
+                for run_id in truth
+            ),
+            return_exceptions=True,
+        )
+        for fake in fakes:
+            fake.polls = 0
+        together = [run async for run in client.wait_for_runs(wf, list(truth), policy=FAST)]
+    assert [r for r in one_by_one if isinstance(r, BaseException)] == []
+    for results in (one_by_one, together):
+        assert sorted(r.id for r in results) == sorted(truth)  # type: ignore[union-attr]
+        assert all(r.status.value == truth[r.id] for r in results)  # type: ignore[union-attr]
+    garbled = [r for r in server.requests if r.fault is not None and r.fault.kind == "garbled"]
+    assert len(garbled) > 20  # cut-short 200 answers really were sent
+    assert server.stats.faults > 0.15 * server.stats.requests
 
 
 async def test_faults_beyond_the_retry_budget_name_request_and_cause() -> None:
