@@ -22,6 +22,7 @@ from yarl import URL
 
 import copyai_async
 from copyai_async import (
+    START_KEY,
     APIConnectionError,
     AuthenticationError,
     BadRequestError,
@@ -31,6 +32,7 @@ from copyai_async import (
     RateLimitError,
     RunStatus,
     ServerError,
+    StartUncertainError,
     UnprocessableEntityError,
 )
 from copyai_async.testing import FakeClock
@@ -115,7 +117,7 @@ async def test_start_run_shape(mocked: Any, api: CopyAIClient) -> None:
     assert call.kwargs["headers"]["Content-Type"] == "application/json"
     assert json.loads(call.kwargs["data"]) == {
         "startVariables": {"topic": "x", "n": 2},
-        "metadata": {"job": "a"},
+        "metadata": {"job": "a", START_KEY: run.start_key},
     }
 
 
@@ -194,16 +196,33 @@ async def test_rate_limit_too_long(mocked: Any, api: CopyAIClient) -> None:
 
 async def test_connection_error_mapping(mocked: Any, api: CopyAIClient) -> None:
     url = f"{BASE}/workflow/W/run"
+    listing = f"{BASE}/workflow/W/run?page=1&size=100"
     mocked.post(url, exception=aiohttp.ServerDisconnectedError())
-    with pytest.raises(APIConnectionError):
-        await api.start_run("W", {})
+    mocked.get(listing, payload={"status": "success", "data": {"total": 0, "data": []}})
+    mocked.post(url, payload=load_payload("start_run_id_only.json"))
+    run = await api.start_run("W", {})
+    assert run.status is RunStatus.NEW
+    # Lost, looked for by its start key (no run has it), then sent again: once.
+    assert len(_calls(mocked, "POST", url)) == 2
+    assert len(_calls(mocked, "GET", listing)) == 1
+
+
+async def test_connection_error_without_start_key(mocked: Any, clock: FakeClock) -> None:
+    url = f"{BASE}/workflow/W/run"
+    mocked.post(url, exception=aiohttp.ServerDisconnectedError())
+    async with CopyAIClient(KEY, clock=clock, start_keys=False) as api:
+        with pytest.raises(StartUncertainError) as info:
+            await api.start_run("W", {})
+    assert isinstance(info.value.__cause__, APIConnectionError)
     assert len(_calls(mocked, "POST", url)) == 1  # a POST that may have landed is not re-sent
 
 
 async def test_invalid_json_mapping(mocked: Any, api: CopyAIClient) -> None:
     url = f"{BASE}/workflow/W/run/R"
-    mocked.get(url, status=200, body="<html>ok?</html>", content_type="text/html")
+    for _ in range(3):  # an unreadable answer to a GET is retried like a 5xx
+        mocked.get(url, status=200, body="<html>ok?</html>", content_type="text/html")
     with pytest.raises(InvalidResponseError) as info:
         await api.get_run("W", "R")
     assert info.value.json_path == "$"
     assert "not JSON" in str(info.value)
+    assert len(_calls(mocked, "GET", url)) == 3
