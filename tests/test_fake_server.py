@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import os
 import re
 import signal
@@ -15,7 +17,14 @@ import pytest
 
 from copyai_async import START_KEY, CopyAIClient, NotFoundError, RunStatus
 from copyai_async._convert import WIRE, WireError, WireFormat
-from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Quirks, Schedule
+from copyai_async.testing import (
+    DEFAULT_COMPRESS_MIN_SIZE,
+    FakeClock,
+    FakeCopyAI,
+    Fault,
+    Quirks,
+    Schedule,
+)
 
 STRICT = WireFormat(strict=True)
 
@@ -369,3 +378,151 @@ async def test_ipv6_loopback(clock: FakeClock) -> None:
             assert (await client.list_runs(server.workflow_id)).runs == ()
     finally:
         await server.aclose()
+
+
+# -- as rough as production -------------------------------------------------------------
+
+
+async def _connections_for_two_requests(server: FakeCopyAI, pause: float) -> int:
+    """How many TCP connections a plain aiohttp session opens for two requests."""
+    made = 0
+
+    async def on_create(*_args: Any) -> None:
+        nonlocal made
+        made += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_create)
+    url = f"{server.url}/workflow/{server.workflow_id}/run"
+    headers = {"x-copy-ai-api-key": server.api_key}
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        for _ in range(2):
+            async with session.get(url, headers=headers) as resp:
+                await resp.read()
+            await asyncio.sleep(pause)
+    return made
+
+
+async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None:
+    async with FakeCopyAI(keepalive_timeout=0.1) as server:
+        assert await _connections_for_two_requests(server, 0.3) == 2  # closed while idle
+        assert await _connections_for_two_requests(server, 0.0) == 1  # reused when busy
+    async with FakeCopyAI(keepalive_timeout=None) as server:
+        assert await _connections_for_two_requests(server, 0.3) == 1
+    assert FakeCopyAI().keepalive_timeout == 5.0  # like uvicorn and Node
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), "5", True])
+def test_keepalive_timeout_is_checked(value: Any) -> None:
+    with pytest.raises(ValueError, match="keepalive_timeout"):
+        FakeCopyAI(keepalive_timeout=value)
+
+
+async def _get_raw(
+    server: FakeCopyAI, path: str, accept: str
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.get(
+            f"{server.url}{path}",
+            headers={"x-copy-ai-api-key": server.api_key, "Accept-Encoding": accept},
+        ) as resp,
+    ):
+        return resp, await resp.read()
+
+
+async def test_large_answers_are_gzipped_when_the_client_accepts_it() -> None:
+    async with FakeCopyAI() as server:
+        small = server.add_run(schedule=Schedule.immediate())
+        server.add_runs(30, schedule=Schedule.immediate())
+        listing = f"/workflow/{server.workflow_id}/run?size=30"
+        resp, raw = await _get_raw(server, listing, "gzip, deflate")
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert len(json.loads(gzip.decompress(raw))["data"]["data"]) == 30
+        resp, raw = await _get_raw(server, listing, "identity")
+        assert "Content-Encoding" not in resp.headers
+        assert len(json.loads(raw)["data"]["data"]) == 30
+        resp, raw = await _get_raw(server, f"/workflow/{server.workflow_id}/run/{small.id}", "gzip")
+        assert len(raw) < DEFAULT_COMPRESS_MIN_SIZE
+        assert "Content-Encoding" not in resp.headers  # too small to be worth it
+        server.compress_min_size = None
+        resp, _raw = await _get_raw(server, listing, "gzip")
+        assert "Content-Encoding" not in resp.headers
+    with pytest.raises(ValueError, match="compress_min_size"):
+        FakeCopyAI(compress_min_size=-1)
+
+
+async def test_garbled_answers(server: FakeCopyAI) -> None:
+    fake = server.add_run(schedule=Schedule.immediate())
+    path = f"/workflow/{server.workflow_id}/run/{fake.id}"
+    server.compress_min_size = None
+    _resp, whole = await _get_raw(server, path, "identity")
+    server.inject(Fault.garbled("truncated"))
+    resp, cut = await _get_raw(server, path, "identity")
+    assert resp.status == 200
+    assert int(resp.headers["Content-Length"]) == len(cut)  # the framing is fine
+    assert whole.startswith(cut)
+    assert len(cut) == len(whole) // 2
+    server.inject(Fault.garbled("html"))
+    resp, page = await _get_raw(server, path, "identity")
+    assert (resp.status, resp.content_type) == (200, "text/html")
+    assert page.startswith(b"<!DOCTYPE html>")
+    server.inject(Fault.garbled("shape"))
+    resp, shape = await _get_raw(server, path, "identity")
+    assert resp.status == 200
+    assert "status" not in json.loads(shape)
+    with pytest.raises(ValueError, match="kind"):
+        Fault.garbled("bogus")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("after", [True, False])
+async def test_a_garbled_start_takes_effect_only_after(server: FakeCopyAI, after: bool) -> None:
+    server.inject(Fault.garbled("html", after=after))
+    status, _body = await _raw_text(
+        server, "POST", f"/workflow/{server.workflow_id}/run", json={"startVariables": {}}
+    )
+    assert status == 200
+    assert len(server.runs()) == (1 if after else 0)
+    assert server.stats.runs_started == (1 if after else 0)
+
+
+async def _raw_text(server: FakeCopyAI, method: str, path: str, **kw: Any) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, f"{server.url}{path}", headers={"x-copy-ai-api-key": server.api_key}, **kw
+        ) as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+async def test_errors_as_200_and_runs_started(server: FakeCopyAI) -> None:
+    server.quirks = Quirks(errors_as_200=True)
+    wf = server.workflow_id
+    assert await _raw(server, "GET", f"/workflow/{wf}/run/nope") == (
+        200,
+        {"status": "error", "errorCode": "NOT_FOUND"},
+    )
+    assert await _raw(server, "GET", f"/workflow/{wf}/run", key="wrong") == (
+        200,
+        {"status": "error", "errorCode": "UNAUTHORIZED"},
+    )
+    status, body = await _raw(server, "POST", f"/workflow/{wf}/run", json={})
+    assert (status, body["errorCode"]) == (200, "REQUEST_INVALID")
+    await _raw(server, "POST", f"/workflow/{wf}/run", json={"startVariables": {}})
+    assert server.stats.runs_started == 1
+    assert (await _raw(server, "GET", "/../_fake/stats", key=None))[1]["runs_started"] == 1
+
+
+@pytest.mark.parametrize("offset", ["+24:00", "+05:60", "5", "+0530", "UTC", ""])
+def test_timestamp_offset_is_checked(offset: str) -> None:
+    with pytest.raises(ValueError, match="timestamp_offset"):
+        Quirks(timestamp_offset=offset)
+
+
+async def test_clear_faults(server: FakeCopyAI, client: CopyAIClient) -> None:
+    server.inject(Fault.server_error(), Fault.disconnect(), path="/never")
+    assert server.clear_faults() == 2
+    assert server.clear_faults() == 0
+    await client.list_runs(server.workflow_id)
+    assert server.stats.faults == 0
