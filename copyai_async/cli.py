@@ -4,10 +4,11 @@ Exit codes:
 
 ====  ==========================================================
 0     success (for ``runs wait``: every run COMPLETE)
-1     another API or network error
+1     another API or network error (also a start whose answer was lost: the run may
+      have started; a hint names the ``runs find`` command that tells)
 2     usage error (bad arguments, no API key)
 3     authentication failed (401/403)
-4     not found (404)
+4     not found (404; ``runs find``: no run carries the start key)
 5     a run ended FAILED
 6     timed out (``--timeout``)
 130   interrupted (Ctrl-C)
@@ -31,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TextIO
 
-from ._client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, CopyAIClient
+from ._client import AUTO, DEFAULT_BASE_URL, MAX_PAGE_SIZE, CopyAIClient
 from ._errors import (
     AuthenticationError,
     ConfigurationError,
@@ -39,6 +40,7 @@ from ._errors import (
     NotFoundError,
     PollTimeoutError,
     RunFailedError,
+    StartUncertainError,
 )
 from ._models import RunStatus, WorkflowRun
 from ._poll import PollPolicy
@@ -309,8 +311,11 @@ async def cmd_get(args: argparse.Namespace, out: Output) -> int:
 async def cmd_start(args: argparse.Namespace, out: Output) -> int:
     variables = _pairs(args.var, "--var")
     metadata = _pairs(args.metadata, "--metadata") or None
+    start_key: Any = None if args.no_start_key else (args.start_key or AUTO)
     async with _client(args) as client:
-        run = await client.start_run(args.workflow_id, variables, metadata=metadata)
+        run = await client.start_run(
+            args.workflow_id, variables, metadata=metadata, start_key=start_key
+        )
         if not args.wait:
             out.run(run)
             return EXIT_OK
@@ -326,6 +331,22 @@ async def cmd_start(args: argparse.Namespace, out: Output) -> int:
         )
         out.run(final)
         return EXIT_RUN_FAILED if final.status is RunStatus.FAILED else EXIT_OK
+
+
+async def cmd_find(args: argparse.Namespace, out: Output) -> int:
+    async with _client(args) as client:
+        run = await client.find_started_run(
+            args.workflow_id, args.start_key, max_runs=args.max_runs
+        )
+    if run is None:
+        print(
+            f"error: none of the {args.max_runs} newest runs of {args.workflow_id} carries "
+            f"start key {args.start_key!r}",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_FOUND
+    out.run(run)
+    return EXIT_OK
 
 
 async def cmd_wait(args: argparse.Namespace, out: Output) -> int:
@@ -387,7 +408,7 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     server = FakeCopyAI(
         latency=args.latency / 1000.0,
         fault_rate=args.fault_rate,
-        fault_methods=("GET",),  # a start that fails after creating a run is not retried
+        # Starts meet faults too: a start whose answer is lost is found by its start key.
         schedule_for=schedule_for,
         seed=args.seed,
     )
@@ -564,7 +585,28 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--wait", action="store_true", help="wait until it is COMPLETE or FAILED")
     start.add_argument("--timeout", type=_positive_float, help="give up after S seconds")
     start.add_argument("--json", action="store_true", help="print the run as JSON")
+    keys = start.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--start-key",
+        metavar="KEY",
+        help="tag the run with this start key (default: a fresh one), to find it with 'runs find'",
+    )
+    keys.add_argument(
+        "--no-start-key", action="store_true", help="send the metadata as given, untagged"
+    )
     start.set_defaults(handler=cmd_start)
+
+    find = run_cmds.add_parser("find", help="find the run a start tagged with a start key")
+    find.add_argument("workflow_id")
+    find.add_argument("start_key")
+    find.add_argument(
+        "--max-runs",
+        type=_int_at_least(1),
+        default=1000,
+        help="newest runs to look through (default %(default)s)",
+    )
+    find.add_argument("--json", action="store_true", help="print the run as JSON")
+    find.set_defaults(handler=cmd_find)
 
     wait = run_cmds.add_parser("wait", help="wait for runs, with live progress")
     wait.add_argument("workflow_id")
@@ -634,4 +676,10 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except (CopyAIError, UsageError, TypeError, ValueError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
+        if isinstance(error, StartUncertainError) and error.start_key:
+            print(
+                f"hint: before starting it again, look for it: copyai-async runs find "
+                f"{error.workflow_id} {error.start_key}",
+                file=sys.stderr,
+            )
         return exit_code(error)

@@ -228,6 +228,41 @@ def test_start(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
+def test_start_keys_and_find(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    wf = api.server.workflow_id
+    assert cli(api, "runs", "start", wf, "--start-key", "job-7", "--json") == 0
+    (started,) = _json_lines(capsys.readouterr().out)
+    assert api.server.requests[-1].json()["metadata"] == {START_KEY: "job-7"}
+    assert cli(api, "runs", "find", wf, "job-7", "--json") == 0
+    (found,) = _json_lines(capsys.readouterr().out)
+    assert found["id"] == started["id"]
+    assert cli(api, "runs", "find", wf, "job-8") == 4
+    assert "carries start key 'job-8'" in capsys.readouterr().err
+    assert cli(api, "runs", "start", wf, "--no-start-key") == 0
+    assert "metadata" not in api.server.requests[-1].json()
+    with pytest.raises(SystemExit) as usage:
+        cli(api, "runs", "start", wf, "--no-start-key", "--start-key", "k")
+    assert usage.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_a_lost_start_says_how_to_find_it(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from copyai_async.testing import Fault
+
+    wf = api.server.workflow_id
+    # The start lands, its answer is lost, and so is every lookup: the CLI cannot tell.
+    api.call(lambda: api.server.inject(Fault.disconnect(after=True), method="POST"))
+    api.call(lambda: api.server.inject(*[Fault.server_error(503)] * 4, method="GET"))
+    assert cli(api, "runs", "start", wf, "--start-key", "job-9") == 1
+    err = capsys.readouterr().err
+    assert "may or may not have started" in err
+    assert f"hint: before starting it again, look for it: copyai-async runs find {wf} job-9" in err
+    assert "Traceback" not in err
+    assert cli(api, "runs", "find", wf, "job-9") == 0  # it had started
+
+
 @pytest.mark.parametrize(("final", "code"), [("COMPLETE", 0), ("FAILED", 5)])
 def test_start_and_wait(
     api: ThreadedServer, capsys: pytest.CaptureFixture[str], final: str, code: int

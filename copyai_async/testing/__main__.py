@@ -12,7 +12,13 @@ import sys
 import time
 
 from ._schedule import Schedule
-from ._server import DEFAULT_API_KEY, DEFAULT_WORKFLOW_ID, FakeCopyAI
+from ._server import (
+    DEFAULT_API_KEY,
+    DEFAULT_COMPRESS_MIN_SIZE,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_WORKFLOW_ID,
+    FakeCopyAI,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0, help="milliseconds added per answer")
     p.add_argument("--fault-rate", type=float, default=0.0, help="share of requests to fail, 0..1")
     p.add_argument("--seed", type=int, default=0, help="seed for faults and ids")
+    p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=DEFAULT_KEEPALIVE_TIMEOUT,
+        metavar="S",
+        help="close connections idle for S seconds (default %(default)g; 0: never)",
+    )
+    p.add_argument("--no-gzip", action="store_true", help="never compress answers")
     return p
 
 
@@ -62,6 +76,8 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         latency=args.latency / 1000.0,
         fault_rate=args.fault_rate,
         seed=args.seed,
+        keepalive_timeout=args.keepalive_timeout or None,
+        compress_min_size=None if args.no_gzip else DEFAULT_COMPRESS_MIN_SIZE,
     )
     if args.runs:
         rng = random.Random(args.seed)
@@ -99,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.latency < 0 or args.runs < 0:
         print("error: --latency and --runs must be >= 0", file=sys.stderr)
+        return 2
+    if not args.keepalive_timeout >= 0:
+        print("error: --keepalive-timeout must be >= 0", file=sys.stderr)
         return 2
     if args.finish_between and not 0 <= args.finish_between[0] <= args.finish_between[1]:
         print("error: --finish-between needs 0 <= MIN <= MAX", file=sys.stderr)
