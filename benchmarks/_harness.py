@@ -6,14 +6,29 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 KEY = "bench-key"
 WORKFLOW = "WCFG-bench"
 
 
 @contextmanager
-def fake_server(*options: str) -> Iterator[str]:
+def served(cmd: list[str], *, cwd: Path | None = None) -> Iterator[str]:
+    """Run a server command that prints its base URL first; yield that URL, then stop it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        match = re.search(r"(http://\S+/api)", line)
+        if not match:
+            raise RuntimeError(f"the server did not start ({' '.join(cmd[1:3])}): {line!r}")
+        yield match.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def fake_server(*options: str) -> AbstractContextManager[str]:
     """Run ``python -m copyai_async.testing`` with ``options``; yield its base URL."""
     cmd = [
         sys.executable,
@@ -31,13 +46,4 @@ def fake_server(*options: str) -> Iterator[str]:
         "--no-gzip",
         *options,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        match = re.search(r"(http://\S+/api)", line)
-        if not match:
-            raise RuntimeError(f"the fake server did not start: {line!r}")
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return served(cmd)

@@ -277,9 +277,11 @@ class BaseClient(Generic[_R]):
         """
         transport = self._transport
         sent_at = datetime.now(timezone.utc)
+        # Every lookup reaches back to the first attempt: a run an earlier attempt
+        # created late must not be missed by the lookup after a later one.
+        sent = self.clock.monotonic()
         attempt = 1
         while True:
-            sent = self.clock.monotonic()
             try:
                 return await transport.request(
                     "POST",

@@ -86,6 +86,9 @@ class CopyAIApp:
     def _route(
         self, method: str, path: str, query: bytes, body: bytes, headers: dict[str, str]
     ) -> tuple[int, Any]:
+        if path == "/_stats":  # for a server in another process: what it has done (no key)
+            with self._lock:
+                return 200, {"starts": self.starts, "requests": self.requests}
         with self._lock:
             self.requests += 1
         if headers.get("x-copy-ai-api-key") != API_KEY:
@@ -237,3 +240,20 @@ def aiohttp_server(server: FakeCopyAI) -> Iterator[str]:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+def main() -> None:
+    """``python -m tests.real_servers {uvicorn,hypercorn} IDLE``: serve until killed.
+
+    Prints the base URL; ``GET /_stats`` (no key) answers the starts it took."""
+    import sys
+
+    stack, idle = sys.argv[1], float(sys.argv[2])
+    serve = uvicorn_server if stack == "uvicorn" else hypercorn_server
+    with serve(CopyAIApp(), idle=idle) as url:
+        print(url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -8,17 +8,23 @@ import sys
 from pathlib import Path
 
 HARNESS = Path(__file__).parent.parent / "benchmarks" / "run.py"
+RELIABILITY = HARNESS.with_name("reliability.py")
 
 
-def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
+def _tiny(script: Path, out: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, str(HARNESS), "--tiny", "--out", str(tmp_path)],
+        [sys.executable, str(script), "--tiny", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
+    done = _tiny(HARNESS, tmp_path)
     results = json.loads((tmp_path / "bench.json").read_text())
     assert set(results) >= {"stream", "wait", "single", "rate", "import", "date", "machine"}
     (stream,) = results["stream"]
@@ -31,3 +37,15 @@ def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert results["import"]["ratio"] > 0
     assert "ratios are ours / baseline" in done.stdout
     assert "chart" in done.stdout  # drawn, or why not
+
+
+def test_reliability_experiments_run_on_tiny_sizes(tmp_path: Path) -> None:
+    _tiny(RELIABILITY, tmp_path)
+    results = json.loads((tmp_path / "reliability.json").read_text())
+    assert [row["stack"] for row in results["keepalive"]] == ["aiohttp.web", "uvicorn", "hypercorn"]
+    for row in results["keepalive"]:  # servers in processes of their own
+        assert row["starts"] == row["reported"] == row["created"] == 8
+    chaos = results["chaos"]
+    assert chaos["faults"] > 0
+    assert chaos["waits_ended_by_error"] == 0
+    assert chaos["finished"] == chaos["runs"] == 20

@@ -320,6 +320,11 @@ async def test_stats_endpoint(client: CopyAIClient, server: FakeCopyAI) -> None:
     status, body = await _raw(server, "GET", "/../_fake/stats", key=None)
     assert status == 200
     assert body["requests"] == 1  # the stats request itself does not count
+    server.fault_rate = 1.0  # every API request fails; the fake's own stats never do
+    for _ in range(5):
+        status, body = await _raw(server, "GET", "/../_fake/stats", key=None)
+        assert status == 200
+    assert body["faults"] == 0
 
 
 async def test_url_before_start_is_an_error() -> None:
@@ -526,3 +531,33 @@ async def test_clear_faults(server: FakeCopyAI, client: CopyAIClient) -> None:
     assert server.clear_faults() == 0
     await client.list_runs(server.workflow_id)
     assert server.stats.faults == 0
+
+
+def test_public_surface_of_testing() -> None:
+    import copyai_async.testing as testing
+
+    assert sorted(testing.__all__) == sorted(
+        [
+            "AITASKER_WORKFLOW_ID",
+            "AITASKER_WORKSPACE_ID",
+            "DEFAULT_API_KEY",
+            "DEFAULT_COMPRESS_MIN_SIZE",
+            "DEFAULT_KEEPALIVE_TIMEOUT",
+            "DEFAULT_RANDOM_FAULTS",
+            "DEFAULT_WORKFLOW_ID",
+            "FakeClock",
+            "FakeCopyAI",
+            "FakeRun",
+            "Fault",
+            "Quirks",
+            "RecordedRequest",
+            "Schedule",
+            "ServerStats",
+        ]
+    )
+    for name in testing.__all__:
+        assert hasattr(testing, name), name
+    kinds = {
+        (f.kind, f.garble if f.kind == "garbled" else None) for f in testing.DEFAULT_RANDOM_FAULTS
+    }
+    assert {("garbled", "truncated"), ("garbled", "html"), ("disconnect", None)} <= kinds

@@ -441,7 +441,8 @@ class FakeCopyAI:
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         stats.by_path[f"{request.method} {request.path}"] += 1
         body = await request.read()
-        fault = self._pick_fault(request)
+        # The fake's own endpoints (its stats) are not the API: never faulted.
+        fault = None if request.path.startswith("/_fake/") else self._pick_fault(request)
         status = 0
         try:
             for match, event in list(self._holds):
