@@ -292,6 +292,7 @@ async def observe(
     attempt = 0
     warned = False
     failures = 0
+    streak: CopyAIError | None = None  # the last failure of the current streak
     while True:
         missed: CopyAIError | None = None
         try:
@@ -301,16 +302,17 @@ async def observe(
                 raise
             run = None  # started moments ago and not readable yet
         except DeadlineExceeded as exc:
-            raise _timeout_error(target, kind, last, time_limit) from exc.__cause__
+            # A poll cut off by the deadline says nothing; the streak before it may.
+            raise _timeout_error(target, kind, last, time_limit) from (exc.__cause__ or streak)
         except CopyAIError as exc:
             if not transient(exc):
                 raise
             failures += 1
             if failures > policy.max_failed_polls:
                 raise _gave_up(target, kind, last, failures, exc) from exc
-            run, missed = None, exc
+            run, missed, streak = None, exc, exc
         if run is not None:
-            failures = 0
+            failures, streak = 0, None
             last = run
             yield run
             if kind.is_terminal(run):
@@ -329,7 +331,7 @@ async def observe(
                 if remaining > 0:
                     await rest(remaining)
                 # If polls were failing when time ran out, the last failure says why.
-                raise _timeout_error(target, kind, last, time_limit) from missed
+                raise _timeout_error(target, kind, last, time_limit) from streak
         await rest(pause)
 
 
@@ -507,7 +509,7 @@ async def wait_many(
                     schedule(track)  # started moments ago and not readable yet
                 elif isinstance(error, DeadlineExceeded):
                     timeout_error = _timeout_error(track.target, kind, track.last, time_limit)
-                    timeout_error.__cause__ = error.__cause__
+                    timeout_error.__cause__ = error.__cause__ or track.missed
                     failures.append((track.order, timeout_error))
                 elif isinstance(error, CopyAIError) and transient(error):
                     track.failures += 1
