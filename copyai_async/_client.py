@@ -186,25 +186,21 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         """
         page = int_in("page", page, 1)
         size = int_in("size", size, 1, MAX_PAGE_SIZE)
+        return (await self._page(workflow_id, page, size))[0]
+
+    async def _page(
+        self, workflow_id: str, page: int, size: int
+    ) -> tuple[RunPage, Mapping[str, str]]:
+        """One page of runs, and the headers of its answer (checked arguments)."""
+
+        def parse(resp: Response) -> tuple[RunPage, Mapping[str, str]]:
+            data = WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size)
+            return data, resp.headers
+
         return await self._transport.request(
             "GET",
             ("workflow", encode_segment("workflow_id", workflow_id), "run"),
             params={"page": str(page), "size": str(size)},
-            idempotent=True,
-            parse=lambda resp: WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=size),
-        )
-
-    async def _dated_page(self, workflow_id: str, page: int) -> tuple[RunPage, datetime | None]:
-        """A page of the newest runs (100 a page) and the server's ``Date`` of its answer."""
-
-        def parse(resp: Response) -> tuple[RunPage, datetime | None]:
-            data = WIRE.page(resp.data, workflow_id=workflow_id, page=page, size=MAX_PAGE_SIZE)
-            return data, response_date(resp.headers)
-
-        return await self._transport.request(
-            "GET",
-            ("workflow", encode_segment("workflow_id", workflow_id), "run"),
-            params={"page": str(page), "size": str(MAX_PAGE_SIZE)},
             idempotent=True,
             parse=parse,
         )
@@ -385,7 +381,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             raise TypeError(f"start_key must be a non-empty str, got {start_key!r}")
         limit = int_in("max_runs", max_runs, 1, 100_000)
         for page_no in range(1, -(-limit // MAX_PAGE_SIZE) + 1):
-            page, _date = await self._dated_page(workflow_id, page_no)
+            page, _headers = await self._page(workflow_id, page_no, MAX_PAGE_SIZE)
             for run in page.runs:
                 if run.start_key == start_key:
                     return run
@@ -406,13 +402,14 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         """
         horizon: datetime | None = None
         for page_no in range(1, LOOKUP_PAGES + 1):
-            page, date = await self._dated_page(workflow_id, page_no)
+            page, headers = await self._page(workflow_id, page_no, MAX_PAGE_SIZE)
             for run in page.runs:
                 if run.start_key == start_key:
                     return run
             if len(page.runs) < MAX_PAGE_SIZE:
                 return None  # the whole listing was read
             if horizon is None:
+                date = response_date(headers)
                 margin = LOOKUP_MARGIN if date is not None else LOOKUP_MARGIN_NO_DATE
                 now = date if date is not None else datetime.now(timezone.utc)
                 ago = self.clock.monotonic() - sent + margin

@@ -292,7 +292,7 @@ async def observe(
     attempt = 0
     warned = False
     failures = 0
-    streak: CopyAIError | None = None  # the last failure of the current streak
+    last_failure: CopyAIError | None = None  # of the current streak of failed polls
     while True:
         missed: CopyAIError | None = None
         try:
@@ -303,16 +303,18 @@ async def observe(
             run = None  # started moments ago and not readable yet
         except DeadlineExceeded as exc:
             # A poll cut off by the deadline says nothing; the streak before it may.
-            raise _timeout_error(target, kind, last, time_limit) from (exc.__cause__ or streak)
+            raise _timeout_error(target, kind, last, time_limit) from (
+                exc.__cause__ or last_failure
+            )
         except CopyAIError as exc:
             if not transient(exc):
                 raise
             failures += 1
             if failures > policy.max_failed_polls:
                 raise _gave_up(target, kind, last, failures, exc) from exc
-            run, missed, streak = None, exc, exc
+            run, missed, last_failure = None, exc, exc
         if run is not None:
-            failures, streak = 0, None
+            failures, last_failure = 0, None
             last = run
             yield run
             if kind.is_terminal(run):
@@ -331,7 +333,7 @@ async def observe(
                 if remaining > 0:
                     await rest(remaining)
                 # If polls were failing when time ran out, the last failure says why.
-                raise _timeout_error(target, kind, last, time_limit) from streak
+                raise _timeout_error(target, kind, last, time_limit) from last_failure
         await rest(pause)
 
 
@@ -383,7 +385,7 @@ class _Track(Generic[R]):
     last: R | None = None
     warned: bool = False
     failures: int = 0  # polls in a row that failed for a passing reason
-    missed: CopyAIError | None = None  # the last of them, while the streak lasts
+    last_failure: CopyAIError | None = None  # the last of them, while the streak lasts
 
 
 async def _wait_any(
@@ -469,7 +471,9 @@ async def wait_many(
                 heap.clear()
                 for t in late:
                     timeout_error = _timeout_error(t.target, kind, t.last, time_limit)
-                    timeout_error.__cause__ = t.missed  # why its last polls failed, if they did
+                    timeout_error.__cause__ = (
+                        t.last_failure
+                    )  # why its last polls failed, if they did
                     failures.append((t.order, timeout_error))
                 break
             while heap and heap[0][0] <= now and len(running) < concurrency:
@@ -490,7 +494,7 @@ async def wait_many(
                 error = task.exception()
                 if error is None:
                     run = task.result()
-                    track.failures, track.missed = 0, None
+                    track.failures, track.last_failure = 0, None
                     if on_status is not None and (
                         track.last is None or kind.status(track.last) != kind.status(run)
                     ):
@@ -509,11 +513,11 @@ async def wait_many(
                     schedule(track)  # started moments ago and not readable yet
                 elif isinstance(error, DeadlineExceeded):
                     timeout_error = _timeout_error(track.target, kind, track.last, time_limit)
-                    timeout_error.__cause__ = error.__cause__ or track.missed
+                    timeout_error.__cause__ = error.__cause__ or track.last_failure
                     failures.append((track.order, timeout_error))
                 elif isinstance(error, CopyAIError) and transient(error):
                     track.failures += 1
-                    track.missed = error
+                    track.last_failure = error
                     if track.failures > policy.max_failed_polls:
                         gave_up = _gave_up(track.target, kind, track.last, track.failures, error)
                         failures.append((track.order, gave_up))
