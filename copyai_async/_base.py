@@ -142,6 +142,23 @@ class LookupInconclusive(Exception):
     """Looking for a started run could neither find it nor rule it out."""
 
 
+def _uncertain(
+    lost: OutcomeUnknown, why: str, *, workflow_id: str, start_key: str | None, sent_at: datetime
+) -> StartUncertainError:
+    """The error for a start whose answer was lost and could not be settled (``why``)."""
+    error = StartUncertainError(
+        f"{lost.error.message}; the run may or may not have started: {why}",
+        method=lost.error.method,
+        path=lost.error.path,
+        workflow_id=workflow_id,
+        start_key=start_key,
+        sent_at=sent_at,
+        status=lost.status,
+    )
+    error.__cause__ = lost.error
+    return error
+
+
 class BaseClient(Generic[_R]):
     """The shared body of a client; see :class:`CopyAIClient` for the options."""
 
@@ -294,24 +311,14 @@ class BaseClient(Generic[_R]):
             except OutcomeUnknown as exc:
                 lost = exc
             error = lost.error
-
-            def uncertain(why: str, lost: OutcomeUnknown = lost) -> StartUncertainError:
-                uncertain_error = StartUncertainError(
-                    f"{lost.error.message}; the run may or may not have started: {why}",
-                    method=lost.error.method,
-                    path=lost.error.path,
+            if start_key is None or find is None:
+                raise _uncertain(
+                    lost,
+                    "the start carried no start key to look for it by; look among the "
+                    "workflow's newest runs before starting it again",
                     workflow_id=workflow_id,
                     start_key=start_key,
                     sent_at=sent_at,
-                    status=lost.status,
-                )
-                uncertain_error.__cause__ = lost.error
-                return uncertain_error
-
-            if start_key is None or find is None:
-                raise uncertain(
-                    "the start carried no start key to look for it by; look among the "
-                    "workflow's newest runs before starting it again"
                 )
             retry = transport.retry
             asked = lost.retry_after
@@ -323,10 +330,14 @@ class BaseClient(Generic[_R]):
             try:
                 found = await find(start_key, sent)
             except (APIError, LookupInconclusive) as lookup_error:
-                raise uncertain(
+                raise _uncertain(
+                    lost,
                     f"looking for start key {start_key!r} did not settle it ({lookup_error}); "
                     f"before starting it again, await client.find_started_run("
-                    f"{workflow_id!r}, {start_key!r})"
+                    f"{workflow_id!r}, {start_key!r})",
+                    workflow_id=workflow_id,
+                    start_key=start_key,
+                    sent_at=sent_at,
                 ) from error
             if found is not None:
                 logger.info(
@@ -338,10 +349,14 @@ class BaseClient(Generic[_R]):
                 )
                 return found
             if lost.in_progress:
-                raise uncertain(
+                raise _uncertain(
+                    lost,
                     f"no run carries start key {start_key!r} yet, but the server may still "
                     f"be creating it; before starting it again, await "
-                    f"client.find_started_run({workflow_id!r}, {start_key!r})"
+                    f"client.find_started_run({workflow_id!r}, {start_key!r})",
+                    workflow_id=workflow_id,
+                    start_key=start_key,
+                    sent_at=sent_at,
                 )
             if lost.attempt > retry.max_retries or (asked is not None and wait is None):
                 # Known not to have started: the error is the whole story.

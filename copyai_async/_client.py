@@ -308,7 +308,19 @@ class CopyAIClient(BaseClient[WorkflowRun]):
                 the run started (``.start_key`` says what to look for).
             CopyAIError: any other failure; the run was not started.
         """
-        wf = encode_segment("workflow_id", workflow_id)
+        return await self._send_start(
+            workflow_id, *self._start_body(workflow_id, start_variables, metadata, start_key)
+        )
+
+    def _start_body(
+        self,
+        workflow_id: str,
+        start_variables: Any,
+        metadata: Any,
+        start_key: str | _Auto | None,
+    ) -> tuple[dict[str, Any], str | None]:
+        """The checked body of a start, and the start key it carries (in its metadata)."""
+        encode_segment("workflow_id", workflow_id)
         body: dict[str, Any] = {"startVariables": json_object("start_variables", start_variables)}
         meta = None if metadata is None else json_object("metadata", metadata)
         key = self._start_key(start_key, meta)
@@ -316,15 +328,20 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             meta = {**(meta or {}), START_KEY: key}
         if meta is not None:
             body["metadata"] = meta
+        return body, key
+
+    async def _send_start(
+        self, workflow_id: str, body: dict[str, Any], key: str | None
+    ) -> WorkflowRun:
         run = await self._start(
-            ("workflow", wf, "run"),
+            ("workflow", encode_segment("workflow_id", workflow_id), "run"),
             workflow_id=workflow_id,
             body=body,
             parse=lambda resp: WIRE.started_run(
                 resp.data,
                 workflow_id=workflow_id,
                 start_variables=body["startVariables"],
-                metadata=meta,
+                metadata=body.get("metadata"),
             ),
             start_key=key,
             find=lambda key, sent: self._find_lost_start(workflow_id, key, sent),
@@ -446,12 +463,11 @@ class CopyAIClient(BaseClient[WorkflowRun]):
                 CopyAIError: as :meth:`start_run` and :meth:`wait_for_run`.
         """
         timeout = check_timeout(timeout)
+        body, key = self._start_body(workflow_id, start_variables, metadata, start_key)
         deadline = self._waiter.deadline(timeout)
-        meta = None if metadata is None else json_object("metadata", metadata)
-        key = self._start_key(start_key, meta)
         try:
             run = await bounded(
-                lambda: self.start_run(workflow_id, start_variables, metadata=meta, start_key=key),
+                lambda: self._send_start(workflow_id, body, key),
                 deadline,
                 self.clock,
             )

@@ -125,7 +125,6 @@ class OutcomeUnknown(Exception):
         in_progress: the server may still be acting on it (a timeout, ours or a
             gateway's 504): a result not visible yet may still appear.
         retry_after: seconds the server asked to wait (a 503's ``Retry-After``), if any.
-        status: the HTTP status of the lost answer, or ``None`` if none arrived.
     """
 
     def __init__(
@@ -135,14 +134,18 @@ class OutcomeUnknown(Exception):
         attempt: int,
         in_progress: bool,
         retry_after: float | None = None,
-        status: int | None = None,
     ) -> None:
         super().__init__(str(error))
         self.error = error
         self.attempt = attempt
         self.in_progress = in_progress
         self.retry_after = retry_after
-        self.status = status
+
+    @property
+    def status(self) -> int | None:
+        """The HTTP status of the lost answer, or ``None`` if none arrived."""
+        status = getattr(self.error, "status", None)
+        return status if isinstance(status, int) else None
 
 
 class Fate(enum.Enum):
@@ -478,10 +481,10 @@ class Transport:
             url = url.with_query(params)
         path = url.raw_path
         shown = url.raw_path_qs
-        data = None
+        body = None
         headers = {**self._headers, **self._auth_headers()}
         if json_body is not None:
-            data = json.dumps(json_body, separators=(",", ":")).encode()
+            body = json.dumps(json_body, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
         retry = self.retry
         budget = self.budget
@@ -497,7 +500,7 @@ class Transport:
                     async with session.request(
                         method,
                         url,
-                        data=data,
+                        data=body,
                         headers=headers,
                         timeout=self._timeout,
                         allow_redirects=False,
@@ -532,7 +535,7 @@ class Transport:
                     raise OutcomeUnknown(error, attempt=attempt, in_progress=fate is Fate.RUNNING)
                 retriable = fate is not Fate.FINAL if idempotent else fate is Fate.UNSENT
                 if retriable and attempt <= retry.max_retries:
-                    delay = retry.backoff(attempt - 1, self._rng)
+                    delay = self.backoff(attempt)
                     self._log_retry(method, shown, attempt, delay, type(failure).__name__)
                     await budget.sleep(delay, cause=error)
                     continue
@@ -542,13 +545,15 @@ class Transport:
                 "%s %s -> %d (%.1f ms, attempt %d)", method, shown, status, elapsed_ms, attempt
             )
             if 200 <= status < 300:
-                answer = Response(
-                    method=method, path=path, status=status, headers=resp_headers, data=None
-                )
                 try:
-                    return self._read(answer, raw, shown, content_type, parse, suffix)
+                    decoded = self._decode(raw, method, path, shown, status, content_type, suffix)
+                    answer = Response(
+                        method=method, path=path, status=status, headers=resp_headers, data=decoded
+                    )
+                    return self._parse(answer, parse, suffix)
                 except ErrorEnvelope:
-                    # The API's own error, on a 2xx: an answer, not a garbled one.
+                    # The API's own error, on a 2xx (from parse, so answer is set): an
+                    # answer, not a garbled one.
                     raise self._status_error(
                         answer, raw, shown, content_type, attempt, envelope=True
                     ) from None
@@ -556,11 +561,11 @@ class Transport:
                     if not idempotent:
                         # The server answered 2xx: it acted, but the answer is lost.
                         raise OutcomeUnknown(
-                            unreadable, attempt=attempt, in_progress=False, status=status
+                            unreadable, attempt=attempt, in_progress=False
                         ) from None
                     if attempt > retry.max_retries:
                         raise
-                    delay = retry.backoff(attempt - 1, self._rng)
+                    delay = self.backoff(attempt)
                     self._log_retry(method, shown, attempt, delay, f"an unreadable {status}")
                     await budget.sleep(delay, cause=unreadable)
                     continue
@@ -586,16 +591,13 @@ class Transport:
                     attempt=attempt,
                     in_progress=status == 504,
                     retry_after=retry_after,
-                    status=status,
                 )
             if not (retriable and not too_long and attempt <= retry.max_retries):
                 raise status_error
             if retry_after is not None and status == 429:
                 # The server asked this client to slow down: all its requests wait.
                 budget.pause(retry_after)
-            delay = (
-                retry_after if retry_after is not None else retry.backoff(attempt - 1, self._rng)
-            )
+            delay = retry_after if retry_after is not None else self.backoff(attempt)
             self._log_retry(method, shown, attempt, delay, str(status))
             await budget.sleep(delay, cause=status_error)
 
@@ -614,33 +616,31 @@ class Transport:
             self.retry.max_retries + 1,
         )
 
-    def _read(
+    def _decode(
         self,
-        answer: Response,
         raw: bytes,
+        method: str,
+        path: str,
         shown: str,
+        status: int,
         content_type: str,
-        parse: Callable[[Response], _T],
         suffix: str,
-    ) -> _T:
-        """Decode a 2xx body and ``parse`` it; an unreadable one is InvalidResponseError."""
-        method, status = answer.method, answer.status
+    ) -> Any:
+        """A 2xx body decoded; one that is not JSON is InvalidResponseError."""
         try:
-            data = loads(raw)
+            return loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             # Keep the reason, not the exception: it holds the whole body (which may echo
             # the API key), and anything raised in this block would chain to it.
             reason = str(exc)
         except RecursionError:
             reason = "nested deeper than the JSON decoder can follow"
-        else:
-            return self._parse(attrs.evolve(answer, data=data), parse, suffix)
         preview = self._secret.redact(raw[:80].decode("utf-8", "replace"))
         raise InvalidResponseError(
             f"{method} {shown} -> {status}: the body is not JSON ({reason}; content type "
             f"{content_type or 'none'}, starts {preview!r}){suffix}",
             method=method,
-            path=answer.path,
+            path=path,
             status=status,
         )
 

@@ -23,7 +23,12 @@ from typing import Any
 import attrs
 from aiohttp import hdrs, web
 
-from ._aitasker import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID, FakeAITasker
+from ._aitasker import (
+    AITASKER_WORKFLOW_ID,
+    AITASKER_WORKSPACE_ID,
+    DEFAULT_ERROR_MESSAGE,
+    FakeAITasker,
+)
 from ._faults import DEFAULT_RANDOM_FAULTS, Fault, answer_with_fault
 from ._quirks import Quirks, error_response, ok_response, render_run
 from ._schedule import FakeRun, Schedule
@@ -391,7 +396,7 @@ class FakeCopyAI:
         schedule: Schedule | None = None,
         payload: Mapping[str, Any] | None = None,
         run_id: str | None = None,
-        error_message: str = "node 'summarise' failed: model timeout",
+        error_message: str = DEFAULT_ERROR_MESSAGE,
     ) -> FakeRun:
         """Add an aitasker run (statuses are lower case, e.g. queued, running, completed)."""
         return self._aitasker.add_run(
