@@ -26,6 +26,7 @@ from ._errors import (
     ServerError,
     StartUncertainError,
     UnprocessableEntityError,
+    WebhookEventError,
 )
 from ._models import START_KEY, RunPage, RunStatus, WorkflowRun
 from ._paginate import RunPaginator
@@ -62,6 +63,7 @@ __all__ = [
     "StartUncertainError",
     "SystemClock",
     "UnprocessableEntityError",
+    "WebhookEventError",
     "WorkflowRun",
     "__version__",
 ]

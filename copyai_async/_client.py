@@ -5,21 +5,29 @@ from __future__ import annotations
 import enum
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
+import attrs
+from yarl import URL
 
 from ._base import BaseClient, LookupInconclusive, credential, int_in, json_object
 from ._budget import DeadlineExceeded
 from ._clock import Clock
 from ._convert import WIRE
-from ._errors import PollTimeoutError
-from ._http import Response, encode_segment, response_date
+from ._errors import APIError, NotFoundError, PaginationError, PollTimeoutError
+from ._http import OutcomeUnknown, Response, encode_segment, response_date
 from ._models import START_KEY, RunPage, RunStatus, WorkflowRun
 from ._paginate import DEFAULT_PREFETCH, RunPaginator
 from ._poll import PollPolicy, RunKind, bounded, check_timeout
+from .webhooks._convert import WEBHOOK_WIRE
+from .webhooks._models import RunEvent, Webhook, WebhookEventType
+from .webhooks._parse import check_event_type
+
+if TYPE_CHECKING:
+    from .webhooks._listener import Listener
 
 __all__ = ["DEFAULT_BASE_URL", "MAX_PAGE_SIZE", "CopyAIClient"]
 
@@ -35,6 +43,38 @@ LOOKUP_MARGIN = 5.0
 (its ``Date`` header, to the second; ``createdAt`` may come from another of its clocks)."""
 LOOKUP_MARGIN_NO_DATE = 60.0
 """The same, when the server sends no ``Date`` and the client's own clock must do."""
+MAX_WEBHOOK_PAGES = 1_000
+"""Pages of ``GET /webhook`` read at most before the listing is taken to repeat itself."""
+
+
+def _webhook_url(value: Any) -> str:
+    """A webhook's URL, checked: http(s), a host, no credentials, no fragment."""
+    if not isinstance(value, (str, URL)):
+        raise TypeError(f"url must be a str, got {type(value).__name__}")
+    try:
+        url = URL(str(value))
+    except ValueError as exc:
+        raise ValueError(f"url is not a URL: {exc}") from None
+    if url.user is not None or url.password is not None:
+        raise ValueError(
+            "url must not contain credentials (user:password@): Copy.ai would store and "
+            "send them in the clear; put a secret in the path or query instead"
+        )
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"url must be an http(s) URL with a host, got {str(value)!r}")
+    if url.fragment:
+        raise ValueError("url must not carry a fragment (#...): it is never sent")
+    return str(value)
+
+
+def _optional_id(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    return value
 
 
 class _Auto(enum.Enum):
@@ -436,6 +476,226 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         raise LookupInconclusive(
             f"the {LOOKUP_PAGES * MAX_PAGE_SIZE} newest runs hold none with it, but do not "
             "reach back to when the start was sent"
+        )
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    async def create_webhook(
+        self,
+        url: str,
+        event_type: WebhookEventType | str,
+        *,
+        workflow_id: str | None = None,
+    ) -> Webhook:
+        """Register a webhook (``POST /webhook``): Copy.ai will POST events to ``url``.
+
+        Sent once: if the answer is lost after the request went out, the client looks
+        for a webhook with the same URL, event type and workflow among the existing ones
+        before sending again (a webhook already registered like it is returned as is).
+
+        Args:
+            url: where to deliver events: http(s), no ``user:password@``, no fragment.
+                Deliveries are unsigned, so make it hard to guess (a listener's
+                :attr:`~copyai_async.webhooks.Listener.url` carries a random secret).
+            event_type: one of ``workflowRun.started``, ``workflowRun.completed``,
+                ``workflowRun.failed``, ``workflowCreditLimit.reached`` (or the
+                :class:`WebhookEventType`).
+            workflow_id: the workflow whose events to deliver; ``None`` for every
+                workflow of the workspace.
+
+        Returns:
+            The webhook.
+
+        Raises:
+            TypeError, ValueError: a bad URL, event type or workflow id (before any
+                request).
+            UnprocessableEntityError, NotFoundError: the API refused it.
+            CopyAIError: any other failure. If the answer was lost and no webhook like it
+                could be found, it may still appear: check :meth:`list_webhooks`.
+        """
+        checked_url = _webhook_url(url)
+        kind = check_event_type(event_type)
+        wf = _optional_id("workflow_id", workflow_id)
+        body: dict[str, Any] = {"url": checked_url, "eventType": kind.value}
+        if wf is not None:
+            body["workflowId"] = wf
+        transport = self._transport
+        attempt = 1
+        while True:
+            try:
+                return await transport.request(
+                    "POST",
+                    ("webhook",),
+                    json_body=body,
+                    idempotent=False,
+                    parse=lambda resp: WEBHOOK_WIRE.webhook(resp.data),
+                    first_attempt=attempt,
+                )
+            except OutcomeUnknown as exc:
+                lost = exc
+            await transport.budget.sleep(transport.backoff(lost.attempt), cause=lost.error)
+            try:
+                async for hook in self.list_webhooks():
+                    same_workflow = hook.workflow_id == wf
+                    if hook.url == checked_url and hook.event_type is kind and same_workflow:
+                        return hook
+            except APIError:
+                raise lost.error from None
+            if lost.in_progress or lost.attempt > transport.retry.max_retries:
+                raise lost.error
+            attempt = lost.attempt + 1
+
+    async def get_webhook(self, webhook_id: str) -> Webhook:
+        """Fetch one webhook (``GET /webhook/{webhook_id}``).
+
+        Raises:
+            TypeError, ValueError: the id is not a non-empty string.
+            NotFoundError: no such webhook.
+            CopyAIError: any other failure.
+        """
+        hook = encode_segment("webhook_id", webhook_id)
+        return await self._transport.request(
+            "GET",
+            ("webhook", hook),
+            idempotent=True,
+            parse=lambda resp: WEBHOOK_WIRE.webhook(resp.data),
+        )
+
+    async def delete_webhook(self, webhook_id: str, *, missing_ok: bool = False) -> None:
+        """Delete a webhook (``DELETE /webhook/{webhook_id}``; the API answers 202).
+
+        Args:
+            webhook_id: the webhook's id.
+            missing_ok: treat a webhook that does not exist (404) as deleted. A delete
+                that is retried after a lost answer may meet its own success as a 404.
+
+        Raises:
+            TypeError, ValueError: the id is not a non-empty string.
+            NotFoundError: no such webhook (unless ``missing_ok``).
+            CopyAIError: any other failure.
+        """
+        hook = encode_segment("webhook_id", webhook_id)
+        try:
+            await self._transport.request(
+                "DELETE", ("webhook", hook), idempotent=True, parse=lambda resp: None
+            )
+        except NotFoundError:
+            if not missing_ok:
+                raise
+
+    async def list_webhooks(self) -> AsyncIterator[Webhook]:
+        """Every webhook of the workspace, all pages: ``async for hook in ...``.
+
+        ``GET /webhook`` pages start at 0 and are not wrapped in the usual envelope;
+        pages are read until one is empty, adds no webhook not yet seen (a server that
+        ignores ``page``), or ``total`` (if sent) is reached. Each webhook is yielded once.
+
+        Raises:
+            CopyAIError: while iterating, a page that failed after retries;
+                :class:`PaginationError` past 1,000 pages that each add webhooks.
+        """
+        seen: set[str] = set()
+        page = 0
+        while True:
+            hooks, total = await self._transport.request(
+                "GET",
+                ("webhook",),
+                params={"page": str(page)},
+                idempotent=True,
+                parse=lambda resp: WEBHOOK_WIRE.webhook_page(resp.data),
+            )
+            fresh = [hook for hook in hooks if hook.id not in seen]
+            for hook in fresh:
+                seen.add(hook.id)
+                yield hook
+            if not fresh or (total is not None and len(seen) >= total):
+                return
+            page += 1
+            if page >= MAX_WEBHOOK_PAGES:
+                raise PaginationError(
+                    f"GET /webhook: {MAX_WEBHOOK_PAGES} pages each brought new webhooks; "
+                    "stopped reading",
+                    pages=(page,),
+                )
+
+    def listen(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/copyai-webhooks",
+        public_url: str | None = None,
+        serve: bool = True,
+        max_body: int = 1 << 20,
+        buffer: int = 10_000,
+    ) -> Listener:
+        """A webhook listener for this client: ``async with client.listen() as listener``.
+
+        While it runs, this client's waits finish the moment an event says their run
+        finished (verified with one GET), and poll only every
+        ``PollPolicy.safety_interval`` meanwhile. See
+        :class:`~copyai_async.webhooks.Listener`.
+
+        Args:
+            host: the address its server listens on (``"0.0.0.0"`` for every interface).
+            port: its port; 0 picks a free one.
+            path: the path it serves; the secret goes in the ``token`` query parameter.
+            public_url: the address Copy.ai can reach it at, when it is behind a tunnel
+                or proxy (e.g. ``"https://abc.ngrok.app/copyai-webhooks"``); the secret
+                is added to it. Required with ``serve=False``.
+            serve: run its own aiohttp server; ``False`` to mount
+                :meth:`~copyai_async.webhooks.Listener.handler` in your aiohttp app or
+                call :meth:`~copyai_async.webhooks.Listener.feed` from another server.
+            max_body: the largest body read, in bytes (default 1 MiB); larger get 413.
+            buffer: unread events kept for ``async for`` (the oldest are dropped first).
+
+        Raises:
+            TypeError, ValueError: a bad option (here, before anything starts).
+        """
+        from .webhooks._listener import Listener
+
+        return Listener(
+            self,
+            self._waiter.hints,
+            host=host,
+            port=port,
+            path=path,
+            public_url=public_url,
+            serve=serve,
+            max_body=max_body,
+            buffer=buffer,
+        )
+
+    async def verify_event(self, event: RunEvent) -> RunEvent:
+        """Check a run event against the API: one ``GET`` of its run.
+
+        Returns:
+            The event with ``verified=True``, ``run`` set to the run as read, and its
+            ``status``, ``output``, ``input``, ``metadata``, ``credits`` and
+            ``created_at`` taken from that run (the body stays in ``event.body``). Its
+            status may differ from the one the event claimed: the API's is the truth.
+
+        Raises:
+            TypeError: not a :class:`~copyai_async.webhooks.RunEvent`.
+            ValueError: the event names no workflow (the run cannot be read without one).
+            NotFoundError: no such run in that workflow (a forged event, perhaps).
+            CopyAIError: any other failure.
+        """
+        if not isinstance(event, RunEvent):
+            raise TypeError(f"only run events name a run to verify, got {type(event).__name__}")
+        if event.workflow_id is None:
+            raise ValueError("the event names no workflow, so its run cannot be read")
+        run = await self.get_run(event.workflow_id, event.run_id)
+        return attrs.evolve(
+            event,
+            verified=True,
+            run=run,
+            status=run.status,
+            output=run.output,
+            input=run.input,
+            metadata=run.metadata,
+            credits=run.credits,
+            created_at=run.created_at,
         )
 
     # -- waiting (wait_for_run, watch_run, wait_for_runs: see BaseClient) ---------------

@@ -50,6 +50,7 @@ __all__ = [
     "WireFormat",
     "base_converter",
     "parse_datetime",
+    "register_wire_names",
     "wire_error",
 ]
 
@@ -242,10 +243,16 @@ def make_converter(*, strict: bool = False) -> cattrs.Converter:
     return conv
 
 
+_WIRE_NAMES: dict[type, dict[str, str]] = {WorkflowRun: _RUN_RENAMES}
+
+
+def register_wire_names(cls: type, names: dict[str, str]) -> None:
+    """Name ``cls``'s attributes as the wire does, in error paths (``$.workflowId``)."""
+    _WIRE_NAMES[cls] = names
+
+
 def _wire_name(cls: type, attribute: str) -> str:
-    if cls is WorkflowRun:
-        return _RUN_RENAMES.get(attribute, attribute)
-    return attribute
+    return _WIRE_NAMES.get(cls, {}).get(attribute, attribute)
 
 
 def _leaf_reason(exc: BaseException) -> str:

@@ -9,6 +9,8 @@
     ├── RunFailedError              a waited-for run ended FAILED
     ├── PollTimeoutError            a wait's timeout passed (also a TimeoutError)
     ├── PollFailedError             a wait's polls failed too many times in a row
+    ├── WebhookEventError           a webhook delivery's body is not an event (also a
+    │                               ValueError); from parse_event, never from a listener
     └── APIError                    a request went wrong; knows its method and path
         ├── APIStatusError          the server answered with an error status
         │   ├── BadRequestError             400 (e.g. WORKFLOW_CREDIT_LIMIT_REACHED)
@@ -55,6 +57,7 @@ __all__ = [
     "ServerError",
     "StartUncertainError",
     "UnprocessableEntityError",
+    "WebhookEventError",
 ]
 
 
@@ -286,3 +289,19 @@ class StartUncertainError(APIError):
         self.start_key = start_key
         self.sent_at = sent_at
         self.status = status
+
+
+class WebhookEventError(CopyAIError, ValueError):
+    """A webhook delivery's body is not an event: not JSON, not an object, no ``type``,
+    or a field of the wrong kind.
+
+    Raised by :func:`copyai_async.webhooks.parse_event`. A listener never raises it: it
+    answers such a delivery with 400 and counts it.
+
+    Attributes:
+        json_path: where in the body the problem is, e.g. ``"$.credits"``.
+    """
+
+    def __init__(self, message: str, *, json_path: str = "$") -> None:
+        super().__init__(message)
+        self.json_path = json_path

@@ -16,6 +16,11 @@ sooner than a 429's ``Retry-After``). More than ``max_failed_polls`` in a row en
 with :class:`PollFailedError`, carrying the last good reading. Failures that another poll
 would only repeat (400, 401, 403, a 404 outside the grace window, 422) end it at once.
 
+Events: while a webhook listener of the client is live (see :class:`RunHints`), an event
+saying a run finished makes that run due for a poll at once, and the poll decides (an
+event is a hint, never a result). Runs whose events the listener receives are polled
+only every ``safety_interval`` meanwhile, so that lost deliveries still end every wait.
+
 Many runs: a heap of (due time, run) and at most ``concurrency`` polls in flight, each a
 short-lived task. Waiting on 10,000 runs costs 10,000 small heap entries, not 10,000
 sleeping tasks; the scheduler wakes only when a poll ends or the earliest run falls due.
@@ -24,6 +29,7 @@ sleeping tasks; the scheduler wakes only when a poll ends or the earliest run fa
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import inspect
 import itertools
@@ -102,6 +108,10 @@ class PollPolicy:
             retries) before the wait gives up with :class:`PollFailedError`. Each is
             logged at WARNING and the wait polls again on schedule; 0 gives up at the
             first.
+        safety_interval: while a webhook listener of the client is live and receives
+            the events of the run's workflow, the run is polled only this often (and an
+            event that says it finished makes it due at once); so a lost delivery
+            delays a wait by at most this much. Jittered like the other sleeps.
 
     Raises:
         ValueError: a non-positive or non-finite value, ``multiplier < 1``,
@@ -115,6 +125,9 @@ class PollPolicy:
     jitter: float = 0.1
     not_found_grace: float = 10.0
     max_failed_polls: int = 5
+    safety_interval: float = attrs.field(
+        default=30.0, validator=_finite_positive("safety_interval")
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.multiplier < 1:
@@ -146,6 +159,12 @@ class PollPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The sleep after poll ``attempt + 1``, jittered down by up to ``jitter``."""
         return self.interval(attempt) * (1.0 - self.jitter * rng.random())
+
+    def safety_delay(self, attempt: int, rng: random.Random) -> float:
+        """The sleep while events arrive: ``safety_interval`` (or the usual sleep, if
+        longer), jittered down by up to ``jitter``."""
+        longest = max(self.safety_interval, self.interval(attempt))
+        return longest * (1.0 - self.jitter * rng.random())
 
 
 @attrs.frozen
@@ -179,6 +198,7 @@ class Target(Generic[R]):
     read: Callable[[str, str], Awaitable[R]]  # (workflow_id, run_id) -> the run
     noun: str = "run"  # how messages name a run, e.g. "aitasker run"
     grace_until: float | None = None  # clock time until which a 404 is polled again
+    started_at: float | None = None  # clock time this client started the run, if it did
 
     @property
     def label(self) -> str:
@@ -192,6 +212,121 @@ class Target(Generic[R]):
     def in_grace(self, now: float) -> bool:
         """Whether a 404 now means "started moments ago, not readable yet"."""
         return self.grace_until is not None and now < self.grace_until
+
+
+HINT_MEMORY = 100_000
+"""Runs whose latest event :class:`RunHints` remembers (for waits that begin later)."""
+
+
+class RunHints:
+    """What webhook events say about runs: the one extra input of a client's waits.
+
+    Listeners feed it; waits read it. An event is a hint, never a result: an event
+    saying a run finished makes that run due for a poll at once, and the poll decides.
+
+    A listener is *live* from its registration and each accepted delivery, until
+    ``safety_interval`` passes without one. While a live listener receives a workflow's
+    events (it registered for them, or they arrive), waits on that workflow's runs poll
+    only every ``safety_interval``; a run the client just started, or one an event has
+    named, is not even polled first.
+    """
+
+    def __init__(self, clock: Clock, *, memory: int = HINT_MEMORY) -> None:
+        self.clock = clock
+        self.listeners = 0
+        self._covered: collections.Counter[str | None] = collections.Counter()
+        self._evidence: set[str] = set()  # workflows whose events arrived unregistered
+        self._alive_at = -math.inf
+        self._final: collections.OrderedDict[str, bool] = collections.OrderedDict()
+        self._subscribers: dict[str, list[Callable[[str], None]]] = {}
+        self._memory = memory
+
+    # -- fed by listeners ---------------------------------------------------------------
+
+    def attach(self) -> None:
+        """A listener started."""
+        self.listeners += 1
+
+    def detach(self) -> None:
+        """A listener stopped; with the last one, what the events showed is forgotten."""
+        self.listeners = max(0, self.listeners - 1)
+        if not self.listeners:
+            self._covered.clear()
+            self._evidence.clear()
+            self._alive_at = -math.inf
+
+    def cover(self, workflow_id: str | None) -> None:
+        """A listener registered for a workflow's events (``None``: every workflow)."""
+        self._covered[workflow_id] += 1
+        self.alive()
+
+    def uncover(self, workflow_id: str | None) -> None:
+        """A listener's registration for a workflow's events was deleted."""
+        if self._covered[workflow_id] <= 1:
+            del self._covered[workflow_id]
+        else:
+            self._covered[workflow_id] -= 1
+
+    def alive(self) -> None:
+        """A sign that deliveries arrive: a registration, or an accepted delivery."""
+        self._alive_at = self.clock.monotonic()
+
+    def hint(self, run_id: str, workflow_id: str | None, *, final: bool) -> None:
+        """An event about run ``run_id``; ``final``: it says the run finished."""
+        self.alive()
+        if workflow_id is not None and len(self._evidence) < HINT_MEMORY:
+            self._evidence.add(workflow_id)
+        was_final = self._final.pop(run_id, False)
+        self._final[run_id] = final or was_final
+        if len(self._final) > self._memory:
+            self._final.popitem(last=False)
+        if final:
+            for callback in list(self._subscribers.get(run_id, ())):
+                callback(run_id)
+
+    # -- read by waits ------------------------------------------------------------------
+
+    def watching(self, workflow_id: str, policy: PollPolicy) -> bool:
+        """Whether a live listener receives this workflow's events."""
+        if not self.listeners:
+            return False
+        if self.clock.monotonic() - self._alive_at > policy.safety_interval:
+            return False
+        return (
+            None in self._covered or workflow_id in self._covered or workflow_id in self._evidence
+        )
+
+    def first_poll_in(self, target: Target[Any], policy: PollPolicy) -> float:
+        """Seconds until a new wait's first poll: at once, unless events will tell."""
+        if not self.watching(target.workflow_id, policy):
+            return 0.0
+        if self._final.get(target.run_id, False):
+            return 0.0  # an event said it finished already
+        started = target.started_at
+        recent = started is not None and self.clock.monotonic() - started <= policy.safety_interval
+        if target.run_id in self._final or recent:
+            # Its events reach the listener (one arrived, or it started just now).
+            return policy.safety_interval
+        return 0.0  # it may have finished before anyone listened: look now
+
+    def said_final(self, run_id: str) -> bool:
+        """Whether an event said this run finished."""
+        return self._final.get(run_id, False)
+
+    def subscribe(self, run_id: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(run_id)`` when an event says the run finished."""
+        self._subscribers.setdefault(run_id, []).append(callback)
+
+    def unsubscribe(self, run_id: str, callback: Callable[[str], None]) -> None:
+        callbacks = self._subscribers.get(run_id)
+        if callbacks is None:
+            return
+        try:
+            callbacks.remove(callback)
+        except ValueError:
+            return
+        if not callbacks:
+            del self._subscribers[run_id]
 
 
 def _timeout_error(
@@ -273,6 +408,26 @@ def _warn_unknown(target: Target[Any], kind: RunKind[Any], run: Any) -> None:
     )
 
 
+async def _rest_or_hint(
+    rest: Callable[[float], Awaitable[None]], seconds: float, hinted: asyncio.Event | None
+) -> bool:
+    """Sleep ``seconds``, or less if ``hinted`` is set meanwhile; True if it was."""
+    if hinted is None:
+        await rest(seconds)
+        return False
+    if hinted.is_set():
+        return True
+    sleeper = asyncio.ensure_future(rest(seconds))
+    waiter = asyncio.ensure_future(hinted.wait())
+    try:
+        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait([sleeper, waiter])
+    if not hinted.is_set() and not sleeper.cancelled() and sleeper.exception() is not None:
+        raise sleeper.exception()  # type: ignore[misc]  # the client closed under the nap
+    return hinted.is_set()
+
+
 async def observe(
     target: Target[R],
     *,
@@ -283,58 +438,99 @@ async def observe(
     deadline: float | None,
     time_limit: float | None,
     nap: Callable[[float], Awaitable[None]] | None = None,
+    hints: RunHints | None = None,
 ) -> AsyncGenerator[R, None]:
     """Yield every reading of one run until it is terminal (the last one yielded).
 
-    ``nap`` sleeps between polls (the client's, which ends early if it closes)."""
+    ``nap`` sleeps between polls (the client's, which ends early if it closes). With
+    ``hints``, an event saying the run finished cuts a sleep short (see
+    :class:`RunHints`)."""
     rest = nap or clock.sleep
+    hinted = asyncio.Event()
+
+    def on_hint(_run_id: str) -> None:
+        hinted.set()
+
+    if hints is not None:
+        hints.subscribe(target.run_id, on_hint)
+
+    async def pause_for(seconds: float) -> tuple[bool, bool]:
+        """Sleep (cut short by an event); returns (woken by an event, out of time)."""
+        cut = False
+        if deadline is not None:
+            remaining = deadline - clock.monotonic()
+            if seconds >= remaining:
+                seconds, cut = max(remaining, 0.0), True
+        listening = hints is not None and hints.listeners > 0
+        if cut and not listening and seconds <= 0:
+            return False, True
+        woke = await _rest_or_hint(rest, seconds, hinted if listening else None)
+        return woke, cut and not woke
+
     last: R | None = None
     attempt = 0
     warned = False
     failures = 0
     last_failure: CopyAIError | None = None  # of the current streak of failed polls
-    while True:
-        missed: CopyAIError | None = None
-        try:
-            run: R | None = await bounded(target.fetch, deadline, clock)
-        except NotFoundError:
-            if not target.in_grace(clock.monotonic()):
-                raise
-            run = None  # started moments ago and not readable yet
-        except DeadlineExceeded as exc:
-            # A poll cut off by the deadline says nothing; the streak before it may.
-            raise _timeout_error(target, kind, last, time_limit) from (
-                exc.__cause__ or last_failure
-            )
-        except CopyAIError as exc:
-            if not transient(exc):
-                raise
-            failures += 1
-            if failures > policy.max_failed_polls:
-                raise _gave_up(target, kind, last, failures, exc) from exc
-            run, missed, last_failure = None, exc, exc
-        if run is not None:
-            failures, last_failure = 0, None
-            last = run
-            yield run
-            if kind.is_terminal(run):
-                return
-            if not warned and kind.is_unknown(run):
-                warned = True
-                _warn_unknown(target, kind, run)
-        pause = policy.delay(attempt, rng)
-        attempt += 1
-        if missed is not None:
-            pause = max(pause, _not_before(missed))
-            _missed_poll(target, missed, failures, policy, pause)
-        if deadline is not None:
-            remaining = deadline - clock.monotonic()
-            if pause >= remaining:
-                if remaining > 0:
-                    await rest(remaining)
+    try:
+        first = 0.0 if hints is None else hints.first_poll_in(target, policy)
+        woke = False
+        if first > 0:
+            woke, out_of_time = await pause_for(first)
+            if out_of_time:
+                raise _timeout_error(target, kind, last, time_limit)
+        while True:
+            hinted_poll = woke
+            hinted.clear()  # an event from now on is news to this poll
+            missed: CopyAIError | None = None
+            try:
+                run: R | None = await bounded(target.fetch, deadline, clock)
+            except NotFoundError:
+                if not target.in_grace(clock.monotonic()):
+                    raise
+                run = None  # started moments ago and not readable yet
+            except DeadlineExceeded as exc:
+                # A poll cut off by the deadline says nothing; the streak before it may.
+                raise _timeout_error(target, kind, last, time_limit) from (
+                    exc.__cause__ or last_failure
+                )
+            except CopyAIError as exc:
+                if not transient(exc):
+                    raise
+                failures += 1
+                if failures > policy.max_failed_polls:
+                    raise _gave_up(target, kind, last, failures, exc) from exc
+                run, missed, last_failure = None, exc, exc
+            if run is not None:
+                failures, last_failure = 0, None
+                last = run
+                yield run
+                if kind.is_terminal(run):
+                    return
+                if not warned and kind.is_unknown(run):
+                    warned = True
+                    _warn_unknown(target, kind, run)
+            if hinted.is_set() and missed is None:
+                pause = 0.0  # an event came while the poll was in flight: look again
+            elif hinted_poll:
+                # The API does not confirm the event (yet): one more look soon, in case
+                # its reads lag its events; then the usual pace.
+                pause = policy.delay(0, rng)
+            elif hints is not None and hints.watching(target.workflow_id, policy):
+                pause = policy.safety_delay(attempt, rng)
+            else:
+                pause = policy.delay(attempt, rng)
+            attempt += 1
+            if missed is not None:
+                pause = max(pause, _not_before(missed))
+                _missed_poll(target, missed, failures, policy, pause)
+            woke, out_of_time = await pause_for(pause)
+            if out_of_time:
                 # If polls were failing when time ran out, the last failure says why.
                 raise _timeout_error(target, kind, last, time_limit) from last_failure
-        await rest(pause)
+    finally:
+        if hints is not None:
+            hints.unsubscribe(target.run_id, on_hint)
 
 
 async def watch(target: Target[R], *, kind: RunKind[R], **options: Any) -> AsyncGenerator[R, None]:
@@ -386,6 +582,10 @@ class _Track(Generic[R]):
     warned: bool = False
     failures: int = 0  # polls in a row that failed for a passing reason
     last_failure: CopyAIError | None = None  # the last of them, while the streak lasts
+    entry: int = -1  # the sequence number of its live heap entry (older ones are stale)
+    in_flight: bool = False
+    hinted: bool = False  # an event said it finished since its poll started
+    hinted_poll: bool = False  # its next (or current) poll is an event's verification
 
 
 async def _wait_any(
@@ -393,9 +593,10 @@ async def _wait_any(
     clock: Clock,
     delay: float | None,
     closing: asyncio.Future[None] | None,
+    poked: asyncio.Future[None] | None = None,
 ) -> set[asyncio.Task[Any]]:
-    """Wait until one of ``tasks`` ends, ``delay`` passes on ``clock``, or the client closes
-    (then raise ClientClosedError)."""
+    """Wait until one of ``tasks`` ends, ``delay`` passes on ``clock``, ``poked`` is
+    resolved, or the client closes (then raise ClientClosedError)."""
     if delay is not None and delay <= 0:
         await anyio.lowlevel.checkpoint()
         done = {task for task in tasks if task.done()}
@@ -403,6 +604,8 @@ async def _wait_any(
         waits: set[asyncio.Future[Any]] = set(tasks)
         if closing is not None:
             waits.add(closing)
+        if poked is not None:
+            waits.add(poked)
         timer = None
         if delay is not None and not isinstance(clock, SystemClock):
             timer = asyncio.create_task(clock.sleep(delay), name="copyai_async.poll-timer")
@@ -434,50 +637,113 @@ async def wait_many(
     on_status: Callable[[R], Any] | None = None,
     nap: Callable[[float], Awaitable[None]] | None = None,
     closing: asyncio.Future[None] | None = None,
+    hints: RunHints | None = None,
 ) -> AsyncGenerator[R, None]:
     """Yield each run once, when seen terminal; then raise the failures as a group.
 
     ``on_status`` is called with each reading whose status differs from that run's
-    reading before (the first reading included)."""
+    reading before (the first reading included). With ``hints``, an event saying a run
+    finished makes it due at once (the scheduler's one extra input)."""
     sequence = itertools.count()
     now = clock.monotonic()
-    # Only the heap and the running tasks hold a track (and its target): a run seen
-    # terminal is let go at once, so memory follows the runs still pending, not all the
-    # runs ever given. Hence ``targets`` is dropped once the heap is built.
-    heap: list[tuple[float, int, _Track[R]]] = [
-        (now, next(sequence), _Track(target=t, order=i)) for i, t in enumerate(targets)
-    ]
+    # Only the heap, the running tasks (and, with hints, ``by_run``) hold a track: a run
+    # seen terminal is let go at once, so memory follows the runs still pending, not all
+    # the runs ever given. Hence ``targets`` is dropped once the heap is built.
+    heap: list[tuple[float, int, _Track[R]]] = []
+    by_run: dict[str, _Track[R]] = {}
+    poked: list[str] = []
+    poke: asyncio.Future[None] | None = None
+
+    def on_hint(run_id: str) -> None:
+        poked.append(run_id)
+        if poke is not None and not poke.done():
+            poke.set_result(None)
+
+    for i, t in enumerate(targets):
+        track = _Track(target=t, order=i, entry=next(sequence))
+        first = 0.0
+        if hints is not None:
+            by_run[t.run_id] = track
+            hints.subscribe(t.run_id, on_hint)
+            first = hints.first_poll_in(t, policy)
+        heap.append((now + first, track.entry, track))
+    heapq.heapify(heap)
     targets = ()
     total = len(heap)
+    pending = total  # tracks with a live heap entry
     running: dict[asyncio.Task[R], _Track[R]] = {}
     failures: list[tuple[int, CopyAIError]] = []
 
+    def due(track: _Track[R], at: float) -> None:
+        nonlocal pending
+        if track.entry < 0:
+            pending += 1
+        track.entry = next(sequence)
+        heapq.heappush(heap, (at, track.entry, track))
+
     def schedule(track: _Track[R], missed: CopyAIError | None = None) -> None:
-        pause = policy.delay(track.attempt, rng)
+        if track.hinted and missed is None:
+            # An event came while the poll was in flight: look again at once.
+            track.hinted, track.hinted_poll = False, True
+            due(track, clock.monotonic())
+            return
+        if track.hinted_poll:
+            # The API does not confirm the event (yet): one more look soon, in case its
+            # reads lag its events; then the usual pace.
+            pause = policy.delay(0, rng)
+        elif hints is not None and hints.watching(track.target.workflow_id, policy):
+            pause = policy.safety_delay(track.attempt, rng)
+        else:
+            pause = policy.delay(track.attempt, rng)
+        track.hinted_poll = False
         track.attempt += 1
         if missed is not None:
             pause = max(pause, _not_before(missed))
             _missed_poll(track.target, missed, track.failures, policy, pause)
-        heapq.heappush(heap, (clock.monotonic() + pause, next(sequence), track))
+        due(track, clock.monotonic() + pause)
+
+    def done_with(track: _Track[R]) -> None:
+        if hints is not None:
+            by_run.pop(track.target.run_id, None)
+            hints.unsubscribe(track.target.run_id, on_hint)
 
     try:
-        while heap or running:
+        while pending or running:
             now = clock.monotonic()
+            if poked:
+                for run_id in poked:
+                    hinted = by_run.get(run_id)
+                    if hinted is None:
+                        continue
+                    if hinted.in_flight:
+                        hinted.hinted = True
+                    elif not hinted.hinted_poll:
+                        hinted.hinted_poll = True
+                        due(hinted, now)
+                poked.clear()
             if deadline is not None and now >= deadline:
                 # Time is up for every run not seen terminal.
                 await cancel_and_wait(list(running))
-                late = [*running.values(), *(entry[2] for entry in heap)]
+                late = [*running.values(), *(e[2] for e in heap if e[1] == e[2].entry)]
                 running.clear()
                 heap.clear()
-                for t in late:
-                    timeout_error = _timeout_error(t.target, kind, t.last, time_limit)
-                    timeout_error.__cause__ = (
-                        t.last_failure
-                    )  # why its last polls failed, if they did
-                    failures.append((t.order, timeout_error))
+                pending = 0
+                for gone in late:
+                    timeout_error = _timeout_error(gone.target, kind, gone.last, time_limit)
+                    # Why its last polls failed, if they did.
+                    timeout_error.__cause__ = gone.last_failure
+                    failures.append((gone.order, timeout_error))
                 break
+            while heap and heap[0][1] != heap[0][2].entry:
+                heapq.heappop(heap)  # stale: the run was made due again, or is done
             while heap and heap[0][0] <= now and len(running) < concurrency:
-                track = heapq.heappop(heap)[2]
+                _, seq, track = heapq.heappop(heap)
+                if seq != track.entry:
+                    continue
+                track.entry = -1
+                pending -= 1
+                track.in_flight = True
+                track.hinted = False
                 task = asyncio.create_task(
                     bounded(track.target.fetch, deadline, clock),
                     name=f"copyai_async.poll[{track.target.run_id}]",
@@ -489,8 +755,17 @@ async def wait_many(
             if deadline is not None:
                 wake = deadline if wake is None else min(wake, deadline)
             delay = None if wake is None else wake - clock.monotonic()
-            for task in await _wait_any(running, clock, delay, closing):
+            if hints is not None and hints.listeners:
+                poke = asyncio.get_running_loop().create_future()
+                if poked:
+                    poke.set_result(None)
+            else:
+                poke = None
+            finished = await _wait_any(running, clock, delay, closing, poke)
+            poke = None
+            for task in finished:
                 track = running.pop(task)
+                track.in_flight = False
                 error = task.exception()
                 if error is None:
                     run = task.result()
@@ -503,6 +778,7 @@ async def wait_many(
                             await result
                     track.last = run
                     if kind.is_terminal(run):
+                        done_with(track)
                         yield run
                         continue
                     if not track.warned and kind.is_unknown(run):
@@ -515,20 +791,26 @@ async def wait_many(
                     timeout_error = _timeout_error(track.target, kind, track.last, time_limit)
                     timeout_error.__cause__ = error.__cause__ or track.last_failure
                     failures.append((track.order, timeout_error))
+                    done_with(track)
                 elif isinstance(error, CopyAIError) and transient(error):
                     track.failures += 1
                     track.last_failure = error
                     if track.failures > policy.max_failed_polls:
                         gave_up = _gave_up(track.target, kind, track.last, track.failures, error)
                         failures.append((track.order, gave_up))
+                        done_with(track)
                     else:
                         schedule(track, missed=error)  # a missed poll: poll again on schedule
                 elif isinstance(error, CopyAIError):
                     failures.append((track.order, error))
+                    done_with(track)
                 else:
                     raise error
     finally:
         await cancel_and_wait(list(running))
+        if hints is not None:
+            for run_id in by_run:
+                hints.unsubscribe(run_id, on_hint)
     if failures:
         failures.sort(key=lambda item: item[0])
         raise ExceptionGroup(
@@ -575,6 +857,7 @@ class Waiter(Generic[R]):
         self.rng = random.Random()
         self._started: dict[str, float] = {}
         self._memory = started_memory
+        self.hints = RunHints(self.clock)
 
     def note_started(self, key: str) -> None:
         """Remember that this client started the run ``key`` now (for the 404 grace)."""
@@ -595,7 +878,12 @@ class Waiter(Generic[R]):
         started = self._started.get(f"{workflow_id}\0{run_id}")
         grace = None if started is None else started + policy.not_found_grace
         return Target(
-            workflow_id=workflow_id, run_id=run_id, read=read, noun=noun, grace_until=grace
+            workflow_id=workflow_id,
+            run_id=run_id,
+            read=read,
+            noun=noun,
+            grace_until=grace,
+            started_at=started,
         )
 
     def deadline(self, timeout: float | None) -> float | None:
@@ -611,6 +899,7 @@ class Waiter(Generic[R]):
             "deadline": self.deadline(timeout) if deadline is None else deadline,
             "time_limit": timeout,
             "nap": self.budget.nap,
+            "hints": self.hints,
         }
 
     async def wait(

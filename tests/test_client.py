@@ -110,6 +110,7 @@ def test_version_and_public_surface() -> None:
             "StartUncertainError",
             "SystemClock",
             "UnprocessableEntityError",
+            "WebhookEventError",
             "WorkflowRun",
             "__version__",
         ]

@@ -4,8 +4,10 @@
 HTTP on 127.0.0.1, with runs that move through their statuses on a schedule you set,
 the documented payload quirks, latency, and fault injection (5xx with JSON or HTML
 bodies, 429 with and without ``Retry-After``, dropped connections, truncated JSON,
-unreadable 200 answers). Like production servers, it closes idle keep-alive connections
-(after 5 s by default) and gzips large answers.
+unreadable 200 answers), and webhooks: the endpoints, and events delivered to registered
+URLs as runs change (late, lost, repeated or reordered as you ask). Like production
+servers, it closes idle keep-alive connections (after 5 s by default) and gzips large
+answers.
 :class:`FakeClock` makes retries and waits take no real time.
 
 Run it on its own with ``python -m copyai_async.testing --port 8080``.
@@ -26,6 +28,7 @@ from ._server import (
     RecordedRequest,
     ServerStats,
 )
+from ._webhooks import Deliveries, Delivery, FakeWebhook
 
 __all__ = [
     "AITASKER_WORKFLOW_ID",
@@ -35,9 +38,12 @@ __all__ = [
     "DEFAULT_KEEPALIVE_TIMEOUT",
     "DEFAULT_RANDOM_FAULTS",
     "DEFAULT_WORKFLOW_ID",
+    "Deliveries",
+    "Delivery",
     "FakeClock",
     "FakeCopyAI",
     "FakeRun",
+    "FakeWebhook",
     "Fault",
     "Quirks",
     "RecordedRequest",

@@ -80,6 +80,7 @@ class FakeRun:
     created_mono: float
     schedule: Schedule
     polls: int = 0
+    emitted: str | None = None  # the last webhook event phase sent: "started" or "final"
 
     def status(self, now: float) -> str:
         """The run's status at server-clock time ``now`` (not counting a new poll)."""

@@ -18,7 +18,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from aiohttp import hdrs, web
@@ -32,6 +32,7 @@ from ._aitasker import (
 from ._faults import DEFAULT_RANDOM_FAULTS, Fault, answer_with_fault
 from ._quirks import Quirks, error_response, ok_response, render_run
 from ._schedule import FakeRun, Schedule
+from ._webhooks import Deliveries, Delivery, FakeWebhook, FakeWebhooks
 
 __all__ = [
     "AITASKER_WORKFLOW_ID",
@@ -96,6 +97,11 @@ class ServerStats:
         by_path: requests per ``"METHOD /path"``.
         max_per_second: the most requests that arrived within any one second.
         runs_started: runs created by ``POST /workflow/{id}/run`` (seeded runs not counted).
+        webhooks_sent: webhook deliveries made (duplicates included).
+        webhooks_failed: deliveries the receiver did not answer with a 2xx.
+        webhooks_dropped: deliveries left unsent (``Deliveries.drop_rate``).
+        webhooks_duplicated: deliveries sent a second time.
+        webhooks_reordered: deliveries held back so that later ones overtook them.
     """
 
     requests: int = 0
@@ -105,6 +111,11 @@ class ServerStats:
     by_path: Counter[str] = attrs.field(factory=Counter)
     max_per_second: int = 0
     runs_started: int = 0
+    webhooks_sent: int = 0
+    webhooks_failed: int = 0
+    webhooks_dropped: int = 0
+    webhooks_duplicated: int = 0
+    webhooks_reordered: int = 0
     _window: deque[float] = attrs.field(factory=deque, repr=False)
 
 
@@ -154,6 +165,17 @@ class FakeCopyAI:
             (default 5, like uvicorn and Node); ``None`` keeps idle connections for an hour.
         compress_min_size: gzip answers of at least this many bytes when the request
             accepts gzip (default 1024); ``None`` never compresses.
+        deliveries: how webhook events are delivered to registered URLs (body shape,
+            delay, drop, duplicate and reorder rates); see :class:`Deliveries`.
+
+    Webhooks: ``POST/GET /webhook`` and ``GET/DELETE /webhook/{id}`` are served with the
+    API's quirks (list pages from 0, a bare array; 202 ``{}`` on delete). As runs change,
+    events go to the webhooks registered for them: ``workflowRun.started`` when a run is
+    created, ``workflowRun.completed``/``failed`` when it is first seen finished (at its
+    finish time for ``unit="seconds"`` schedules; at the GET that shows it for
+    ``unit="polls"``), ``workflowCreditLimit.reached`` when a start is refused for
+    credits. :meth:`forge_event` and :meth:`post_event` send deliveries the server never
+    made, to test a receiver.
 
     Attributes you may change while it runs: ``latency``, ``quirks``, ``fault_rate``,
     ``default_schedule``, ``schedule_for``, ``credit_limit``, ``api_key``,
@@ -183,6 +205,7 @@ class FakeCopyAI:
         request_log_size: int = 10_000,
         keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
         compress_min_size: int | None = DEFAULT_COMPRESS_MIN_SIZE,
+        deliveries: Deliveries | None = None,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate!r}")
@@ -211,6 +234,14 @@ class FakeCopyAI:
         self._scripted: list[tuple[str | None, str | None, Fault]] = []
         self._runs: dict[str, list[FakeRun]] = {}
         self._index: dict[str, dict[str, FakeRun]] = {}
+        self._webhooks = FakeWebhooks(
+            clock=lambda: self.clock(),
+            rng=self._rng,
+            stats=lambda: self.stats,
+            quirks=lambda: self.quirks,
+            has_workflow=lambda wf: wf in self._runs,
+            deliveries=deliveries or Deliveries(),
+        )
         for wf in workflows:
             self.add_workflow(wf)
         self._aitasker = FakeAITasker(clock=lambda: self.clock(), rng=self._rng)
@@ -243,6 +274,7 @@ class FakeCopyAI:
         app.router.add_get("/api/workflow/{workflow_id}/run/{run_id}", self._get_run)
         app.router.add_get("/_fake/stats", self._stats)
         self._aitasker.add_routes(app)
+        self._webhooks.add_routes(app)
         # handler_cancellation: a client that hangs up cancels its request here, as on a
         # real server, so stats.in_flight shows what clients still wait for.
         runner = web.AppRunner(
@@ -265,12 +297,14 @@ class FakeCopyAI:
         self.port = sock.getsockname()[1]
         await web.SockSite(runner, sock).start()
         self._runner = runner
+        self._webhooks.start()
         return self.url
 
     async def aclose(self) -> None:
         """Stop listening and drop open connections."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            await self._webhooks.aclose()
             await runner.cleanup()
 
     async def __aenter__(self) -> FakeCopyAI:
@@ -319,6 +353,7 @@ class FakeCopyAI:
         )
         self._runs[wf].append(run)
         self._index[wf][rid] = run
+        self._webhooks.run_added(run)
         return run
 
     def add_runs(self, count: int, workflow_id: str | None = None, **kw: Any) -> list[FakeRun]:
@@ -385,6 +420,100 @@ class FakeCopyAI:
         """Zero the counters and clear the request log."""
         self.stats = ServerStats()
         self.requests.clear()
+
+    # -- webhooks ----------------------------------------------------------------------
+
+    @property
+    def deliveries(self) -> Deliveries:
+        """How webhook events are delivered; assign a new :class:`Deliveries` to change it."""
+        return self._webhooks.deliveries
+
+    @deliveries.setter
+    def deliveries(self, value: Deliveries) -> None:
+        if not isinstance(value, Deliveries):
+            raise TypeError(f"deliveries must be a Deliveries, got {type(value).__name__}")
+        self._webhooks.deliveries = value
+
+    @property
+    def webhooks(self) -> list[FakeWebhook]:
+        """The webhooks registered now, oldest first."""
+        return list(self._webhooks.hooks.values())
+
+    @property
+    def delivered(self) -> list[Delivery]:
+        """The deliveries made so far (the 10,000 most recent), oldest first."""
+        return list(self._webhooks.log)
+
+    async def deliveries_idle(self) -> None:
+        """Return once every webhook delivery under way has been made."""
+        await self._webhooks.idle()
+
+    def check_runs(self) -> None:
+        """Deliver the events of every change not yet delivered (runs whose schedule a
+        test changed, or that a fake clock moved past their finish)."""
+        now = self.clock()
+        for runs in self._runs.values():
+            for run in runs:
+                if run.emitted != "final":
+                    self._webhooks.observe(run, run.status(now))
+
+    def event_body(
+        self,
+        run: FakeRun,
+        event_type: str = "workflowRun.completed",
+        *,
+        status: str | None = None,
+        shape: Literal["result", "run"] = "result",
+    ) -> dict[str, Any]:
+        """The body the server would deliver for ``event_type`` about ``run``."""
+        return self._webhooks.event_body(event_type, run, status, shape=shape)
+
+    async def forge_event(
+        self,
+        url: str,
+        run_id: str,
+        event_type: str = "workflowRun.completed",
+        *,
+        workflow_id: str | None = None,
+        **fields: Any,
+    ) -> int:
+        """POST an event the server never made (e.g. "completed" for a run still at work).
+
+        Args:
+            url: where to send it (a listener's ``url``, with or without its secret).
+            run_id: the run it claims to be about.
+            event_type: the type it claims.
+            workflow_id: the workflow it names (default: the default workflow).
+            fields: more fields of the body (e.g. ``result={"text": "forged"}``).
+
+        Returns:
+            The status the receiver answered (0 if the POST failed).
+        """
+        body = {
+            "type": event_type,
+            "workflowRunId": run_id,
+            "workflowId": workflow_id if workflow_id is not None else self.workflow_id,
+            "result": {"text": "forged"},
+            "metadata": None,
+            **fields,
+        }
+        return await self.post_event(url, body)
+
+    async def post_event(
+        self,
+        url: str,
+        body: bytes | str | Mapping[str, Any],
+        *,
+        content_type: str | None = "application/json",
+    ) -> int:
+        """POST any body to ``url`` as a delivery would; returns the status answered."""
+        if isinstance(body, Mapping):
+            raw = json.dumps(dict(body)).encode()
+        elif isinstance(body, str):
+            raw = body.encode()
+        else:
+            raw = bytes(body)
+        return await self._webhooks.post(str(url), raw, content_type=content_type)
 
     # -- aitasker ----------------------------------------------------------------------
 
@@ -541,6 +670,9 @@ class FakeCopyAI:
                 "max_in_flight": stats.max_in_flight,
                 "max_per_second": stats.max_per_second,
                 "runs_started": stats.runs_started,
+                "webhooks_sent": stats.webhooks_sent,
+                "webhooks_failed": stats.webhooks_failed,
+                "webhooks_dropped": stats.webhooks_dropped,
             }
         )
 
@@ -551,6 +683,8 @@ class FakeCopyAI:
             raise web.HTTPNotFound()
         status = run.status(self.clock())
         run.polls += 1
+        if self._webhooks.hooks:
+            self._webhooks.observe(run, status)
         return ok_response(render_run(run, status, self.quirks, single=True))
 
     async def _list_runs(self, request: web.Request) -> web.Response:
@@ -577,6 +711,9 @@ class FakeCopyAI:
         if total is not None:
             data["total"] = str(total) if self.quirks.numbers_as_strings else total
         data["data"] = [render_run(r, r.status(now), self.quirks) for r in chunk]
+        if self._webhooks.hooks:
+            for r in chunk:
+                self._webhooks.observe(r, r.status(now))
         return ok_response(data)
 
     async def _start_run(self, request: web.Request) -> web.Response:
@@ -600,6 +737,7 @@ class FakeCopyAI:
             self.credit_limit is not None
             and self.credits_used + schedule.credits > self.credit_limit
         ):
+            self._webhooks.emit("workflowCreditLimit.reached", None, workflow_id=wf)
             return self._error(400, "WORKFLOW_CREDIT_LIMIT_REACHED")
         self.credits_used += schedule.credits
         run = self.add_run(wf, schedule=schedule, input=variables, metadata=metadata)
