@@ -1,0 +1,670 @@
+"""Webhooks: management, parsing, the listener's security rules, and waits sped up by
+events, against the fake server over loopback HTTP (deliveries are real POSTs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from copyai_async import (
+    APIConnectionError,
+    CopyAIClient,
+    NotFoundError,
+    PollPolicy,
+    RunStatus,
+    UnprocessableEntityError,
+    WebhookEventError,
+)
+from copyai_async.testing import Deliveries, FakeCopyAI, Fault, Schedule
+from copyai_async.webhooks import (
+    RUN_EVENTS,
+    CreditLimitEvent,
+    RunEvent,
+    Webhook,
+    WebhookEvent,
+    WebhookEventType,
+    parse_event,
+)
+from copyai_async.webhooks._convert import WebhookWire
+
+STRICT = WebhookWire(strict=True)
+RESULT_SHAPE = {
+    "type": "workflowRun.completed",
+    "workflowRunId": "WRUN-1",
+    "workflowId": "WCFG-1",
+    "result": {"text": "done"},
+    "metadata": {"job": 7},
+    "credits": "22",
+}
+RUN_SHAPE = {
+    "type": "workflowRun.failed",
+    "id": "WRUN-2",
+    "workflowRunId": "WRUN-2",
+    "workflowId": "PKGW-2",
+    "status": "COMPLETE",  # the body's own status is not what the type says: ignored
+    "input": {"topic": "otters"},
+    "output": {"error": "boom"},
+    "metadata": None,
+    "createdAt": "2023-09-27T18:24:47Z",
+    "credits": 3,
+}
+FAST = PollPolicy(initial=0.05, max_interval=0.2, safety_interval=0.5, jitter=0)
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+def test_parse_event_reads_the_result_shape() -> None:
+    event = parse_event(json.dumps(RESULT_SHAPE).encode())
+    assert isinstance(event, RunEvent)
+    assert event.type is WebhookEventType.RUN_COMPLETED
+    assert (event.run_id, event.workflow_id) == ("WRUN-1", "WCFG-1")
+    assert event.status is RunStatus.COMPLETE
+    assert event.output == {"text": "done"}
+    assert event.metadata == {"job": 7}
+    assert event.credits == 22
+    assert event.verified is False
+    assert event.run is None
+    assert event.body == RESULT_SHAPE
+
+
+def test_parse_event_reads_the_whole_run_shape() -> None:
+    event = parse_event(json.dumps(RUN_SHAPE))
+    assert isinstance(event, RunEvent)
+    assert event.type is WebhookEventType.RUN_FAILED
+    assert event.status is RunStatus.FAILED  # implied by the type, not the body's field
+    assert event.output == {"error": "boom"}
+    assert event.input == {"topic": "otters"}
+    assert event.created_at is not None
+    assert event.created_at.year == 2023
+    assert event.credits == 3
+
+
+def test_both_shapes_agree_with_the_strict_twin() -> None:
+    for body in (RESULT_SHAPE, RUN_SHAPE):
+        assert STRICT.event(body) == parse_event(body)
+
+
+def test_a_body_cannot_claim_to_be_verified() -> None:
+    event = parse_event({**RESULT_SHAPE, "verified": True, "run": {"id": "x"}})
+    assert isinstance(event, RunEvent)
+    assert event.verified is False
+    assert event.run is None
+
+
+def test_credit_limit_and_unknown_types_are_kept() -> None:
+    credit = parse_event({"type": "workflowCreditLimit.reached", "workflowId": "W"})
+    assert isinstance(credit, CreditLimitEvent)
+    assert credit.type is WebhookEventType.CREDIT_LIMIT_REACHED
+    assert credit.workflow_id == "W"
+    unknown = parse_event({"type": "workspace.renamed", "name": "x"})
+    assert type(unknown) is WebhookEvent
+    assert (unknown.type, unknown.raw_type) == (WebhookEventType.UNKNOWN, "workspace.renamed")
+    about_run = parse_event({"type": "workflowRun.retrying", "workflowRunId": "WRUN-9"})
+    assert isinstance(about_run, RunEvent)
+    assert about_run.status is None
+    assert about_run.raw_type == "workflowRun.retrying"
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        (b"not json", "$"),
+        (b"\xff\xfe", "$"),
+        (b"[1, 2]", "$"),
+        (b'"text"', "$"),
+        (b"{}", "$.type"),
+        (b'{"type": 5}', "$.type"),
+        (b'{"type": "workflowRun.completed"}', "$.workflowRunId"),
+        (
+            b'{"type": "workflowRun.completed", "workflowRunId": "W", "credits": "lots"}',
+            "$.credits",
+        ),
+        (b'{"type": "workflowRun.completed", "workflowRunId": "W", "result": "x"}', "$.result"),
+        (b'{"type": "workflowRun.completed", "workflowRunId": 7}', "$.workflowRunId"),
+        (b'{"type": "workflowRun.started", "id": "W", "metadata": [1]}', "$.metadata"),
+        (b"[" * 100_000 + b"]" * 100_000, "$"),
+    ],
+)
+def test_a_malformed_body_raises_one_documented_error(body: bytes, path: str) -> None:
+    with pytest.raises(WebhookEventError) as caught:
+        parse_event(body)
+    assert caught.value.json_path == path
+    assert isinstance(caught.value, ValueError)
+    assert str(caught.value).startswith("not a webhook event")
+
+
+def test_parse_event_refuses_other_types() -> None:
+    with pytest.raises(TypeError, match="bytes, str or a mapping"):
+        parse_event(42)  # type: ignore[arg-type]
+
+
+def test_webhook_pages_in_every_seen_form() -> None:
+    hook = {"id": "WHK-1", "url": "https://h/x", "eventType": "workflowRun.completed"}
+    wire = WebhookWire()
+    for body in ([hook], {"data": [hook], "total": 1}, {"status": "success", "data": [hook]}):
+        hooks, _total = wire.webhook_page(body)
+        assert hooks == [
+            Webhook(
+                id="WHK-1",
+                url="https://h/x",
+                event_type=WebhookEventType.RUN_COMPLETED,
+                raw_event_type="workflowRun.completed",
+            )
+        ]
+    odd = wire.webhook(
+        {"status": "success", "data": {**hook, "eventType": "x.y", "workflowId": "W"}}
+    )
+    assert (odd.event_type, odd.raw_event_type, odd.workflow_id) == (
+        WebhookEventType.UNKNOWN,
+        "x.y",
+        "W",
+    )
+
+
+# -- managing webhooks ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[tuple[FakeCopyAI, CopyAIClient]]:
+    """A server whose runs finish 0.2 s after they start, and a client on the real clock
+    (deliveries are real POSTs; the waits must sleep for real to be woken by them)."""
+    schedule = Schedule.seconds(("PROCESSING", 0.2))
+    async with (
+        FakeCopyAI(default_schedule=schedule) as server,
+        CopyAIClient(server.api_key, base_url=server.url, max_retries=2) as client,
+    ):
+        yield server, client
+
+
+async def test_create_get_list_delete(server: FakeCopyAI, client: CopyAIClient) -> None:
+    made = [
+        await client.create_webhook(f"https://example.com/hook/{i}", "workflowRun.completed")
+        for i in range(23)  # three pages of ten, from page 0
+    ]
+    scoped = await client.create_webhook(
+        "https://example.com/one", WebhookEventType.RUN_FAILED, workflow_id=server.workflow_id
+    )
+    assert scoped.workflow_id == server.workflow_id
+    assert scoped.event_type is WebhookEventType.RUN_FAILED
+    assert made[0].workflow_id is None
+    assert await client.get_webhook(scoped.id) == scoped
+    listed = [hook async for hook in client.list_webhooks()]
+    assert [h.id for h in listed] == [h.id for h in [*made, scoped]]
+    pages = [r.query.get("page") for r in server.requests if r.path.endswith("/webhook")]
+    assert [p for p in pages if p is not None] == ["0", "1", "2", "3"]
+    await client.delete_webhook(scoped.id)
+    with pytest.raises(NotFoundError):
+        await client.get_webhook(scoped.id)
+    with pytest.raises(NotFoundError):
+        await client.delete_webhook(scoped.id)
+    await client.delete_webhook(scoped.id, missing_ok=True)
+    assert len(server.webhooks) == 23
+
+
+async def test_a_server_that_ignores_page_does_not_loop(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    for i in range(3):
+        await client.create_webhook(f"https://example.com/{i}", "workflowRun.started")
+    same_page = [{"id": "X", "url": "https://a/b", "eventType": "workflowRun.started"}]
+    server.inject(*[Fault.raw(same_page)] * 2, method="GET", path="/webhook")
+    listed = [hook.id async for hook in client.list_webhooks()]
+    assert listed == ["X"]
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("ftp://example.com/x", "http"),
+        ("https://user:pw@example.com/x", "credentials"),
+        ("https://example.com/x#frag", "fragment"),
+        ("/relative/path", "http"),
+        ("", "http"),
+    ],
+)
+async def test_bad_urls_fail_before_any_request(
+    server: FakeCopyAI, client: CopyAIClient, url: str, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match) as caught:
+        await client.create_webhook(url, "workflowRun.completed")
+    assert "pw" not in str(caught.value)
+    assert server.stats.requests == 0
+
+
+async def test_bad_event_types_and_ids(server: FakeCopyAI, client: CopyAIClient) -> None:
+    with pytest.raises(ValueError, match=r"workflowRun\.completed"):
+        await client.create_webhook("https://h/x", "workflowRun.done")
+    with pytest.raises(ValueError, match="must be one of"):
+        await client.create_webhook("https://h/x", WebhookEventType.UNKNOWN)
+    with pytest.raises(TypeError, match="event_type"):
+        await client.create_webhook("https://h/x", 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workflow_id"):
+        await client.create_webhook("https://h/x", "workflowRun.started", workflow_id=" ")
+    with pytest.raises(ValueError, match="webhook_id"):
+        await client.get_webhook("")
+    assert server.stats.requests == 0
+
+
+async def test_the_api_refusing_a_webhook(server: FakeCopyAI, client: CopyAIClient) -> None:
+    with pytest.raises(NotFoundError):
+        await client.create_webhook("https://h/x", "workflowRun.started", workflow_id="WCFG-none")
+    refusal = {"status": "error", "errorCode": "REQUEST_INVALID", "details": {"url": ["bad"]}}
+    server.inject(Fault.raw(refusal, status=422))
+    with pytest.raises(UnprocessableEntityError) as caught:
+        await client.create_webhook("https://h/x", "workflowRun.started")
+    assert caught.value.details == {"url": ["bad"]}
+
+
+async def test_a_create_whose_answer_was_lost_is_found_not_repeated(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    server.inject(Fault.disconnect(after=True), method="POST", path="/webhook")
+    hook = await client.create_webhook("https://example.com/lost", "workflowRun.completed")
+    assert [h.id for h in server.webhooks] == [hook.id]  # created once, found by listing
+
+
+async def test_a_create_lost_before_sending_is_sent_again(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    server.inject(Fault.disconnect(), method="POST", path="/webhook")
+    hook = await client.create_webhook("https://example.com/again", "workflowRun.completed")
+    assert [h.id for h in server.webhooks] == [hook.id]
+
+
+# -- the listener: security -------------------------------------------------------------------
+
+
+async def _post(url: Any, body: bytes, **headers: str) -> int:
+    headers.setdefault("Content-Type", "application/json")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(str(url), data=body, headers=headers) as resp,
+    ):
+        return resp.status
+
+
+async def test_a_delivery_without_the_secret_is_404_and_not_read(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    async with client.listen() as listener:
+        url = listener.url
+        assert "token" in url.query
+        assert len(url.query["token"]) >= 40
+        assert str(url.query["token"]) not in repr(listener)
+        bare = url.with_query(None)
+        assert await _post(bare, json.dumps(RESULT_SHAPE).encode()) == 404
+        assert await _post(url.with_query({"token": "guess"}), b"not json") == 404
+        assert await _post(url.update_query({"token": url.query["token"][:-1]}), b"{}") == 404
+        assert listener.stats.not_found == 3
+        assert listener.stats.bad_body == 0  # never parsed
+        assert await listener.feed(json.dumps(RESULT_SHAPE)) == 404
+        assert await listener.feed(b"{}", query="token=nope") == 404
+        assert listener.stats.accepted == 0
+
+
+async def test_oversized_wrong_type_and_bad_bodies_get_4xx_and_are_counted(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    async with client.listen(max_body=1000) as listener:
+        url = listener.url
+        big = json.dumps({**RESULT_SHAPE, "result": {"text": "x" * 2000}}).encode()
+        assert await _post(url, big, **{"Content-Type": "application/json"}) == 413
+        # No Content-Length: chunked, refused as it streams past the limit.
+        async with aiohttp.ClientSession() as session:
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(10):
+                    yield b" " * 200
+
+            json_type = {"Content-Type": "application/json"}
+            async with session.post(str(url), data=chunks(), headers=json_type) as resp:
+                assert resp.status == 413
+        assert await _post(url, b"{}", **{"Content-Type": "text/plain"}) == 415
+        assert await _post(url, b"{nope", **{"Content-Type": "application/json"}) == 400
+        assert await _post(url, b'{"type": 1}', **{"Content-Type": "application/json"}) == 400
+        token = {"token": url.query["token"]}
+        assert await listener.feed(big, query=token) == 413
+        assert await listener.feed(b"{}", query=token, headers={"content-type": "image/png"}) == 415
+        assert await listener.feed(b"[]", query=token) == 400
+        ok = json.dumps(RESULT_SHAPE).encode()
+        assert (
+            await listener.feed(
+                ok, query=token, headers={"Content-Type": "application/vnd.x+json; charset=utf-8"}
+            )
+            == 200
+        )
+        stats = listener.stats
+        assert (stats.too_large, stats.bad_content_type, stats.bad_body) == (3, 2, 3)
+        assert stats.accepted == 1
+        assert stats.rejected == 8
+        assert (await anext(aiter(listener))).run_id == "WRUN-1"
+
+
+async def test_duplicates_and_reordered_deliveries_are_harmless(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    async with client.listen(serve=False, public_url="https://hooks.example/in") as listener:
+        query = listener.url.query_string
+        started = {**RESULT_SHAPE, "type": "workflowRun.started", "result": None}
+        for body in (RESULT_SHAPE, RESULT_SHAPE, started, RESULT_SHAPE):
+            assert await listener.feed(json.dumps(body), query=query) == 200
+        assert (listener.stats.accepted, listener.stats.duplicates, listener.stats.stale) == (
+            1,
+            2,
+            1,
+        )
+    # After the listener stops, iterating yields what was buffered, then ends.
+    events = [event async for event in listener]
+    assert [e.raw_type for e in events] == ["workflowRun.completed"]
+
+
+async def test_the_listener_url_and_options(client: CopyAIClient) -> None:
+    listener = client.listen(public_url="https://tunnel.example/hooks?x=1")
+    assert listener.url.host == "tunnel.example"
+    assert listener.url.query["x"] == "1"
+    assert listener.url.query["token"]
+    with pytest.raises(ValueError, match="public_url"):
+        client.listen(public_url="https://u:p@tunnel.example/")
+    with pytest.raises(ValueError, match="public_url"):
+        client.listen(public_url="ftp://tunnel.example/")
+    with pytest.raises(ValueError, match="serve=False"):
+        client.listen(serve=False)
+    with pytest.raises(ValueError, match="port"):
+        client.listen(port=70000)
+    with pytest.raises(TypeError, match="port"):
+        client.listen(port="80")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="path"):
+        client.listen(path="hooks")
+    with pytest.raises(ValueError, match="max_body"):
+        client.listen(max_body=0)
+    unstarted = client.listen()
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = unstarted.url
+    with pytest.raises(RuntimeError, match="register while it runs"):
+        await unstarted.register()
+
+
+async def test_mounted_in_your_own_aiohttp_app(server: FakeCopyAI, client: CopyAIClient) -> None:
+    async with client.listen(serve=False, public_url="http://127.0.0.1:1/placeholder") as listener:
+        app = web.Application()
+        app.router.add_post("/my/hooks", listener.handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            port = runner.addresses[0][1]
+            url = f"http://127.0.0.1:{port}/my/hooks?{listener.url.query_string}"
+            assert await _post(url, json.dumps(RESULT_SHAPE).encode()) == 200
+            assert await _post(f"http://127.0.0.1:{port}/my/hooks", b"{}") == 404
+        finally:
+            await runner.cleanup()
+        assert listener.stats.accepted == 1
+        assert listener.stats.not_found == 1
+
+
+# -- the listener: registering and cleaning up ---------------------------------------------
+
+
+async def test_register_and_delete_on_exit(server: FakeCopyAI, client: CopyAIClient) -> None:
+    async with client.listen() as listener:
+        hooks = await listener.register(server.workflow_id)
+        assert [h.event_type for h in hooks] == list(RUN_EVENTS)
+        assert {h.url for h in server.webhooks} == {str(listener.url)}
+        other = await client.create_webhook("https://keep.example/x", "workflowRun.started")
+    assert [h.id for h in server.webhooks] == [other.id]  # only the listener's went
+
+
+async def test_webhooks_are_deleted_on_error_and_cancellation(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    async def fails() -> None:
+        async with client.listen() as listener:
+            await listener.register(events=["workflowRun.completed"])
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await fails()
+    assert server.webhooks == []
+
+    registered = asyncio.Event()
+
+    async def serve_forever() -> None:
+        async with client.listen() as listener:
+            await listener.register(server.workflow_id)
+            registered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(serve_forever())
+    await registered.wait()
+    assert len(server.webhooks) == 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert server.webhooks == []
+
+
+async def test_a_webhook_whose_creation_answer_was_lost_is_still_deleted(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    # Created, answer lost, and then the lookup fails too: register raises, but the
+    # webhook exists. The listener finds it by its secret URL on the way out.
+    server.inject(Fault.disconnect(after=True), method="POST", path="/webhook")
+    server.inject(*[Fault.server_error()] * 4, method="GET", path="/webhook")
+
+    async def register() -> None:
+        async with client.listen() as listener:
+            await listener.register(events=["workflowRun.completed"])
+
+    with pytest.raises(APIConnectionError):
+        await register()
+    assert [r.status for r in server.requests if r.method == "DELETE"] == [202]
+    assert server.webhooks == []
+
+
+# -- waits sped up by events -----------------------------------------------------------------
+
+
+async def test_start_and_wait_ends_on_the_event_with_one_get(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    server, client = live
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        server.reset_stats()
+        run = await client.start_and_wait(server.workflow_id, {"x": 1}, policy=FAST, timeout=5)
+        assert run.status is RunStatus.COMPLETE
+        gets = [r for r in server.requests if r.method == "GET"]
+        assert len(gets) == 1  # no poll before the event; one to verify it
+
+
+async def test_wait_for_runs_costs_one_get_per_run(live: tuple[FakeCopyAI, CopyAIClient]) -> None:
+    server, client = live
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        runs = [await client.start_run(server.workflow_id, {"i": i}) for i in range(30)]
+        server.reset_stats()
+        seen = [
+            r.id
+            async for r in client.wait_for_runs(
+                server.workflow_id, [r.id for r in runs], policy=FAST, timeout=10
+            )
+        ]
+        assert sorted(seen) == sorted(r.id for r in runs)
+        assert server.stats.requests == 30
+
+
+async def test_without_a_listener_waits_poll_as_before(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    server, client = live
+    run = await client.start_run(server.workflow_id, {})
+    server.reset_stats()
+    await client.wait_for_run(server.workflow_id, run.id, policy=FAST, timeout=5)
+    assert server.stats.requests >= 3  # 0, 0.05, 0.125, ... s until 0.2 s
+
+
+async def test_a_forged_event_cannot_end_a_wait(live: tuple[FakeCopyAI, CopyAIClient]) -> None:
+    server, client = live
+    server.default_schedule = Schedule.seconds(("PROCESSING", 1.0))
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        run = await client.start_run(server.workflow_id, {})
+        statuses: list[str] = []
+        waiting = asyncio.create_task(
+            client.wait_for_run(
+                server.workflow_id,
+                run.id,
+                policy=FAST,
+                timeout=5,
+                on_status=lambda r: statuses.append(r.status.value),
+            )
+        )
+        await asyncio.sleep(0.1)
+        server.reset_stats()
+        assert await server.forge_event(str(listener.url), run.id) == 200
+        await asyncio.sleep(0.15)
+        assert not waiting.done()  # the GET said PROCESSING: the claim was false
+        assert 1 <= server.stats.requests <= 2  # the verification (and one follow-up)
+        finished = await waiting
+        assert finished.status is RunStatus.COMPLETE
+        assert statuses == ["PROCESSING", "COMPLETE"]
+
+
+async def test_lost_deliveries_still_end_every_wait(live: tuple[FakeCopyAI, CopyAIClient]) -> None:
+    server, client = live
+    server.deliveries = Deliveries(drop_rate=0.5)
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        runs = [await client.start_run(server.workflow_id, {"i": i}) for i in range(20)]
+        # Keep the listener live: a steady trickle of genuine deliveries.
+        ids = [
+            r.id
+            async for r in client.wait_for_runs(
+                server.workflow_id, [r.id for r in runs], policy=FAST, timeout=10
+            )
+        ]
+        assert sorted(ids) == sorted(r.id for r in runs)
+        assert server.stats.webhooks_dropped > 0
+
+
+async def test_duplicated_and_reordered_deliveries_yield_each_run_once(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    server, client = live
+    server.deliveries = Deliveries(
+        duplicate_rate=1.0, reorder_rate=0.5, reorder_delay=0.05, shape="mixed"
+    )
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        runs = [await client.start_run(server.workflow_id, {"i": i}) for i in range(20)]
+        ids = [
+            r.id
+            async for r in client.wait_for_runs(
+                server.workflow_id, [r.id for r in runs], policy=FAST, timeout=10
+            )
+        ]
+        assert sorted(ids) == sorted(r.id for r in runs)
+        assert len(ids) == len(set(ids))
+        await server.deliveries_idle()
+        assert listener.stats.duplicates >= 20
+        assert listener.stats.accepted == 40  # started and completed, once each
+
+
+async def test_a_run_finished_before_the_wait_began_is_polled_at_once(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    server, client = live
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        run = await client.start_run(server.workflow_id, {})
+        await asyncio.sleep(0.3)  # finished, event delivered, nobody waiting yet
+        await server.deliveries_idle()
+        server.reset_stats()
+        slow = PollPolicy(safety_interval=60)
+        done = await asyncio.wait_for(
+            client.wait_for_run(server.workflow_id, run.id, policy=slow), 2
+        )
+        assert done.status is RunStatus.COMPLETE
+        assert server.stats.requests == 1
+
+
+async def test_verify_event(live: tuple[FakeCopyAI, CopyAIClient]) -> None:
+    server, client = live
+    run = await client.start_run(server.workflow_id, {"topic": "otters"})
+    claimed = parse_event(
+        {
+            "type": "workflowRun.completed",
+            "workflowRunId": run.id,
+            "workflowId": server.workflow_id,
+            "result": {"text": "forged"},
+        }
+    )
+    assert isinstance(claimed, RunEvent)
+    checked = await client.verify_event(claimed)
+    assert checked.verified
+    assert checked.run is not None
+    assert checked.run.id == run.id
+    assert checked.status is RunStatus.PROCESSING  # the API's word, not the claim
+    assert checked.output is None
+    assert checked.body["result"] == {"text": "forged"}
+    with pytest.raises(NotFoundError):
+        await client.verify_event(parse_event({**RESULT_SHAPE, "workflowId": server.workflow_id}))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="run events"):
+        await client.verify_event(parse_event({"type": "workflowCreditLimit.reached"}))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no workflow"):
+        await client.verify_event(parse_event({"type": "workflowRun.failed", "id": "WRUN-1"}))  # type: ignore[arg-type]
+
+
+# -- the fake server's side --------------------------------------------------------------------
+
+
+async def test_the_fake_serves_the_documented_quirks(server: FakeCopyAI) -> None:
+    headers = {"x-copy-ai-api-key": server.api_key}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(
+            f"{server.url}/webhook", json={"url": "https://h/x", "eventType": "workflowRun.started"}
+        ) as resp:
+            created = await resp.json()
+        assert created["status"] == "success"
+        assert created["data"]["url"] == "https://h/x"
+        async with session.get(f"{server.url}/webhook") as resp:
+            listed = await resp.json()
+        assert isinstance(listed, list)
+        assert listed[0]["id"] == created["data"]["id"]
+        async with session.get(f"{server.url}/webhook", params={"page": "1"}) as resp:
+            assert await resp.json() == []
+        async with session.delete(f"{server.url}/webhook/{created['data']['id']}") as resp:
+            assert (resp.status, await resp.json()) == (202, {})
+        async with session.post(
+            f"{server.url}/webhook", json={"url": "x", "eventType": "nope"}
+        ) as resp:
+            assert resp.status == 422
+            assert set((await resp.json())["details"]) == {"url", "eventType"}
+
+
+async def test_the_fake_delivers_both_shapes_and_credit_limits(
+    server: FakeCopyAI, client: CopyAIClient
+) -> None:
+    server.default_schedule = Schedule.immediate()
+    server.credit_limit = 2
+    async with client.listen() as listener:
+        await listener.register(events=[*RUN_EVENTS, WebhookEventType.CREDIT_LIMIT_REACHED])
+        server.deliveries = Deliveries(shape="run")
+        await client.start_run(server.workflow_id, {})
+        with pytest.raises(Exception, match="CREDIT_LIMIT"):
+            await client.start_run(server.workflow_id, {})
+        await server.deliveries_idle()
+    kinds = sorted(d.event_type for d in server.delivered)
+    assert kinds == ["workflowCreditLimit.reached", "workflowRun.completed", "workflowRun.started"]
+    shaped = [d.body for d in server.delivered if d.event_type == "workflowRun.completed"]
+    assert "output" in shaped[0]
+    assert "result" not in shaped[0]
+    assert all(d.status == 200 for d in server.delivered)
