@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import logging
@@ -45,6 +46,7 @@ from ._errors import (
 from ._models import RunStatus, WorkflowRun
 from ._poll import PollPolicy
 from ._version import version
+from .webhooks._models import RUN_EVENTS, RunEvent, Webhook, WebhookEvent
 
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
     from exceptiongroup import ExceptionGroup
@@ -61,6 +63,9 @@ examples:
   copyai-async runs get WCFG-123 WRUN-456
   copyai-async runs start WCFG-123 --var topic=otters --wait --timeout 300
   copyai-async runs wait WCFG-123 WRUN-1 WRUN-2 WRUN-3
+  copyai-async runs wait WCFG-123 WRUN-1 --listen --public-url https://my.tunnel/hooks
+  copyai-async webhooks list
+  copyai-async listen --public-url https://my.tunnel/hooks --workflow WCFG-123 --json
   copyai-async fake-server --port 8080 --latency 50
 
 The API key comes from --api-key or the COPYAI_API_KEY environment variable.
@@ -95,6 +100,34 @@ def run_json(run: WorkflowRun) -> dict[str, Any]:
         "input": run.input,
         "output": run.output,
     }
+
+
+def webhook_json(hook: Webhook) -> dict[str, Any]:
+    """A webhook as a JSON object for ``--json`` output."""
+    return {
+        "id": hook.id,
+        "url": hook.url,
+        "event_type": hook.raw_event_type or hook.event_type.value,
+        "workflow_id": hook.workflow_id,
+    }
+
+
+def event_json(event: WebhookEvent) -> dict[str, Any]:
+    """An event as a JSON object for ``--json`` output (``verified`` says it is a claim)."""
+    out: dict[str, Any] = {
+        "type": event.raw_type,
+        "workflow_id": event.workflow_id,
+        "verified": event.verified,
+    }
+    if isinstance(event, RunEvent):
+        out.update(
+            run_id=event.run_id,
+            status=None if event.status is None else event.status.value,
+            output=event.output,
+            credits=event.credits,
+        )
+    out["metadata"] = event.metadata
+    return out
 
 
 class Output:
@@ -351,23 +384,108 @@ async def cmd_find(args: argparse.Namespace, out: Output) -> int:
 
 async def cmd_wait(args: argparse.Namespace, out: Output) -> int:
     ids = list(dict.fromkeys(args.run_ids))
-    failed = 0
     async with _client(args) as client:
-        with StatusBoard(out, len(ids), "Waiting") as board:
-            try:
-                async for run in client.wait_for_runs(
-                    args.workflow_id, ids, timeout=args.timeout, on_status=board.seen
-                ):
-                    board.finished(run)
-                    failed += run.status is RunStatus.FAILED
-                    if out.as_json:
-                        out.json_line(run_json(run))
-            except ExceptionGroup as group:
-                codes = [exit_code(error) for error in group.exceptions]
-                for error in group.exceptions:
-                    print(f"error: {_one_line(error)}", file=sys.stderr)
-                return max(codes, key=_severity)
+        if not args.listen:
+            return await _wait(client, args, out, ids)
+        async with _listener(client, args) as listener:
+            await listener.register(args.workflow_id)
+            return await _wait(client, args, out, ids)
+
+
+async def _wait(client: CopyAIClient, args: argparse.Namespace, out: Output, ids: list[str]) -> int:
+    failed = 0
+    with StatusBoard(out, len(ids), "Waiting") as board:
+        try:
+            async for run in client.wait_for_runs(
+                args.workflow_id, ids, timeout=args.timeout, on_status=board.seen
+            ):
+                board.finished(run)
+                failed += run.status is RunStatus.FAILED
+                if out.as_json:
+                    out.json_line(run_json(run))
+        except ExceptionGroup as group:
+            codes = [exit_code(error) for error in group.exceptions]
+            for error in group.exceptions:
+                print(f"error: {_one_line(error)}", file=sys.stderr)
+            return max(codes, key=_severity)
     return EXIT_RUN_FAILED if failed else EXIT_OK
+
+
+async def cmd_webhooks_list(args: argparse.Namespace, out: Output) -> int:
+    count = 0
+    async with _client(args) as client:
+        async for hook in client.list_webhooks():
+            count += 1
+            _show_webhook(out, hook)
+    if not out.as_json:
+        out.line(f"{count} webhooks")
+    return EXIT_OK
+
+
+def _show_webhook(out: Output, hook: Webhook) -> None:
+    if out.as_json:
+        out.json_line(webhook_json(hook))
+        return
+    kind = hook.raw_event_type or hook.event_type.value
+    out.line(f"{hook.id}  {kind:<28}  {hook.workflow_id or '(every workflow)'}  {hook.url}")
+
+
+async def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
+    async with _client(args) as client:
+        hook = await client.create_webhook(args.url, args.event_type, workflow_id=args.workflow)
+    _show_webhook(out, hook)
+    return EXIT_OK
+
+
+async def cmd_webhooks_get(args: argparse.Namespace, out: Output) -> int:
+    async with _client(args) as client:
+        _show_webhook(out, await client.get_webhook(args.webhook_id))
+    return EXIT_OK
+
+
+async def cmd_webhooks_delete(args: argparse.Namespace, out: Output) -> int:
+    async with _client(args) as client:
+        await client.delete_webhook(args.webhook_id, missing_ok=args.missing_ok)
+    if not out.as_json:
+        out.line(f"deleted {args.webhook_id}")
+    return EXIT_OK
+
+
+def _listener(client: CopyAIClient, args: argparse.Namespace) -> Any:
+    return client.listen(
+        host=args.listen_host,
+        port=args.listen_port,
+        path=args.listen_path,
+        public_url=args.public_url,
+    )
+
+
+async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
+    async with _client(args) as client, _listener(client, args) as listener:
+        if not args.no_register:
+            hooks = await listener.register(args.workflow, args.events or RUN_EVENTS)
+            if not out.as_json:
+                print(
+                    f"listening; registered {len(hooks)} webhooks (deleted on exit)",
+                    file=sys.stderr,
+                )
+        else:
+            print(f"listening at {listener.url} (register it yourself)", file=sys.stderr)
+        seen = 0
+        async for event in listener:
+            seen += 1
+            if out.as_json:
+                out.json_line(event_json(event))
+            else:
+                about = f"run {event.run_id}" if isinstance(event, RunEvent) else ""
+                where = f"workflow {event.workflow_id}" if event.workflow_id else ""
+                out.line(
+                    f"{time.strftime('%H:%M:%S')}  {event.raw_type:<28}  {about}  {where}  "
+                    "(unverified)"
+                )
+            if args.count and seen >= args.count:
+                break
+    return EXIT_OK
 
 
 # When several runs fail in different ways, the exit code names the gravest.
@@ -443,6 +561,8 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
                 finished.append(run)
                 if out.as_json:
                     out.json_line(run_json(run))
+        say("the same wait, polling only and then with a webhook listener:")
+        compared = await _compare_webhooks(server, client, min(args.runs, 50), scale, rng, say)
         wall = time.monotonic() - began
     summary = {
         "runs": len(finished),
@@ -453,6 +573,9 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         "faults_injected": server.stats.faults,
         "wall_s": round(wall, 2),
     }
+    for mode, figures in compared.items():
+        summary[f"{mode}_requests_per_run"] = figures["requests_per_run"]
+        summary[f"{mode}_detection_p50_s"] = figures["p50_s"]
     if out.as_json:
         out.json_line({"summary": summary})
     elif out.rich:
@@ -467,6 +590,12 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         table.add_row("Credits", str(summary["credits"]))
         table.add_row("Requests made", str(summary["requests"]))
         table.add_row("Faults injected (retried)", str(summary["faults_injected"]))
+        for mode, figures in compared.items():
+            table.add_row(
+                f"Waiting, {mode}",
+                f"{figures['requests_per_run']:.2f} requests/run, "
+                f"seen {figures['p50_s'] * 1000:,.0f} ms after (p50)",
+            )
         table.add_row("Wall time", f"{wall:.1f} s")
         out.console.print(table)
     else:
@@ -474,6 +603,51 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         for key, value in summary.items():
             out.line(f"{key.replace('_', ' '):<{width}}  {value}")
     return EXIT_OK
+
+
+async def _compare_webhooks(
+    server: Any, client: CopyAIClient, count: int, scale: float, rng: random.Random, say: Any
+) -> dict[str, dict[str, float]]:
+    """Wait on ``count`` runs finishing 1-3 s after they start, by polling alone and then
+    with a listener; the requests per run and how late each run was seen finished."""
+    from .testing import Schedule
+
+    previous = server.schedule_for
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for mode in ("polling", "webhooks"):
+            durations: dict[str, float] = {}
+            server.schedule_for = lambda _wf, _vars: Schedule.seconds(
+                ("PROCESSING", rng.uniform(1.0, 3.0) * scale)
+            )
+            async with contextlib.AsyncExitStack() as stack:
+                if mode == "webhooks":
+                    listener = await stack.enter_async_context(client.listen())
+                    await listener.register(server.workflow_id)
+                runs = [
+                    await client.start_run(server.workflow_id, {"compare": mode})
+                    for _ in range(count)
+                ]
+                for run in runs:
+                    fake = server.get(run.id)
+                    durations[run.id] = fake.created_mono + sum(d for _, d in fake.schedule.steps)
+                before = sum(n for k, n in server.stats.by_path.items() if k.startswith("GET"))
+                late: list[float] = []
+                async for run in client.wait_for_runs(server.workflow_id, list(durations)):
+                    late.append(max(0.0, time.monotonic() - durations[run.id]))
+                gets = sum(n for k, n in server.stats.by_path.items() if k.startswith("GET"))
+            late.sort()
+            results[mode] = {
+                "requests_per_run": round((gets - before) / count, 2),
+                "p50_s": round(late[len(late) // 2], 3),
+            }
+            say(
+                f"  {mode:<9} {results[mode]['requests_per_run']:.2f} requests per run; each "
+                f"seen finished {results[mode]['p50_s'] * 1000:,.0f} ms after it finished (p50)"
+            )
+    finally:
+        server.schedule_for = previous
+    return results
 
 
 def cmd_fake_server(args: argparse.Namespace) -> int:
@@ -613,7 +787,59 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     wait.add_argument("--timeout", type=_positive_float, help="give up after S seconds")
     wait.add_argument("--json", action="store_true", help="each run as JSON when it ends")
+    wait.add_argument(
+        "--listen",
+        action="store_true",
+        help="receive webhook events meanwhile: a run is seen finished the moment its event "
+        "lands (checked with one GET); webhooks are deleted on exit",
+    )
+    _listen_options(wait)
     wait.set_defaults(handler=cmd_wait)
+
+    hooks = commands.add_parser("webhooks", help="list, create, get and delete webhooks")
+    hook_cmds = hooks.add_subparsers(dest="webhooks_command", metavar="ACTION", required=True)
+    hook_list = hook_cmds.add_parser("list", help="every webhook of the workspace")
+    hook_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    hook_list.set_defaults(handler=cmd_webhooks_list)
+    create = hook_cmds.add_parser("create", help="register a webhook")
+    create.add_argument("url", help="where Copy.ai POSTs events (http or https)")
+    create.add_argument(
+        "event_type",
+        choices=[*(e.value for e in RUN_EVENTS), "workflowCreditLimit.reached"],
+        metavar="EVENT_TYPE",
+        help="workflowRun.started|completed|failed or workflowCreditLimit.reached",
+    )
+    create.add_argument("--workflow", metavar="WORKFLOW_ID", help="only this workflow's events")
+    create.add_argument("--json", action="store_true", help="print the webhook as JSON")
+    create.set_defaults(handler=cmd_webhooks_create)
+    hook_get = hook_cmds.add_parser("get", help="show one webhook")
+    hook_get.add_argument("webhook_id")
+    hook_get.add_argument("--json", action="store_true", help="print the webhook as JSON")
+    hook_get.set_defaults(handler=cmd_webhooks_get)
+    delete = hook_cmds.add_parser("delete", help="delete a webhook")
+    delete.add_argument("webhook_id")
+    delete.add_argument("--missing-ok", action="store_true", help="a missing webhook is no error")
+    delete.set_defaults(handler=cmd_webhooks_delete)
+
+    listen = commands.add_parser(
+        "listen", help="receive webhook events and print them as they arrive"
+    )
+    listen.add_argument("--workflow", metavar="WORKFLOW_ID", help="only this workflow's events")
+    listen.add_argument(
+        "--events",
+        nargs="+",
+        metavar="EVENT_TYPE",
+        help="event types to register for (default: the three run events)",
+    )
+    listen.add_argument(
+        "--no-register", action="store_true", help="register nothing; print the URL to register"
+    )
+    listen.add_argument(
+        "--count", type=_int_at_least(1), help="stop after this many events (default: Ctrl-C)"
+    )
+    listen.add_argument("--json", action="store_true", help="one JSON object per event")
+    _listen_options(listen)
+    listen.set_defaults(handler=cmd_listen)
 
     fake = commands.add_parser("fake-server", help="serve the fake Copy.ai API in the foreground")
     fake.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
@@ -623,6 +849,24 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--runs", type=_int_at_least(0), default=0, help="completed runs to create")
     fake.set_defaults(handler=None)
     return parser
+
+
+def _listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the address Copy.ai reaches the listener at (a tunnel or proxy); the secret "
+        "token is added to it",
+    )
+    parser.add_argument(
+        "--listen-host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    parser.add_argument(
+        "--listen-port", type=_int_at_least(0), default=0, help="port (default: any free)"
+    )
+    parser.add_argument(
+        "--listen-path", default="/copyai-webhooks", help="path to serve (default %(default)s)"
+    )
 
 
 def exit_code(error: BaseException) -> int:

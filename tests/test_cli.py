@@ -320,6 +320,84 @@ def test_wait_exit_status(
     assert words in capsys.readouterr().err
 
 
+# -- webhooks ----------------------------------------------------------------------------
+
+
+def test_webhooks_commands(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    wf = api.server.workflow_id
+    assert (
+        cli(
+            api,
+            "webhooks",
+            "create",
+            "https://h.example/in",
+            "workflowRun.completed",
+            "--workflow",
+            wf,
+            "--json",
+        )
+        == 0
+    )
+    made = json.loads(capsys.readouterr().out)
+    assert (made["url"], made["event_type"], made["workflow_id"]) == (
+        "https://h.example/in",
+        "workflowRun.completed",
+        wf,
+    )
+    assert cli(api, "webhooks", "list", "--json") == 0
+    assert [row["id"] for row in _json_lines(capsys.readouterr().out)] == [made["id"]]
+    assert cli(api, "webhooks", "get", made["id"]) == 0
+    assert made["id"] in capsys.readouterr().out
+    assert cli(api, "webhooks", "delete", made["id"]) == 0
+    assert cli(api, "webhooks", "delete", made["id"]) == 4
+    assert cli(api, "webhooks", "delete", made["id"], "--missing-ok") == 0
+    assert cli(api, "webhooks", "create", "ftp://h.example/in", "workflowRun.completed") == 2
+    assert "http" in capsys.readouterr().err
+    assert api.call(lambda: api.server.webhooks) == []
+
+
+def _in_thread(fn: Callable[[], T]) -> tuple[threading.Thread, list[T]]:
+    result: list[T] = []
+    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _until(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_listen_prints_events_and_cleans_up(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    thread, code = _in_thread(lambda: cli(api, "listen", "--count", "2", "--json"))
+    _until(lambda: len(api.call(lambda: api.server.webhooks)) == 3)
+    run = api.call(lambda: api.server.add_run(schedule=Schedule.immediate()))
+    thread.join(10)
+    assert code == [0]
+    events = _json_lines(capsys.readouterr().out)
+    assert [e["type"] for e in events] == ["workflowRun.started", "workflowRun.completed"]
+    assert {e["run_id"] for e in events} == {run.id}
+    assert {e["verified"] for e in events} == {False}
+    assert api.call(lambda: api.server.webhooks) == []
+
+
+def test_runs_wait_listen(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = api.call(lambda: api.server.add_run(schedule=Schedule.seconds(("PROCESSING", 0.5))))
+    began = time.monotonic()
+    assert cli(api, "runs", "wait", api.server.workflow_id, fake.id, "--listen", "--json") == 0
+    assert time.monotonic() - began < 5  # not the 10 s max interval, nor the 30 s safety one
+    assert _json_lines(capsys.readouterr().out)[0]["status"] == "COMPLETE"
+    gets = api.call(
+        lambda: [r for r in api.server.requests if r.method == "GET" and fake.id in r.path]
+    )
+    assert len(gets) == 2  # the first look, then the event's verification
+    assert api.call(lambda: api.server.webhooks) == []
+
+
 # -- demo, fake-server, Ctrl-C ----------------------------------------------------------
 
 
@@ -329,8 +407,12 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "started 40 runs" in out
     assert "streamed 40 runs with iter_runs" in out
-    summary = dict(line.rsplit(None, 1) for line in out.splitlines()[-7:])
+    summary = dict(line.rsplit(None, 1) for line in out.splitlines()[-11:])
     assert summary["runs"] == "40"
+    # The same wait with a webhook listener: fewer requests, seen finished sooner.
+    assert float(summary["webhooks requests per run"]) < float(summary["polling requests per run"])
+    assert float(summary["webhooks detection p50 s"]) < float(summary["polling detection p50 s"])
+    assert "polling only and then with a webhook listener" in out
     assert int(summary["complete"]) + int(summary["failed"]) == 40
     assert int(summary["faults injected"]) > 0  # retried: every run still came back
     assert main([*argv, "--json"]) == 0
