@@ -9,6 +9,7 @@ with httpx, decoding JSON only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -145,6 +146,47 @@ async def wait_httpx(url: str, finishes: dict[str, float]) -> dict[str, Any]:
         return await _gather_loops(status, finishes)
 
 
+# -- waiting with webhook events ---------------------------------------------------------
+
+
+async def events_ours(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    """Start ``runs`` runs that finish at random times, then wait on them all: by polling
+    alone, or with a listener registered (``listen``). The server's clock and ours are
+    the machine's: a run finishes ``seconds`` after its ``createdAt``."""
+    import random
+
+    rng = random.Random(arg["seed"])
+    low, high = arg["finish"]
+    policy = PollPolicy(safety_interval=arg["safety"]) if arg.get("safety") else None
+    seconds: dict[str, float] = {}
+    latencies: list[float] = []
+    yielded: list[str] = []
+    async with CopyAIClient(KEY, base_url=url) as client, contextlib.AsyncExitStack() as stack:
+        if arg["listen"]:
+            listener = await stack.enter_async_context(client.listen())
+            await listener.register(WORKFLOW)
+        gate = asyncio.Semaphore(50)
+
+        async def start() -> None:
+            wait = rng.uniform(low, high)
+            async with gate:
+                run = await client.start_run(WORKFLOW, {"seconds": wait})
+            seconds[run.id] = wait
+
+        await asyncio.gather(*(start() for _ in range(arg["runs"])))
+        async for run in client.wait_for_runs(WORKFLOW, list(seconds), policy=policy):
+            assert run.created_at is not None
+            finished = run.created_at.timestamp() + seconds[run.id]
+            latencies.append(time.time() - finished)
+            yielded.append(run.id)
+        events = listener.stats.accepted if arg["listen"] else 0
+    return {
+        "latencies": latencies,
+        "yielded_once": len(yielded) == len(set(yielded)) == arg["runs"],
+        "events": events,
+    }
+
+
 # -- one wait, end to end ---------------------------------------------------------------
 
 TINY = PollPolicy(initial=0.0001, multiplier=1.0, max_interval=0.0001, jitter=0)
@@ -189,5 +231,6 @@ CONTENDERS: dict[str, dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]
         "aiohttp-1s": wait_aiohttp_1s,
     },
     "rate": {"ours": wait_ours_rate},
+    "events": {"polling": events_ours, "webhooks": events_ours},
     "single": {"ours": single_ours, "aiohttp": single_aiohttp, "httpx": single_httpx},
 }

@@ -21,6 +21,11 @@ warm-up, and is repeated; figures are medians with min and max. Scenarios:
 4. rate: ``wait_for_runs`` with ``rate_limit=R``; the server counts the most requests
    that arrive within any one second.
 5. import: ``import copyai_async`` against ``import aiohttp`` alone.
+6. events: N runs started through the API, finishing at random (1 to 20 s), waited on
+   by polling alone and with a webhook listener (the server delivering events 5-20 ms
+   after each change): detection p50/p99/max after each run finishes, polls (GETs of a
+   run) per run, and each run yielded once; with webhooks also with 30% of deliveries
+   dropped, and with 30% duplicated and 30% reordered.
 
 Output: a table with ratios (ours ÷ baseline), ``benchmarks/results/bench.json`` with
 every figure, and a chart (``benchmarks/results/streaming.png``; matplotlib, from the
@@ -61,6 +66,7 @@ def plan(mode: str) -> dict[str, Any]:
             "single": (20, 1),
             "rate": (30, (0.1, 0.5), 50.0),
             "import": 2,
+            "events": (20, (0.1, 0.5), 1.0),
         }
     if mode == "quick":
         return {
@@ -69,6 +75,7 @@ def plan(mode: str) -> dict[str, Any]:
             "single": (200, 3),
             "rate": (300, (0.5, 3.0), 100.0),
             "import": 5,
+            "events": (300, (1.0, 5.0), 5.0),
         }
     return {
         # (latency ms, runs, repeats). 1,000,000 runs at 50 ms is left out: the sequential
@@ -86,6 +93,8 @@ def plan(mode: str) -> dict[str, Any]:
         "single": (200, 5),
         "rate": (2_000, (1.0, 10.0), 200.0),
         "import": 15,
+        # (runs, finish between, safety interval: None for the default, 30 s)
+        "events": (2_000, (1.0, 20.0), None),
     }
 
 
@@ -317,6 +326,64 @@ def run_import(repeats: int, log: Any) -> dict[str, Any]:
     return row
 
 
+EVENT_VARIANTS: list[tuple[str, str, list[str]]] = [
+    ("polling only", "polling", []),
+    ("webhooks", "webhooks", []),
+    ("webhooks, 30% dropped", "webhooks", ["--webhook-drop-rate", "0.3"]),
+    (
+        "webhooks, 30% duplicated, 30% reordered",
+        "webhooks",
+        ["--webhook-duplicate-rate", "0.3", "--webhook-reorder-rate", "0.3"],
+    ),
+]
+
+
+def run_events(
+    runs: int, finish: tuple[float, float], safety: float | None, log: Any
+) -> list[dict[str, Any]]:
+    rows = []
+    for label, contender, flags in EVENT_VARIANTS:
+        with fake_server(
+            "--finish-from", "seconds", "--webhook-delay", "0.005", "0.02", *flags
+        ) as url:
+            arg = {
+                "runs": runs,
+                "finish": finish,
+                "safety": safety,
+                "seed": 1,
+                "listen": contender == "webhooks",
+            }
+            result = measure("events", contender, url, arg)
+            base = url.rsplit("/api", 1)[0]
+            with urllib.request.urlopen(f"{base}/_fake/stats", timeout=10) as resp:  # noqa: S310
+                stats = json.load(resp)
+        latencies = sorted(result.pop("latencies"))
+        if len(latencies) != runs or not result["yielded_once"]:
+            raise RuntimeError(f"events/{label}: {len(latencies)} of {runs} runs, not once each")
+        row = {
+            "variant": label,
+            "runs": runs,
+            "finish_between_s": finish,
+            "safety_interval_s": safety if safety is not None else 30.0,
+            "p50_s": statistics.median(latencies),
+            "p99_s": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "max_s": latencies[-1],
+            "polls_per_run": stats["run_gets"] / runs,
+            "requests_per_run": stats["requests"] / runs,
+            "webhooks_sent": stats["webhooks_sent"],
+            "webhooks_dropped": stats["webhooks_dropped"],
+            "events_accepted": result["events"],
+            "cpu_s": result["cpu_s"],
+            "wall_s": result["wall_s"],
+        }
+        rows.append(row)
+        log(
+            f"events, {label}: p50 {row['p50_s'] * 1000:.0f} ms, p99 {row['p99_s'] * 1000:.0f} "
+            f"ms, {row['polls_per_run']:.2f} polls per run"
+        )
+    return rows
+
+
 # -- report -----------------------------------------------------------------------------
 
 
@@ -336,55 +403,71 @@ def report(results: dict[str, Any]) -> str:
             f"/{b} {ours / row[b][metric]['median']:.2f}x" for b in row["contenders"][1:]
         )
 
-    names = results["stream"][0]["contenders"]
-    lines.append("\nstreaming every run          " + "  ".join(f"{n:>28}" for n in names))
-    for row in results["stream"]:
-        for metric, fmt, label in (
-            ("runs_per_s", "{:,.0f}", "runs/s"),
-            ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
-            ("cpu_s", "{:.2f}", "CPU s"),
-        ):
-            head = f"{row['runs']:>9,} @ {row['latency_ms']:>2} ms {label:<12}"
-            cells = "  ".join(f"{_cell(row[n][metric], fmt):>28}" for n in names)
-            lines.append(f"{head} {cells}  {ratios(row, metric)}")
-        if "ideal_s" in row:
-            ours_wall = row["ours"]["wall_s"]["median"]
+    if "stream" in results:
+        names = results["stream"][0]["contenders"]
+        lines.append("\nstreaming every run          " + "  ".join(f"{n:>28}" for n in names))
+        for row in results["stream"]:
+            for metric, fmt, label in (
+                ("runs_per_s", "{:,.0f}", "runs/s"),
+                ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
+                ("cpu_s", "{:.2f}", "CPU s"),
+            ):
+                head = f"{row['runs']:>9,} @ {row['latency_ms']:>2} ms {label:<12}"
+                cells = "  ".join(f"{_cell(row[n][metric], fmt):>28}" for n in names)
+                lines.append(f"{head} {cells}  {ratios(row, metric)}")
+            if "ideal_s" in row:
+                ours_wall = row["ours"]["wall_s"]["median"]
+                lines.append(
+                    f"{'':>29} wall {ours_wall:.3f} s = {ours_wall / row['ideal_s']:.2f}x "
+                    f"the ideal ceil(pages/{PREFETCH}) x latency = {row['ideal_s']:.3f} s"
+                )
+    if "wait" in results:
+        names = results["wait"][0]["contenders"]
+        lines.append("\nwaiting on many runs         " + "  ".join(f"{n:>28}" for n in names))
+        for row in results["wait"]:
+            for metric, fmt, label in (
+                ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
+                ("cpu_s", "{:.2f}", "CPU s"),
+                ("requests", "{:,.0f}", "requests"),
+                ("p50_s", "{:.2f}", "detect p50 s"),
+                ("p99_s", "{:.2f}", "detect p99 s"),
+            ):
+                head = f"{row['runs']:>9,} runs {label:<15}"
+                cells = "  ".join(f"{_cell(row[n][metric], fmt):>28}" for n in names)
+                lines.append(f"{head} {cells}  {ratios(row, metric)}")
+    if "single" in results:
+        single = results["single"]
+        names = single["contenders"]
+        lines.append(
+            f"\none wait_for_run, {single['polls']} polls: "
+            + ", ".join(f"{n} {single[n]['ms_per_poll']['median']:.3f} ms/poll" for n in names)
+            + "; overhead "
+            + ", ".join(f"{single[f'overhead_vs_{b}_ms'] * 1000:+.0f} us vs {b}" for b in names[1:])
+        )
+    if "rate" in results:
+        rate = results["rate"]
+        lines.append(
+            f"rate_limit={rate['rate_limit']:g} ({rate['runs']:,} runs): at most "
+            f"{rate['max_per_second']} requests in any second -> "
+            f"{rate['max_over_limit']:.3f}x the limit (target <= 1.05x)"
+        )
+    if "import" in results:
+        imp = results["import"]
+        lines.append(
+            f"import: copyai_async {imp['copyai_async_ms']['median']:.0f} ms, aiohttp "
+            f"{imp['aiohttp_ms']['median']:.0f} ms -> {imp['ratio']:.2f}x (target <= 1.2x)"
+        )
+    if "events" in results:
+        lines.append(
+            "\nwaiting with webhook events (polls: GETs of a run; detection: after it finished)"
+        )
+        for row in results["events"]:
             lines.append(
-                f"{'':>29} wall {ours_wall:.3f} s = {ours_wall / row['ideal_s']:.2f}x "
-                f"the ideal ceil(pages/{PREFETCH}) x latency = {row['ideal_s']:.3f} s"
+                f"{row['runs']:>9,} runs  {row['variant']:<40} detect p50 "
+                f"{row['p50_s'] * 1000:>7,.0f} ms  p99 {row['p99_s'] * 1000:>7,.0f} ms  max "
+                f"{row['max_s']:>6.1f} s  {row['polls_per_run']:.2f} polls/run  "
+                f"CPU {row['cpu_s']:.2f} s"
             )
-    names = results["wait"][0]["contenders"]
-    lines.append("\nwaiting on many runs         " + "  ".join(f"{n:>28}" for n in names))
-    for row in results["wait"]:
-        for metric, fmt, label in (
-            ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
-            ("cpu_s", "{:.2f}", "CPU s"),
-            ("requests", "{:,.0f}", "requests"),
-            ("p50_s", "{:.2f}", "detect p50 s"),
-            ("p99_s", "{:.2f}", "detect p99 s"),
-        ):
-            head = f"{row['runs']:>9,} runs {label:<15}"
-            cells = "  ".join(f"{_cell(row[n][metric], fmt):>28}" for n in names)
-            lines.append(f"{head} {cells}  {ratios(row, metric)}")
-    single = results["single"]
-    names = single["contenders"]
-    lines.append(
-        f"\none wait_for_run, {single['polls']} polls: "
-        + ", ".join(f"{n} {single[n]['ms_per_poll']['median']:.3f} ms/poll" for n in names)
-        + "; overhead "
-        + ", ".join(f"{single[f'overhead_vs_{b}_ms'] * 1000:+.0f} us vs {b}" for b in names[1:])
-    )
-    rate = results["rate"]
-    lines.append(
-        f"rate_limit={rate['rate_limit']:g} ({rate['runs']:,} runs): at most "
-        f"{rate['max_per_second']} requests in any second -> "
-        f"{rate['max_over_limit']:.3f}x the limit (target <= 1.05x)"
-    )
-    imp = results["import"]
-    lines.append(
-        f"import: copyai_async {imp['copyai_async_ms']['median']:.0f} ms, aiohttp "
-        f"{imp['aiohttp_ms']['median']:.0f} ms -> {imp['ratio']:.2f}x (target <= 1.2x)"
-    )
     return "\n".join(lines)
 
 
@@ -454,6 +537,11 @@ def main() -> int:
     parser.add_argument(
         "--redraw", type=Path, metavar="BENCH_JSON", help="only draw the chart of a saved run"
     )
+    parser.add_argument(
+        "--only",
+        metavar="SCENARIOS",
+        help="run only these scenarios, comma-separated (stream,wait,single,rate,import,events)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -483,18 +571,30 @@ def main() -> int:
         "httpx": _version("httpx"),
         "orjson": _version("orjson"),
     }
-    results["stream"] = run_stream(steps["stream"], log)
-    results["wait"] = run_wait(steps["wait"], log)
-    polls, repeats = steps["single"]
-    results["single"] = run_single(polls, repeats, log)
-    runs, finish, rate = steps["rate"]
-    results["rate"] = run_rate(runs, finish, rate, log)
-    results["import"] = run_import(steps["import"], log)
+    wanted = set(args.only.split(",")) if args.only else set(steps)
+    unknown = wanted - set(steps)
+    if unknown:
+        parser.error(f"--only: no scenario {', '.join(sorted(unknown))}")
+    if "stream" in wanted:
+        results["stream"] = run_stream(steps["stream"], log)
+    if "wait" in wanted:
+        results["wait"] = run_wait(steps["wait"], log)
+    if "single" in wanted:
+        polls, repeats = steps["single"]
+        results["single"] = run_single(polls, repeats, log)
+    if "rate" in wanted:
+        runs, finish, rate = steps["rate"]
+        results["rate"] = run_rate(runs, finish, rate, log)
+    if "import" in wanted:
+        results["import"] = run_import(steps["import"], log)
+    if "events" in wanted:
+        results["events"] = run_events(*steps["events"], log)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(report(results))
-    print(chart(results, args.out / "streaming.png"))
+    if "stream" in results:
+        print(chart(results, args.out / "streaming.png"))
     print(f"all figures: {args.out / 'bench.json'}")
     return 0
 

@@ -26,7 +26,7 @@ def _tiny(script: Path, out: Path) -> subprocess.CompletedProcess[str]:
 def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     done = _tiny(HARNESS, tmp_path)
     results = json.loads((tmp_path / "bench.json").read_text())
-    assert set(results) >= {"stream", "wait", "single", "rate", "import", "date", "machine"}
+    assert set(results) >= {"stream", "wait", "single", "rate", "import", "events", "machine"}
     (stream,) = results["stream"]
     assert stream["contenders"][:2] == ["ours", "aiohttp"]
     assert stream["ours"]["runs_per_s"]["median"] > 0
@@ -37,6 +37,12 @@ def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert results["import"]["ratio"] > 0
     assert "ratios are ours / baseline" in done.stdout
     assert "chart" in done.stdout  # drawn, or why not
+    polling, webhooks, dropped, repeated = results["events"]
+    assert polling["variant"] == "polling only"
+    assert webhooks["polls_per_run"] < polling["polls_per_run"]
+    assert webhooks["events_accepted"] > 0
+    assert dropped["webhooks_dropped"] > 0
+    assert repeated["runs"] == 20  # every run ended, each yielded once (or the harness fails)
 
 
 def test_reliability_experiments_run_on_tiny_sizes(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import random
 import signal
 import sys
 import time
+from typing import Any
 
 from ._schedule import Schedule
 from ._server import (
@@ -19,6 +20,7 @@ from ._server import (
     DEFAULT_WORKFLOW_ID,
     FakeCopyAI,
 )
+from ._webhooks import Deliveries
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +66,35 @@ def _parser() -> argparse.ArgumentParser:
         help="close connections idle for S seconds (default %(default)g; 0: never)",
     )
     p.add_argument("--no-gzip", action="store_true", help="never compress answers")
+    p.add_argument(
+        "--finish-from",
+        metavar="VARIABLE",
+        help="runs started through the API stay PROCESSING for as many seconds as their "
+        "start variable VARIABLE says, then COMPLETE",
+    )
+    hooks = p.add_argument_group("webhook deliveries")
+    hooks.add_argument(
+        "--webhook-shape",
+        choices=("result", "run", "mixed"),
+        default="result",
+        help="event body shape (default %(default)s)",
+    )
+    hooks.add_argument(
+        "--webhook-delay",
+        nargs=2,
+        type=float,
+        default=(0.0, 0.0),
+        metavar=("MIN", "MAX"),
+        help="seconds from a change to its delivery, drawn uniformly (default 0 0)",
+    )
+    for name in ("drop", "duplicate", "reorder"):
+        hooks.add_argument(
+            f"--webhook-{name}-rate",
+            type=float,
+            default=0.0,
+            metavar="SHARE",
+            help=f"share of deliveries to {name} (0..1, default 0)",
+        )
     return p
 
 
@@ -78,7 +109,24 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         seed=args.seed,
         keepalive_timeout=args.keepalive_timeout or None,
         compress_min_size=None if args.no_gzip else DEFAULT_COMPRESS_MIN_SIZE,
+        deliveries=Deliveries(
+            shape=args.webhook_shape,
+            delay=tuple(args.webhook_delay),
+            drop_rate=args.webhook_drop_rate,
+            duplicate_rate=args.webhook_duplicate_rate,
+            reorder_rate=args.webhook_reorder_rate,
+        ),
     )
+    if args.finish_from:
+        name = args.finish_from
+
+        def finish_from(_workflow: str, variables: Any) -> Schedule:
+            seconds = variables.get(name, 0) if isinstance(variables, dict) else 0
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                seconds = 0
+            return Schedule.seconds(("PROCESSING", max(0.0, float(seconds))))
+
+        server.schedule_for = finish_from
     if args.runs:
         rng = random.Random(args.seed)
         listing = []
@@ -123,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --finish-between needs 0 <= MIN <= MAX", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(_build(args), args.workflow))
+        server = _build(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(server, args.workflow))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -670,6 +670,9 @@ class FakeCopyAI:
                 "max_in_flight": stats.max_in_flight,
                 "max_per_second": stats.max_per_second,
                 "runs_started": stats.runs_started,
+                "run_gets": sum(
+                    n for path, n in stats.by_path.items() if path.startswith("GET /api/workflow/")
+                ),
                 "webhooks_sent": stats.webhooks_sent,
                 "webhooks_failed": stats.webhooks_failed,
                 "webhooks_dropped": stats.webhooks_dropped,
