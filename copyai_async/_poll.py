@@ -309,10 +309,6 @@ class RunHints:
             return policy.safety_interval
         return 0.0  # it may have finished before anyone listened: look now
 
-    def said_final(self, run_id: str) -> bool:
-        """Whether an event said this run finished."""
-        return self._final.get(run_id, False)
-
     def subscribe(self, run_id: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(run_id)`` when an event says the run finished."""
         self._subscribers.setdefault(run_id, []).append(callback)
@@ -446,6 +442,8 @@ async def observe(
     ``hints``, an event saying the run finished cuts a sleep short (see
     :class:`RunHints`)."""
     rest = nap or clock.sleep
+    if hints is not None and not hints.listeners:
+        hints = None  # no listener: nothing will hint (one started later is not used)
     hinted = asyncio.Event()
 
     def on_hint(_run_id: str) -> None:
@@ -646,6 +644,8 @@ async def wait_many(
     finished makes it due at once (the scheduler's one extra input)."""
     sequence = itertools.count()
     now = clock.monotonic()
+    if hints is not None and not hints.listeners:
+        hints = None  # no listener: nothing will hint (one started later is not used)
     # Only the heap, the running tasks (and, with hints, ``by_run``) hold a track: a run
     # seen terminal is let go at once, so memory follows the runs still pending, not all
     # the runs ever given. Hence ``targets`` is dropped once the heap is built.

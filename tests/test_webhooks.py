@@ -514,6 +514,7 @@ async def test_without_a_listener_waits_poll_as_before(
 async def test_a_forged_event_cannot_end_a_wait(live: tuple[FakeCopyAI, CopyAIClient]) -> None:
     server, client = live
     server.default_schedule = Schedule.seconds(("PROCESSING", 1.0))
+    patient = PollPolicy(initial=0.05, max_interval=0.2, safety_interval=60, jitter=0)
     async with client.listen() as listener:
         await listener.register(server.workflow_id)
         run = await client.start_run(server.workflow_id, {})
@@ -522,8 +523,7 @@ async def test_a_forged_event_cannot_end_a_wait(live: tuple[FakeCopyAI, CopyAICl
             client.wait_for_run(
                 server.workflow_id,
                 run.id,
-                policy=FAST,
-                timeout=5,
+                policy=patient,
                 on_status=lambda r: statuses.append(r.status.value),
             )
         )
@@ -533,9 +533,12 @@ async def test_a_forged_event_cannot_end_a_wait(live: tuple[FakeCopyAI, CopyAICl
         await asyncio.sleep(0.15)
         assert not waiting.done()  # the GET said PROCESSING: the claim was false
         assert 1 <= server.stats.requests <= 2  # the verification (and one follow-up)
-        finished = await waiting
+        # The genuine event, a second later, is not masked by the forged one: the wait
+        # ends on it, not after the 60 s safety interval.
+        finished = await asyncio.wait_for(waiting, 3)
         assert finished.status is RunStatus.COMPLETE
         assert statuses == ["PROCESSING", "COMPLETE"]
+        assert listener.stats.accepted == 3  # started, the forged and the real completed
 
 
 async def test_lost_deliveries_still_end_every_wait(live: tuple[FakeCopyAI, CopyAIClient]) -> None:
@@ -668,3 +671,71 @@ async def test_the_fake_delivers_both_shapes_and_credit_limits(
     assert "output" in shaped[0]
     assert "result" not in shaped[0]
     assert all(d.status == 200 for d in server.delivered)
+
+
+async def test_feed_answers_503_unless_running(client: CopyAIClient) -> None:
+    listener = client.listen(serve=False, public_url="https://hooks.example/in")
+    query = listener.url.query_string
+    body = json.dumps(RESULT_SHAPE)
+    assert await listener.feed(body, query=query) == 503
+    async with listener:
+        assert await listener.feed(body, query=query) == 200
+    assert await listener.feed(body, query=query) == 503
+    with pytest.raises(TypeError, match="bytes or str"):
+        await listener.feed({"type": "x"}, query=query)  # type: ignore[arg-type]
+
+
+def test_run_hints_follow_the_listeners() -> None:
+    from copyai_async._poll import RunHints
+    from copyai_async.testing import FakeClock
+
+    clock = FakeClock()
+    hints = RunHints(clock)
+    policy = PollPolicy(safety_interval=30)
+    assert not hints.watching("W", policy)  # no listener
+    hints.attach()
+    assert not hints.watching("W", policy)  # listening, but not for W's events
+    hints.cover("W")
+    assert hints.watching("W", policy)
+    assert not hints.watching("OTHER", policy)
+    clock.advance(31)
+    assert not hints.watching("W", policy)  # nothing arrived for a safety interval
+    hints.hint("WRUN-1", "OTHER", final=True)  # events of OTHER arrive: it is watched too
+    assert hints.watching("W", policy)
+    assert hints.watching("OTHER", policy)
+    hints.uncover("W")
+    assert not hints.watching("W", policy)
+    hints.detach()
+    assert not hints.watching("OTHER", policy)
+    called: list[str] = []
+    hints.subscribe("WRUN-2", called.append)
+    hints.hint("WRUN-2", None, final=False)
+    hints.hint("WRUN-2", None, final=True)
+    hints.unsubscribe("WRUN-2", called.append)
+    hints.hint("WRUN-2", None, final=True)
+    assert called == ["WRUN-2"]
+
+
+def test_public_surface_of_webhooks() -> None:
+    import copyai_async.webhooks as webhooks
+
+    assert sorted(webhooks.__all__) == sorted(
+        [
+            "DEFAULT_MAX_BODY",
+            "DEFAULT_PATH",
+            "RUN_EVENTS",
+            "TOKEN_PARAM",
+            "CreditLimitEvent",
+            "Listener",
+            "ListenerStats",
+            "RunEvent",
+            "Webhook",
+            "WebhookEvent",
+            "WebhookEventType",
+            "parse_event",
+        ]
+    )
+    for name in webhooks.__all__:
+        assert getattr(webhooks, name) is not None, name
+    with pytest.raises(AttributeError):
+        _ = webhooks.nothing_here  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ import attrs
 from .._convert import (
     ErrorEnvelope,
     WireError,
+    _short,
     base_converter,
     parse_datetime,
     register_wire_names,
@@ -56,11 +57,6 @@ _EVENT_NAMES = {
 for _cls in (WebhookEvent, RunEvent, CreditLimitEvent):
     register_wire_names(_cls, _EVENT_NAMES)
 register_wire_names(Webhook, _WEBHOOK_NAMES)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _event_type(value: Any, _: Any) -> WebhookEventType:

@@ -8,8 +8,9 @@ Deliveries are not signed, so the listener treats each as a hint and guards the 
 - a body over ``max_body`` bytes is answered 413, a content type other than JSON 415,
   a body that is not an event 400; each is counted in :attr:`Listener.stats`, logged at
   DEBUG, and never raised into the server;
-- a repeated delivery is acknowledged and dropped; a run's event that arrives after
-  that run's final event is acknowledged and dropped (a finished run does not change);
+- a repeated delivery (the same type, run and output; or the same body, for other
+  events) is acknowledged and dropped; a run's non-final event that arrives after that
+  run's final one is acknowledged and dropped (a finished run does not change);
 - events are handed to the client's waits as hints (a wait verifies with one GET), and
   yielded to ``async for`` marked ``verified=False``.
 """
@@ -20,6 +21,7 @@ import collections
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import secrets
 import socket
@@ -482,20 +484,20 @@ class Listener:
             return 400
         self._hints.alive()
         if isinstance(event, RunEvent):
-            key = f"{event.raw_type}\0{event.run_id}"
+            # The same claim about the same run: a repeat. A different output is another
+            # claim (a forged event must not mask the genuine one that follows it).
+            output = json.dumps(event.output, sort_keys=True, default=str).encode()
+            key = f"{event.raw_type}\0{event.run_id}\0{hashlib.sha256(output).hexdigest()}"
             final = event.type in _FINAL
-            if self._seen.get(event.run_id, False):
-                # The run already finished: a repeat, or an event overtaken by the final one.
-                if key in self._seen:
-                    self.stats.duplicates += 1
-                else:
-                    self.stats.stale += 1
-                return 200
             if key in self._seen:
                 self.stats.duplicates += 1
                 return 200
+            if not final and self._seen.get(event.run_id, False):
+                # Overtaken by the run's final event: a finished run does not change.
+                self.stats.stale += 1
+                return 200
             self._remember(key, True)
-            self._remember(event.run_id, final)
+            self._remember(event.run_id, final or self._seen.get(event.run_id, False))
             self._hints.hint(event.run_id, event.workflow_id, final=final)
         else:
             key = hashlib.sha256(body).hexdigest()
