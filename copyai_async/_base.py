@@ -416,6 +416,11 @@ class BaseClient(Generic[_R]):
         started less than ``policy.not_found_grace`` seconds ago is polled again (the run
         may not be readable yet); any other 404 is raised.
 
+        With a webhook listener of this client running when the wait begins
+        (``client.listen()``), an event saying the run finished makes it poll at once
+        (the poll, never the event, ends the wait), and while the run's events arrive it
+        is polled only every ``policy.safety_interval``.
+
         Args:
             workflow_id: the workflow's id.
             run_id: the run's id.
@@ -487,6 +492,9 @@ class BaseClient(Generic[_R]):
         ``concurrency`` requests of this wait in flight; the client's own limits
         (``max_connections``, ``rate_limit``) apply on top. Duplicate ids are waited on
         once. Polling pauses while the loop body runs (requests in flight go on).
+
+        With a webhook listener running, events make runs due at once and the pace
+        between events is ``policy.safety_interval``, as for :meth:`wait_for_run`.
 
         A run that cannot be polled (a 404 outside the grace window, a failure after
         retries, or the ``timeout``) does not stop the others: once every other run has
