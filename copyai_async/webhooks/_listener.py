@@ -55,6 +55,7 @@ TOKEN_PARAM = "token"  # noqa: S105 - the name of the parameter, not its value
 CLEANUP_TIMEOUT = 30.0
 """Seconds a listener's exit may spend deleting its webhooks."""
 _SEEN_MEMORY = 100_000
+_REASONS = {400: "not a webhook event", 404: "not found", 503: "not listening"}
 _ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - mapped away, not bound
 _FINAL = frozenset({WebhookEventType.RUN_COMPLETED, WebhookEventType.RUN_FAILED})
 
@@ -435,7 +436,9 @@ class Listener:
                 return web.Response(status=413, text="body too large")
             chunks.append(chunk)
         status = self._take(b"".join(chunks))
-        return web.Response(status=status, text="{}" if status == 200 else _REASONS[status])
+        if status == 200:
+            return web.json_response({})
+        return web.Response(status=status, text=_REASONS[status])
 
     async def feed(
         self,
@@ -533,6 +536,3 @@ class Listener:
                 return
             self._arrived = anyio.Event()
             await self._arrived.wait()
-
-
-_REASONS = {400: "not a webhook event", 503: "not listening", 404: "not found"}
