@@ -618,12 +618,9 @@ async def _compare_webhooks(
             if mode == "webhooks":
                 listener = await stack.enter_async_context(client.listen())
                 await listener.register(server.workflow_id)
-            # Every run finishes 1-3 s (scaled) after the starts are done (they get a
-            # second): a run finished before the wait begins would show no difference.
-            ready = time.monotonic() + 1.0
-            server.schedule_for = lambda _wf, _vars: Schedule.seconds(
-                ("PROCESSING", ready - time.monotonic() + rng.uniform(1.0, 3.0) * scale)
-            )
+            # Every run finishes 1-3 s (scaled) after the last one started (a run finished
+            # before the wait begins would show no difference): held until then.
+            server.schedule_for = lambda _wf, _vars: Schedule.seconds(("PROCESSING", 3600))
             gate = asyncio.Semaphore(16)
 
             async def start() -> WorkflowRun:
@@ -633,7 +630,9 @@ async def _compare_webhooks(
             finishes: dict[str, float] = {}
             for run in await asyncio.gather(*(start() for _ in range(count))):
                 fake = server.get(run.id)
-                finishes[run.id] = fake.created_mono + sum(d for _, d in fake.schedule.steps)
+                after = server.clock() - fake.created_mono + rng.uniform(1.0, 3.0) * scale
+                server.reschedule(fake, Schedule.seconds(("PROCESSING", after)))
+                finishes[run.id] = fake.created_mono + after
             before = sum(n for k, n in server.stats.by_path.items() if k.startswith("GET"))
             late: list[float] = []
             async for run in client.wait_for_runs(server.workflow_id, list(finishes)):

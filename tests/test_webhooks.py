@@ -739,3 +739,19 @@ def test_public_surface_of_webhooks() -> None:
         assert getattr(webhooks, name) is not None, name
     with pytest.raises(AttributeError):
         _ = webhooks.nothing_here  # type: ignore[attr-defined]
+
+
+async def test_a_rescheduled_run_is_delivered_when_it_now_finishes(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    server, client = live
+    server.default_schedule = Schedule.seconds(("PROCESSING", 3600))
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        run = await client.start_run(server.workflow_id, {})
+        fake = server.get(run.id)
+        server.reschedule(fake, Schedule.seconds(("PROCESSING", 0.1)))
+        patient = PollPolicy(safety_interval=60)  # only the event can end it in time
+        done = await client.wait_for_run(server.workflow_id, run.id, policy=patient, timeout=5)
+        assert done.status is RunStatus.COMPLETE
+        assert [d.event_type for d in server.delivered][-1] == "workflowRun.completed"

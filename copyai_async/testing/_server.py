@@ -372,6 +372,14 @@ class FakeCopyAI:
         """One run by id."""
         return self._index[workflow_id if workflow_id is not None else self.workflow_id][run_id]
 
+    def reschedule(self, run: FakeRun, schedule: Schedule) -> None:
+        """Give a run a new schedule (durations still count from its creation); its
+        webhook events follow the new one. Assigning ``run.schedule`` directly changes
+        what GETs show, but a ``unit="seconds"`` finish is then delivered only when a GET
+        or :meth:`check_runs` sees it."""
+        run.schedule = schedule
+        self._webhooks.rescheduled(run)
+
     def delete_run(self, run_id: str, workflow_id: str | None = None) -> None:
         """Remove a run (later pages shift up, as they would on the real API)."""
         wf = workflow_id if workflow_id is not None else self.workflow_id

@@ -220,6 +220,10 @@ class FakeWebhooks:
             self.observe(run, run.status(self.clock()))
         else:
             run.emitted = "started"  # nobody listened when it started
+        self.rescheduled(run)
+
+    def rescheduled(self, run: FakeRun) -> None:
+        """The run's schedule is new: deliver its final event when it now finishes."""
         if run.schedule.unit == "seconds" and run.emitted != "final":
             finish = run.created_mono + sum(duration for _, duration in run.schedule.steps)
             heapq.heappush(self._timers, (finish, next(self._seq), run))
