@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -92,23 +92,51 @@ class _SeenRuns:
             return SEEN if run_id in self._horizon_ids else NEW
         return NEWER
 
+    def take(self, runs: tuple[WorkflowRun, ...]) -> list[WorkflowRun]:
+        """The runs of a page not yielded before (each classified, then all added):
+        :meth:`classify` and :meth:`add` run by run, in bulk when no run can be a
+        repeat (the usual page), which is the same outcome for a fraction of the cost."""
+        ids = [run.id for run in runs]
+        horizon = self._horizon
+        if (
+            self._recent.isdisjoint(ids)
+            and (not self._undated or self._undated.isdisjoint(ids))
+            and (
+                horizon is None
+                or all(run.created_at is None or run.created_at < horizon for run in runs)
+            )
+        ):
+            fresh = list(runs)
+        else:
+            fresh = [run for run in runs if self.classify(run) == NEW]
+        self.add_all(fresh)
+        return fresh
+
     def add(self, run: WorkflowRun) -> None:
-        created = run.created_at
-        if created is None:
-            self._undated.add(run.id)
-            return
-        self._recent.add(run.id)
-        self._order.append((run.id, created))
+        self.add_all((run,))
+
+    def add_all(self, runs: Iterable[WorkflowRun]) -> None:
+        """Remember ``runs`` as yielded; forget the oldest past the window."""
+        order, recent = self._order, self._recent
+        for run in runs:
+            created = run.created_at
+            if created is None:
+                self._undated.add(run.id)
+            else:
+                recent.add(run.id)
+                order.append((run.id, created))
         if self.exact:
             return
-        while len(self._order) > self._window:
-            old_id, old_created = self._order.popleft()
-            self._recent.discard(old_id)
-            if self._horizon is None or old_created < self._horizon:
-                self._horizon = old_created
+        horizon = self._horizon
+        for _ in range(len(order) - self._window):
+            old_id, old_created = order.popleft()
+            recent.discard(old_id)
+            if horizon is None or old_created < horizon:
+                horizon = old_created
                 self._horizon_ids = {old_id}
-            elif old_created == self._horizon:
+            elif old_created == horizon:
                 self._horizon_ids.add(old_id)
+        self._horizon = horizon
 
 
 class RunPaginator:
@@ -286,9 +314,7 @@ async def _pages(
                 drop_from(page_no)
                 continue
             seen.check_order(page.runs)
-            fresh = [run for run in page.runs if seen.classify(run) == NEW]
-            for run in fresh:
-                seen.add(run)
+            fresh = seen.take(page.runs)
             duplicates = len(page.runs) - len(fresh)
             full = len(page.runs) >= page_size
             ids = tuple(run.id for run in page.runs)

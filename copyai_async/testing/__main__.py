@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-gzip", action="store_true", help="never compress answers")
     p.add_argument(
+        "--cache-pages",
+        action="store_true",
+        help="send each listing page from its first encoding (benchmarks of the client)",
+    )
+    p.add_argument(
         "--finish-from",
         metavar="VARIABLE",
         help="runs started through the API stay PROCESSING for as many seconds as their "
@@ -109,6 +114,7 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         seed=args.seed,
         keepalive_timeout=args.keepalive_timeout or None,
         compress_min_size=None if args.no_gzip else DEFAULT_COMPRESS_MIN_SIZE,
+        cache_pages=args.cache_pages,
         deliveries=Deliveries(
             shape=args.webhook_shape,
             delay=tuple(args.webhook_delay),

@@ -129,6 +129,13 @@ def _check_keepalive(value: float | None) -> float:
     return float(value)
 
 
+def _int_or(text: str | None, default: int) -> int:
+    try:
+        return default if text is None else int(text)
+    except ValueError:
+        return default
+
+
 class FakeCopyAI:
     """A fake Copy.ai Workflow API on loopback, for tests, benchmarks and demos.
 
@@ -167,6 +174,9 @@ class FakeCopyAI:
             accepts gzip (default 1024); ``None`` never compresses.
         deliveries: how webhook events are delivered to registered URLs (body shape,
             delay, drop, duplicate and reorder rates); see :class:`Deliveries`.
+        cache_pages: keep each encoded page of a listing and send it again while no run
+            is added or removed (for benchmarks that measure the client, not the fake's
+            page building; statuses that change with time are then frozen in the page).
 
     Webhooks: ``POST/GET /webhook`` and ``GET/DELETE /webhook/{id}`` are served with the
     API's quirks (list pages from 0, a bare array; 202 ``{}`` on delete). As runs change,
@@ -206,6 +216,7 @@ class FakeCopyAI:
         keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
         compress_min_size: int | None = DEFAULT_COMPRESS_MIN_SIZE,
         deliveries: Deliveries | None = None,
+        cache_pages: bool = False,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate!r}")
@@ -234,6 +245,8 @@ class FakeCopyAI:
         self._scripted: list[tuple[str | None, str | None, Fault]] = []
         self._runs: dict[str, list[FakeRun]] = {}
         self._index: dict[str, dict[str, FakeRun]] = {}
+        self.cache_pages = cache_pages
+        self._pages: dict[tuple[str, int, int], bytes] = {}
         self._webhooks = FakeWebhooks(
             clock=lambda: self.clock(),
             rng=self._rng,
@@ -353,6 +366,7 @@ class FakeCopyAI:
         )
         self._runs[wf].append(run)
         self._index[wf][rid] = run
+        self._pages.clear()
         self._webhooks.run_added(run)
         return run
 
@@ -385,6 +399,7 @@ class FakeCopyAI:
         wf = workflow_id if workflow_id is not None else self.workflow_id
         run = self._index[wf].pop(run_id)
         self._runs[wf].remove(run)
+        self._pages.clear()
 
     def inject(self, *faults: Fault, method: str | None = None, path: str | None = None) -> None:
         """Queue faults for the next matching requests, one fault per request, in order.
@@ -699,7 +714,17 @@ class FakeCopyAI:
         return ok_response(render_run(run, status, self.quirks, single=True))
 
     async def _list_runs(self, request: web.Request) -> web.Response:
-        _, runs = self._workflow(request)
+        wf, runs = self._workflow(request)
+        query = request.query
+        key = (wf, _int_or(query.get("page"), -1), _int_or(query.get("size"), -1))
+        if self.cache_pages and key in self._pages:
+            return web.Response(body=self._pages[key], content_type="application/json")
+        resp = await self._build_page(request, runs)
+        if self.cache_pages and resp.status == 200 and isinstance(resp.body, bytes):
+            self._pages[key] = resp.body
+        return resp
+
+    async def _build_page(self, request: web.Request, runs: list[FakeRun]) -> web.Response:
         params: dict[str, int] = {}
         for name, default in (("page", 1), ("size", 10)):
             raw = request.query.get(name)
