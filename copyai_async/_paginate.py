@@ -292,6 +292,15 @@ async def _pages(
     believe_total = True  # until a full page arrives past where ``total`` says runs end
     previous: RunPage | None = None
     previous_ids: tuple[str, ...] = ()
+    # The first page alone would cost a round trip before any other is asked for: the
+    # next ones go with it, within ``prefetch`` requests in flight (and ``max_items``).
+    # For a listing of one page, that is prefetch - 1 requests answered with empty pages,
+    # at no cost in time; they are cancelled once the first page shows it is the last.
+    speculative = prefetch - 1
+    if max_items is not None:
+        speculative = min(speculative, _ceil_div(max_items, page_size) - 1)
+    for number in range(start_page, start_page + max(speculative, 0) + 1):
+        launch(number)
     try:
         while True:
             launch(page_no)  # already in flight when prefetched

@@ -4,8 +4,9 @@ The poller knows nothing of any one API: it is given how to fetch a run and a
 :class:`RunKind` saying which statuses end it (and which mean failure, or are unknown).
 
 Timing: the first poll is immediate; then sleeps grow from ``initial`` by ``multiplier``
-up to ``max_interval``, each shortened by up to ``jitter`` (never lengthened, so no wait
-exceeds ``max_interval``). A ``timeout`` is one deadline on the client's monotonic clock
+up to ``max_interval``, each drawn within ``jitter / 2`` of its interval either way (so
+the mean sleep, and the request rate, are the interval's, and no sleep exceeds
+``max_interval * (1 + jitter / 2)``). A ``timeout`` is one deadline on the client's monotonic clock
 over requests, retries, pauses and sleeps: a sleep that would cross it ends at it, and a
 request in flight at it is cancelled.
 
@@ -97,10 +98,11 @@ class PollPolicy:
     Args:
         initial: seconds before the second poll.
         multiplier: growth of each sleep over the one before (>= 1).
-        max_interval: the longest sleep (>= ``initial``); a run is seen terminal at most
-            this long (plus a request) after it ends.
-        jitter: share (0..1) by which each sleep may be shortened at random, so that
-            many waits do not poll in lockstep.
+        max_interval: the longest interval (>= ``initial``); a run is seen terminal at
+            most this long, plus the jitter and a request, after it ends.
+        jitter: spread (0..1) of each sleep around its interval, so that many waits do
+            not poll in lockstep: a sleep is drawn from ``interval * (1 ± jitter / 2)``,
+            so on average it is the interval (jitter does not raise the request rate).
         not_found_grace: seconds after this client started a run during which a 404 for
             it means "not readable yet" and is polled again; later, it is raised.
         max_failed_polls: polls in a row that may fail for a passing reason (5xx, 429,
@@ -157,14 +159,14 @@ class PollPolicy:
         return min(self.max_interval, self.initial * self.multiplier ** min(attempt, 200))
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        """The sleep after poll ``attempt + 1``, jittered down by up to ``jitter``."""
-        return self.interval(attempt) * (1.0 - self.jitter * rng.random())
+        """The sleep after poll ``attempt + 1``: within ``jitter / 2`` of the interval."""
+        return self.interval(attempt) * (1.0 + self.jitter * (rng.random() - 0.5))
 
     def safety_delay(self, attempt: int, rng: random.Random) -> float:
-        """The sleep while events arrive: ``safety_interval`` (or the usual sleep, if
-        longer), jittered down by up to ``jitter``."""
+        """The sleep while events arrive: ``safety_interval`` (or the usual interval, if
+        longer), jittered as :meth:`delay` is."""
         longest = max(self.safety_interval, self.interval(attempt))
-        return longest * (1.0 - self.jitter * rng.random())
+        return longest * (1.0 + self.jitter * (rng.random() - 0.5))
 
 
 @attrs.frozen

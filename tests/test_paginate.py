@@ -88,9 +88,43 @@ async def test_every_run_once_in_order(
     runs = [run async for run in client.iter_runs(server.workflow_id, page_size=page_size)]
     assert [r.id for r in runs] == _newest_first(server)
     assert all(isinstance(r, WorkflowRun) for r in runs)
+    # The first pages go out together (prefetch 6): the pages needed, and at most the
+    # first six whatever the listing holds.
+    asked = sorted(_pages_requested(server))
+    assert asked[:requests] == list(range(1, requests + 1))
+    assert len(asked) == len(set(asked)) <= max(requests, DEFAULT_PREFETCH)
+
+
+@pytest.mark.parametrize(("count", "requests"), [(0, 1), (99, 1), (100, 2), (250, 3)])
+async def test_without_speculation_only_the_pages_needed_are_asked_for(
+    client: CopyAIClient, server: FakeCopyAI, count: int, requests: int
+) -> None:
+    server.add_runs(count, schedule=Schedule.immediate())
+    runs = [run async for run in client.iter_runs(server.workflow_id, prefetch=1)]
+    assert len(runs) == count
     # Full pages lead to one more page; a short or empty page ends it, with no extra asks.
     assert server.stats.requests == requests
     assert sorted(_pages_requested(server)) == list(range(1, requests + 1))
+
+
+async def test_the_first_pages_go_out_together(client: CopyAIClient, server: FakeCopyAI) -> None:
+    server.add_runs(1_000, schedule=Schedule.immediate())
+    release = server.hold(lambda request: request.query.get("page") == "1")
+    paginator = client.iter_runs(server.workflow_id, prefetch=4)
+    first = asyncio.ensure_future(paginator.__anext__())
+    for _ in range(200):
+        if len(server.requests) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    # While page 1 is held, pages 2 to 4 are asked for (and answered) too: prefetch in
+    # flight, no more.
+    assert sorted(_pages_requested(server)) == [2, 3, 4]
+    assert server.stats.in_flight == 1
+    release.set()
+    assert isinstance(await first, WorkflowRun)
+    await paginator.aclose()
+    assert server.stats.max_in_flight <= 4
 
 
 async def test_prefetch_keeps_at_most_prefetch_pages_in_flight(
@@ -160,7 +194,7 @@ async def test_wrong_total_still_yields_every_run_once(
 async def test_total_as_numeric_string(client: CopyAIClient, server: FakeCopyAI) -> None:
     server.add_runs(230, schedule=Schedule.immediate())
     server.report_total = lambda n: str(n)  # type: ignore[assignment,return-value]
-    assert len([r async for r in client.iter_runs(server.workflow_id)]) == 230
+    assert len([r async for r in client.iter_runs(server.workflow_id, prefetch=1)]) == 230
     assert server.stats.requests == 3
 
 
@@ -338,7 +372,10 @@ async def test_max_items(
     server.add_runs(250, schedule=Schedule.immediate())
     ids = [r.id async for r in client.iter_runs(server.workflow_id, max_items=max_items)]
     assert ids == _newest_first(server)[:max_items]
-    assert server.stats.requests == requests
+    # Never a page beyond what max_items can use; past the listing's end (10,000 of 250),
+    # the first six pages went out together.
+    bound = max(requests, min(DEFAULT_PREFETCH, -(-max_items // 100)))
+    assert requests <= server.stats.requests <= bound
 
 
 async def test_start_page(client: CopyAIClient, server: FakeCopyAI) -> None:

@@ -81,7 +81,8 @@ def test_policy_defaults_and_growth() -> None:
     rng = random.Random(5)
     for n in range(20):
         delay = policy.delay(n, rng)
-        assert policy.interval(n) * 0.9 <= delay <= policy.interval(n) <= policy.max_interval
+        assert policy.interval(n) * 0.95 <= delay <= policy.interval(n) * 1.05
+        assert delay <= policy.max_interval * 1.05
 
 
 @pytest.mark.parametrize(
@@ -140,8 +141,21 @@ async def test_wait_through_every_status(
     # First poll at once, then one sleep per further poll, growing within the jitter.
     policy = PollPolicy()
     assert len(clock.sleeps) == 5
+    half = policy.jitter / 2
     for n, slept in enumerate(clock.sleeps):
-        assert policy.interval(n) * (1 - policy.jitter) <= slept <= policy.interval(n)
+        assert policy.interval(n) * (1 - half) <= slept <= policy.interval(n) * (1 + half)
+
+
+def test_jitter_keeps_the_mean_interval() -> None:
+    import random
+
+    policy = PollPolicy(jitter=0.4)
+    rng = random.Random(5)
+    sleeps = [policy.delay(10, rng) for _ in range(20_000)]
+    assert min(sleeps) >= 10 * 0.8
+    assert max(sleeps) <= 10 * 1.2
+    # The mean is the interval (so jitter adds no requests), within sampling error.
+    assert abs(sum(sleeps) / len(sleeps) - 10) < 0.05
 
 
 async def test_first_poll_is_immediate(
