@@ -70,6 +70,36 @@ async def stream_httpx(url: str, runs: int) -> dict[str, Any]:
             page += 1
 
 
+# -- streaming, client-bound: the job alone, in one process --------------------------------
+
+
+async def _job_times(
+    job: Callable[[str, int], Awaitable[dict[str, Any]]], url: str, arg: dict[str, Any]
+) -> dict[str, Any]:
+    """Run ``job`` ``repeats`` times (after a warm-up, unless ``cold``); the wall and CPU
+    seconds of each run of the job alone (not the process's start or imports)."""
+    runs = arg["runs"]
+    if not arg.get("cold"):
+        await job(url, runs)
+    walls, cpus = [], []
+    for _ in range(arg["repeats"]):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = await job(url, runs)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+        if result["runs"] != runs:
+            raise RuntimeError(f"streamed {result['runs']} of {runs}")
+    return {"job_wall_s": walls, "job_cpu_s": cpus}
+
+
+async def client_ours(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    return await _job_times(stream_ours, url, arg)
+
+
+async def client_aiohttp(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    return await _job_times(stream_aiohttp, url, arg)
+
+
 # -- waiting on many runs ---------------------------------------------------------------
 
 
@@ -224,6 +254,7 @@ async def single_httpx(url: str, run_id: str) -> dict[str, Any]:
 
 CONTENDERS: dict[str, dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]]] = {
     "stream": {"ours": stream_ours, "aiohttp": stream_aiohttp, "httpx": stream_httpx},
+    "client": {"ours": client_ours, "aiohttp": client_aiohttp},
     "wait": {
         "ours": wait_ours,
         "aiohttp": wait_aiohttp,

@@ -21,7 +21,12 @@ warm-up, and is repeated; figures are medians with min and max. Scenarios:
 4. rate: ``wait_for_runs`` with ``rate_limit=R``; the server counts the most requests
    that arrive within any one second.
 5. import: ``import copyai_async`` against ``import aiohttp`` alone.
-6. events: N runs started through the API, finishing at random (1 to 20 s), waited on
+6. client: streaming where the client is the bottleneck: the server (in its own
+   process) sends each page from its first encoding (``--cache-pages``), and the job
+   alone is timed, wall and CPU, medians of repeats after a warm-up in one process;
+   plus 1,000 runs in fresh processes (first use included, imports excluded), and 50 ms
+   rows against the ideal ``ceil(pages / prefetch) x latency``.
+7. events: N runs started through the API, finishing at random (1 to 20 s), waited on
    by polling alone and with a webhook listener (the server delivering events 5-20 ms
    after each change): detection p50/p99/max after each run finishes, polls (GETs of a
    run) per run, and each run yielded once; with webhooks also with 30% of deliveries
@@ -67,6 +72,7 @@ def plan(mode: str) -> dict[str, Any]:
             "rate": (30, (0.1, 0.5), 50.0),
             "import": 2,
             "events": (20, (0.1, 0.5), 1.0),
+            "client": {"warm": [(0, 1_000, 2)], "cold": (1_000, 2), "latency": [(50, 1_000, 1)]},
         }
     if mode == "quick":
         return {
@@ -76,6 +82,11 @@ def plan(mode: str) -> dict[str, Any]:
             "rate": (300, (0.5, 3.0), 100.0),
             "import": 5,
             "events": (300, (1.0, 5.0), 5.0),
+            "client": {
+                "warm": [(0, 10_000, 5)],
+                "cold": (1_000, 3),
+                "latency": [(50, 1_000, 3), (50, 10_000, 2)],
+            },
         }
     return {
         # (latency ms, runs, repeats). 1,000,000 runs at 50 ms is left out: the sequential
@@ -95,6 +106,12 @@ def plan(mode: str) -> dict[str, Any]:
         "import": 15,
         # (runs, finish between, safety interval: None for the default, 30 s)
         "events": (2_000, (1.0, 20.0), None),
+        # (latency ms, runs, repeats); cold: (runs, fresh processes)
+        "client": {
+            "warm": [(0, 10_000, 5), (0, 100_000, 5), (0, 1_000_000, 3)],
+            "cold": (1_000, 5),
+            "latency": [(50, 1_000, 5), (50, 10_000, 5), (50, 100_000, 3)],
+        },
     }
 
 
@@ -326,6 +343,54 @@ def run_import(repeats: int, log: Any) -> dict[str, Any]:
     return row
 
 
+def run_client(steps: dict[str, Any], log: Any) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+
+    def row(latency: int, runs: int, cold: bool, got: dict[str, dict[str, list[float]]]) -> None:
+        entry: dict[str, Any] = {"latency_ms": latency, "runs": runs, "cold": cold}
+        for name, times in got.items():
+            entry[name] = {
+                "wall_s": summary(times["job_wall_s"]),
+                "cpu_s": summary(times["job_cpu_s"]),
+            }
+        ours, base = entry["ours"], entry["aiohttp"]
+        entry["speed"] = base["wall_s"]["median"] / ours["wall_s"]["median"]
+        entry["cpu_ratio"] = ours["cpu_s"]["median"] / base["cpu_s"]["median"]
+        entry["cpu_us_per_run"] = {n: entry[n]["cpu_s"]["median"] / runs * 1e6 for n in got}
+        if latency:
+            pages = -(-runs // 100) + (1 if runs % 100 == 0 else 0)
+            entry["ideal_s"] = -(-pages // PREFETCH) * latency / 1000
+            entry["over_ideal"] = ours["wall_s"]["median"] / entry["ideal_s"]
+        rows.append(entry)
+        log(
+            f"client-bound {runs:,} runs @ {latency} ms{' (fresh process)' if cold else ''}: "
+            f"{entry['speed']:.2f}x the speed, {entry['cpu_ratio']:.2f}x the CPU of the bare loop"
+        )
+
+    for latency, runs, repeats in steps["warm"] + steps["latency"]:
+        with fake_server("--runs", str(runs), "--latency", str(latency), "--cache-pages") as url:
+            measure("stream", "aiohttp", url, min(runs, 1_000))  # the server's cache, warm
+            got = {
+                name: measure("client", name, url, {"runs": runs, "repeats": repeats})
+                for name in ("ours", "aiohttp")
+            }
+        row(latency, runs, False, got)
+    runs, processes = steps["cold"]
+    with fake_server("--runs", str(runs), "--cache-pages") as url:
+        measure("stream", "aiohttp", url, runs)
+        got = {
+            "ours": {"job_wall_s": [], "job_cpu_s": []},
+            "aiohttp": {"job_wall_s": [], "job_cpu_s": []},
+        }
+        for _ in range(processes):
+            for name in ("ours", "aiohttp"):
+                one = measure("client", name, url, {"runs": runs, "repeats": 1, "cold": True})
+                for key in ("job_wall_s", "job_cpu_s"):
+                    got[name][key] += one[key]
+    row(0, runs, True, got)
+    return {"rows": rows}
+
+
 EVENT_VARIANTS: list[tuple[str, str, list[str]]] = [
     ("polling only", "polling", []),
     ("webhooks", "webhooks", []),
@@ -457,6 +522,22 @@ def report(results: dict[str, Any]) -> str:
             f"import: copyai_async {imp['copyai_async_ms']['median']:.0f} ms, aiohttp "
             f"{imp['aiohttp_ms']['median']:.0f} ms -> {imp['ratio']:.2f}x (target <= 1.2x)"
         )
+    if "client" in results:
+        lines.append(
+            "\nstreaming, client-bound (pre-encoded pages; the job alone, medians): "
+            "ours / the bare aiohttp + json loop"
+        )
+        for row in results["client"]["rows"]:
+            cold = " fresh process" if row["cold"] else ""
+            line = (
+                f"{row['runs']:>9,} @ {row['latency_ms']:>2} ms{cold:<14} speed "
+                f"{row['speed']:.2f}x  CPU {row['cpu_ratio']:.2f}x  CPU/run "
+                f"{row['cpu_us_per_run']['ours']:.1f} vs {row['cpu_us_per_run']['aiohttp']:.1f} us"
+            )
+            if "ideal_s" in row:
+                wall = row["ours"]["wall_s"]["median"]
+                line += f"  wall {wall:.3f} s = {row['over_ideal']:.2f}x ideal"
+            lines.append(line)
     if "events" in results:
         lines.append(
             "\nwaiting with webhook events (polls: GETs of a run; detection: after it finished)"
@@ -587,6 +668,8 @@ def main() -> int:
         results["rate"] = run_rate(runs, finish, rate, log)
     if "import" in wanted:
         results["import"] = run_import(steps["import"], log)
+    if "client" in wanted:
+        results["client"] = run_client(steps["client"], log)
     if "events" in wanted:
         results["events"] = run_events(*steps["events"], log)
     args.out.mkdir(parents=True, exist_ok=True)
