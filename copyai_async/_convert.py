@@ -19,6 +19,10 @@ spells them:
 - unknown keys are ignored (the strict twin, ``WireFormat(strict=True)``, refuses them
   so tests notice when the API's payloads change).
 
+Runs of the common shape are built directly (``WireFormat._fast_run``), without cattrs;
+any other body goes through the converter, which stays the one statement of the rules:
+the fast path only ever agrees with it (tests compare the two on generated bodies).
+
 Failures raise :class:`WireError` naming the JSON path (``$.data.data[3].credits``); the
 client turns it into :class:`~copyai_async.InvalidResponseError` with the request's
 method, path and status.
@@ -257,8 +261,9 @@ def make_converter(*, strict: bool = False) -> cattrs.Converter:
 def _slot_builder(cls: type) -> Callable[..., Any] | None:
     """A function building ``cls`` from its fields in order by setting its slots
     directly (half the cost of the keyword ``__init__`` of a frozen attrs class), or
-    ``None`` when that would skip something ``__init__`` does (a default factory, a
-    validator, a converter, ``__attrs_post_init__``, no slots)."""
+    ``None`` when that would skip something ``__init__`` does (a validator, a
+    converter, ``__attrs_post_init__``) or the class has no slots. Every field is given,
+    so defaults play no part."""
     fields = attrs.fields(cls)
     if "__slots__" not in cls.__dict__ or hasattr(cls, "__attrs_post_init__"):
         return None
