@@ -650,8 +650,12 @@ async def test_rate_limit_over_real_requests(server: FakeCopyAI) -> None:
     assert len(got) == 40
     arrivals = sorted(r.received_at for r in server.requests)
     assert arrivals[-1] - arrivals[0] >= 39 / 200 * 0.95
-    per_window = [sum(1 for a in arrivals if t <= a < t + 0.05) for t in arrivals]
-    assert max(per_window) <= 10 + 1  # 200/s is 10 per 50 ms; one for timer slack
+    # The server shares the client's event loop, so arrivals are stamped when the loop
+    # gets to them and can bunch by a few; over 100 ms that evens out. 200/s is 20 per
+    # 100 ms; two for that slack. (The rate scenario of benchmarks/run.py measures the
+    # limit exactly, against a server in its own process.)
+    per_window = [sum(1 for a in arrivals if t <= a < t + 0.1) for t in arrivals]
+    assert max(per_window) <= 20 + 2
 
 
 async def test_retry_after_pauses_other_requests_too(
