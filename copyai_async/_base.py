@@ -35,7 +35,15 @@ from ._http import (
 from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter
 from ._version import version
 
-__all__ = ["BaseClient", "LookupInconclusive", "credential", "int_in", "json_object"]
+__all__ = [
+    "BaseClient",
+    "LookupInconclusive",
+    "credential",
+    "http_url",
+    "int_in",
+    "is_loopback",
+    "json_object",
+]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -74,13 +82,41 @@ def int_in(name: str, value: Any, low: int, high: int | None = None) -> int:
     return value
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    if not host:
+        return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def http_url(name: str, value: Any) -> URL:
+    """``value`` as an http(s) URL with a host, no credentials and no fragment.
+
+    Raises:
+        TypeError: not a str.
+        ValueError: anything else, naming ``name`` (and never echoing credentials).
+    """
+    if not isinstance(value, (str, URL)):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    try:
+        url = URL(str(value))
+    except ValueError as exc:
+        raise ValueError(f"{name} is not a URL: {exc}") from None
+    if url.user is not None or url.password is not None:
+        raise ValueError(
+            f"{name} must not contain credentials (user:password@): Copy.ai would store and "
+            "send them in the clear; put a secret in the path or query instead"
+        )
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{name} must be an http(s) URL with a host, got {str(value)!r}")
+    if url.fragment:
+        raise ValueError(f"{name} must not carry a fragment (#...): it is never sent")
+    return url
 
 
 def _base_url(value: Any, *, allow_http: bool) -> URL:
@@ -99,7 +135,7 @@ def _base_url(value: Any, *, allow_http: bool) -> URL:
         raise ConfigurationError(f"base_url must name a host, got {shown!r}")
     if url.query_string or url.fragment:
         raise ConfigurationError("base_url must not carry a query or a fragment")
-    if url.scheme == "http" and not allow_http and not _is_loopback(url.host):
+    if url.scheme == "http" and not allow_http and not is_loopback(url.host):
         raise ConfigurationError(
             f"base_url {shown!r} is plain http to a host that is not loopback: the API key "
             "would cross the network unencrypted; use https, or pass allow_http=True"

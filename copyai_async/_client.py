@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
 import attrs
-from yarl import URL
 
-from ._base import BaseClient, LookupInconclusive, credential, int_in, json_object
+from ._base import BaseClient, LookupInconclusive, credential, http_url, int_in, json_object
 from ._budget import DeadlineExceeded
 from ._clock import Clock
 from ._convert import WIRE
@@ -44,26 +43,6 @@ LOOKUP_MARGIN_NO_DATE = 60.0
 """The same, when the server sends no ``Date`` and the client's own clock must do."""
 MAX_WEBHOOK_PAGES = 1_000
 """Pages of ``GET /webhook`` read at most before the listing is taken to repeat itself."""
-
-
-def _webhook_url(value: Any) -> str:
-    """A webhook's URL, checked: http(s), a host, no credentials, no fragment."""
-    if not isinstance(value, (str, URL)):
-        raise TypeError(f"url must be a str, got {type(value).__name__}")
-    try:
-        url = URL(str(value))
-    except ValueError as exc:
-        raise ValueError(f"url is not a URL: {exc}") from None
-    if url.user is not None or url.password is not None:
-        raise ValueError(
-            "url must not contain credentials (user:password@): Copy.ai would store and "
-            "send them in the clear; put a secret in the path or query instead"
-        )
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"url must be an http(s) URL with a host, got {str(value)!r}")
-    if url.fragment:
-        raise ValueError("url must not carry a fragment (#...): it is never sent")
-    return str(value)
 
 
 def _optional_id(name: str, value: Any) -> str | None:
@@ -515,7 +494,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         from .webhooks._convert import WEBHOOK_WIRE
         from .webhooks._parse import check_event_type
 
-        checked_url = _webhook_url(url)
+        checked_url = str(http_url("url", url))
         kind = check_event_type(event_type)
         wf = _optional_id("workflow_id", workflow_id)
         body: dict[str, Any] = {"url": checked_url, "eventType": kind.value}

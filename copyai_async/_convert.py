@@ -54,6 +54,7 @@ __all__ = [
     "WireFormat",
     "base_converter",
     "parse_datetime",
+    "raise_error_envelope",
     "register_wire_names",
     "wire_error",
 ]
@@ -87,6 +88,14 @@ class ErrorEnvelope(Exception):
         super().__init__(f"the API answered status 'error' ({error_code or 'no error code'})")
         self.error_code = error_code
         self.details = details
+
+
+def raise_error_envelope(body: dict[str, Any]) -> None:
+    """Raise :class:`ErrorEnvelope` if ``body`` says ``"status": "error"`` (in any case)."""
+    status = body.get("status")
+    if isinstance(status, str) and status.lower() == "error":
+        code = body.get("errorCode")
+        raise ErrorEnvelope(code if isinstance(code, str) else None, body.get("details"))
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
@@ -367,10 +376,7 @@ class WireFormat:
         """
         if not isinstance(body, dict):
             raise WireError("$", f"expected the {{status, data}} envelope, got {_short(body)}")
-        status = body.get("status")
-        if isinstance(status, str) and status.lower() == "error":
-            code = body.get("errorCode")
-            raise ErrorEnvelope(code if isinstance(code, str) else None, body.get("details"))
+        raise_error_envelope(body)
         if "data" not in body:
             raise WireError("$.data", "the envelope has no 'data'")
         return body["data"]

@@ -18,7 +18,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
@@ -289,7 +289,6 @@ class FakeWebhooks:
         status: str | None = None,
         *,
         workflow_id: str | None = None,
-        body: Mapping[str, Any] | None = None,
     ) -> int:
         """Deliver an event to every webhook registered for it; returns how many match."""
         wf = run.workflow_id if run is not None else workflow_id
@@ -306,9 +305,7 @@ class FakeWebhooks:
             shape = plan.shape
             if shape == "mixed":
                 shape = "run" if self._rng.random() < 0.5 else "result"
-            if body is not None:
-                payload = dict(body)
-            elif run is not None:
+            if run is not None:
                 payload = self.event_body(event_type, run, status, shape=shape)
             else:
                 payload = {"type": event_type, "workflowId": wf}

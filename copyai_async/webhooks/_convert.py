@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._convert import (
-    ErrorEnvelope,
     WireError,
     _short,
     base_converter,
     parse_datetime,
+    raise_error_envelope,
     register_wire_names,
     wire_error,
 )
@@ -141,10 +141,7 @@ class WebhookWire:
     def webhook(self, body: Any) -> Webhook:
         """Parse the answer of ``POST /webhook`` or ``GET /webhook/{id}``."""
         if isinstance(body, dict) and "status" in body and ("data" in body or "errorCode" in body):
-            status = body.get("status")
-            if isinstance(status, str) and status.lower() == "error":
-                code = body.get("errorCode")
-                raise ErrorEnvelope(code if isinstance(code, str) else None, body.get("details"))
+            raise_error_envelope(body)
             return self._webhook_obj(body.get("data"), "$.data")
         return self._webhook_obj(body, "$")
 
@@ -154,10 +151,7 @@ class WebhookWire:
         total: Any = None
         items = body
         if isinstance(body, dict):
-            status = body.get("status")
-            if isinstance(status, str) and status.lower() == "error":
-                code = body.get("errorCode")
-                raise ErrorEnvelope(code if isinstance(code, str) else None, body.get("details"))
+            raise_error_envelope(body)
             if "data" not in body:
                 raise WireError("$", "expected a JSON array of webhooks, or an object with 'data'")
             items, total, path = body["data"], body.get("total"), "$.data"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -35,6 +34,7 @@ import attrs
 from aiohttp import web
 from yarl import URL
 
+from .._base import http_url, is_loopback
 from .._errors import APIError, ClientClosedError, WebhookEventError
 from .._poll import RunHints
 from ._models import RUN_EVENTS, RunEvent, Webhook, WebhookEvent, WebhookEventType
@@ -101,29 +101,10 @@ def _json_content_type(value: str | None) -> bool:
     )
 
 
-def _loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_public_url(value: Any) -> URL | None:
     if value is None:
         return None
-    if not isinstance(value, (str, URL)):
-        raise TypeError(f"public_url must be a str, got {type(value).__name__}")
-    url = URL(value)
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"public_url must be an http(s) URL with a host, got {str(url)!r}")
-    if url.user is not None or url.password is not None:
-        raise ValueError("public_url must not contain credentials (user:password@)")
-    if url.fragment:
-        raise ValueError("public_url must not carry a fragment")
+    url = http_url("public_url", value)
     if TOKEN_PARAM in url.query:
         raise ValueError(f"public_url must not carry a {TOKEN_PARAM!r} query parameter")
     return url
@@ -342,7 +323,7 @@ class Listener:
         if not kinds:
             raise ValueError("events must name at least one event type")
         url = str(self.url)
-        if _loopback(URL(url).host) and not _loopback(URL(self._client.base_url).host):
+        if is_loopback(URL(url).host) and not is_loopback(URL(self._client.base_url).host):
             logger.warning(
                 "registering webhooks to a loopback URL with %s: the API cannot reach it; "
                 "give client.listen(public_url=...) the address it can reach",
