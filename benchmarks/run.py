@@ -12,8 +12,9 @@ warm-up, and is repeated; figures are medians with min and max. Scenarios:
 1. stream: every run of a workflow of N runs, at 0 ms and 50 ms per request: runs/s,
    wall time, peak RSS, CPU seconds.
 2. wait: N runs finishing at random times (1 to 20 s): requests made, CPU seconds, peak
-   RSS, detection latency p50/p99 (from the server marking a run terminal to the caller
-   seeing it).
+   RSS (of the process, and of the job: CPU inside the job, and how far the peak RSS rose
+   above the peak after the imports), detection latency p50/p99 (from the server marking
+   a run terminal to the caller seeing it).
    Baselines: gather of polling loops on our default intervals (aiohttp, httpx), and
    aiohttp polling every second (``aiohttp-1s``, the docs' "short delay").
 3. single: one ``wait_for_run`` of a run that takes 200 polls: time per poll, and ours
@@ -128,12 +129,20 @@ def contenders_of(scenario: str) -> list[str]:
 
 def child_main(spec: dict[str, Any]) -> None:
     contender = CONTENDERS[spec["scenario"]][spec["contender"]]
+    # The process's figures (imports included) and the job's own: CPU spent in the job,
+    # and how far its peak RSS rose above the peak after the imports.
+    before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     result: dict[str, Any] = asyncio.run(contender(spec["url"], spec["arg"]))
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
     result.update(
-        wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024
+        wall_s=wall,
+        cpu_s=cpu,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        cpu_after_imports_s=cpu - before.ru_utime - before.ru_stime,
+        rss_above_imports_mb=(usage.ru_maxrss - before.ru_maxrss) / 1024,
     )
     print(json.dumps(result))
 
@@ -243,7 +252,16 @@ def run_wait(steps: list[tuple[int, tuple[float, float], int]], log: Any) -> lis
         for name, got in samples.items():
             row[name] = {
                 key: summary([s[key] for s in got])
-                for key in ("requests", "cpu_s", "peak_rss_mb", "p50_s", "p99_s", "wall_s")
+                for key in (
+                    "requests",
+                    "cpu_s",
+                    "peak_rss_mb",
+                    "cpu_after_imports_s",
+                    "rss_above_imports_mb",
+                    "p50_s",
+                    "p99_s",
+                    "wall_s",
+                )
             }
         rows.append(row)
         log(
@@ -465,7 +483,8 @@ def report(results: dict[str, Any]) -> str:
     def ratios(row: dict[str, Any], metric: str) -> str:
         ours = row["ours"][metric]["median"]
         return "  ".join(
-            f"/{b} {ours / row[b][metric]['median']:.2f}x" for b in row["contenders"][1:]
+            f"/{b} {ours / base:.2f}x" if (base := row[b][metric]["median"]) else f"/{b} -"
+            for b in row["contenders"][1:]
         )
 
     if "stream" in results:
@@ -492,7 +511,9 @@ def report(results: dict[str, Any]) -> str:
         for row in results["wait"]:
             for metric, fmt, label in (
                 ("peak_rss_mb", "{:.1f}", "peak RSS MB"),
+                ("rss_above_imports_mb", "{:.1f}", "RSS - imports"),
                 ("cpu_s", "{:.2f}", "CPU s"),
+                ("cpu_after_imports_s", "{:.2f}", "CPU - imports"),
                 ("requests", "{:,.0f}", "requests"),
                 ("p50_s", "{:.2f}", "detect p50 s"),
                 ("p99_s", "{:.2f}", "detect p99 s"),

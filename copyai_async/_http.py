@@ -29,6 +29,7 @@ import enum
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -193,6 +194,10 @@ class Secret:
     __str__ = __repr__
 
 
+_URL_CACHE_SIZE = 4096
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+").fullmatch  # unreserved, dots aside
+
+
 def encode_segment(name: str, value: object) -> str:
     """Percent-encode ``value`` as exactly one URL path segment.
 
@@ -205,6 +210,8 @@ def encode_segment(name: str, value: object) -> str:
     """
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if _PLAIN_SEGMENT(value):
+        return value  # nothing to encode (the usual id): no need to quote it
     if not value:
         raise ValueError(f"{name} must be a non-empty string")
     encoded = quote(value, safe="")
@@ -398,6 +405,7 @@ class Transport:
         self._closed = False
         self._error_fields = error_fields
         self._rng = random.Random()
+        self._urls: dict[tuple[str, ...], URL] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -438,8 +446,17 @@ class Transport:
     # -- requests ----------------------------------------------------------------------
 
     def url(self, segments: Sequence[str]) -> URL:
-        """The URL of already-encoded path ``segments`` under the base URL."""
-        return URL(f"{self._origin}{self._base_path}/{'/'.join(segments)}", encoded=True)
+        """The URL of already-encoded path ``segments`` under the base URL.
+
+        Recent URLs are kept: a wait asks for the same few again and again."""
+        key = tuple(segments)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = URL(f"{self._origin}{self._base_path}/{'/'.join(key)}", encoded=True)
+            self._urls[key] = url
+        return url
 
     async def request(
         self,

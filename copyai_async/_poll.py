@@ -38,7 +38,7 @@ import logging
 import math
 import random
 import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Any, Generic, TypeVar
 
@@ -72,6 +72,7 @@ logger = logging.getLogger("copyai_async")
 R = TypeVar("R")
 
 DEFAULT_CONCURRENCY = 16
+_COALESCE = 0.05  # seconds: the most a poll of many is moved to go with others
 """Polls of one ``wait_for_runs`` in flight at once, by default."""
 
 MAX_CONCURRENCY = 1_000
@@ -588,42 +589,6 @@ class _Track(Generic[R]):
     hinted_poll: bool = False  # its next (or current) poll is an event's verification
 
 
-async def _wait_any(
-    tasks: Collection[asyncio.Task[Any]],
-    clock: Clock,
-    delay: float | None,
-    closing: asyncio.Future[None] | None,
-    poked: asyncio.Future[None] | None = None,
-) -> set[asyncio.Task[Any]]:
-    """Wait until one of ``tasks`` ends, ``delay`` passes on ``clock``, ``poked`` is
-    resolved, or the client closes (then raise ClientClosedError)."""
-    if delay is not None and delay <= 0:
-        await anyio.lowlevel.checkpoint()
-        done = {task for task in tasks if task.done()}
-    else:
-        waits: set[asyncio.Future[Any]] = set(tasks)
-        if closing is not None:
-            waits.add(closing)
-        if poked is not None:
-            waits.add(poked)
-        timer = None
-        if delay is not None and not isinstance(clock, SystemClock):
-            timer = asyncio.create_task(clock.sleep(delay), name="copyai_async.poll-timer")
-            waits.add(timer)
-        try:
-            # With the system clock, the loop's own timeout needs no extra task.
-            finished, _ = await asyncio.wait(
-                waits, timeout=None if timer else delay, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            if timer is not None:
-                await cancel_and_wait([timer])
-        done = {task for task in tasks if task in finished}
-    if closing is not None and closing.done():
-        raise ClientClosedError("the client was closed while this operation was waiting")
-    return done
-
-
 async def wait_many(
     targets: Iterable[Target[R]],
     *,
@@ -654,12 +619,32 @@ async def wait_many(
     heap: list[tuple[float, int, _Track[R]]] = []
     by_run: dict[str, _Track[R]] = {}
     poked: list[str] = []
-    poke: asyncio.Future[None] | None = None
+    # Polls run as tasks; each one that ends is put in ``finished`` and wakes the loop
+    # (as do events, and the client closing), so a wake costs the same however many
+    # polls are in flight.
+    finished: list[asyncio.Task[R]] = []
+    wakeup: asyncio.Future[None] | None = None
+    loop = asyncio.get_running_loop()
+    system_clock = isinstance(clock, SystemClock)
+    # Polls due close together are sent together: one wake of the loop for many polls,
+    # not one each. A poll moves by at most a quarter of its jitter's spread, and 50 ms
+    # (25 ms early or late on the default policy's first interval); none with jitter 0.
+    quarter = policy.jitter / 4
+
+    def slack(track: _Track[R]) -> float:
+        return min(_COALESCE, quarter * policy.interval(track.attempt)) if quarter else 0.0
+
+    def wake(_: object = None) -> None:
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def on_done(task: asyncio.Task[R]) -> None:
+        finished.append(task)
+        wake()
 
     def on_hint(run_id: str) -> None:
         poked.append(run_id)
-        if poke is not None and not poke.done():
-            poke.set_result(None)
+        wake()
 
     for i, t in enumerate(targets):
         track = _Track(target=t, order=i, entry=next(sequence))
@@ -709,6 +694,8 @@ async def wait_many(
             by_run.pop(track.target.run_id, None)
             hints.unsubscribe(track.target.run_id, on_hint)
 
+    if closing is not None:
+        closing.add_done_callback(wake)
     try:
         while pending or running:
             now = clock.monotonic()
@@ -725,6 +712,8 @@ async def wait_many(
                 poked.clear()
             if deadline is not None and now >= deadline:
                 # Time is up for every run not seen terminal.
+                for task in running:
+                    task.remove_done_callback(on_done)
                 await cancel_and_wait(list(running))
                 late = [*running.values(), *(e[2] for e in heap if e[1] == e[2].entry)]
                 running.clear()
@@ -738,7 +727,7 @@ async def wait_many(
                 break
             while heap and heap[0][1] != heap[0][2].entry:
                 heapq.heappop(heap)  # stale: the run was made due again, or is done
-            while heap and heap[0][0] <= now and len(running) < concurrency:
+            while heap and heap[0][0] <= now + slack(heap[0][2]) and len(running) < concurrency:
                 _, seq, track = heapq.heappop(heap)
                 if seq != track.entry:
                     continue
@@ -746,26 +735,45 @@ async def wait_many(
                 pending -= 1
                 track.in_flight = True
                 track.hinted = False
-                task = asyncio.create_task(
+                task = loop.create_task(
                     bounded(track.target.fetch, deadline, clock),
                     name=f"copyai_async.poll[{track.target.run_id}]",
                 )
+                task.add_done_callback(on_done)
                 running[task] = track
-            wake: float | None = None
-            if heap and len(running) < concurrency:
-                wake = heap[0][0]
-            if deadline is not None:
-                wake = deadline if wake is None else min(wake, deadline)
-            delay = None if wake is None else wake - clock.monotonic()
-            if hints is not None and hints.listeners:
-                poke = asyncio.get_running_loop().create_future()
-                if poked:
-                    poke.set_result(None)
-            else:
-                poke = None
-            finished = await _wait_any(running, clock, delay, closing, poke)
-            poke = None
-            for task in finished:
+            if not finished and not poked:
+                until: float | None = None
+                if heap and len(running) < concurrency:
+                    until = heap[0][0] + slack(heap[0][2])
+                if deadline is not None:
+                    until = deadline if until is None else min(until, deadline)
+                delay = None if until is None else until - clock.monotonic()
+                if delay is not None and delay <= 0:
+                    await anyio.lowlevel.checkpoint()
+                else:
+                    wakeup = loop.create_future()
+                    timer: asyncio.TimerHandle | asyncio.Task[None] | None = None
+                    if delay is not None:
+                        if system_clock:
+                            timer = loop.call_later(delay, wake)
+                        else:
+                            timer = loop.create_task(
+                                clock.sleep(delay), name="copyai_async.poll-timer"
+                            )
+                            timer.add_done_callback(wake)
+                    try:
+                        await wakeup
+                    finally:
+                        wakeup = None
+                        if isinstance(timer, asyncio.Task):
+                            timer.remove_done_callback(wake)
+                            await cancel_and_wait([timer])
+                        elif timer is not None:
+                            timer.cancel()
+            if closing is not None and closing.done():
+                raise ClientClosedError("the client was closed while this operation was waiting")
+            done, finished[:] = list(finished), []
+            for task in done:
                 track = running.pop(task)
                 track.in_flight = False
                 error = task.exception()
@@ -809,6 +817,10 @@ async def wait_many(
                 else:
                     raise error
     finally:
+        if closing is not None:
+            closing.remove_done_callback(wake)
+        for task in running:
+            task.remove_done_callback(on_done)
         await cancel_and_wait(list(running))
         if hints is not None:
             for run_id in by_run:

@@ -437,6 +437,34 @@ async def test_many_runs_timeout_names_each_late_run(
     await _quiet(server)
 
 
+async def test_many_runs_send_polls_due_close_together_at_once(
+    server: FakeCopyAI, clock: FakeClock
+) -> None:
+    # Second polls are drawn from 0.75..1.25 s after the first (jitter 0.5). The wait
+    # sends the earliest 50 ms late, with every poll due up to 50 ms after that.
+    server.clock = clock.monotonic
+    fakes = [server.add_run(schedule=Schedule.polls(("PROCESSING", 1))) for _ in range(60)]
+    policy = PollPolicy(initial=1.0, multiplier=1.0, max_interval=1.0, jitter=0.5)
+    async with CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
+        start = clock.monotonic()
+        done = [
+            r
+            async for r in client.wait_for_runs(
+                server.workflow_id, [f.id for f in fakes], policy=policy, concurrency=60
+            )
+        ]
+    assert len(done) == 60
+    polls = [r.received_at - start for r in server.requests if r.method == "GET"]
+    assert len(polls) == 120
+    assert polls.count(0.0) == 60  # the first polls, all at once
+    later = sorted(set(polls) - {0.0})
+    assert later[0] >= 0.75 - 0.05
+    assert later[-1] <= 1.25 + 0.05 + 1e-9
+    # Each wake takes every poll due within 100 ms of the earliest: the next is later.
+    assert all(b - a > 0.1 - 1e-9 for a, b in itertools.pairwise(later))
+    assert len(later) <= 7 < 60
+
+
 async def test_concurrency_cap_per_wait(live: CopyAIClient, server: FakeCopyAI) -> None:
     server.latency = 0.003
     ids = [server.add_run(schedule=Schedule.polls(("PROCESSING", 2))).id for _ in range(60)]
