@@ -528,6 +528,9 @@ class BaseClient(Generic[_R]):
         ``concurrency`` requests of this wait in flight; the client's own limits
         (``max_connections``, ``rate_limit``) apply on top. Duplicate ids are waited on
         once. Polling pauses while the loop body runs (requests in flight go on).
+        Polls due close together are sent together, each moved by at most a quarter of
+        its jitter's spread and 50 ms (not at all with ``jitter=0``), so that many runs
+        cost few wake-ups; on average a poll is neither early nor late.
 
         With a webhook listener running, events make runs due at once and the pace
         between events is ``policy.safety_interval``, as for :meth:`wait_for_run`.
