@@ -69,6 +69,16 @@ __all__ = [
 ]
 
 
+# Tracebacks name the public home of each exception (copyai_async.NotFoundError, not
+# copyai_async._errors.NotFoundError); pickling finds them there too. Only exceptions:
+# the models' string annotations are resolved in the module they name.
+for _name in __all__:
+    _obj = globals().get(_name)
+    if isinstance(_obj, type) and issubclass(_obj, BaseException):
+        _obj.__module__ = __name__
+del _name, _obj
+
+
 def __getattr__(name: str) -> str:
     # __version__ is read from the package metadata only when asked for (it costs ms).
     if name == "__version__":

@@ -63,6 +63,18 @@ def credential(value: Any, *, name: str, env: str, what: str, how: str) -> str:
     return value
 
 
+def base_url_from(value: Any, *, env: str, default: str | None, how: str) -> Any:
+    """``value``, else the environment variable ``env`` (if set and not blank), else
+    ``default``; with neither, ConfigurationError (the URL itself is checked later)."""
+    if value is None:
+        value = os.environ.get(env, "").strip() or default
+    if value is None:
+        raise ConfigurationError(
+            f"no base URL: pass {how}(base_url=...) or set the {env} environment variable"
+        )
+    return value
+
+
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -216,6 +228,7 @@ class BaseClient(Generic[_R]):
         rate_limit: Any,
         allow_http: bool,
         error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
+        auth_hint: str = "check the API key (api_key= or the COPYAI_API_KEY variable)",
     ) -> None:
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise TypeError(
@@ -256,6 +269,7 @@ class BaseClient(Generic[_R]):
             max_connections=connections,
             session=session,
             error_fields=error_fields,
+            auth_hint=auth_hint,
         )
 
         self._waiter: Waiter[_R] = Waiter(kind=kind, budget=budget)

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import aiohttp
 import attrs
 
-from ._base import BaseClient, LookupInconclusive, credential, http_url, int_in, json_object
+from ._base import (
+    BaseClient,
+    LookupInconclusive,
+    base_url_from,
+    credential,
+    http_url,
+    int_in,
+    json_object,
+)
 from ._budget import DeadlineExceeded
 from ._clock import Clock
 from ._convert import WIRE
@@ -33,6 +41,7 @@ DEFAULT_BASE_URL = "https://api.copy.ai/api"
 MAX_PAGE_SIZE = 100
 MAX_PREFETCH = 100
 API_KEY_ENV = "COPYAI_API_KEY"
+BASE_URL_ENV = "COPYAI_BASE_URL"
 MAX_START_KEY_LENGTH = 200
 LOOKUP_PAGES = 10
 """Pages of 100 runs a lost start's lookup may read before it gives up (1,000 runs)."""
@@ -89,7 +98,8 @@ class CopyAIClient(BaseClient[WorkflowRun]):
     Args:
         api_key: the Copy.ai API key. Defaults to the ``COPYAI_API_KEY`` environment
             variable.
-        base_url: the API root.
+        base_url: the API root. Defaults to the ``COPYAI_BASE_URL`` environment variable,
+            else ``https://api.copy.ai/api``.
         timeout: seconds one attempt may take in all (connecting is limited to 10 s of
             it), or an :class:`aiohttp.ClientTimeout` for full control.
         max_retries: retries after the first attempt (0 disables retrying).
@@ -126,7 +136,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         self,
         api_key: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         timeout: float | aiohttp.ClientTimeout = 60.0,
         max_retries: int = 3,
         max_connections: int = 100,
@@ -148,7 +158,9 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             ),
             auth_headers=lambda key: {"x-copy-ai-api-key": key.get()},
             kind=COPYAI_RUNS,
-            base_url=base_url,
+            base_url=base_url_from(
+                base_url, env=BASE_URL_ENV, default=DEFAULT_BASE_URL, how="CopyAIClient"
+            ),
             timeout=timeout,
             max_retries=max_retries,
             max_connections=max_connections,

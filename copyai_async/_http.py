@@ -311,7 +311,6 @@ _CODE_CLASSES: dict[str, type[APIStatusError]] = {
 }
 
 _STATUS_HINTS: dict[type[APIStatusError], str] = {
-    AuthenticationError: "check the API key (api_key= or the COPYAI_API_KEY variable)",
     NotFoundError: "no such workflow or run, or not visible to this API key",
     RateLimitError: "too many requests; slow down or raise max_retry_after",
     ServerError: "the server failed; retry later",
@@ -389,6 +388,7 @@ class Transport:
         max_connections: int,
         session: aiohttp.ClientSession | None = None,
         error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
+        auth_hint: str = "check the API key",
     ) -> None:
         self._origin = str(base_url.origin())
         self._base_path = base_url.raw_path.rstrip("/")
@@ -404,6 +404,7 @@ class Transport:
         self._owns_session = session is None
         self._closed = False
         self._error_fields = error_fields
+        self._auth_hint = auth_hint
         self._rng = random.Random()
         self._urls: dict[tuple[str, ...], URL] = {}
 
@@ -716,6 +717,8 @@ class Transport:
                 f"; the server asked to wait {retry_after:.1f} s, longer than "
                 f"max_retry_after={self.retry.max_retry_after:g} s"
             )
+        elif cls is AuthenticationError:
+            message += f"; {self._auth_hint}"
         elif cls in _STATUS_HINTS:
             message += f"; {_STATUS_HINTS[cls]}"
         if attempts > 1:

@@ -26,6 +26,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -310,8 +311,22 @@ def _pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
     return result
 
 
+# The library's advice, in the command line's words.
+_CLI_ADVICE = (
+    ("pass CopyAIClient(api_key=...)", "pass --api-key"),
+    ("pass CopyAIClient(base_url=...)", "pass --base-url"),
+    ("pass allow_http=True", "pass --allow-http"),
+)
+
+
 def _client(args: argparse.Namespace) -> CopyAIClient:
-    return CopyAIClient(args.api_key, base_url=args.base_url)
+    try:
+        return CopyAIClient(args.api_key, base_url=args.base_url, allow_http=args.allow_http)
+    except ConfigurationError as error:
+        message = str(error)
+        for library, cli in _CLI_ADVICE:
+            message = message.replace(library, cli)
+        raise UsageError(message) from None
 
 
 async def cmd_list(args: argparse.Namespace, out: Output) -> int:
@@ -659,21 +674,9 @@ async def _compare_webhooks(
 
 
 def cmd_fake_server(args: argparse.Namespace) -> int:
-    from .testing.__main__ import main as serve
+    from .testing.__main__ import run
 
-    argv = [
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--latency",
-        str(args.latency),
-        "--fault-rate",
-        str(args.fault_rate),
-        "--runs",
-        str(args.runs),
-    ]
-    return serve(argv)
+    return run(args)
 
 
 def _positive_float(text: str) -> float:
@@ -715,11 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"copyai-async {version()}")
-    parser.add_argument("--api-key", help="Copy.ai API key (default: $COPYAI_API_KEY)")
-    parser.add_argument(
-        "--base-url", default=DEFAULT_BASE_URL, help="API root (default %(default)s)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
+    _global_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser("demo", help="run a demo against a fake server on loopback")
@@ -849,14 +848,59 @@ def build_parser() -> argparse.ArgumentParser:
     _listen_options(listen)
     listen.set_defaults(handler=cmd_listen)
 
-    fake = commands.add_parser("fake-server", help="serve the fake Copy.ai API in the foreground")
-    fake.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
-    fake.add_argument("--port", type=_int_at_least(0), default=0, help="port (default: any free)")
-    fake.add_argument("--latency", type=float, default=0.0, help="ms added per answer")
-    fake.add_argument("--fault-rate", type=_rate, default=0.0, help="share of requests to fail")
-    fake.add_argument("--runs", type=_int_at_least(0), default=0, help="completed runs to create")
+    from .testing.__main__ import EPILOG, add_options
+
+    fake = commands.add_parser(
+        "fake-server",
+        help="serve the fake Copy.ai API in the foreground (prints its URL and API key)",
+        description="The same server, with the same options, as python -m copyai_async.testing.",
+        epilog=EPILOG.replace("python -m copyai_async.testing", "copyai-async fake-server"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_options(fake)
     fake.set_defaults(handler=None)
+    # The global options are accepted after the command too (where they mean nothing
+    # else there: fake-server's --api-key is the key the server accepts).
+    _global_options_after(commands)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    """The options of every command; after a command, ``default=SUPPRESS`` so that one
+    not given there leaves the value given before the command."""
+    options: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        (("--api-key",), {"help": "Copy.ai API key (default: $COPYAI_API_KEY)"}),
+        (
+            ("--base-url",),
+            {"help": f"API root (default: $COPYAI_BASE_URL, else {DEFAULT_BASE_URL})"},
+        ),
+        (
+            ("--allow-http",),
+            {
+                "action": "store_true",
+                "help": "allow a plain-http base URL that is not loopback (the key crosses "
+                "unencrypted)",
+            },
+        ),
+        (("-v", "--verbose"), {"action": "store_true", "help": "log requests to stderr"}),
+    ]
+    taken = {flag for action in parser._actions for flag in action.option_strings}
+    for flags, kwargs in options:
+        if taken.isdisjoint(flags):
+            if default is argparse.SUPPRESS:
+                kwargs = {**kwargs, "default": argparse.SUPPRESS}
+            elif kwargs.get("action") != "store_true":
+                kwargs = {**kwargs, "default": default}
+            parser.add_argument(*flags, **kwargs)
+
+
+def _global_options_after(commands: argparse._SubParsersAction[Any]) -> None:
+    for sub in set(commands.choices.values()):
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _global_options_after(nested[0])
+        else:
+            _global_options(sub, default=argparse.SUPPRESS)
 
 
 def _listen_options(parser: argparse.ArgumentParser) -> None:
@@ -935,3 +979,19 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return exit_code(error)
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error to report. As the Python docs
+        # advise, point stdout at devnull so that the exit's flush cannot fail again.
+        _silence_stdout()
+        return EXIT_ERROR
+    except OSError as error:  # e.g. writing the output to a full disk
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (a test's capture)
+        pass

@@ -232,6 +232,22 @@ async def test_wrong_token(server: FakeCopyAI) -> None:
             await client.list_runs(WS, WF)
     assert info.value.status == 401
     assert "wrong" not in str(info.value)
+    # The hint names aitasker's own variable, not Copy.ai's.
+    assert "AITASKER_API_TOKEN" in str(info.value)
+    assert "COPYAI_API_KEY" not in str(info.value)
+
+
+async def test_base_url_from_the_environment_and_the_fake_s_aitasker_url(
+    server: FakeCopyAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AITASKER_BASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="AITASKER_BASE_URL"):
+        AITaskerClient("t")
+    monkeypatch.setenv("AITASKER_BASE_URL", server.aitasker_url)
+    run = server.add_aitasker_run(WS, WF)
+    async with AITaskerClient(server.api_key) as client:
+        got = await client.get_run(WF, run.id)
+    assert got.id == run.id
 
 
 def test_token_from_environment_and_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,6 +273,7 @@ def test_status_options(kwargs: dict[str, Any], exc: type, words: str) -> None:
         AITaskerClient("t", base_url="https://aitasker.example.com", **kwargs)
 
 
-def test_base_url_is_required() -> None:
-    with pytest.raises(TypeError, match="base_url"):
-        AITaskerClient("t")  # type: ignore[call-arg]
+def test_base_url_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AITASKER_BASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match=r"AITaskerClient\(base_url=\.\.\.\)"):
+        AITaskerClient("t")

@@ -110,8 +110,126 @@ def test_missing_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> Non
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert "COPYAI_API_KEY" in err
+    assert "--api-key" in err  # the command line's own flag, not the library's advice
+    assert "CopyAIClient(" not in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_plain_http_names_the_allow_http_flag(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    far = "http://example.invalid/api"
+    assert main(["--api-key", "k", "--base-url", far, "runs", "get", "W", "R"]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-http" in err
+    assert "allow_http=True" not in err
+    # With the flag the client is built (and then fails on the network, exit 1, not 2):
+    # here, point it at the fake server through a base URL that is loopback anyway.
+    srv = api.server
+    api.call(lambda: srv.add_run(run_id="WRUN-1"))
+    assert (
+        main(
+            [
+                "--allow-http",
+                "--api-key",
+                srv.api_key,
+                "--base-url",
+                srv.url,
+                "runs",
+                "get",
+                srv.workflow_id,
+                "WRUN-1",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["id"] == "WRUN-1"
+
+
+def test_global_options_after_the_command(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = api.server
+    api.call(lambda: srv.add_run(run_id="WRUN-1"))
+    argv = ["runs", "get", srv.workflow_id, "WRUN-1", "--json"]
+    assert main([*argv, "--api-key", srv.api_key, "--base-url", srv.url, "-v"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "WRUN-1"
+    assert "GET /api/workflow" in capsys.readouterr().err + caplog.text
+    # Given before, and not after: the value before holds.
+    assert main(["--api-key", srv.api_key, "--base-url", srv.url, *argv]) == 0
+    # Given after, it wins over the one before.
+    assert main(["--api-key", "wrong", "--base-url", srv.url, *argv, "--api-key", srv.api_key]) == 0
+    assert main(["--api-key", srv.api_key, "--base-url", srv.url, *argv, "--api-key", "wrong"]) == 3
+
+
+def test_base_url_from_the_environment(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = api.server
+    api.call(lambda: srv.add_run(run_id="WRUN-1"))
+    monkeypatch.setenv("COPYAI_API_KEY", srv.api_key)
+    monkeypatch.setenv("COPYAI_BASE_URL", srv.url)
+    assert main(["runs", "get", srv.workflow_id, "WRUN-1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "WRUN-1"
+    client = copyai_async.CopyAIClient()
+    assert str(client.base_url) == srv.url
+    monkeypatch.setenv("COPYAI_BASE_URL", "  ")  # blank: the default
+    assert str(copyai_async.CopyAIClient().base_url) == copyai_async.DEFAULT_BASE_URL
+    # An argument wins over the variable.
+    monkeypatch.setenv("COPYAI_BASE_URL", "http://127.0.0.1:1/api")
+    assert str(copyai_async.CopyAIClient(base_url=srv.url).base_url) == srv.url
+
+
+def test_output_to_a_closed_pipe_is_quiet() -> None:
+    # `copyai-async runs list W --all | head -1`: no traceback, exit 1 (the Python docs'
+    # advice on SIGPIPE), whatever the reader does.
+    server = _spawn("fake-server", "--runs", "2000")
+    try:
+        assert server.stdout is not None
+        url = re.search(r"(http://127\.0\.0\.1:\d+/api)", server.stdout.readline())
+        assert url
+        env = {**os.environ, "COPYAI_API_KEY": "test-key", "COPYAI_BASE_URL": url.group(1)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "copyai_async", "runs", "list", "WCFG-fake-workflow", "--all"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(b"RUN")
+        proc.stdout.close()  # the reader goes away
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1
+        assert b"Traceback" not in err
+        assert b"BrokenPipe" not in err
+        if os.path.exists("/dev/full"):  # a full disk: one line
+            with open("/dev/full", "w") as full:
+                wrote = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "copyai_async",
+                        "runs",
+                        "list",
+                        "WCFG-fake-workflow",
+                        "--all",
+                    ],
+                    stdout=full,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    timeout=60,
+                    check=False,
+                )
+            assert wrote.returncode == 1
+            lines = wrote.stderr.decode().strip().splitlines()
+            assert len(lines) == 1, lines
+            assert lines[0].startswith("error: ")
+            assert "No space left" in lines[0]
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
 
 
 # -- runs list / get --------------------------------------------------------------------
@@ -432,19 +550,24 @@ def _spawn(*argv: str) -> subprocess.Popen[str]:
 
 
 def test_fake_server_command() -> None:
-    proc = _spawn("fake-server", "--runs", "3")
+    proc = _spawn("fake-server", "--runs", "3", "--api-key", "k2", "--seed", "4")
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         url = re.search(r"(http://127\.0\.0\.1:\d+/api)", line)
         assert url, line
+        assert "API key k2" in line  # it says which key to use
+        usage = proc.stdout.readline()
+        assert f"COPYAI_API_KEY=k2 COPYAI_BASE_URL={url.group(1)}" in usage
+        aitasker = proc.stdout.readline()
+        assert f"AITASKER_BASE_URL={url.group(1).removesuffix('/api')}" in aitasker
         listing = subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "copyai_async",
                 "--api-key",
-                "test-key",
+                "k2",
                 "--base-url",
                 url.group(1),
                 "runs",
@@ -463,6 +586,38 @@ def test_fake_server_command() -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)  # reads and closes the pipes
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--port", "99999"], "must be 0..65535"),
+        (["--port", "-1"], "must be 0..65535"),
+        (["--port", "x"], "not an integer"),
+    ],
+)
+def test_fake_server_bad_port_is_one_usage_line(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["fake-server", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "Traceback" not in err
+
+
+def test_fake_server_has_the_module_s_options() -> None:
+    from copyai_async.cli import build_parser
+    from copyai_async.testing.__main__ import _parser
+
+    def flags(parser: Any) -> set[str]:
+        return {f for a in parser._actions for f in a.option_strings}
+
+    fake = build_parser()._subparsers._group_actions[0].choices["fake-server"]  # type: ignore[union-attr]
+    module = flags(_parser())
+    assert {"--api-key", "--workflow", "--seed", "--finish-between", "--runs-file"} <= module
+    assert module <= flags(fake)
 
 
 def test_ctrl_c_exits_130(api: ThreadedServer) -> None:

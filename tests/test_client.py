@@ -117,6 +117,11 @@ def test_version_and_public_surface() -> None:
     )
     for name in copyai_async.__all__:
         assert hasattr(copyai_async, name), name
+        # Tracebacks and reprs name the public home: copyai_async.NotFoundError.
+        value = getattr(copyai_async, name)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            assert value.__module__ == "copyai_async", name
+    assert repr(copyai_async.NotFoundError).startswith("<class 'copyai_async.NotFoundError'")
 
 
 # -- lifecycle --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from .._base import BaseClient, credential, json_object
+from .._base import BaseClient, base_url_from, credential, json_object
 from .._clock import Clock
 from .._http import encode_segment
 from .._poll import RunKind
@@ -15,6 +15,7 @@ from ._convert import AITASKER_WIRE
 from ._models import AITaskerRun
 
 __all__ = [
+    "BASE_URL_ENV",
     "DEFAULT_FAILED_STATUSES",
     "DEFAULT_RUNNING_STATUSES",
     "DEFAULT_TERMINAL_STATUSES",
@@ -23,6 +24,7 @@ __all__ = [
 ]
 
 TOKEN_ENV = "AITASKER_API_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+BASE_URL_ENV = "AITASKER_BASE_URL"
 DEFAULT_TERMINAL_STATUSES = frozenset(
     {"completed", "succeeded", "success", "failed", "error", "cancelled", "canceled"}
 )
@@ -65,7 +67,8 @@ class AITaskerClient(BaseClient[AITaskerRun]):
     Args:
         token: the API token, sent as ``Authorization: Bearer <token>``. Defaults to the
             ``AITASKER_API_TOKEN`` environment variable.
-        base_url: the API's root, e.g. ``https://aitasker.example.com`` (required: the
+        base_url: the API's root, e.g. ``https://aitasker.example.com``. Defaults to the
+            ``AITASKER_BASE_URL`` environment variable; one of the two is required (the
             documentation names no real host). Paths start with ``/api/v1``.
         terminal_statuses: statuses that end a run, compared case-insensitively
             (default: completed, succeeded, success, failed, error, cancelled,
@@ -82,7 +85,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
         self,
         token: str | None = None,
         *,
-        base_url: str,
+        base_url: str | None = None,
         terminal_statuses: Iterable[str] = DEFAULT_TERMINAL_STATUSES,
         failed_statuses: Iterable[str] = DEFAULT_FAILED_STATUSES,
         timeout: float | aiohttp.ClientTimeout = 60.0,
@@ -118,7 +121,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             ),
             auth_headers=lambda key: {"Authorization": f"Bearer {key.get()}"},
             kind=kind,
-            base_url=base_url,
+            base_url=base_url_from(base_url, env=BASE_URL_ENV, default=None, how="AITaskerClient"),
             timeout=timeout,
             max_retries=max_retries,
             max_connections=max_connections,
@@ -130,6 +133,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             rate_limit=rate_limit,
             allow_http=allow_http,
             error_fields=_fastapi_error_fields,
+            auth_hint=f"check the token (token= or the {TOKEN_ENV} variable)",
         )
 
     async def list_runs(self, workspace_id: str, workflow_id: str) -> list[AITaskerRun]:

@@ -22,19 +22,37 @@ from ._server import (
 )
 from ._webhooks import Deliveries
 
+EPILOG = (
+    "example: python -m copyai_async.testing --port 8080 --runs 500 --latency 50\n"
+    "then:    COPYAI_API_KEY=test-key COPYAI_BASE_URL=http://127.0.0.1:8080/api your-app"
+)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {value}")
+    return value
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m copyai_async.testing",
         description="Serve a fake Copy.ai Workflow API on loopback until interrupted.",
-        epilog=(
-            "example: python -m copyai_async.testing --port 8080 --runs 500 --latency 50\n"
-            "then:    COPYAI_API_KEY=test-key your-app --base-url http://127.0.0.1:8080/api"
-        ),
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_options(p)
+    return p
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The fake server's options, on ``p`` (``copyai-async fake-server`` has the same)."""
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--port", type=_port, default=0, help="port, 0..65535 (default 0: a free one)")
     p.add_argument("--api-key", default=DEFAULT_API_KEY, help="accepted key (default %(default)s)")
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW_ID, help="workflow id to create")
     p.add_argument("--runs", type=int, default=0, help="runs to create up front (completed)")
@@ -100,7 +118,6 @@ def _parser() -> argparse.ArgumentParser:
             metavar="SHARE",
             help=f"share of deliveries to {name} (0..1, default 0)",
         )
-    return p
 
 
 def _build(args: argparse.Namespace) -> FakeCopyAI:
@@ -158,12 +175,25 @@ async def _serve(server: FakeCopyAI, workflow: str) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with server:
-        print(f"fake Copy.ai API on {server.url} (workflow {workflow})", flush=True)
+        # The first line names the base URL (scripts read it); the second how to use it.
+        print(
+            f"fake Copy.ai API on {server.url} (workflow {workflow}, API key {server.api_key})\n"
+            f"use it: COPYAI_API_KEY={server.api_key} COPYAI_BASE_URL={server.url} "
+            f"copyai-async runs list {workflow}\n"
+            f"aitasker: AITASKER_API_TOKEN={server.api_key} "
+            f"AITASKER_BASE_URL={server.aitasker_url}",
+            flush=True,
+        )
         await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Serve until interrupted; returns the exit code."""
+    return run(_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve with parsed options (from :func:`add_options`); returns the exit code."""
     if not 0.0 <= args.fault_rate <= 1.0:
         print("error: --fault-rate must be between 0 and 1", file=sys.stderr)
         return 2

@@ -279,6 +279,13 @@ class FakeCopyAI:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/api"
 
+    @property
+    def aitasker_url(self) -> str:
+        """Base URL to give :class:`~copyai_async.aitasker.AITaskerClient`, e.g.
+        ``http://127.0.0.1:54321`` (its paths start with ``/api/v1``); the token is
+        :attr:`api_key`."""
+        return self.url.removesuffix("/api")
+
     async def start(self) -> str:
         """Start listening; returns :attr:`url`."""
         app = web.Application(middlewares=[self._middleware])
