@@ -72,8 +72,9 @@ logger = logging.getLogger("copyai_async")
 R = TypeVar("R")
 
 DEFAULT_CONCURRENCY = 16
-_COALESCE = 0.05  # seconds: the most a poll of many is moved to go with others
 """Polls of one ``wait_for_runs`` in flight at once, by default."""
+
+_COALESCE = 0.05  # seconds: the most a poll of many is moved to go with others
 
 MAX_CONCURRENCY = 1_000
 MAX_FAILED_POLLS = 1_000_000
