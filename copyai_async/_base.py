@@ -251,7 +251,7 @@ class BaseClient(Generic[_R]):
         )
         key = Secret(secret)
         self._key = key
-        self.base_url = str(base)
+        self.base_url: str = str(base)
         connections = int_in("max_connections", max_connections, 1)
         budget = Budget(
             clock=clock or SystemClock(),
@@ -426,6 +426,7 @@ class BaseClient(Generic[_R]):
     _run_label = "run"  # how messages name a run: "<label> <id> of workflow <id>"
 
     async def get_run(self, workflow_id: str, run_id: str) -> _R:
+        """Read one run; each API's client implements this."""
         raise NotImplementedError  # each API's client reads one run its own way
 
     def _note_started(self, workflow_id: str, run_id: str) -> None:

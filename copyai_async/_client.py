@@ -65,6 +65,8 @@ def _optional_id(name: str, value: Any) -> str | None:
 
 
 class _Auto(enum.Enum):
+    """The type of :data:`AUTO`."""
+
     AUTO = "auto"
 
 

@@ -31,9 +31,11 @@ class SystemClock:
     """The real clock: :func:`time.monotonic` and :func:`anyio.sleep`."""
 
     def monotonic(self) -> float:
+        """:func:`time.monotonic`."""
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
+        """:func:`anyio.sleep`."""
         await anyio.sleep(seconds)
 
     def __repr__(self) -> str:

@@ -237,7 +237,7 @@ class RunHints:
 
     def __init__(self, clock: Clock, *, memory: int = HINT_MEMORY) -> None:
         self.clock = clock
-        self.listeners = 0
+        self.listeners: int = 0
         self._covered: collections.Counter[str | None] = collections.Counter()
         self._evidence: set[str] = set()  # workflows whose events arrived unregistered
         self._alive_at = -math.inf
@@ -318,6 +318,7 @@ class RunHints:
         self._subscribers.setdefault(run_id, []).append(callback)
 
     def unsubscribe(self, run_id: str, callback: Callable[[str], None]) -> None:
+        """Stop calling ``callback`` for ``run_id`` (a no-op if it was not subscribed)."""
         callbacks = self._subscribers.get(run_id)
         if callbacks is None:
             return

@@ -135,10 +135,10 @@ class Output:
     """Where results go: JSON lines, rich, or plain text."""
 
     def __init__(self, *, as_json: bool, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stdout
+        self.stream: TextIO = stream or sys.stdout
         self.as_json = as_json
-        self.tty = self.stream.isatty()
-        self.rich = self.tty and not as_json and importlib.util.find_spec("rich") is not None
+        self.tty: bool = self.stream.isatty()
+        self.rich: bool = self.tty and not as_json and importlib.util.find_spec("rich") is not None
         self._console: Any = None
 
     @property
@@ -150,14 +150,17 @@ class Output:
         return self._console
 
     def line(self, text: str = "") -> None:
+        """Print one line of text."""
         print(text, file=self.stream, flush=True)
 
     def json_line(self, obj: Any) -> None:
+        """Print ``obj`` as one compact JSON line."""
         print(
             json.dumps(obj, ensure_ascii=False, separators=(",", ":")), file=self.stream, flush=True
         )
 
     def run(self, run: WorkflowRun) -> None:
+        """Print one run: a JSON line, a rich table or plain ``key: value`` lines."""
         if self.as_json:
             self.json_line(run_json(run))
             return
@@ -231,8 +234,8 @@ class StatusBoard:
         self.total = total
         self.title = title
         self.latest: dict[str, str] = {}
-        self.done = 0
-        self.started = time.monotonic()
+        self.done: int = 0
+        self.started: float = time.monotonic()
         self._last_line = 0.0
         self._progress: Any = None
         self._task: Any = None
@@ -269,9 +272,11 @@ class StatusBoard:
             self.out.line(self.summary_line())
 
     def counts(self) -> Counter[str]:
+        """How many runs are in each status now."""
         return Counter(self.latest.values())
 
     def summary_line(self) -> str:
+        """Elapsed time, runs done and the count per status, on one line."""
         elapsed = time.monotonic() - self.started
         counts = " ".join(f"{status.lower()} {n}" for status, n in sorted(self.counts().items()))
         return f"{elapsed:6.1f} s  {self.done}/{self.total} done  {counts}"
@@ -288,6 +293,7 @@ class StatusBoard:
         self._progress.update(self._task, completed=self.done, counts="  ".join(parts))
 
     def seen(self, run: WorkflowRun) -> None:
+        """Record a run's latest status (and print a summary at most once a second)."""
         self.latest[run.id] = run.raw_status or run.status.value
         self._refresh()
         if self._progress is None and not self.out.as_json:
@@ -297,6 +303,7 @@ class StatusBoard:
                 self.out.line(self.summary_line())
 
     def finished(self, run: WorkflowRun) -> None:
+        """Record a run that reached a terminal status."""
         self.done += 1
         self.seen(run)
 
@@ -330,6 +337,7 @@ def _client(args: argparse.Namespace) -> CopyAIClient:
 
 
 async def cmd_list(args: argparse.Namespace, out: Output) -> int:
+    """``runs list``: stream a workflow's runs."""
     size = args.size or (MAX_PAGE_SIZE if args.all else 10)
     async with _client(args) as client:
         if not args.all:
@@ -351,12 +359,14 @@ async def cmd_list(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_get(args: argparse.Namespace, out: Output) -> int:
+    """``runs get``: print one run."""
     async with _client(args) as client:
         out.run(await client.get_run(args.workflow_id, args.run_id))
     return EXIT_OK
 
 
 async def cmd_start(args: argparse.Namespace, out: Output) -> int:
+    """``runs start``: start a run, and wait for it with ``--wait``."""
     variables = _pairs(args.var, "--var")
     metadata = _pairs(args.metadata, "--metadata") or None
     start_key: Any = None if args.no_start_key else (args.start_key or AUTO)
@@ -382,6 +392,7 @@ async def cmd_start(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_find(args: argparse.Namespace, out: Output) -> int:
+    """``runs find``: find the run started with a start key."""
     async with _client(args) as client:
         run = await client.find_started_run(
             args.workflow_id, args.start_key, max_runs=args.max_runs
@@ -398,6 +409,7 @@ async def cmd_find(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_wait(args: argparse.Namespace, out: Output) -> int:
+    """``runs wait``: wait for runs to finish, with live progress."""
     ids = list(dict.fromkeys(args.run_ids))
     async with _client(args) as client:
         if not args.listen:
@@ -427,6 +439,7 @@ async def _wait(client: CopyAIClient, args: argparse.Namespace, out: Output, ids
 
 
 async def cmd_webhooks_list(args: argparse.Namespace, out: Output) -> int:
+    """``webhooks list``: print the registered webhooks."""
     count = 0
     async with _client(args) as client:
         async for hook in client.list_webhooks():
@@ -446,6 +459,7 @@ def _show_webhook(out: Output, hook: Webhook) -> None:
 
 
 async def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
+    """``webhooks create``: register a webhook URL."""
     async with _client(args) as client:
         hook = await client.create_webhook(args.url, args.event_type, workflow_id=args.workflow)
     _show_webhook(out, hook)
@@ -453,12 +467,14 @@ async def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_webhooks_get(args: argparse.Namespace, out: Output) -> int:
+    """``webhooks get``: print one webhook."""
     async with _client(args) as client:
         _show_webhook(out, await client.get_webhook(args.webhook_id))
     return EXIT_OK
 
 
 async def cmd_webhooks_delete(args: argparse.Namespace, out: Output) -> int:
+    """``webhooks delete``: remove a webhook."""
     async with _client(args) as client:
         await client.delete_webhook(args.webhook_id, missing_ok=args.missing_ok)
     if not out.as_json:
@@ -476,6 +492,7 @@ def _listener(client: CopyAIClient, args: argparse.Namespace) -> Any:
 
 
 async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
+    """``listen``: receive webhook events and print them."""
     async with _client(args) as client, _listener(client, args) as listener:
         if not args.no_register:
             hooks = await listener.register(args.workflow, args.events or RUN_EVENTS)
@@ -520,6 +537,7 @@ def _severity(code: int) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    """``demo``: the whole tour against an embedded fake server."""
     from .testing import FakeCopyAI, Schedule
 
     rng = random.Random(args.seed)
@@ -674,6 +692,7 @@ async def _compare_webhooks(
 
 
 def cmd_fake_server(args: argparse.Namespace) -> int:
+    """``fake-server``: serve the fake Copy.ai API until interrupted."""
     from .testing.__main__ import run
 
     return run(args)

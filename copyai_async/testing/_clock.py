@@ -25,7 +25,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 0.0) -> None:
-        self.now = float(start)
+        self.now: float = float(start)
         self.sleeps: list[float] = []
         self._sleepers: list[tuple[float, int]] = []
         self._order = itertools.count()

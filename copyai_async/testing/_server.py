@@ -226,20 +226,22 @@ class FakeCopyAI:
             raise ValueError(f"compress_min_size must be >= 0 or None, got {compress_min_size!r}")
         self.api_key = api_key
         self.host = host
-        self.port = port
+        self.port: int = port
         self.latency = latency
-        self.quirks = quirks or Quirks()
-        self.default_schedule = default_schedule or Schedule()
+        self.quirks: Quirks = quirks or Quirks()
+        self.default_schedule: Schedule = default_schedule or Schedule()
         self.schedule_for = schedule_for
         self.fault_rate = fault_rate
-        self.random_faults = tuple(faults)
-        self.fault_methods = None if fault_methods is None else frozenset(fault_methods)
+        self.random_faults: tuple[Fault, ...] = tuple(faults)
+        self.fault_methods: frozenset[str] | None = (
+            None if fault_methods is None else frozenset(fault_methods)
+        )
         self.credit_limit = credit_limit
-        self.credits_used = 0
+        self.credits_used: int = 0
         self.clock = clock
-        self.keepalive_timeout = _check_keepalive(keepalive_timeout)
+        self.keepalive_timeout: float = _check_keepalive(keepalive_timeout)
         self.compress_min_size = compress_min_size
-        self.stats = ServerStats()
+        self.stats: ServerStats = ServerStats()
         self.requests: deque[RecordedRequest] = deque(maxlen=request_log_size)
         self._rng = random.Random(seed)
         self._scripted: list[tuple[str | None, str | None, Fault]] = []
@@ -314,7 +316,7 @@ class FakeCopyAI:
             sock.close()
             await runner.cleanup()
             raise
-        self.port = sock.getsockname()[1]
+        self.port = int(sock.getsockname()[1])
         await web.SockSite(runner, sock).start()
         self._runner = runner
         self._webhooks.start()

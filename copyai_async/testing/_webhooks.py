@@ -116,6 +116,7 @@ class FakeWebhook:
     workflow_id: str | None
 
     def render(self) -> dict[str, Any]:
+        """The webhook as the API's JSON shows it."""
         return {
             "id": self.id,
             "url": self.url,

@@ -56,6 +56,7 @@ async def copyai_client(copyai_server: FakeCopyAI) -> AsyncIterator[CopyAIClient
 
 
 def pytest_configure(config: Any) -> None:
+    """Register the ``copyai_async`` marker."""
     config.addinivalue_line(
         "markers", "copyai_async: tests using the copyai_async fake server fixtures"
     )

@@ -173,11 +173,11 @@ class Listener:
         self._client = client
         self._hints = hints
         self.host = host
-        self.port = port
+        self.port: int = port
         self.path = path
         self.serve = serve
         self.max_body = max_body
-        self.stats = ListenerStats()
+        self.stats: ListenerStats = ListenerStats()
         self.registered: list[Webhook] = []
         self._secret = secrets.token_urlsafe(32)
         self._secret_bytes = self._secret.encode()
@@ -241,7 +241,7 @@ class Listener:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
-            self.port = sock.getsockname()[1]
+            self.port = int(sock.getsockname()[1])
             await web.SockSite(runner, sock).start()
         except BaseException:
             sock.close()
