@@ -420,21 +420,32 @@ async def cmd_wait(args: argparse.Namespace, out: Output) -> int:
 
 
 async def _wait(client: CopyAIClient, args: argparse.Namespace, out: Output, ids: list[str]) -> int:
-    failed = 0
+    failed: list[WorkflowRun] = []
+    code = EXIT_OK
     with StatusBoard(out, len(ids), "Waiting") as board:
         try:
             async for run in client.wait_for_runs(
                 args.workflow_id, ids, timeout=args.timeout, on_status=board.seen
             ):
                 board.finished(run)
-                failed += run.status is RunStatus.FAILED
+                if run.status is RunStatus.FAILED:
+                    failed.append(run)
                 if out.as_json:
                     out.json_line(run_json(run))
         except ExceptionGroup as group:
             codes = [exit_code(error) for error in group.exceptions]
             for error in group.exceptions:
                 print(f"error: {_one_line(error)}", file=sys.stderr)
-            return max(codes, key=_severity)
+            code = max(codes, key=_severity)
+    # The summary counts failures; these lines say which runs (in JSON mode the rows do).
+    for run in failed:
+        if not out.as_json:
+            status = run.raw_status or run.status.value
+            print(
+                f"failed: run {run.id} of workflow {args.workflow_id} ({status})", file=sys.stderr
+            )
+    if code != EXIT_OK:
+        return code
     return EXIT_RUN_FAILED if failed else EXIT_OK
 
 

@@ -22,8 +22,9 @@ import pytest
 
 import copyai_async
 from copyai_async import START_KEY
+from copyai_async.aitasker import AITaskerClient, AITaskerRun
 from copyai_async.cli import main
-from copyai_async.testing import FakeCopyAI, Schedule
+from copyai_async.testing import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID, FakeCopyAI, Schedule
 
 T = TypeVar("T")
 
@@ -435,7 +436,12 @@ def test_wait_exit_status(
         )
         other = api.call(lambda: api.server.add_run(schedule=schedule)).id
     assert cli(api, "runs", "wait", api.server.workflow_id, ok, other, "--timeout", "1") == code
-    assert words in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert words in err
+    if extra == "FAILED":  # the failed run is named, not only counted
+        assert err.splitlines() == [
+            f"failed: run {other} of workflow {api.server.workflow_id} (FAILED)"
+        ]
 
 
 # -- webhooks ----------------------------------------------------------------------------
@@ -550,7 +556,9 @@ def _spawn(*argv: str) -> subprocess.Popen[str]:
 
 
 def test_fake_server_command() -> None:
-    proc = _spawn("fake-server", "--runs", "3", "--api-key", "k2", "--seed", "4")
+    proc = _spawn(
+        "fake-server", "--runs", "3", "--aitasker-runs", "2", "--api-key", "k2", "--seed", "4"
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -561,6 +569,15 @@ def test_fake_server_command() -> None:
         assert f"COPYAI_API_KEY=k2 COPYAI_BASE_URL={url.group(1)}" in usage
         aitasker = proc.stdout.readline()
         assert f"AITASKER_BASE_URL={url.group(1).removesuffix('/api')}" in aitasker
+        assert f"workspace {AITASKER_WORKSPACE_ID}, workflow {AITASKER_WORKFLOW_ID}" in aitasker
+
+        async def aitasker_runs() -> list[AITaskerRun]:
+            base = url.group(1).removesuffix("/api")
+            async with AITaskerClient("k2", base_url=base) as at:
+                return await at.list_runs(AITASKER_WORKSPACE_ID, AITASKER_WORKFLOW_ID)
+
+        seeded = asyncio.run(aitasker_runs())
+        assert [r.status for r in seeded] == ["completed", "completed"]
         listing = subprocess.run(
             [
                 sys.executable,

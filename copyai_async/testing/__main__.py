@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from ._aitasker import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID
 from ._schedule import Schedule
 from ._server import (
     DEFAULT_API_KEY,
@@ -68,6 +69,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="make the --runs stay PROCESSING for this many polls each (default: none)",
+    )
+    p.add_argument(
+        "--aitasker-runs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="aitasker runs to create up front in its default workspace and workflow "
+        "(completed; --finish-between and --polls-each apply to them too)",
     )
     p.add_argument(
         "--runs-file",
@@ -165,6 +174,16 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         if args.runs_file:
             with open(args.runs_file, "w") as out:
                 json.dump(listing, out)
+    if args.aitasker_runs:
+        rng = random.Random(args.seed + 1)
+        for _ in range(args.aitasker_runs):
+            schedule = Schedule.immediate(final="completed")
+            if args.finish_between:
+                finishes = rng.uniform(*args.finish_between)
+                schedule = Schedule.seconds(("running", finishes), final="completed")
+            elif args.polls_each:
+                schedule = Schedule.polls(("running", args.polls_each), final="completed")
+            server.add_aitasker_run(schedule=schedule)
     return server
 
 
@@ -181,7 +200,8 @@ async def _serve(server: FakeCopyAI, workflow: str) -> None:
             f"use it: COPYAI_API_KEY={server.api_key} COPYAI_BASE_URL={server.url} "
             f"copyai-async runs list {workflow}\n"
             f"aitasker: AITASKER_API_TOKEN={server.api_key} "
-            f"AITASKER_BASE_URL={server.aitasker_url}",
+            f"AITASKER_BASE_URL={server.aitasker_url} "
+            f"(workspace {AITASKER_WORKSPACE_ID}, workflow {AITASKER_WORKFLOW_ID})",
             flush=True,
         )
         await stop.wait()
@@ -197,8 +217,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.fault_rate <= 1.0:
         print("error: --fault-rate must be between 0 and 1", file=sys.stderr)
         return 2
-    if args.latency < 0 or args.runs < 0:
-        print("error: --latency and --runs must be >= 0", file=sys.stderr)
+    if args.latency < 0 or args.runs < 0 or args.aitasker_runs < 0:
+        print("error: --latency, --runs and --aitasker-runs must be >= 0", file=sys.stderr)
         return 2
     if not args.keepalive_timeout >= 0:
         print("error: --keepalive-timeout must be >= 0", file=sys.stderr)
