@@ -1,0 +1,232 @@
+"""The scripts in examples/ run as a user runs them: unedited, against the fake server.
+
+Each test starts ``copyai-async fake-server`` in its own process, exports the two variables
+it prints, and runs the example in another process (the FastAPI app is served by uvicorn,
+and the plugin example by pytest), then checks what came out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+WORKFLOW = "WCFG-fake-workflow"
+# Every example script, and the test below that runs it.
+COVERED = {
+    "start_and_wait.py": "test_start_and_wait",
+    "export_runs.py": "test_export_runs",
+    "wait_many.py": "test_wait_many",
+    "fastapi_app.py": "test_fastapi_app",
+    "summaries.py": "test_the_plugin_example_passes",
+    "test_summaries.py": "test_the_plugin_example_passes",
+}
+
+
+def test_every_example_is_run_by_a_test() -> None:
+    assert {p.name for p in EXAMPLES.glob("*.py")} == set(COVERED)
+    assert all(name in globals() for name in COVERED.values())
+
+
+@pytest.fixture
+def fake_api() -> Iterator[Any]:
+    """Start ``copyai-async fake-server ARGS``; yields a function of the args that
+    returns the environment its output says to use."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> dict[str, str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "copyai_async", "fake-server", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        use = proc.stdout.readline()  # "use it: COPYAI_API_KEY=... COPYAI_BASE_URL=... ..."
+        pairs = dict(re.findall(r"(COPYAI_[A-Z_]+)=(\S+)", use))
+        assert set(pairs) == {"COPYAI_API_KEY", "COPYAI_BASE_URL"}, use
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COPYAI_")}
+        return {**env, **pairs, "PYTHONUNBUFFERED": "1"}
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
+def run_example(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / argv[0]), *argv[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_start_and_wait(fake_api: Any) -> None:
+    done = run_example(fake_api(), "start_and_wait.py", WORKFLOW, "sea otters")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["id"].startswith("WRUN-")
+    assert result["output"]  # the finished run's output
+    assert result["credits"] == 2
+    # The statuses seen on the way, in order (the fake's default schedule).
+    seen = re.findall(r": ([A-Z]+)$", done.stderr, re.M)
+    assert seen == ["NEW", "WAITING", "PROCESSING", "COMPLETE"]
+
+
+def test_start_and_wait_reports_a_bad_key_in_one_line(fake_api: Any) -> None:
+    env = {**fake_api(), "COPYAI_API_KEY": "wrong"}
+    done = run_example(env, "start_and_wait.py", WORKFLOW, "sea otters")
+    assert done.returncode != 0
+    assert "401" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_export_runs(fake_api: Any, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"runs{suffix}"
+    done = run_example(
+        fake_api("--runs", "250", "--seed", "5"), "export_runs.py", WORKFLOW, str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f)) if suffix == ".csv" else [json.loads(line) for line in f]
+    assert len(rows) == 250
+    assert len({r["id"] for r in rows}) == 250
+    assert {r["status"] for r in rows} == {"COMPLETE"}
+    stamps = [r["created_at"] for r in rows]
+    assert stamps == sorted(stamps, reverse=True)  # newest first, as listed
+    if suffix == ".csv":  # nested values are JSON text in their cells
+        assert isinstance(json.loads(rows[0]["output"]), dict)
+    assert "page 3: 250/250 runs" in done.stderr
+    assert done.stderr.rstrip().endswith(f"wrote 250 runs to {out}")
+
+
+def test_export_runs_wants_a_known_suffix(tmp_path: Path) -> None:
+    done = run_example(dict(os.environ), "export_runs.py", WORKFLOW, str(tmp_path / "x.txt"))
+    assert done.returncode == 1
+    assert "usage:" in done.stderr
+
+
+def test_wait_many(fake_api: Any) -> None:
+    topics = ["otters", "seals", "walruses", "puffins"]
+    done = run_example(fake_api(), "wait_many.py", WORKFLOW, *topics)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 5
+    assert sorted(line.split()[-1] for line in lines[:4]) == sorted(topics)
+    assert all(" COMPLETE " in line for line in lines[:4])
+    assert re.fullmatch(r"4 complete; 8 credits; \d+\.\d s", lines[4])
+    assert "started 4 of 4 runs" in done.stderr
+
+
+def test_wait_many_reports_runs_it_could_not_start(fake_api: Any) -> None:
+    done = run_example(fake_api(), "wait_many.py", "WCFG-no-such-workflow", "otters")
+    assert done.returncode == 2
+    assert "could not start 'otters'" in done.stderr
+    assert "404" in done.stderr
+
+
+def _load_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    for key, value in env.items():
+        if key.startswith("COPYAI_"):
+            monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location(
+        "fastapi_app_example", EXAMPLES / "fastapi_app.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app
+
+
+@pytest.fixture
+def served_app(fake_api: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The FastAPI example served by uvicorn in a thread (its own loop, as in production)."""
+    pytest.importorskip("fastapi")
+    import uvicorn
+
+    app = _load_app(fake_api(), monkeypatch)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            threading.Event().wait(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert not thread.is_alive()
+
+
+async def test_fastapi_app(served_app: str) -> None:
+    base = f"{served_app}/workflows/{WORKFLOW}/runs"
+    async with aiohttp.ClientSession() as http:
+
+        async def start_and_wait(topic: str) -> dict[str, Any]:
+            async with http.post(f"{base}?wait=true", json={"topic": topic}) as resp:
+                assert resp.status == 200, await resp.text()
+                body: dict[str, Any] = await resp.json()
+                return body
+
+        waits = [asyncio.ensure_future(start_and_wait(t)) for t in ("otters", "seals", "puffins")]
+        # While three requests wait for their runs (seconds), the app answers others at once.
+        await asyncio.sleep(0.5)
+        async with http.get(f"{served_app}/health") as resp:
+            assert resp.status == 200
+        assert not any(w.done() for w in waits)
+        runs = await asyncio.gather(*waits)
+        assert [r["status"] for r in runs] == ["COMPLETE"] * 3
+        assert [r["input"] for r in runs] == [{"topic": t} for t in ("otters", "seals", "puffins")]
+
+        async with http.get(f"{base}/{runs[0]['id']}") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["id"] == runs[0]["id"]
+        async with http.post(base, json={"topic": "later"}) as resp:  # no wait: just started
+            assert resp.status == 200
+            assert (await resp.json())["status"] == "NEW"
+        async with http.get(f"{base}/WRUN-missing") as resp:
+            assert resp.status == 404
+        async with http.post(f"{served_app}/workflows/WCFG-nope/runs", json={}) as resp:
+            assert resp.status == 404
+
+
+def test_the_plugin_example_passes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=EXAMPLES.parent,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert re.search(r"\b5 passed\b", done.stdout), done.stdout[-1000:]
