@@ -720,8 +720,11 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         not be readable yet), for ``policy.not_found_grace`` seconds.
 
         Raises:
-            RunFailedError, PollTimeoutError, PollFailedError, StartUncertainError,
-                CopyAIError: as :meth:`start_run` and :meth:`wait_for_run`.
+            RunFailedError: the run ended ``FAILED`` (with ``raise_on_failure``).
+            PollTimeoutError: ``timeout`` passed first.
+            PollFailedError: polls kept failing (see :class:`PollPolicy`).
+            StartUncertainError: the start's answer was lost and the run was not found.
+            CopyAIError: any other failure, as :meth:`start_run` and :meth:`wait_for_run`.
         """
         timeout = check_timeout(timeout)
         body, key = self._start_body(workflow_id, start_variables, metadata, start_key)

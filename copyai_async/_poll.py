@@ -97,7 +97,7 @@ class PollPolicy:
     The defaults suit runs that take seconds to minutes: polls at about 0, 1, 2.5, 4.8,
     8.1, 13.1, 20.7 s, then every 10 s.
 
-    Args:
+    Attributes:
         initial: seconds before the second poll.
         multiplier: growth of each sleep over the one before (>= 1).
         max_interval: the longest interval (>= ``initial``); a run is seen terminal at
