@@ -438,8 +438,8 @@ async def _wait(client: CopyAIClient, args: argparse.Namespace, out: Output, ids
                 print(f"error: {_one_line(error)}", file=sys.stderr)
             code = max(codes, key=_severity)
     # The summary counts failures; these lines say which runs (in JSON mode the rows do).
-    for run in failed:
-        if not out.as_json:
+    if not out.as_json:
+        for run in failed:
             status = run.raw_status or run.status.value
             print(
                 f"failed: run {run.id} of workflow {args.workflow_id} ({status})", file=sys.stderr
