@@ -146,35 +146,38 @@ def _free_port() -> int:
 
 
 @contextmanager
-def uvicorn_server(app: CopyAIApp, *, idle: float) -> Iterator[str]:
-    """uvicorn (h11) serving ``app``, closing connections idle for ``idle`` seconds."""
+def uvicorn_thread(app: Any, **config: Any) -> Iterator[threading.Thread]:
+    """uvicorn serving the ASGI ``app`` on 127.0.0.1 in its own thread and event loop.
+
+    ``config`` goes to ``uvicorn.Config``. Yields the server's thread, with its port as
+    ``thread.port``; on exit the server is stopped and the thread joined."""
     import uvicorn
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        http="h11",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=idle,  # typed int; uvicorn hands it to loop.call_later
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.port = sock.getsockname()[1]  # type: ignore[attr-defined]
     thread.start()
     try:
         while not server.started:
             if not thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
             threading.Event().wait(0.01)
-        yield f"http://127.0.0.1:{port}/api"
+        yield thread
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(30)
         sock.close()
+
+
+@contextmanager
+def uvicorn_server(app: CopyAIApp, *, idle: float) -> Iterator[str]:
+    """uvicorn (h11) serving ``app``, closing connections idle for ``idle`` seconds."""
+    # timeout_keep_alive is typed int; uvicorn hands it to loop.call_later.
+    with uvicorn_thread(app, http="h11", lifespan="off", timeout_keep_alive=idle) as thread:
+        yield f"http://127.0.0.1:{thread.port}/api"  # type: ignore[attr-defined]
 
 
 @contextmanager

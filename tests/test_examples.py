@@ -14,16 +14,16 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+
+from tests.real_servers import uvicorn_thread
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WORKFLOW = "WCFG-fake-workflow"
@@ -166,24 +166,9 @@ def _load_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
 def served_app(fake_api: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The FastAPI example served by uvicorn in a thread (its own loop, as in production)."""
     pytest.importorskip("fastapi")
-    import uvicorn
-
     app = _load_app(fake_api(), monkeypatch)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            assert thread.is_alive(), "uvicorn did not start"
-            threading.Event().wait(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with uvicorn_thread(app, lifespan="on") as thread:
+        yield f"http://127.0.0.1:{thread.port}"  # type: ignore[attr-defined]
     assert not thread.is_alive()
 
 
