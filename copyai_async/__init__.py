@@ -6,6 +6,7 @@ retries, backoff and a precise error tree instead of hand-written loops.
 
 from ._client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, CopyAIClient
 from ._clock import Clock, SystemClock
+from ._coordination import RedisCoordination
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -55,6 +56,7 @@ __all__ = [
     "PollPolicy",
     "PollTimeoutError",
     "RateLimitError",
+    "RedisCoordination",
     "RunFailedError",
     "RunPage",
     "RunPaginator",

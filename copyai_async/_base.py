@@ -21,6 +21,7 @@ from yarl import URL
 
 from ._budget import Budget
 from ._clock import Clock, SystemClock
+from ._coordination import RedisCoordination
 from ._errors import APIError, ConfigurationError, StartUncertainError
 from ._http import (
     OutcomeUnknown,
@@ -186,6 +187,22 @@ def json_object(name: str, value: Any) -> dict[str, Any]:
     return obj
 
 
+_LEASE_WITHOUT_TIMEOUT = 300.0
+"""Seconds a shared slot is held at most when the client's timeout has no total."""
+
+
+def _coordination(value: Any) -> RedisCoordination | None:
+    """``coordination=``: ``None``, a Redis URL, or a :class:`RedisCoordination`."""
+    if value is None or isinstance(value, RedisCoordination):
+        return value
+    if isinstance(value, str):
+        return RedisCoordination(value)
+    raise TypeError(
+        "coordination must be a Redis URL (str), a RedisCoordination or None, got "
+        f"{type(value).__name__}"
+    )
+
+
 class LookupInconclusive(Exception):
     """Looking for a started run could neither find it nor rule it out."""
 
@@ -227,6 +244,7 @@ class BaseClient(Generic[_R]):
         clock: Any,
         rate_limit: Any,
         allow_http: bool,
+        coordination: Any = None,
         error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
         auth_hint: str = "check the API key (api_key= or the COPYAI_API_KEY variable)",
     ) -> None:
@@ -253,17 +271,16 @@ class BaseClient(Generic[_R]):
         self._key = key
         self.base_url: str = str(base)
         connections = int_in("max_connections", max_connections, 1)
-        budget = Budget(
-            clock=clock or SystemClock(),
-            max_concurrency=connections,
-            rate_limit=None if rate_limit is None else _positive("rate_limit", rate_limit),
-        )
+        rate = None if rate_limit is None else _positive("rate_limit", rate_limit)
+        client_timeout = _client_timeout(timeout)
+        coordinator = _coordination(coordination)
+        budget = Budget(clock=clock or SystemClock(), max_concurrency=connections, rate_limit=rate)
         self._transport = Transport(
             base_url=base,
             auth_headers=lambda: auth_headers(key),
             secret=key,
             user_agent=f"copyai-async/{version()}",
-            timeout=_client_timeout(timeout),
+            timeout=client_timeout,
             retry=retry,
             budget=budget,
             max_connections=connections,
@@ -273,6 +290,22 @@ class BaseClient(Generic[_R]):
         )
 
         self._waiter: Waiter[_R] = Waiter(kind=kind, budget=budget)
+        # Shared limits: those of every process with this key (and namespace), on Redis.
+        self.coordination: RedisCoordination | None = coordinator
+        self._owns_coordination = isinstance(coordination, str)
+        if coordinator is not None:
+            hints = self._waiter.hints
+            link = coordinator._link(
+                secret=secret,
+                hints=hints,
+                max_in_flight=connections,
+                rate_limit=rate,
+                # A slot is held at most one attempt (plus its wait for the rate, which
+                # the script adds); a process that dies gives it back when it expires.
+                lease_ttl=(client_timeout.total or _LEASE_WITHOUT_TIMEOUT) + 5.0,
+            )
+            budget.shared = link
+            hints.relay = link.publish
 
     def __repr__(self) -> str:
         state = "closed" if self._transport.closed else "open"
@@ -292,6 +325,10 @@ class BaseClient(Generic[_R]):
 
     async def __aenter__(self: _C) -> _C:
         self._transport.open()
+        shared = self._transport.budget.shared
+        if shared is not None:
+            # Events other processes publish from now on reach this client's waits.
+            await shared.started()
         return self
 
     async def __aexit__(
@@ -309,6 +346,9 @@ class BaseClient(Generic[_R]):
         :class:`ClientClosedError`.
         """
         await self._transport.aclose()
+        coordination = self.coordination
+        if coordination is not None and self._owns_coordination:
+            await coordination.aclose()
 
     # -- starting runs exactly once ------------------------------------------------------
 

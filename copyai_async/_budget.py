@@ -9,6 +9,10 @@ Every attempt of every request of a client passes through its :class:`Budget`:
 - every wait (pacing, the pause, retry backoff) respects the caller's deadline, carried
   in a context variable by the poller: a wait that would end past it ends at it, with
   :class:`DeadlineExceeded`.
+
+With ``shared`` limits (Redis coordination), the rate, the in-flight cap and the pause
+are those of every process using the same key and namespace; while they cannot be
+reached, this budget falls back to its own (see :mod:`copyai_async._coordination`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import math
 from contextvars import ContextVar
+from typing import Protocol
 
 from ._clock import Clock, SystemClock
 from ._errors import ClientClosedError
 
-__all__ = ["DEADLINE", "Budget", "DeadlineExceeded"]
+__all__ = ["DEADLINE", "Budget", "DeadlineExceeded", "SharedLimits", "SharedUnavailable"]
 
 DEADLINE: ContextVar[float | None] = ContextVar("copyai_async_deadline", default=None)
 """The current operation's deadline on the client's clock, or ``None``."""
@@ -30,6 +35,43 @@ class DeadlineExceeded(Exception):
     """A wait reached the caller's deadline. ``__cause__`` is the last error, if any."""
 
 
+class SharedUnavailable(Exception):
+    """The shared limits cannot be reached just now: use the local ones."""
+
+
+class SharedLimits(Protocol):
+    """Limits kept outside this process (see :mod:`copyai_async._coordination`)."""
+
+    def ready(self) -> bool:
+        """Whether to try the shared limits now (false while backing off after a failure)."""
+        ...
+
+    async def turn(self, budget: Budget) -> str:
+        """Wait for a shared slot and this request's place in the shared rate (sleeping
+        through ``budget``); returns the slot's lease. Raises :class:`SharedUnavailable`."""
+        ...
+
+    def release_soon(self, lease: str) -> None:
+        """Give the slot back (in the background; never raises)."""
+        ...
+
+    async def pause(self, seconds: float) -> None:
+        """Pause every process sharing the limits (never raises)."""
+        ...
+
+    def start(self) -> None:
+        """Begin what runs in the background (in the running loop; idempotent)."""
+        ...
+
+    async def started(self) -> None:
+        """Return once the first connection attempt is over (made or failed)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop what runs in the background."""
+        ...
+
+
 class Budget:
     """The shared limits of one client (see the module docstring).
 
@@ -37,10 +79,19 @@ class Budget:
         clock: the client's clock.
         max_concurrency: requests in flight at once.
         rate_limit: requests per second, or ``None`` for no limit.
+        shared: limits kept with other processes, used while they can be reached.
     """
 
-    def __init__(self, *, clock: Clock, max_concurrency: int, rate_limit: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        max_concurrency: int,
+        rate_limit: float | None,
+        shared: SharedLimits | None = None,
+    ) -> None:
         self.clock = clock
+        self.shared = shared
         self.slots = asyncio.Semaphore(max_concurrency)
         self.rate_limit = rate_limit
         self._spacing = 1.0 / rate_limit if rate_limit else 0.0
@@ -62,6 +113,17 @@ class Budget:
     def pause(self, seconds: float) -> None:
         """Pause every request of the client for ``seconds`` (a server's Retry-After)."""
         self._paused_until = max(self._paused_until, self.clock.monotonic() + seconds)
+
+    async def pause_all(self, seconds: float) -> None:
+        """Pause this client, and every process sharing its limits, for ``seconds``."""
+        self.pause(seconds)
+        if self.shared is not None:
+            await self.shared.pause(seconds)
+
+    def release(self, lease: str | None) -> None:
+        """Give back the shared slot :meth:`wait_turn` returned (``None``: nothing to do)."""
+        if lease is not None and self.shared is not None:
+            self.shared.release_soon(lease)
 
     async def nap(self, seconds: float) -> None:
         """Sleep on the clock; if the client closes meanwhile, raise ClientClosedError at once."""
@@ -95,9 +157,21 @@ class Budget:
                 raise DeadlineExceeded() from cause
         await self.nap(seconds)
 
-    async def wait_turn(self) -> None:
+    async def wait_turn(self) -> str | None:
         """Wait out any pause, then for this request's place in the rate; call it while
-        holding a slot, right before sending."""
+        holding a slot, right before sending. Returns the lease of a shared slot, to
+        give back with :meth:`release` once the request is over (``None`` when the
+        local limits were used)."""
+        shared = self.shared
+        if shared is not None and shared.ready():
+            try:
+                return await shared.turn(self)
+            except SharedUnavailable:
+                pass  # logged by the shared limits; this process's own limits apply
+        await self._local_turn()
+        return None
+
+    async def _local_turn(self) -> None:
         while True:
             now = self.clock.monotonic()
             start = max(now, self._next_start, self._paused_until)

@@ -24,6 +24,7 @@ from ._base import (
 from ._budget import DeadlineExceeded
 from ._clock import Clock
 from ._convert import WIRE
+from ._coordination import RedisCoordination
 from ._errors import APIError, NotFoundError, PaginationError, PollTimeoutError
 from ._http import OutcomeUnknown, Response, encode_segment, response_date
 from ._models import START_KEY, RunPage, RunStatus, WorkflowRun
@@ -122,6 +123,13 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             one that got it.
         allow_http: allow a plain ``http://`` base URL to a host that is not loopback
             (the key would travel unencrypted); loopback hosts are always allowed.
+        coordination: share ``rate_limit``, ``max_connections`` and ``Retry-After``
+            pauses with every process using the same API key, and webhook events with
+            their waits, through Redis: a ``redis://`` URL, or a
+            :class:`RedisCoordination` (to choose a namespace, or share one connection
+            among clients). Needs the ``redis`` extra. If Redis is unreachable, the
+            client goes on with its own limits (one WARNING) and shares again once it
+            is back; no Redis error is raised from a call.
         start_keys: tag each run ``start_run`` starts with a fresh random key in its
             metadata (``metadata["copyai_async_start_key"]``), so that a start whose
             answer is lost can be found instead of guessed at, and never started twice.
@@ -149,6 +157,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         clock: Clock | None = None,
         rate_limit: float | None = None,
         allow_http: bool = False,
+        coordination: str | RedisCoordination | None = None,
         start_keys: bool = True,
     ) -> None:
         if not isinstance(start_keys, bool):
@@ -173,6 +182,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             clock=clock,
             rate_limit=rate_limit,
             allow_http=allow_http,
+            coordination=coordination,
         )
 
     # -- endpoints ---------------------------------------------------------------------

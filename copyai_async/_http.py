@@ -418,7 +418,10 @@ class Transport:
         """The session, created on first use (inside the running loop)."""
         if self._closed:
             raise ClientClosedError("this client is closed; create a new client to make requests")
-        self.budget.closing_future()
+        budget = self.budget
+        budget.closing_future()
+        if budget.shared is not None:
+            budget.shared.start()
         session = self._session
         if session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
@@ -443,6 +446,8 @@ class Transport:
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()
+        if self.budget.shared is not None:
+            await self.budget.shared.aclose()
 
     # -- requests ----------------------------------------------------------------------
 
@@ -511,7 +516,7 @@ class Transport:
             attempt += 1
             session = self.open()
             async with budget.slots:
-                await budget.wait_turn()
+                lease = await budget.wait_turn()
                 started = self.clock.monotonic()
                 try:
                     # No redirects: the key must go to the configured base URL and nowhere else.
@@ -537,6 +542,8 @@ class Transport:
                     failure = exc
                 else:
                     failure = None
+                finally:
+                    budget.release(lease)
             suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
             if failure is not None:
                 if self._closed:
@@ -614,7 +621,7 @@ class Transport:
                 raise status_error
             if retry_after is not None and status == 429:
                 # The server asked this client to slow down: all its requests wait.
-                budget.pause(retry_after)
+                await budget.pause_all(retry_after)
             delay = retry_after if retry_after is not None else self.backoff(attempt)
             self._log_retry(method, shown, attempt, delay, str(status))
             await budget.sleep(delay, cause=status_error)

@@ -244,6 +244,8 @@ class RunHints:
         self._final: collections.OrderedDict[str, bool] = collections.OrderedDict()
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
         self._memory = memory
+        self.relay: Callable[[str, str | None, bool], None] | None = None
+        """Passes this process's events on to other processes (Redis coordination)."""
 
     # -- fed by listeners ---------------------------------------------------------------
 
@@ -275,9 +277,15 @@ class RunHints:
         """A sign that deliveries arrive: a registration, or an accepted delivery."""
         self._alive_at = self.clock.monotonic()
 
-    def hint(self, run_id: str, workflow_id: str | None, *, final: bool) -> None:
-        """An event about run ``run_id``; ``final``: it says the run finished."""
+    def hint(
+        self, run_id: str, workflow_id: str | None, *, final: bool, relayed: bool = False
+    ) -> None:
+        """An event about run ``run_id``; ``final``: it says the run finished.
+
+        ``relayed``: it came from another process (so it is not passed on again)."""
         self.alive()
+        if not relayed and self.relay is not None:
+            self.relay(run_id, workflow_id, final)
         if workflow_id is not None and len(self._evidence) < HINT_MEMORY:
             self._evidence.add(workflow_id)
         was_final = self._final.pop(run_id, False)

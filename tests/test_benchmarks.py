@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.redis_support import require_redis
+
 HARNESS = Path(__file__).parent.parent / "benchmarks" / "run.py"
 RELIABILITY = HARNESS.with_name("reliability.py")
+COORDINATION = HARNESS.with_name("coordination.py")
 
 
 def _tiny(script: Path, out: Path) -> subprocess.CompletedProcess[str]:
@@ -55,3 +58,17 @@ def test_reliability_experiments_run_on_tiny_sizes(tmp_path: Path) -> None:
     assert chaos["faults"] > 0
     assert chaos["waits_ended_by_error"] == 0
     assert chaos["finished"] == chaos["runs"] == 20
+
+
+def test_coordination_measurements_run_on_tiny_sizes(tmp_path: Path) -> None:
+    require_redis()
+    done = _tiny(COORDINATION, tmp_path)
+    results = json.loads((tmp_path / "coordination.json").read_text())
+    rate = results["rate"]
+    assert rate["shared"]["max_per_second"] <= 52
+    assert rate["baseline"]["max_per_second"] > rate["shared"]["max_per_second"]
+    assert results["pause"]["shared"]["sent_within_2s"] == 0
+    assert results["pause"]["baseline"]["sent_within_2s"] > 0
+    assert results["events"]["shared"]["ended"] == results["events"]["shared"]["runs"] == 20
+    assert results["outage"]["failed_calls"] == 0
+    assert "ratios are shared / baseline" in done.stdout

@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from tests.real_servers import uvicorn_thread
+from tests.redis_support import BINARY, RedisServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WORKFLOW = "WCFG-fake-workflow"
@@ -235,6 +236,18 @@ def test_readme_python_blocks_are_complete_programs_or_test_files() -> None:
 
 def test_readme_programs_run_against_the_fake_server(fake_api: Any, tmp_path: Path) -> None:
     env = fake_api("--runs", "30")
+    redis_server = None
+    if BINARY is not None:  # the many-workers program shares limits through it
+        redis_server = RedisServer(BINARY).start()
+        env["REDIS_URL"] = redis_server.url
+    try:
+        _run_readme_programs(env, tmp_path)
+    finally:
+        if redis_server is not None:
+            redis_server.close()
+
+
+def _run_readme_programs(env: dict[str, str], tmp_path: Path) -> None:
     programs = [b for b in _readme_blocks() if "asyncio.run(main())" in b]
     # The webhook program needs an address Copy.ai can reach: its workflow is a placeholder.
     runnable = [b for b in programs if WORKFLOW in b]

@@ -9,6 +9,7 @@ import aiohttp
 
 from .._base import BaseClient, base_url_from, credential, json_object
 from .._clock import Clock
+from .._coordination import RedisCoordination
 from .._http import encode_segment
 from .._poll import RunKind
 from ._convert import AITASKER_WIRE
@@ -75,6 +76,8 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             canceled). Any other status counts as still running.
         failed_statuses: the terminal statuses that mean failure (default: failed,
             error, cancelled, canceled); they must be terminal too.
+        coordination: share the limits with other processes through Redis, as for
+            :class:`~copyai_async.CopyAIClient` (keyed by a hash of the token).
 
     Raises:
         ConfigurationError: no token, or a bad ``base_url``.
@@ -98,6 +101,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
         clock: Clock | None = None,
         rate_limit: float | None = None,
         allow_http: bool = False,
+        coordination: str | RedisCoordination | None = None,
     ) -> None:
         terminal = _statuses("terminal_statuses", terminal_statuses)
         failed = _statuses("failed_statuses", failed_statuses)
@@ -132,6 +136,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             clock=clock,
             rate_limit=rate_limit,
             allow_http=allow_http,
+            coordination=coordination,
             error_fields=_fastapi_error_fields,
             auth_hint=f"check the token (token= or the {TOKEN_ENV} variable)",
         )

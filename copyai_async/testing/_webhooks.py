@@ -135,7 +135,7 @@ class Delivery:
         run_id: the run it was about, if any.
         body: the JSON body sent.
         status: the HTTP status answered, or 0 if the POST failed.
-        sent_at: when it was sent (``time.time()``).
+        sent_at: when it began to be sent (``time.time()``, before the POST).
     """
 
     url: str
@@ -350,6 +350,7 @@ class FakeWebhooks:
     async def _deliver(self, url: str, event_type: str, body: dict[str, Any], delay: float) -> None:
         if delay > 0:
             await asyncio.sleep(delay)
+        sent_at = time.time()
         status = await self.post(url, json.dumps(body).encode())
         stats = self._stats()
         stats.webhooks_sent += 1
@@ -363,7 +364,7 @@ class FakeWebhooks:
                 run_id=run_id if isinstance(run_id, str) else None,
                 body=body,
                 status=status,
-                sent_at=time.time(),
+                sent_at=sent_at,
             )
         )
 

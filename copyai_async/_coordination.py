@@ -1,0 +1,599 @@
+"""Many processes, one API key: the request budget and webhook hints, shared on Redis.
+
+A :class:`RedisCoordination` given to a client (``coordination=``) makes three of its
+limits those of every process using the same API key and namespace:
+
+- the rate (``rate_limit``): starts are spaced ``1/rate`` apart across all processes, by
+  a start time reserved in Redis (no burst, however many processes);
+- the in-flight cap (``max_connections``): leases in a sorted set, each expiring after
+  the longest an attempt may take, so a process that dies does not keep its slots;
+- the ``Retry-After`` pause: a 429 seen by any process pauses all of them.
+
+Each is one Lua script, so atomic, and reads Redis's clock (``TIME``), never a host's:
+hosts whose clocks disagree still space their requests right. A host only sleeps for the
+durations Redis hands out.
+
+Webhook events accepted by a listener of any process are published on a channel; every
+client's waits take them as hints, exactly like their own listener's (a wait still ends
+only on a GET). A lost message makes a wait poll at ``PollPolicy.safety_interval``.
+
+When Redis cannot be reached, nothing is raised: a WARNING is logged once, each process
+keeps its own limits (as without coordination) and polls without shared events, and
+Redis is tried again with growing backoff (0.5 s up to ``retry_max``); when it answers
+again, an INFO line says so and the shared limits apply again.
+
+Keys: ``copyai-async:{<namespace>:<digest>}:...``, where the digest is a SHA-256 of the
+API key (the key itself is never sent to Redis). The braces keep a client's keys in one
+Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import math
+import random
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._budget import Budget, SharedUnavailable
+from ._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from ._poll import RunHints
+
+__all__ = ["RedisCoordination", "SharedLink"]
+
+logger = logging.getLogger("copyai_async")
+
+_T = TypeVar("_T")
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_SCHEMES = ("redis://", "rediss://", "unix://")
+_FIRST_BACKOFF = 0.5
+_SLOT_POLL_FIRST = 0.002  # seconds between tries for a full in-flight cap, growing...
+_SLOT_POLL_MAX = 0.05  # ...up to this
+_PING_EVERY = 5.0  # the event subscription pings this often...
+_SILENCE_LIMIT = 15.0  # ...and reconnects after this long without a word from Redis
+_KEY_TTL_MS = 86_400_000  # keys of an idle key/namespace vanish after a day
+
+# KEYS: in-flight leases (zset), next start (µs), paused until (µs).
+# ARGV: lease token, in-flight cap, lease ms, spacing µs, "1" to take a slot ("0": the
+# slot is held; only take a new place in the rate, and extend the lease to match).
+# Returns {granted (0/1), delay µs}.
+_TURN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease_us = tonumber(ARGV[3]) * 1000
+local start = now
+local nxt = tonumber(redis.call('GET', KEYS[2]) or '0')
+if nxt > start then start = nxt end
+local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
+if paused > start then start = paused end
+if ARGV[5] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    return {0, 0}
+  end
+  redis.call('ZADD', KEYS[1], string.format('%.0f', start + lease_us), ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', start + lease_us), ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local spacing = tonumber(ARGV[4])
+if spacing > 0 then
+  local after = start + spacing
+  redis.call('SET', KEYS[2], string.format('%.0f', after), 'PX',
+    string.format('%.0f', math.ceil((after - now) / 1000) + 1000))
+end
+return {1, string.format('%.0f', start - now)}
+"""
+
+# KEYS: paused until (µs). ARGV: pause µs. Returns the pause left, in µs.
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wanted = now + tonumber(ARGV[1])
+local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+if wanted > paused then
+  redis.call('SET', KEYS[1], string.format('%.0f', wanted), 'PX',
+    string.format('%.0f', math.ceil(tonumber(ARGV[1]) / 1000) + 1000))
+  paused = wanted
+end
+return string.format('%.0f', paused - now)
+"""
+
+# KEYS: paused until (µs). Returns the pause left, in µs (0 if none).
+_PAUSE_LEFT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+if paused > now then return string.format('%.0f', paused - now) end
+return '0'
+"""
+
+
+def _import_redis() -> Any:
+    try:
+        import redis.asyncio
+    except ImportError as exc:  # pragma: no cover - the test extra installs redis
+        raise ConfigurationError(
+            "coordination needs the redis package: pip install 'copyai-async[redis]'"
+        ) from exc
+    return redis
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class RedisCoordination:
+    """Share one API key's limits and webhook events among processes, through Redis.
+
+    Pass it (or just its URL) to a client::
+
+        client = CopyAIClient(rate_limit=50, coordination="redis://localhost:6379/0")
+
+        coordination = RedisCoordination("redis://redis:6379/0", namespace="prod")
+        client = CopyAIClient(rate_limit=50, coordination=coordination)
+
+    Every client with the same API key and namespace then shares, whichever process or
+    host it runs in:
+
+    - ``rate_limit``: requests are spaced ``1/rate_limit`` apart across all of them;
+    - ``max_connections``: the most requests in flight across all of them;
+    - the pause a 429's ``Retry-After`` asks for: one process sees it, all wait.
+
+    Each process applies the values it was given to the shared counters, so give every
+    process the same ones. Webhook events a listener accepts in any process reach the
+    waits of every client (each still verifies with one GET). Redis's clock is used,
+    never a host's.
+
+    If Redis cannot be reached, API calls go on: a WARNING is logged once, each process
+    falls back to its own limits, and Redis is tried again with backoff (from 0.5 s up
+    to ``retry_max``) until it answers. No Redis error is ever raised from an API call.
+
+    A coordination made from a URL by a client is closed with it. One you make yourself
+    can serve many clients (of either API); close it with :meth:`aclose` or
+    ``async with`` after them.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL, or a
+            ``redis.asyncio.Redis`` client you own (left open on :meth:`aclose`).
+        namespace: separates deployments sharing one Redis (1 to 64 letters, digits or
+            ``_.:-``); processes share limits only within a namespace.
+        timeout: seconds a Redis operation may take before Redis counts as unavailable
+            (made from a URL only; a client passed in keeps its own timeouts).
+        retry_max: the longest wait between tries while Redis is unavailable, in seconds.
+
+    Raises:
+        ConfigurationError: the ``redis`` package is not installed (install
+            ``copyai-async[redis]``).
+        TypeError, ValueError: an argument of the wrong type or out of range.
+    """
+
+    def __init__(
+        self,
+        url: Any,
+        *,
+        namespace: str = "default",
+        timeout: float = 1.0,
+        retry_max: float = 30.0,
+    ) -> None:
+        redis = _import_redis()
+        if isinstance(url, str):
+            if not url.startswith(_SCHEMES):
+                raise ValueError(
+                    f"url must be a redis://, rediss:// or unix:// URL, got {_shown(url)!r}"
+                )
+            self._url: str = url
+            self._redis: Redis | None = None
+            self._owns = True
+        elif isinstance(url, redis.asyncio.Redis):
+            self._url = "<redis client>"
+            self._redis = url
+            self._owns = False
+        else:
+            raise TypeError(f"url must be a str or a redis.asyncio.Redis, got {type(url).__name__}")
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, got {type(namespace).__name__}")
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(
+                f"namespace must be 1 to 64 letters, digits or '_.:-', got {namespace!r}"
+            )
+        for name, value in (("timeout", timeout), ("retry_max", retry_max)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        self.namespace: str = namespace
+        self.timeout: float = float(timeout)
+        self.retry_max: float = float(retry_max)
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.RedisError,
+            OSError,
+            asyncio.TimeoutError,
+        )
+        self._scripts: dict[str, Any] = {}
+        self._down = False
+        self._retry_at = -math.inf
+        self._backoff = 0.0
+        self._closed = False
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        state = "available" if self.available else "unavailable"
+        return f"<RedisCoordination {_shown(self._url)} namespace={self.namespace!r} {state}>"
+
+    @property
+    def available(self) -> bool:
+        """False from a failed Redis operation until one succeeds again."""
+        return not self._down
+
+    async def __aenter__(self) -> RedisCoordination:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the Redis connections this object opened (a client passed in is left
+        open). Idempotent; close the API clients using it first."""
+        self._closed = True
+        redis, self._redis = self._redis, None
+        self._scripts.clear()
+        if redis is not None and self._owns:
+            await redis.aclose()
+
+    # -- for clients -------------------------------------------------------------------
+
+    def _link(
+        self,
+        *,
+        secret: str,
+        hints: RunHints,
+        max_in_flight: int,
+        rate_limit: float | None,
+        lease_ttl: float,
+    ) -> SharedLink:
+        """The shared limits and events of one client (its API key ``secret``)."""
+        return SharedLink(
+            self,
+            secret=secret,
+            hints=hints,
+            max_in_flight=max_in_flight,
+            rate_limit=rate_limit,
+            lease_ttl=lease_ttl,
+        )
+
+    def _client(self) -> Redis:
+        """The Redis client, made on first use."""
+        if self._closed:
+            raise SharedUnavailable("the coordination is closed")
+        redis = self._redis
+        if redis is None:
+            module = _import_redis()
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            # One immediate retry on a new connection, for a pooled connection that died
+            # with a Redis since restarted; no backoff: an API call must not wait on a
+            # Redis that is down (this object's own backoff says when to try again).
+            redis = self._redis = module.asyncio.Redis.from_url(
+                self._url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 1),
+                client_name="copyai-async",
+            )
+        return redis
+
+    def _script(self, source: str) -> Any:
+        """A registered Lua script (reloaded by redis-py if Redis forgot it)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._client().register_script(source)
+        return script
+
+    def _ready(self) -> bool:
+        """Whether to use Redis now: it answered last time, or its backoff is over."""
+        return not self._closed and (not self._down or time.monotonic() >= self._retry_at)
+
+    def _retry_in(self) -> float:
+        """Seconds until Redis may be tried again (0: now)."""
+        return 0.0 if not self._down else max(0.0, self._retry_at - time.monotonic())
+
+    async def _call(self, operation: Callable[[Redis], Awaitable[_T]]) -> _T:
+        """Run one Redis operation; a failure marks Redis unavailable and raises
+        :class:`SharedUnavailable` (never a Redis error)."""
+        try:
+            result = await operation(self._client())
+        except self._errors as exc:
+            self._failed(exc)
+            raise SharedUnavailable(str(exc)) from exc
+        self._succeeded()
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        """Note a failed operation: the first of an outage logs a WARNING."""
+        now = time.monotonic()
+        if self._down and now < self._retry_at:
+            return  # the same outage, seen by another operation already under way
+        self._backoff = min(self.retry_max, self._backoff * 2 or _FIRST_BACKOFF)
+        self._retry_at = now + self._backoff * self._rng.uniform(0.8, 1.0)
+        why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if self._down:
+            logger.debug("Redis at %s is still unavailable (%s)", _shown(self._url), why)
+            return
+        self._down = True
+        logger.warning(
+            "Redis at %s is unavailable (%s): each process uses its own limits and "
+            "waits poll without shared events until it is back; trying again in %.1f s",
+            _shown(self._url),
+            why,
+            self._backoff,
+        )
+
+    def _succeeded(self) -> None:
+        """Note a successful operation: the first after an outage logs it at INFO."""
+        if self._down:
+            self._down = False
+            self._backoff = 0.0
+            logger.info(
+                "Redis at %s is available again: limits are shared again", _shown(self._url)
+            )
+
+
+class SharedLink:
+    """One client's shared limits and events (made by :meth:`RedisCoordination._link`).
+
+    It implements :class:`~copyai_async._budget.SharedLimits` for the client's budget,
+    publishes the events its listeners accept, and runs one task that subscribes to
+    the events of the others.
+    """
+
+    def __init__(
+        self,
+        coordination: RedisCoordination,
+        *,
+        secret: str,
+        hints: RunHints,
+        max_in_flight: int,
+        rate_limit: float | None,
+        lease_ttl: float,
+    ) -> None:
+        self.coordination = coordination
+        digest = hashlib.sha256(b"copyai-async\0" + secret.encode()).hexdigest()[:32]
+        base = f"copyai-async:{{{coordination.namespace}:{digest}}}"
+        self.keys = (f"{base}:inflight", f"{base}:next", f"{base}:pause")
+        self.channel = f"{base}:events"
+        self.origin = secrets.token_hex(8)
+        self._hints = hints
+        self._max_in_flight = max_in_flight
+        self._spacing_us = round(1e6 / rate_limit) if rate_limit else 0
+        self._lease_ms = math.ceil(lease_ttl * 1000)
+        self._leases = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscriber: asyncio.Task[None] | None = None
+        self._first_try: asyncio.Event | None = None
+        self._rng = random.Random()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<SharedLink {self.channel.rsplit(':', 1)[0]} of {self.coordination!r}>"
+
+    # -- the budget --------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Whether to use Redis for the next request."""
+        return not self._closed and self.coordination._ready()
+
+    async def _turn_script(self, lease: str, take_slot: bool) -> tuple[bool, float]:
+        script = self.coordination._script(_TURN)
+        granted, delay_us = await self.coordination._call(
+            lambda redis: script(
+                keys=self.keys,
+                args=[
+                    lease,
+                    self._max_in_flight,
+                    self._lease_ms,
+                    self._spacing_us,
+                    "1" if take_slot else "0",
+                    _KEY_TTL_MS,
+                ],
+                client=redis,
+            )
+        )
+        return bool(int(granted)), int(delay_us) / 1e6
+
+    async def _pause_left(self) -> float:
+        script = self.coordination._script(_PAUSE_LEFT)
+        left = await self.coordination._call(
+            lambda redis: script(keys=self.keys[2:], args=[], client=redis)
+        )
+        return int(left) / 1e6
+
+    async def turn(self, budget: Budget) -> str:
+        """Take a shared slot and a place in the shared rate (after any shared pause),
+        sleeping on ``budget`` (so deadlines and closing apply); returns the lease."""
+        lease = f"{self.origin}:{next(self._leases)}"
+        held = False
+        poll = _SLOT_POLL_FIRST
+        try:
+            while True:
+                granted, delay = await self._turn_script(lease, not held)
+                if not granted:
+                    # Every slot is taken: look again soon (a slot frees when a request
+                    # of any process ends, and Redis does not say when).
+                    await budget.sleep(poll * self._rng.uniform(0.5, 1.0))
+                    poll = min(poll * 2, _SLOT_POLL_MAX)
+                    continue
+                held = True
+                if delay <= 0:
+                    return lease
+                await budget.sleep(delay)
+                if await self._pause_left() <= 0:
+                    return lease
+                # A pause began while this request slept: a new place, after it.
+        except BaseException:
+            if held:
+                self.release_soon(lease)
+            raise
+
+    def release_soon(self, lease: str) -> None:
+        """Give back a slot, in the background (an unreachable Redis lets it expire)."""
+        if self._closed:
+            return
+        key = self.keys[0]
+
+        async def release() -> None:
+            with contextlib.suppress(SharedUnavailable):  # else the lease expires by itself
+                await self.coordination._call(lambda redis: redis.zrem(key, lease))
+
+        self._spawn(release())
+
+    async def pause(self, seconds: float) -> None:
+        """Pause every process sharing the key for ``seconds``."""
+        if not self.ready():
+            return
+        script = self.coordination._script(_PAUSE)
+        try:
+            await self.coordination._call(
+                lambda redis: script(
+                    keys=self.keys[2:], args=[math.ceil(seconds * 1e6)], client=redis
+                )
+            )
+        except SharedUnavailable:
+            return  # the local pause holds this process
+        logger.info("paused every process sharing this key for %.2f s", seconds)
+
+    # -- events ------------------------------------------------------------------------
+
+    def publish(self, run_id: str, workflow_id: str | None, final: bool) -> None:
+        """Tell the other processes' waits about an event (in the background)."""
+        if self._closed or not self.coordination._ready():
+            return
+        message = json.dumps({"o": self.origin, "r": run_id, "w": workflow_id, "f": final})
+        channel = self.channel
+
+        async def publish() -> None:
+            # Unsent, waits elsewhere fall back to their safety interval.
+            with contextlib.suppress(SharedUnavailable):
+                await self.coordination._call(lambda redis: redis.publish(channel, message))
+
+        self._spawn(publish())
+
+    def _take(self, data: Any) -> None:
+        try:
+            message = json.loads(data)
+            origin, run_id, workflow_id = message["o"], message["r"], message["w"]
+            final = message["f"]
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.debug("ignored a malformed message on %s: %s", self.channel, exc)
+            return
+        if origin == self.origin:
+            return  # this client's own listener already told its waits
+        if not isinstance(run_id, str) or not isinstance(final, bool):
+            logger.debug("ignored a malformed message on %s", self.channel)
+            return
+        self._hints.hint(
+            run_id,
+            workflow_id if isinstance(workflow_id, str) else None,
+            final=final,
+            relayed=True,
+        )
+
+    def start(self) -> None:
+        """Start following the other processes' events (idempotent; in the loop)."""
+        if self._closed or (self._subscriber is not None and not self._subscriber.done()):
+            return
+        self._first_try = asyncio.Event()
+        self._subscriber = asyncio.get_running_loop().create_task(
+            self._follow(self._first_try), name="copyai-async redis events"
+        )
+
+    async def started(self) -> None:
+        """Return once the first subscription attempt is over (made or failed)."""
+        first = self._first_try
+        if first is not None:
+            await first.wait()
+
+    async def _follow(self, first_try: asyncio.Event) -> None:
+        coordination = self.coordination
+        while not self._closed:
+            wait = coordination._retry_in()
+            if wait > 0:
+                first_try.set()
+                await asyncio.sleep(wait)
+                continue
+            attached = False
+            pubsub: Any = None
+            try:
+                pubsub = coordination._client().pubsub()
+                await pubsub.subscribe(self.channel)
+                coordination._succeeded()
+                self._hints.attach()
+                attached = True
+                first_try.set()
+                heard = pinged = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    now = time.monotonic()
+                    if message is not None:
+                        heard = now
+                        if message.get("type") == "message":
+                            self._take(message.get("data"))
+                    if now - heard > _SILENCE_LIMIT:
+                        raise ConnectionError(f"no word from Redis for {_SILENCE_LIMIT:g} s")
+                    if now - pinged > _PING_EVERY:
+                        pinged = now
+                        await pubsub.ping()
+            except SharedUnavailable:
+                first_try.set()  # closed meanwhile
+                return
+            except coordination._errors as exc:
+                coordination._failed(exc)
+                first_try.set()
+            finally:
+                if attached:
+                    self._hints.detach()
+                if pubsub is not None:
+                    with contextlib.suppress(*coordination._errors):
+                        await pubsub.aclose()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop following events; let slot releases and publishes under way finish (for
+        at most the coordination's timeout)."""
+        self._closed = True
+        subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            subscriber.cancel()
+            await asyncio.wait((subscriber,))
+        if self._tasks:
+            pending = list(self._tasks)
+            _, late = await asyncio.wait(pending, timeout=self.coordination.timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
