@@ -220,11 +220,6 @@ class RedisCoordination:
         self.namespace: str = namespace
         self.timeout: float = float(timeout)
         self.retry_max: float = float(retry_max)
-        self._errors: tuple[type[BaseException], ...] = (
-            redis.exceptions.RedisError,
-            OSError,
-            asyncio.TimeoutError,
-        )
         self._scripts: dict[str, Any] = {}
         self._down = False
         self._retry_at = -math.inf
@@ -322,9 +317,12 @@ class RedisCoordination:
     async def _call(self, operation: Callable[[Redis], Awaitable[_T]]) -> _T:
         """Run one Redis operation; a failure marks Redis unavailable and raises
         :class:`SharedUnavailable` (never a Redis error)."""
+        redis = self._client()  # SharedUnavailable once closed
         try:
-            result = await operation(self._client())
-        except self._errors as exc:
+            result = await operation(redis)
+        except Exception as exc:
+            # Redis's errors, and any other failure of its client library (a connection
+            # torn down under it): none of them may reach an API call.
             self._failed(exc)
             raise SharedUnavailable(str(exc)) from exc
         self._succeeded()
@@ -547,34 +545,40 @@ class SharedLink:
             try:
                 pubsub = coordination._client().pubsub()
                 await pubsub.subscribe(self.channel)
-                coordination._succeeded()
-                self._hints.attach()
-                attached = True
-                first_try.set()
                 heard = pinged = time.monotonic()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     now = time.monotonic()
                     if message is not None:
                         heard = now
-                        if message.get("type") == "message":
+                        kind = message.get("type")
+                        if kind == "message":
                             self._take(message.get("data"))
-                    if now - heard > _SILENCE_LIMIT:
-                        raise ConnectionError(f"no word from Redis for {_SILENCE_LIMIT:g} s")
-                    if now - pinged > _PING_EVERY:
+                        elif kind == "subscribe" and not attached:
+                            # Redis confirmed the subscription: only now is it up
+                            # (redis-py may return from subscribe() unconnected).
+                            coordination._succeeded()
+                            self._hints.attach()
+                            attached = True
+                            first_try.set()
+                    # Before the confirmation, no longer than an operation may take.
+                    limit = _SILENCE_LIMIT if attached else coordination.timeout
+                    if now - heard > limit:
+                        raise ConnectionError(f"no word from Redis for {limit:g} s")
+                    if attached and now - pinged > _PING_EVERY:
                         pinged = now
                         await pubsub.ping()
             except SharedUnavailable:
                 first_try.set()  # closed meanwhile
                 return
-            except coordination._errors as exc:
+            except Exception as exc:  # as in _call: any failure means "unavailable"
                 coordination._failed(exc)
                 first_try.set()
             finally:
                 if attached:
                     self._hints.detach()
                 if pubsub is not None:
-                    with contextlib.suppress(*coordination._errors):
+                    with contextlib.suppress(Exception):
                         await pubsub.aclose()
 
     def _spawn(self, work: Awaitable[None]) -> None:

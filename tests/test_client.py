@@ -68,6 +68,8 @@ def test_empty_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"base_url": 5}, TypeError, "base_url"),
         ({"session": object()}, TypeError, "session"),
         ({"clock": object()}, TypeError, "clock"),
+        ({"coordination": 6379}, TypeError, "coordination"),
+        ({"coordination": "http://localhost:6379"}, ValueError, "url must be a redis://"),
     ],
 )
 def test_bad_options_name_the_argument(kwargs: dict[str, Any], exc: type, words: str) -> None:
@@ -102,6 +104,7 @@ def test_version_and_public_surface() -> None:
             "PollPolicy",
             "PollTimeoutError",
             "RateLimitError",
+            "RedisCoordination",
             "RunFailedError",
             "RunPage",
             "RunPaginator",
