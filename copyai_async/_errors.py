@@ -114,17 +114,24 @@ class RunFailedError(CopyAIError):
 class PollTimeoutError(CopyAIError, TimeoutError):
     """A wait for a run passed its ``timeout`` before the run ended.
 
+    Before giving up, a wait polls once more (unless its last reading is fresh), so
+    ``run`` is how the run was just before the deadline, not a reading from long before.
+
     Attributes:
         run: the run as last seen, or ``None`` if it was never read.
         run_id: the id of the run waited for.
         timeout: the timeout, in seconds.
+        age: seconds between that last reading and the timeout (``None``: never read).
     """
 
-    def __init__(self, message: str, *, run: Any, run_id: str, timeout: float) -> None:
+    def __init__(
+        self, message: str, *, run: Any, run_id: str, timeout: float, age: float | None = None
+    ) -> None:
         super().__init__(message)
         self.run = run
         self.run_id = run_id
         self.timeout = timeout
+        self.age = age
 
 
 class PollFailedError(CopyAIError):

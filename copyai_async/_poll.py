@@ -6,9 +6,11 @@ The poller knows nothing of any one API: it is given how to fetch a run and a
 Timing: the first poll is immediate; then sleeps grow from ``initial`` by ``multiplier``
 up to ``max_interval``, each drawn within ``jitter / 2`` of its interval either way (so
 the mean sleep, and the request rate, are the interval's, and no sleep exceeds
-``max_interval * (1 + jitter / 2)``). A ``timeout`` is one deadline on the client's monotonic clock
-over requests, retries, pauses and sleeps: a sleep that would cross it ends at it, and a
-request in flight at it is cancelled.
+``max_interval * (1 + jitter / 2)``). A ``timeout`` is one deadline on the client's
+monotonic clock over requests, retries, pauses and sleeps: a sleep that would cross it
+ends at it, and a request in flight at it is cancelled. Before it, unless a reading is
+fresh, the run is polled once more (:data:`FINAL_LOOK`), so that a timeout never reports
+a status from long before.
 
 Failures: a poll is a read, so a poll that fails for a passing reason (5xx, 429, a
 dropped connection, a timeout, an answer that cannot be read), after the request's own
@@ -19,12 +21,17 @@ would only repeat (400, 401, 403, a 404 outside the grace window, 422) end it at
 
 Events: while a webhook listener of the client is live (see :class:`RunHints`), an event
 saying a run finished makes that run due for a poll at once, and the poll decides (an
-event is a hint, never a result). Runs whose events the listener receives are polled
-only every ``safety_interval`` meanwhile, so that lost deliveries still end every wait.
+event is a hint, never a result); a poll that contradicts it is followed by a few quick
+re-checks (``PollPolicy.rechecks``), in case the API's reads lag its events. Runs whose events
+the listener receives are polled only every ``safety_interval`` meanwhile, so that lost
+deliveries still end every wait. Events never delay a run's scheduled polls.
 
-Many runs: a heap of (due time, run) and at most ``concurrency`` polls in flight, each a
-short-lived task. Waiting on 10,000 runs costs 10,000 small heap entries, not 10,000
-sleeping tasks; the scheduler wakes only when a poll ends or the earliest run falls due.
+Each run's timing is decided by a :class:`RunPoll`, a state machine without I/O; two
+drivers send its polls. One run (:func:`observe`): a loop of sleeps and polls. Many runs
+(:func:`wait_many`): a heap of (due time, run) and at most ``concurrency`` polls in
+flight, each a short-lived task. Waiting on 10,000 runs costs 10,000 small heap entries,
+not 10,000 sleeping tasks; the scheduler wakes only when a poll ends, an event arrives
+or the earliest run falls due.
 """
 
 from __future__ import annotations
@@ -65,7 +72,18 @@ from ._tasks import cancel_and_wait
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
     from exceptiongroup import ExceptionGroup
 
-__all__ = ["DEFAULT_CONCURRENCY", "PollPolicy", "RunKind", "observe", "wait", "wait_many", "watch"]
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "FINAL_LOOK",
+    "PollPolicy",
+    "RunHints",
+    "RunKind",
+    "RunPoll",
+    "observe",
+    "wait",
+    "wait_many",
+    "watch",
+]
 
 logger = logging.getLogger("copyai_async")
 
@@ -78,6 +96,7 @@ _COALESCE = 0.05  # seconds: the most a poll of many is moved to go with others
 
 MAX_CONCURRENCY = 1_000
 MAX_FAILED_POLLS = 1_000_000
+MAX_RECHECKS = 10
 
 
 def _finite_positive(name: str) -> Callable[[Any, Any, float], None]:
@@ -88,6 +107,21 @@ def _finite_positive(name: str) -> Callable[[Any, Any, float], None]:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
     return check
+
+
+def _rechecks(value: Any) -> tuple[float, ...]:
+    """``rechecks`` as a tuple of seconds, checked."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"rechecks must be a sequence of seconds, got {type(value).__name__}")
+    pauses = tuple(value)
+    if len(pauses) > MAX_RECHECKS:
+        raise ValueError(f"rechecks must hold at most {MAX_RECHECKS} pauses, got {len(pauses)}")
+    for pause in pauses:
+        if isinstance(pause, bool) or not isinstance(pause, (int, float)):
+            raise TypeError(f"rechecks must hold numbers, got {type(pause).__name__}")
+        if not (math.isfinite(pause) and pause > 0):
+            raise ValueError(f"rechecks must hold finite numbers > 0, got {pause!r}")
+    return tuple(float(pause) for pause in pauses)
 
 
 @attrs.frozen(kw_only=True)
@@ -116,11 +150,17 @@ class PollPolicy:
             the events of the run's workflow, the run is polled only this often (and an
             event that says it finished makes it due at once); so a lost delivery
             delays a wait by at most this much. Jittered like the other sleeps.
+        rechecks: seconds between the polls that follow an event the poll it caused
+            contradicted (the run read unfinished after an event said it finished):
+            the API's reads may lag its events. By default the run is read again 0.5,
+            1.5 and 3.5 s after that reading, then only on its schedule; so one
+            delivery, forged or not, costs a wait at most ``1 + len(rechecks)`` polls,
+            and never moves its scheduled polls. At most 10; ``()`` for none.
 
     Raises:
         ValueError: a non-positive or non-finite value, ``multiplier < 1``,
-            ``max_interval < initial``, ``jitter`` outside 0..1, or a negative
-            ``max_failed_polls``.
+            ``max_interval < initial``, ``jitter`` outside 0..1, a negative
+            ``max_failed_polls``, or more than 10 ``rechecks``.
     """
 
     initial: float = attrs.field(default=1.0, validator=_finite_positive("initial"))
@@ -132,6 +172,7 @@ class PollPolicy:
     safety_interval: float = attrs.field(
         default=30.0, validator=_finite_positive("safety_interval")
     )
+    rechecks: tuple[float, ...] = attrs.field(default=(0.5, 1.0, 2.0), converter=_rechecks)
 
     def __attrs_post_init__(self) -> None:
         if self.multiplier < 1:
@@ -222,26 +263,38 @@ HINT_MEMORY = 100_000
 """Runs whose latest event :class:`RunHints` remembers (for waits that begin later)."""
 
 
+@attrs.define
+class _Claim:
+    """What the latest events say about one run."""
+
+    workflow_id: str | None  # the workflow the events named
+    final: bool  # an event said the run finished, and no poll has contradicted it since
+
+
 class RunHints:
     """What webhook events say about runs: the one extra input of a client's waits.
 
-    Listeners feed it; waits read it. An event is a hint, never a result: an event
-    saying a run finished makes that run due for a poll at once, and the poll decides.
+    Listeners feed it; waits read it, and report back what their polls saw. An event is
+    a hint, never a result: an event saying a run finished makes that run due for a poll
+    at once, and the poll decides. A poll sent after such an event that reads the run
+    unfinished *contradicts* it: the claim is dropped (so the listener takes the same
+    delivery again as news, not as a repeat).
 
     A listener is *live* from its registration and each accepted delivery, until
     ``safety_interval`` passes without one. While a live listener receives a workflow's
-    events (it registered for them, or they arrive), waits on that workflow's runs poll
-    only every ``safety_interval``; a run the client just started, or one an event has
-    named, is not even polled first.
+    events (it registered for them, or a poll has confirmed a "finished" event of that
+    workflow),
+    waits on that workflow's runs poll only every ``safety_interval``; a run the client
+    just started is not even polled first. An unconfirmed event changes no wait's pace.
     """
 
     def __init__(self, clock: Clock, *, memory: int = HINT_MEMORY) -> None:
         self.clock = clock
         self.listeners: int = 0
         self._covered: collections.Counter[str | None] = collections.Counter()
-        self._evidence: set[str] = set()  # workflows whose events arrived unregistered
+        self._evidence: set[str] = set()  # workflows whose events a poll has confirmed
         self._alive_at = -math.inf
-        self._final: collections.OrderedDict[str, bool] = collections.OrderedDict()
+        self._claims: collections.OrderedDict[str, _Claim] = collections.OrderedDict()
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
         self._memory = memory
         self.relay: Callable[[str, str | None, bool], None] | None = None
@@ -286,17 +339,42 @@ class RunHints:
         self.alive()
         if not relayed and self.relay is not None:
             self.relay(run_id, workflow_id, final)
-        if workflow_id is not None and len(self._evidence) < HINT_MEMORY:
-            self._evidence.add(workflow_id)
-        was_final = self._final.pop(run_id, False)
-        self._final[run_id] = final or was_final
-        if len(self._final) > self._memory:
-            self._final.popitem(last=False)
+        claim = self._claims.pop(run_id, None)
+        if claim is None:
+            claim = _Claim(workflow_id=workflow_id, final=final)
+        else:
+            claim.final = claim.final or final
+            claim.workflow_id = workflow_id if workflow_id is not None else claim.workflow_id
+        self._claims[run_id] = claim
+        if len(self._claims) > self._memory:
+            self._claims.popitem(last=False)
         if final:
             for callback in list(self._subscribers.get(run_id, ())):
                 callback(run_id)
 
-    # -- read by waits ------------------------------------------------------------------
+    def claims_final(self, run_id: str) -> bool:
+        """Whether an event said the run finished, and no poll has contradicted it since."""
+        claim = self._claims.get(run_id)
+        return claim is not None and claim.final
+
+    # -- read (and told) by waits ---------------------------------------------------------
+
+    def observed(self, run_id: str, workflow_id: str, *, finished: bool, checking: bool) -> None:
+        """A wait read the run: ``finished`` or not; ``checking``: its poll was sent after
+        an event said the run finished.
+
+        A finished run whose event said so (naming this workflow) confirms that the
+        workflow's events reach the listener; nothing else does (a run's existence is
+        no proof: anyone with the listener's URL may name it). A poll sent after a
+        "finished" event that reads the run unfinished contradicts the event."""
+        claim = self._claims.get(run_id)
+        if claim is None or not claim.final:
+            return
+        if finished:
+            if claim.workflow_id == workflow_id and len(self._evidence) < self._memory:
+                self._evidence.add(workflow_id)
+        elif checking:
+            claim.final = False
 
     def watching(self, workflow_id: str, policy: PollPolicy) -> bool:
         """Whether a live listener receives this workflow's events."""
@@ -309,16 +387,13 @@ class RunHints:
         )
 
     def first_poll_in(self, target: Target[Any], policy: PollPolicy) -> float:
-        """Seconds until a new wait's first poll: at once, unless events will tell."""
-        if not self.watching(target.workflow_id, policy):
-            return 0.0
-        if self._final.get(target.run_id, False):
-            return 0.0  # an event said it finished already
+        """Seconds until a new wait's first poll: at once, unless the client started the
+        run moments ago and a live listener receives its workflow's events."""
+        if not self.watching(target.workflow_id, policy) or self.claims_final(target.run_id):
+            return 0.0  # nobody will tell, or an event said it finished already: look now
         started = target.started_at
-        recent = started is not None and self.clock.monotonic() - started <= policy.safety_interval
-        if target.run_id in self._final or recent:
-            # Its events reach the listener (one arrived, or it started just now).
-            return policy.safety_interval
+        if started is not None and self.clock.monotonic() - started <= policy.safety_interval:
+            return policy.safety_interval  # its events will come: no need to look first
         return 0.0  # it may have finished before anyone listened: look now
 
     def subscribe(self, run_id: str, callback: Callable[[str], None]) -> None:
@@ -336,18 +411,6 @@ class RunHints:
             return
         if not callbacks:
             del self._subscribers[run_id]
-
-
-def _timeout_error(
-    target: Target[Any], kind: RunKind[Any], last: Any, time_limit: float | None
-) -> PollTimeoutError:
-    seen = f"last status {kind.status(last)}" if last is not None else "never read"
-    return PollTimeoutError(
-        f"{target.label}: not finished within the {time_limit:g} s timeout ({seen})",
-        run=last,
-        run_id=target.run_id,
-        timeout=time_limit if time_limit is not None else math.inf,
-    )
 
 
 def transient(error: CopyAIError) -> bool:
@@ -437,6 +500,201 @@ async def _rest_or_hint(
     return hinted.is_set()
 
 
+FINAL_LOOK = 1.0
+"""Seconds before a wait's deadline at which it polls once more (a quarter of the time it
+was given, if that is less), unless it read the run at most that long before: a
+timeout reports the run as it was at most about two of these before the deadline,
+unless that last poll failed (the error then says how old its reading is)."""
+
+
+class RunPoll(Generic[R]):
+    """One run's wait, without I/O: when to poll it next, and what each outcome means.
+
+    The drivers (:func:`observe` for one run, :func:`wait_many` for many) sleep, send
+    the polls and feed the outcomes in; this decides. Polls have three sources:
+
+    - the *schedule*: the policy's growing intervals (the safety interval while a live
+      listener receives the events of the run's workflow); only its own polls move it;
+    - *events*: an event saying the run finished makes it due at once (one arriving
+      while a poll is in flight, once that poll is back). A poll that contradicts the
+      event is followed by the policy's ``rechecks``. None of these delays the schedule;
+    - the *final look*: at :data:`FINAL_LOOK` before the deadline, unless a reading is
+      that fresh.
+
+    Args:
+        target: the run.
+        kind: how to read its status.
+        policy: the poll timing.
+        rng: draws the jitter.
+        hints: what webhook events say (``None``: no listener).
+        now: the clock's time as the wait begins.
+        deadline: the wait's deadline on the clock, or ``None``.
+        time_limit: the timeout, in seconds, for messages (``None``: no timeout).
+    """
+
+    def __init__(
+        self,
+        target: Target[R],
+        *,
+        kind: RunKind[R],
+        policy: PollPolicy,
+        rng: random.Random,
+        hints: RunHints | None,
+        now: float,
+        deadline: float | None,
+        time_limit: float | None,
+    ) -> None:
+        self.target = target
+        self.kind = kind
+        self.policy = policy
+        self._rng = rng
+        self._hints = hints
+        self._time_limit = time_limit
+        self.last: R | None = None
+        """The latest reading of the run (``None``: never read)."""
+        self.attempt = 0
+        """Polls the schedule has made so far."""
+        self.failures = 0
+        """Polls in a row that failed for a passing reason."""
+        self.last_failure: CopyAIError | None = None
+        """The last of those failures, while the streak lasts."""
+        self.in_flight = False
+        self._read_at = -math.inf
+        self._warned = False
+        self._scheduled_at = now
+        self._event_at: float | None = None
+        self._unchecked = False  # an event says it finished, and no poll went out since
+        if hints is not None:
+            self._scheduled_at += hints.first_poll_in(target, policy)
+            self._unchecked = hints.claims_final(target.run_id)
+        self._rechecks_left = 0
+        self._final_at = math.inf
+        self._lead = 0.0
+        if deadline is not None:
+            self._lead = min(FINAL_LOOK, max(0.0, deadline - now) / 4)
+            self._final_at = deadline - self._lead
+        self._looked = False  # the final look went out
+        # What the poll in flight is for (set when it goes out).
+        self._for_schedule = False
+        self._for_event = False
+        self._checking = False  # it went out after an event said the run finished
+
+    # -- when --------------------------------------------------------------------------
+
+    def due(self) -> float:
+        """When the next poll is due, on the clock (past the deadline: none is)."""
+        at = self._scheduled_at
+        if self._event_at is not None and self._event_at < at:
+            at = self._event_at
+        if at > self._final_at and not self._looked and self._read_at < self._final_at - self._lead:
+            return self._final_at
+        return at
+
+    def _pause(self) -> float:
+        """The schedule's next interval, jittered."""
+        hints = self._hints
+        if hints is not None and hints.watching(self.target.workflow_id, self.policy):
+            return self.policy.safety_delay(self.attempt, self._rng)
+        return self.policy.delay(self.attempt, self._rng)
+
+    # -- what happened -----------------------------------------------------------------
+
+    def hint(self, now: float) -> bool:
+        """An event says the run finished. Returns True if that made it due at once
+        (False while a poll is in flight: it is polled again once that one is back)."""
+        self._unchecked = True
+        if self.in_flight:
+            return False
+        self._event_at = now
+        return True
+
+    def sent(self, now: float) -> None:
+        """A poll of the run goes out now (perhaps a little before it is due)."""
+        due = self.due()
+        reach = max(now, due)
+        final = due >= self._final_at
+        self._looked = self._looked or final
+        self._for_schedule = final or self._scheduled_at <= reach
+        self._for_event = self._event_at is not None and self._event_at <= reach
+        if self._for_event:
+            self._event_at = None
+        self._checking, self._unchecked = self._unchecked, False
+        self.in_flight = True
+
+    def read(self, run: R, now: float) -> bool:
+        """The poll read the run. Returns True if it is finished: the wait is over."""
+        self.in_flight = False
+        self.failures, self.last_failure = 0, None
+        self.last, self._read_at = run, now
+        finished = self.kind.is_terminal(run)
+        if self._hints is not None:
+            target = self.target
+            self._hints.observed(
+                target.run_id, target.workflow_id, finished=finished, checking=self._checking
+            )
+        if finished:
+            return True
+        if not self._warned and self.kind.is_unknown(run):
+            self._warned = True
+            _warn_unknown(self.target, self.kind, run)
+        if self._checking:
+            self._rechecks_left = len(self.policy.rechecks)  # it contradicts the event
+        self._reschedule(now, 0.0, failed=False)
+        return False
+
+    def unreadable(self, now: float) -> None:
+        """The poll got a 404 for a run started moments ago: not readable yet."""
+        self.in_flight = False
+        self._reschedule(now, 0.0, failed=True)
+
+    def missed(self, error: CopyAIError, now: float) -> PollFailedError | None:
+        """The poll failed for a passing reason (logged at WARNING). Returns the error
+        that ends the wait once more than ``max_failed_polls`` failed in a row."""
+        self.in_flight = False
+        self.failures += 1
+        self.last_failure = error
+        if self.failures > self.policy.max_failed_polls:
+            return _gave_up(self.target, self.kind, self.last, self.failures, error)
+        self._reschedule(now, _not_before(error), failed=True)
+        _missed_poll(self.target, error, self.failures, self.policy, self.due() - now)
+        return None
+
+    def _reschedule(self, now: float, not_before: float, *, failed: bool) -> None:
+        """After a poll that did not end the wait (``failed``: it read nothing): the
+        next poll of each source."""
+        if self._for_schedule:
+            self._scheduled_at = now + max(self._pause(), not_before)
+            self.attempt += 1
+        if self._unchecked:
+            # An event came while the poll was in flight: its reading may be older.
+            self._event_at = now + not_before
+        elif failed and self._checking:
+            # The check itself failed: the event is still to be checked (soon, not at once).
+            self._unchecked = True
+            self._event_at = now + max(self.policy.initial, not_before)
+        elif self._rechecks_left and (self._checking or self._for_event):
+            pause = self.policy.rechecks[-self._rechecks_left]
+            self._event_at = now + max(pause, not_before)
+            self._rechecks_left -= 1
+
+    def timeout_error(self, now: float) -> PollTimeoutError:
+        """The error for a wait whose deadline passed now."""
+        last = self.last
+        if last is None:
+            seen = "never read"
+        else:
+            seen = f"last status {self.kind.status(last)}, read {now - self._read_at:.1f} s before"
+        limit = self._time_limit
+        return PollTimeoutError(
+            f"{self.target.label}: not finished within the "
+            f"{limit if limit is not None else math.inf:g} s timeout ({seen})",
+            run=last,
+            run_id=self.target.run_id,
+            timeout=limit if limit is not None else math.inf,
+            age=None if last is None else now - self._read_at,
+        )
+
+
 async def observe(
     target: Target[R],
     *,
@@ -453,92 +711,66 @@ async def observe(
 
     ``nap`` sleeps between polls (the client's, which ends early if it closes). With
     ``hints``, an event saying the run finished cuts a sleep short (see
-    :class:`RunHints`)."""
+    :class:`RunHints` and :class:`RunPoll`)."""
     rest = nap or clock.sleep
     if hints is not None and not hints.listeners:
         hints = None  # no listener: nothing will hint (one started later is not used)
-    hinted = asyncio.Event()
+    state = RunPoll(
+        target,
+        kind=kind,
+        policy=policy,
+        rng=rng,
+        hints=hints,
+        now=clock.monotonic(),
+        deadline=deadline,
+        time_limit=time_limit,
+    )
+    hinted = asyncio.Event() if hints is not None else None
 
     def on_hint(_run_id: str) -> None:
-        hinted.set()
+        state.hint(clock.monotonic())
+        if hinted is not None:
+            hinted.set()
 
     if hints is not None:
         hints.subscribe(target.run_id, on_hint)
-
-    async def pause_for(seconds: float) -> tuple[bool, bool]:
-        """Sleep (cut short by an event); returns (woken by an event, out of time)."""
-        cut = False
-        if deadline is not None:
-            remaining = deadline - clock.monotonic()
-            if seconds >= remaining:
-                seconds, cut = max(remaining, 0.0), True
-        listening = hints is not None and hints.listeners > 0
-        if cut and not listening and seconds <= 0:
-            return False, True
-        woke = await _rest_or_hint(rest, seconds, hinted if listening else None)
-        return woke, cut and not woke
-
-    last: R | None = None
-    attempt = 0
-    warned = False
-    failures = 0
-    last_failure: CopyAIError | None = None  # of the current streak of failed polls
     try:
-        first = 0.0 if hints is None else hints.first_poll_in(target, policy)
-        woke = False
-        if first > 0:
-            woke, out_of_time = await pause_for(first)
-            if out_of_time:
-                raise _timeout_error(target, kind, last, time_limit)
         while True:
-            hinted_poll = woke
-            hinted.clear()  # an event from now on is news to this poll
-            missed: CopyAIError | None = None
+            if hinted is not None:
+                hinted.clear()  # the state has taken every event so far
+            now = clock.monotonic()
+            if deadline is not None and now >= deadline:
+                # If polls were failing when time ran out, the last failure says why.
+                raise state.timeout_error(now) from state.last_failure
+            at = state.due()
+            if at > now:
+                until = at if deadline is None else min(at, deadline)
+                await _rest_or_hint(rest, until - now, hinted)
+                continue
+            state.sent(now)
             try:
-                run: R | None = await bounded(target.fetch, deadline, clock)
+                run = await bounded(target.fetch, deadline, clock)
             except NotFoundError:
                 if not target.in_grace(clock.monotonic()):
                     raise
-                run = None  # started moments ago and not readable yet
+                state.unreadable(clock.monotonic())  # started moments ago: not readable yet
+                continue
             except DeadlineExceeded as exc:
                 # A poll cut off by the deadline says nothing; the streak before it may.
-                raise _timeout_error(target, kind, last, time_limit) from (
-                    exc.__cause__ or last_failure
+                raise state.timeout_error(clock.monotonic()) from (
+                    exc.__cause__ or state.last_failure
                 )
             except CopyAIError as exc:
                 if not transient(exc):
                     raise
-                failures += 1
-                if failures > policy.max_failed_polls:
-                    raise _gave_up(target, kind, last, failures, exc) from exc
-                run, missed, last_failure = None, exc, exc
-            if run is not None:
-                failures, last_failure = 0, None
-                last = run
-                yield run
-                if kind.is_terminal(run):
-                    return
-                if not warned and kind.is_unknown(run):
-                    warned = True
-                    _warn_unknown(target, kind, run)
-            if hinted.is_set() and missed is None:
-                pause = 0.0  # an event came while the poll was in flight: look again
-            elif hinted_poll:
-                # The API does not confirm the event (yet): one more look soon, in case
-                # its reads lag its events; then the usual pace.
-                pause = policy.delay(0, rng)
-            elif hints is not None and hints.watching(target.workflow_id, policy):
-                pause = policy.safety_delay(attempt, rng)
-            else:
-                pause = policy.delay(attempt, rng)
-            attempt += 1
-            if missed is not None:
-                pause = max(pause, _not_before(missed))
-                _missed_poll(target, missed, failures, policy, pause)
-            woke, out_of_time = await pause_for(pause)
-            if out_of_time:
-                # If polls were failing when time ran out, the last failure says why.
-                raise _timeout_error(target, kind, last, time_limit) from last_failure
+                gave_up = state.missed(exc, clock.monotonic())
+                if gave_up is not None:
+                    raise gave_up from exc
+                continue
+            finished = state.read(run, clock.monotonic())
+            yield run
+            if finished:
+                return
     finally:
         if hints is not None:
             hints.unsubscribe(target.run_id, on_hint)
@@ -586,17 +818,197 @@ async def wait(
 
 @attrs.define(eq=False)
 class _Track(Generic[R]):
-    target: Target[R]
-    order: int
-    attempt: int = 0
-    last: R | None = None
-    warned: bool = False
-    failures: int = 0  # polls in a row that failed for a passing reason
-    last_failure: CopyAIError | None = None  # the last of them, while the streak lasts
+    """One run of a :func:`wait_many`: its state, and its place in the heap."""
+
+    poll: RunPoll[R]
+    order: int  # its place among the ids given (errors are raised in this order)
     entry: int = -1  # the sequence number of its live heap entry (older ones are stale)
-    in_flight: bool = False
-    hinted: bool = False  # an event said it finished since its poll started
-    hinted_poll: bool = False  # its next (or current) poll is an event's verification
+
+
+class _Polls(Generic[R]):
+    """The scheduler of :func:`wait_many`: a heap of (due time, run), the polls in flight,
+    and the one future the loop sleeps on (woken by a poll ending, an event, the client
+    closing, or the earliest due time).
+
+    Polls due close together are sent together: one wake of the loop for many polls,
+    not one each. A poll moves by at most a quarter of its jitter's spread, and 50 ms
+    (25 ms early or late on the default policy's first interval); none with jitter 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        policy: PollPolicy,
+        concurrency: int,
+        deadline: float | None,
+        hints: RunHints | None,
+    ) -> None:
+        self.clock = clock
+        self.concurrency = concurrency
+        self.deadline = deadline
+        self.hints = hints
+        self.heap: list[tuple[float, int, _Track[R]]] = []
+        self.pending = 0  # tracks with a live heap entry
+        self.running: dict[asyncio.Task[R], _Track[R]] = {}
+        self.finished: list[asyncio.Task[R]] = []  # polls that ended since the last look
+        self._by_run: dict[str, _Track[R]] = {}
+        self._poked: list[str] = []  # runs an event named since the last look
+        self._sequence = itertools.count()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._system_clock = isinstance(clock, SystemClock)
+        self._quarter = policy.jitter / 4
+        self._policy = policy
+
+    # -- the heap ----------------------------------------------------------------------
+
+    def add(self, track: _Track[R]) -> None:
+        """A run to wait for (before the loop starts: the heap is built in one go)."""
+        if self.hints is not None:
+            self._by_run[track.poll.target.run_id] = track
+            self.hints.subscribe(track.poll.target.run_id, self._on_hint)
+        track.entry = next(self._sequence)
+        self.heap.append((track.poll.due(), track.entry, track))
+        self.pending += 1
+
+    def start(self) -> None:
+        heapq.heapify(self.heap)
+
+    def push(self, track: _Track[R]) -> None:
+        """(Re)schedule a run at its state's due time; an older entry becomes stale."""
+        if track.entry < 0:
+            self.pending += 1
+        track.entry = next(self._sequence)
+        heapq.heappush(self.heap, (track.poll.due(), track.entry, track))
+
+    def _slack(self, track: _Track[R]) -> float:
+        if not self._quarter:
+            return 0.0
+        return min(_COALESCE, self._quarter * self._policy.interval(track.poll.attempt))
+
+    def _drop_stale(self) -> None:
+        heap = self.heap
+        while heap and heap[0][1] != heap[0][2].entry:
+            heapq.heappop(heap)  # the run was made due again, or is done
+
+    async def expire(self) -> list[_Track[R]]:
+        """Time is up: cancel the polls in flight; returns every run not seen finished."""
+        late = [*self.running.values(), *(e[2] for e in self.heap if e[1] == e[2].entry)]
+        await self._cancel_running()
+        self.heap.clear()
+        self.pending = 0
+        return late
+
+    async def _cancel_running(self) -> None:
+        for task in self.running:
+            task.remove_done_callback(self._on_done)
+        await cancel_and_wait(list(self.running))
+        self.running.clear()
+
+    # -- events ------------------------------------------------------------------------
+
+    def _wake(self, _: object = None) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def _on_done(self, task: asyncio.Task[R]) -> None:
+        self.finished.append(task)
+        self._wake()
+
+    def _on_hint(self, run_id: str) -> None:
+        self._poked.append(run_id)
+        self._wake()
+
+    def take_hints(self, now: float) -> None:
+        """Make the runs events named since the last look due (those not in flight)."""
+        for run_id in self._poked:
+            track = self._by_run.get(run_id)
+            if track is not None and track.poll.hint(now):
+                self.push(track)
+        self._poked.clear()
+
+    # -- polls ---------------------------------------------------------------------------
+
+    def launch(self, now: float) -> None:
+        """Send every poll due by now (and those due within their slack), up to the cap."""
+        heap, running = self.heap, self.running
+        self._drop_stale()
+        while heap and heap[0][0] <= now + self._slack(heap[0][2]):
+            if len(running) >= self.concurrency:
+                return
+            _, seq, track = heapq.heappop(heap)
+            if seq != track.entry:
+                continue
+            track.entry = -1
+            self.pending -= 1
+            track.poll.sent(now)
+            target = track.poll.target
+            task = self._loop.create_task(
+                bounded(target.fetch, self.deadline, self.clock),
+                name=f"copyai_async.poll[{target.run_id}]",
+            )
+            task.add_done_callback(self._on_done)
+            running[task] = track
+            self._drop_stale()
+
+    def done_with(self, track: _Track[R]) -> None:
+        """A run is finished or failed: no more events for it."""
+        if self.hints is not None:
+            run_id = track.poll.target.run_id
+            self._by_run.pop(run_id, None)
+            self.hints.unsubscribe(run_id, self._on_hint)
+
+    async def idle(self) -> None:
+        """Sleep until a poll ends, an event or the close arrives, or the next poll (or
+        the deadline) is due."""
+        if self.finished or self._poked:
+            return
+        until: float | None = None
+        self._drop_stale()
+        heap = self.heap
+        if heap and len(self.running) < self.concurrency:
+            until = heap[0][0] + self._slack(heap[0][2])
+        if self.deadline is not None:
+            until = self.deadline if until is None else min(until, self.deadline)
+        delay = None if until is None else until - self.clock.monotonic()
+        if delay is not None and delay <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        self._wakeup = self._loop.create_future()
+        timer: asyncio.TimerHandle | asyncio.Task[None] | None = None
+        if delay is not None:
+            if self._system_clock:
+                timer = self._loop.call_later(delay, self._wake)
+            else:
+                timer = self._loop.create_task(
+                    self.clock.sleep(delay), name="copyai_async.poll-timer"
+                )
+                timer.add_done_callback(self._wake)
+        try:
+            await self._wakeup
+        finally:
+            self._wakeup = None
+            if isinstance(timer, asyncio.Task):
+                timer.remove_done_callback(self._wake)
+                await cancel_and_wait([timer])
+            elif timer is not None:
+                timer.cancel()
+
+    def watch_close(self, closing: asyncio.Future[None] | None) -> None:
+        if closing is not None:
+            closing.add_done_callback(self._wake)
+
+    async def aclose(self, closing: asyncio.Future[None] | None) -> None:
+        """Cancel the polls in flight and let go of every event subscription."""
+        if closing is not None:
+            closing.remove_done_callback(self._wake)
+        await self._cancel_running()
+        if self.hints is not None:
+            for run_id in self._by_run:
+                self.hints.unsubscribe(run_id, self._on_hint)
+            self._by_run.clear()
 
 
 async def wait_many(
@@ -617,224 +1029,93 @@ async def wait_many(
     """Yield each run once, when seen terminal; then raise the failures as a group.
 
     ``on_status`` is called with each reading whose status differs from that run's
-    reading before (the first reading included). With ``hints``, an event saying a run
-    finished makes it due at once (the scheduler's one extra input)."""
-    sequence = itertools.count()
-    now = clock.monotonic()
+    reading before (the first reading included). Each run's timing is its
+    :class:`RunPoll`'s; with ``hints``, an event saying a run finished makes it due at
+    once."""
     if hints is not None and not hints.listeners:
         hints = None  # no listener: nothing will hint (one started later is not used)
-    # Only the heap, the running tasks (and, with hints, ``by_run``) hold a track: a run
-    # seen terminal is let go at once, so memory follows the runs still pending, not all
-    # the runs ever given. Hence ``targets`` is dropped once the heap is built.
-    heap: list[tuple[float, int, _Track[R]]] = []
-    by_run: dict[str, _Track[R]] = {}
-    poked: list[str] = []
-    # Polls run as tasks; each one that ends is put in ``finished`` and wakes the loop
-    # (as do events, and the client closing), so a wake costs the same however many
-    # polls are in flight.
-    finished: list[asyncio.Task[R]] = []
-    wakeup: asyncio.Future[None] | None = None
-    loop = asyncio.get_running_loop()
-    system_clock = isinstance(clock, SystemClock)
-    # Polls due close together are sent together: one wake of the loop for many polls,
-    # not one each. A poll moves by at most a quarter of its jitter's spread, and 50 ms
-    # (25 ms early or late on the default policy's first interval); none with jitter 0.
-    quarter = policy.jitter / 4
-
-    def slack(track: _Track[R]) -> float:
-        return min(_COALESCE, quarter * policy.interval(track.attempt)) if quarter else 0.0
-
-    def wake(_: object = None) -> None:
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
-
-    def on_done(task: asyncio.Task[R]) -> None:
-        finished.append(task)
-        wake()
-
-    def on_hint(run_id: str) -> None:
-        poked.append(run_id)
-        wake()
-
-    for i, t in enumerate(targets):
-        track = _Track(target=t, order=i, entry=next(sequence))
-        first = 0.0
-        if hints is not None:
-            by_run[t.run_id] = track
-            hints.subscribe(t.run_id, on_hint)
-            first = hints.first_poll_in(t, policy)
-        heap.append((now + first, track.entry, track))
-    heapq.heapify(heap)
+    # Only the heap and the polls in flight (and, with hints, the subscriptions) hold a
+    # track: a run seen terminal is let go at once, so memory follows the runs still
+    # pending, not all the runs ever given. Hence ``targets`` is dropped once the heap
+    # is built.
+    polls: _Polls[R] = _Polls(
+        clock=clock, policy=policy, concurrency=concurrency, deadline=deadline, hints=hints
+    )
+    now = clock.monotonic()
+    for i, target in enumerate(targets):
+        state = RunPoll(
+            target,
+            kind=kind,
+            policy=policy,
+            rng=rng,
+            hints=hints,
+            now=now,
+            deadline=deadline,
+            time_limit=time_limit,
+        )
+        polls.add(_Track(poll=state, order=i))
+    polls.start()
     targets = ()
-    total = len(heap)
-    pending = total  # tracks with a live heap entry
-    running: dict[asyncio.Task[R], _Track[R]] = {}
+    total = polls.pending
     failures: list[tuple[int, CopyAIError]] = []
-
-    def due(track: _Track[R], at: float) -> None:
-        nonlocal pending
-        if track.entry < 0:
-            pending += 1
-        track.entry = next(sequence)
-        heapq.heappush(heap, (at, track.entry, track))
-
-    def schedule(track: _Track[R], missed: CopyAIError | None = None) -> None:
-        if track.hinted and missed is None:
-            # An event came while the poll was in flight: look again at once.
-            track.hinted, track.hinted_poll = False, True
-            due(track, clock.monotonic())
-            return
-        if track.hinted_poll:
-            # The API does not confirm the event (yet): one more look soon, in case its
-            # reads lag its events; then the usual pace.
-            pause = policy.delay(0, rng)
-        elif hints is not None and hints.watching(track.target.workflow_id, policy):
-            pause = policy.safety_delay(track.attempt, rng)
-        else:
-            pause = policy.delay(track.attempt, rng)
-        track.hinted_poll = False
-        track.attempt += 1
-        if missed is not None:
-            pause = max(pause, _not_before(missed))
-            _missed_poll(track.target, missed, track.failures, policy, pause)
-        due(track, clock.monotonic() + pause)
-
-    def done_with(track: _Track[R]) -> None:
-        if hints is not None:
-            by_run.pop(track.target.run_id, None)
-            hints.unsubscribe(track.target.run_id, on_hint)
-
-    if closing is not None:
-        closing.add_done_callback(wake)
+    polls.watch_close(closing)
     try:
-        while pending or running:
+        while polls.pending or polls.running:
             now = clock.monotonic()
-            if poked:
-                for run_id in poked:
-                    hinted = by_run.get(run_id)
-                    if hinted is None:
-                        continue
-                    if hinted.in_flight:
-                        hinted.hinted = True
-                    elif not hinted.hinted_poll:
-                        hinted.hinted_poll = True
-                        due(hinted, now)
-                poked.clear()
+            polls.take_hints(now)
             if deadline is not None and now >= deadline:
                 # Time is up for every run not seen terminal.
-                for task in running:
-                    task.remove_done_callback(on_done)
-                await cancel_and_wait(list(running))
-                late = [*running.values(), *(e[2] for e in heap if e[1] == e[2].entry)]
-                running.clear()
-                heap.clear()
-                pending = 0
-                for gone in late:
-                    timeout_error = _timeout_error(gone.target, kind, gone.last, time_limit)
+                for late in await polls.expire():
+                    timeout_error = late.poll.timeout_error(now)
                     # Why its last polls failed, if they did.
-                    timeout_error.__cause__ = gone.last_failure
-                    failures.append((gone.order, timeout_error))
+                    timeout_error.__cause__ = late.poll.last_failure
+                    failures.append((late.order, timeout_error))
                 break
-            while heap and heap[0][1] != heap[0][2].entry:
-                heapq.heappop(heap)  # stale: the run was made due again, or is done
-            while heap and heap[0][0] <= now + slack(heap[0][2]) and len(running) < concurrency:
-                _, seq, track = heapq.heappop(heap)
-                if seq != track.entry:
-                    continue
-                track.entry = -1
-                pending -= 1
-                track.in_flight = True
-                track.hinted = False
-                task = loop.create_task(
-                    bounded(track.target.fetch, deadline, clock),
-                    name=f"copyai_async.poll[{track.target.run_id}]",
-                )
-                task.add_done_callback(on_done)
-                running[task] = track
-            if not finished and not poked:
-                until: float | None = None
-                if heap and len(running) < concurrency:
-                    until = heap[0][0] + slack(heap[0][2])
-                if deadline is not None:
-                    until = deadline if until is None else min(until, deadline)
-                delay = None if until is None else until - clock.monotonic()
-                if delay is not None and delay <= 0:
-                    await anyio.lowlevel.checkpoint()
-                else:
-                    wakeup = loop.create_future()
-                    timer: asyncio.TimerHandle | asyncio.Task[None] | None = None
-                    if delay is not None:
-                        if system_clock:
-                            timer = loop.call_later(delay, wake)
-                        else:
-                            timer = loop.create_task(
-                                clock.sleep(delay), name="copyai_async.poll-timer"
-                            )
-                            timer.add_done_callback(wake)
-                    try:
-                        await wakeup
-                    finally:
-                        wakeup = None
-                        if isinstance(timer, asyncio.Task):
-                            timer.remove_done_callback(wake)
-                            await cancel_and_wait([timer])
-                        elif timer is not None:
-                            timer.cancel()
+            polls.launch(now)
+            await polls.idle()
             if closing is not None and closing.done():
                 raise ClientClosedError("the client was closed while this operation was waiting")
-            done, finished[:] = list(finished), []
+            done, polls.finished[:] = list(polls.finished), []
             for task in done:
-                track = running.pop(task)
-                track.in_flight = False
+                track = polls.running.pop(task)
+                state = track.poll
                 error = task.exception()
+                now = clock.monotonic()
                 if error is None:
                     run = task.result()
-                    track.failures, track.last_failure = 0, None
                     if on_status is not None and (
-                        track.last is None or kind.status(track.last) != kind.status(run)
+                        state.last is None or kind.status(state.last) != kind.status(run)
                     ):
                         result = on_status(run)
                         if inspect.isawaitable(result):
                             await result
-                    track.last = run
-                    if kind.is_terminal(run):
-                        done_with(track)
+                    if state.read(run, now):
+                        polls.done_with(track)
                         yield run
                         continue
-                    if not track.warned and kind.is_unknown(run):
-                        track.warned = True
-                        _warn_unknown(track.target, kind, run)
-                    schedule(track)
-                elif isinstance(error, NotFoundError) and track.target.in_grace(clock.monotonic()):
-                    schedule(track)  # started moments ago and not readable yet
+                    polls.push(track)
+                elif isinstance(error, NotFoundError) and state.target.in_grace(now):
+                    state.unreadable(now)  # started moments ago and not readable yet
+                    polls.push(track)
                 elif isinstance(error, DeadlineExceeded):
-                    timeout_error = _timeout_error(track.target, kind, track.last, time_limit)
-                    timeout_error.__cause__ = error.__cause__ or track.last_failure
+                    timeout_error = state.timeout_error(now)
+                    timeout_error.__cause__ = error.__cause__ or state.last_failure
                     failures.append((track.order, timeout_error))
-                    done_with(track)
+                    polls.done_with(track)
                 elif isinstance(error, CopyAIError) and transient(error):
-                    track.failures += 1
-                    track.last_failure = error
-                    if track.failures > policy.max_failed_polls:
-                        gave_up = _gave_up(track.target, kind, track.last, track.failures, error)
-                        failures.append((track.order, gave_up))
-                        done_with(track)
+                    gave_up = state.missed(error, now)
+                    if gave_up is None:
+                        polls.push(track)  # a missed poll: poll again on schedule
                     else:
-                        schedule(track, missed=error)  # a missed poll: poll again on schedule
+                        failures.append((track.order, gave_up))
+                        polls.done_with(track)
                 elif isinstance(error, CopyAIError):
                     failures.append((track.order, error))
-                    done_with(track)
+                    polls.done_with(track)
                 else:
                     raise error
     finally:
-        if closing is not None:
-            closing.remove_done_callback(wake)
-        for task in running:
-            task.remove_done_callback(on_done)
-        await cancel_and_wait(list(running))
-        if hints is not None:
-            for run_id in by_run:
-                hints.unsubscribe(run_id, on_hint)
+        await polls.aclose(closing)
     if failures:
         failures.sort(key=lambda item: item[0])
         raise ExceptionGroup(

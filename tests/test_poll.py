@@ -38,6 +38,8 @@ from copyai_async import (
     WorkflowRun,
 )
 from copyai_async._budget import Budget
+from copyai_async._client import COPYAI_RUNS
+from copyai_async._poll import RunHints, RunPoll, Target
 from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule
 
 if sys.version_info < (3, 11):
@@ -105,6 +107,12 @@ def test_policy_defaults_and_growth() -> None:
         ({"max_failed_polls": 10**7}, ValueError, "max_failed_polls"),
         ({"max_failed_polls": 1.5}, TypeError, "max_failed_polls"),
         ({"max_failed_polls": True}, TypeError, "max_failed_polls"),
+        ({"rechecks": 0.5}, TypeError, "rechecks"),
+        ({"rechecks": "0.5"}, TypeError, "rechecks"),
+        ({"rechecks": [0.5, "1"]}, TypeError, "rechecks"),
+        ({"rechecks": [0.5, 0]}, ValueError, "rechecks"),
+        ({"rechecks": [math.inf]}, ValueError, "rechecks"),
+        ({"rechecks": [1.0] * 11}, ValueError, "at most 10"),
     ],
 )
 def test_policy_validation(kwargs: dict[str, Any], exc: type, words: str) -> None:
@@ -115,6 +123,137 @@ def test_policy_validation(kwargs: dict[str, Any], exc: type, words: str) -> Non
 def test_policy_is_frozen() -> None:
     with pytest.raises(AttributeError):
         PollPolicy().initial = 2  # type: ignore[misc]
+    assert PollPolicy(rechecks=[1, 2]).rechecks == (1.0, 2.0)
+    assert PollPolicy(rechecks=()).rechecks == ()
+
+
+# -- RunPoll: one run's timing, without sockets or time ----------------------------------
+
+RUNNING = WorkflowRun(id="WRUN-1", workflow_id="WCFG-1", status=RunStatus.PROCESSING)
+FINISHED = WorkflowRun(id="WRUN-1", workflow_id="WCFG-1", status=RunStatus.COMPLETE)
+STEADY = PollPolicy(initial=10, multiplier=1, max_interval=10, jitter=0, safety_interval=20)
+
+
+def _run_poll(
+    policy: PollPolicy = STEADY,
+    *,
+    hints: RunHints | None = None,
+    deadline: float | None = None,
+    started_at: float | None = None,
+) -> RunPoll[WorkflowRun]:
+    async def never(_workflow_id: str, _run_id: str) -> WorkflowRun:  # pragma: no cover
+        raise AssertionError("RunPoll sends nothing")
+
+    target = Target(workflow_id="WCFG-1", run_id="WRUN-1", read=never, started_at=started_at)
+    return RunPoll(
+        target,
+        kind=COPYAI_RUNS,
+        policy=policy,
+        rng=random.Random(0),
+        hints=hints,
+        now=0.0,
+        deadline=deadline,
+        time_limit=deadline,
+    )
+
+
+def _drive(
+    state: RunPoll[WorkflowRun], until: float, events: dict[float, str] | None = None
+) -> list[float]:
+    """The times its polls go out until ``until`` (each reads RUNNING, answered at
+    once); ``events`` maps a time to an event arriving then ("hint")."""
+    sent: list[float] = []
+    pending = sorted((events or {}).items())
+    while True:
+        at = state.due()
+        if pending and pending[0][0] < at:
+            when, _ = pending.pop(0)
+            state.hint(when)
+            continue
+        if at >= until:
+            return sent
+        state.sent(at)
+        sent.append(at)
+        assert not state.read(RUNNING, at)
+
+
+def test_run_poll_follows_the_schedule() -> None:
+    assert _drive(_run_poll(), 45) == [0, 10, 20, 30, 40]
+
+
+def test_run_poll_checks_an_event_then_rechecks_without_moving_the_schedule() -> None:
+    hints = RunHints(FakeClock())
+    hints.attach()
+    state = _run_poll(hints=hints)
+    hints.hint("WRUN-1", "WCFG-1", final=True)
+    # An event at 13 s: checked at once, re-checked 0.5, 1 and 2 s apart; the schedule's
+    # polls at 20 and 30 s are where they were (a forged event delays nothing).
+    assert _drive(state, 35, {13: "hint"}) == [0, 10, 13, 13.5, 14.5, 16.5, 20, 30]
+    assert not hints.claims_final("WRUN-1")  # the check contradicted it
+
+
+def test_run_poll_events_cost_at_most_one_plus_rechecks_each() -> None:
+    state = _run_poll(PollPolicy(initial=100, max_interval=100, jitter=0, rechecks=(1, 1)))
+    times = _drive(state, 100, {5: "hint", 5.5: "hint", 50: "hint"})
+    # Each event: a check at once, then the re-checks (1 s apart here); a second event
+    # before they are over starts them again. Never more than 1 + 2 polls per event.
+    assert times == [0, 5, 5.5, 6.5, 7.5, 50, 51, 52]
+
+
+def test_run_poll_checks_again_after_a_poll_in_flight_during_an_event() -> None:
+    state = _run_poll()
+    state.sent(0.0)
+    assert state.hint(0.1) is False  # in flight: it cannot move the poll out already
+    assert not state.read(RUNNING, 0.2)  # this reading may be older than the event
+    assert state.due() == 0.2  # so it is checked at once
+    state.sent(0.2)
+    assert not state.read(RUNNING, 0.3)  # contradicted: the re-checks follow
+    assert state.due() == pytest.approx(0.8)
+
+
+def test_run_poll_final_look() -> None:
+    # Polls every 10 s; the deadline at 45 s: one more at 44 s (FINAL_LOOK before it).
+    assert _drive(_run_poll(deadline=45), 45) == [0, 10, 20, 30, 40, 44]
+    # A reading at most FINAL_LOOK before the final look is fresh: none is added.
+    assert _drive(_run_poll(deadline=41.5), 41.5) == [0, 10, 20, 30, 40]
+    # A short timeout: a quarter of it.
+    assert _drive(_run_poll(deadline=2), 2) == [0, 1.5]
+    # Watched by a listener, a run just started is not polled first; the final look is.
+    hints = RunHints(FakeClock())
+    hints.attach()
+    hints.cover(None)
+    quiet = _run_poll(PollPolicy(), hints=hints, deadline=8, started_at=0.0)
+    assert _drive(quiet, 8) == [7]
+    timeout = quiet.timeout_error(8.0)
+    assert timeout.age == 1.0
+    assert "last status PROCESSING, read 1.0 s before" in str(timeout)
+
+
+def test_run_poll_final_look_is_sent_once_even_if_it_fails() -> None:
+    state = _run_poll(deadline=45)
+    assert _drive(state, 44) == [0, 10, 20, 30, 40]
+    assert state.due() == 44
+    state.sent(44)
+    assert state.missed(ServerError("boom", method="GET", path="/p", status=503), 44.5) is None
+    assert state.due() > 45  # no second final look, however stale the reading
+    assert state.timeout_error(45).age == 5.0
+
+
+def test_run_poll_a_failed_check_is_checked_again() -> None:
+    hints = RunHints(FakeClock())
+    hints.attach()
+    state = _run_poll(hints=hints)
+    state.sent(0)
+    assert not state.read(RUNNING, 0)
+    hints.hint("WRUN-1", "WCFG-1", final=True)
+    assert state.hint(3) is True
+    state.sent(3)
+    state.missed(ServerError("boom", method="GET", path="/p", status=503), 3)
+    assert hints.claims_final("WRUN-1")  # a failed poll contradicts nothing
+    assert state.due() == 10  # the schedule's next poll checks it (else initial later)
+    state.sent(10)
+    assert not state.read(RUNNING, 10)
+    assert not hints.claims_final("WRUN-1")  # that one did
 
 
 # -- wait_for_run: statuses -------------------------------------------------------------
@@ -234,10 +373,15 @@ async def test_deadline_cuts_the_long_sleep(
     policy = PollPolicy(initial=30, max_interval=60, jitter=0)
     with pytest.raises(PollTimeoutError) as info:
         await client.wait_for_run(server.workflow_id, fake.id, timeout=45, policy=policy)
-    # Polls at 0 and 30; the next sleep (45 s) would cross the deadline: it ends at 45.
+    # Polls at 0 and 30; the next (at 75 s) would cross the deadline: a final look
+    # goes out 1 s before it instead (FINAL_LOOK), and the wait ends at 45.
     assert clock.now == pytest.approx(45.0)
-    assert clock.sleeps == [30.0, pytest.approx(15.0)]
+    assert clock.sleeps == [30.0, pytest.approx(14.0), pytest.approx(1.0)]
+    gets = [r.received_at for r in server.requests if r.method == "GET"]
+    assert len(gets) == 3
     err = info.value
+    assert err.age == pytest.approx(1.0)
+    assert "read 1.0 s before" in str(err)
     assert isinstance(err, TimeoutError)
     assert err.run is not None
     assert err.run.status is RunStatus.PROCESSING

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,11 +18,12 @@ from copyai_async import (
     CopyAIClient,
     NotFoundError,
     PollPolicy,
+    PollTimeoutError,
     RunStatus,
     UnprocessableEntityError,
     WebhookEventError,
 )
-from copyai_async.testing import Deliveries, FakeCopyAI, Fault, Schedule
+from copyai_async.testing import Deliveries, FakeClock, FakeCopyAI, Fault, Schedule
 from copyai_async.webhooks import (
     RUN_EVENTS,
     CreditLimitEvent,
@@ -32,6 +34,9 @@ from copyai_async.webhooks import (
     parse_event,
 )
 from copyai_async.webhooks._convert import WebhookWire
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 STRICT = WebhookWire(strict=True)
 RESULT_SHAPE = {
@@ -599,6 +604,196 @@ async def test_a_run_finished_before_the_wait_began_is_polled_at_once(
         assert server.stats.requests == 1
 
 
+# -- waits at the edges of event delivery ------------------------------------------------
+
+
+@pytest.fixture
+async def virtual() -> AsyncIterator[tuple[FakeCopyAI, CopyAIClient, FakeClock]]:
+    """A server and a client on one FakeClock (virtual seconds). The server's own
+    deliveries are all lost: a test delivers what it means to with ``listener.feed``."""
+    clock = FakeClock()
+    async with (
+        FakeCopyAI(clock=clock.monotonic, deliveries=Deliveries(drop_rate=1.0)) as server,
+        CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client,
+    ):
+        yield server, client, clock
+
+
+def _get_times(server: FakeCopyAI, run_id: str) -> list[float]:
+    return [r.received_at for r in server.requests if r.method == "GET" and run_id in r.path]
+
+
+async def test_a_wait_looks_once_more_before_it_times_out(
+    virtual: tuple[FakeCopyAI, CopyAIClient, FakeClock],
+) -> None:
+    # A listener is live, the run completes at 1 s, its delivery is lost; the default
+    # safety interval (30 s) is longer than the timeout (8 s). The final look, 1 s
+    # before the deadline, sees it finished: no false "PROCESSING" timeout.
+    server, client, clock = virtual
+    server.default_schedule = Schedule.seconds(("PROCESSING", 1.0))
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        run = await client.start_run(server.workflow_id, {})
+        done = await client.wait_for_run(server.workflow_id, run.id, timeout=8)
+        assert done.status is RunStatus.COMPLETE
+        assert clock.now == pytest.approx(7.0)
+        assert _get_times(server, run.id) == [pytest.approx(7.0)]
+
+
+async def test_many_waits_look_once_more_before_they_time_out(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    # The same for wait_for_runs, on the real clock: a 0.8 s timeout, so the final look
+    # goes out a quarter of it (0.2 s) before the deadline.
+    server, client = live
+    server.deliveries = Deliveries(drop_rate=1.0)
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        ids = [(await client.start_run(server.workflow_id, {})).id for _ in range(5)]
+        server.reset_stats()
+        seen = [r async for r in client.wait_for_runs(server.workflow_id, ids, timeout=0.8)]
+        assert sorted(r.id for r in seen) == sorted(ids)
+        assert all(r.status is RunStatus.COMPLETE for r in seen)
+        assert server.stats.requests == 5  # the final looks only
+
+
+async def test_a_timeout_reports_a_fresh_status(
+    virtual: tuple[FakeCopyAI, CopyAIClient, FakeClock],
+) -> None:
+    server, client, clock = virtual
+    server.default_schedule = Schedule.seconds(("PROCESSING", 1000.0))
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        run = await client.start_run(server.workflow_id, {})
+        with pytest.raises(PollTimeoutError) as caught:
+            await client.wait_for_run(server.workflow_id, run.id, timeout=8)
+        assert caught.value.run.status is RunStatus.PROCESSING
+        assert caught.value.age == pytest.approx(1.0)  # read at 7 s: not never, not at 0
+        assert "last status PROCESSING, read 1.0 s before" in str(caught.value)
+    # Without a listener, a reading at most 2 s before the deadline is fresh enough.
+    quick = PollPolicy(initial=1.0, multiplier=1.0, max_interval=1.0, jitter=0)
+    fresh = server.add_run(schedule=Schedule.seconds(("PROCESSING", 1000.0)))
+    start = clock.now
+    with pytest.raises(PollTimeoutError):
+        await client.wait_for_run(server.workflow_id, fresh.id, timeout=4.5, policy=quick)
+    assert [t - start for t in _get_times(server, fresh.id)] == pytest.approx([0, 1, 2, 3, 4])
+
+
+async def test_many_timeouts_report_a_fresh_status(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    server, client = live
+    server.default_schedule = Schedule.seconds(("PROCESSING", 1000.0))
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        ids = [(await client.start_run(server.workflow_id, {})).id for _ in range(3)]
+        with pytest.raises(ExceptionGroup) as group:
+            async for _ in client.wait_for_runs(server.workflow_id, ids, timeout=0.8):
+                pass
+    errors = group.value.exceptions
+    assert [e.run_id for e in errors] == ids  # type: ignore[attr-defined]
+    for error in errors:
+        assert isinstance(error, PollTimeoutError)
+        assert error.run.status is RunStatus.PROCESSING  # read, though never polled before
+        assert error.age is not None
+        assert error.age <= 0.2 + 0.1  # at most the final look's lead (and a request)
+
+
+async def test_a_forged_event_does_not_mask_the_genuine_one(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    # A forged "failed" with the very body the genuine one will have arrives first; the
+    # poll it causes contradicts it. The genuine delivery, later, is not a "repeat".
+    server, client = live
+    server.deliveries = Deliveries(drop_rate=1.0)  # this test delivers by hand
+    server.default_schedule = Schedule.seconds(("PROCESSING", 0.5), final="FAILED")
+    patient = PollPolicy(safety_interval=60, rechecks=(0.02, 0.02, 0.02))
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        run = await client.start_run(server.workflow_id, {})
+        fake = next(r for r in server.runs() if r.id == run.id)
+        body = json.dumps(server.event_body(fake, "workflowRun.failed", status="FAILED"))
+        query = listener.url.query_string
+        server.reset_stats()
+        waiting = asyncio.create_task(
+            client.wait_for_run(server.workflow_id, run.id, policy=patient, raise_on_failure=False)
+        )
+        assert await listener.feed(body, query=query) == 200  # forged: still PROCESSING
+        await asyncio.sleep(0.6)
+        assert not waiting.done()
+        assert server.stats.requests == 4  # a check and three re-checks, then quiet
+        assert await listener.feed(body, query=query) == 200  # the genuine delivery
+        finished = await asyncio.wait_for(waiting, 5)  # not after the 60 s safety interval
+        assert finished.status is RunStatus.FAILED
+        assert server.stats.requests == 5
+        assert (listener.stats.accepted, listener.stats.duplicates) == (2, 0)
+        # A third copy, once a poll has confirmed the second: a repeat.
+        assert await listener.feed(body, query=query) == 200
+        assert listener.stats.duplicates == 1
+
+
+async def test_a_forged_event_costs_a_wait_at_most_four_gets(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    server, client = live
+    server.deliveries = Deliveries(drop_rate=1.0)
+    fake = server.add_run(schedule=Schedule.seconds(("PROCESSING", 1000.0)))
+    policy = PollPolicy(rechecks=(0.02, 0.02, 0.02))  # the default safety interval: 30 s
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        forged = json.dumps(
+            {"type": "workflowRun.completed", "workflowRunId": fake.id, "result": {"x": 1}}
+        )
+        server.reset_stats()
+        first_read = asyncio.Event()
+        waiting = asyncio.create_task(
+            client.wait_for_run(
+                server.workflow_id,
+                fake.id,
+                policy=policy,
+                timeout=1.0,
+                on_status=lambda _run: first_read.set(),
+            )
+        )
+        await first_read.wait()  # its first poll (not started here: at once) is back
+        assert await listener.feed(forged, query=listener.url.query_string) == 200
+        with pytest.raises(PollTimeoutError):
+            await waiting
+    # The first poll, the check and three re-checks, and the final look at 0.75 s.
+    assert len(_get_times(server, fake.id)) == 1 + 4 + 1
+
+
+async def test_an_unchecked_event_does_not_slow_other_waits(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    # One forged "started" naming a workflow nobody registered must not make waits on
+    # that workflow poll at the safety interval: only a "finished" event that a poll
+    # confirmed does.
+    server, client = live
+    other = "WCFG-other"
+    runs = [
+        server.add_run(other, schedule=Schedule.seconds(("PROCESSING", 0.05))) for _ in range(20)
+    ]
+    policy = PollPolicy(initial=0.1, max_interval=0.1, safety_interval=30)
+    async with client.listen() as listener:
+        await listener.register(server.workflow_id)
+        query = listener.url.query_string
+        forged = {"type": "workflowRun.started", "workflowRunId": runs[0].id, "workflowId": other}
+        assert await listener.feed(json.dumps(forged), query=query) == 200
+        server.reset_stats()
+        ids = [r.id for r in runs]
+        seen = [r async for r in client.wait_for_runs(other, ids, policy=policy, timeout=5)]
+        assert len(seen) == 20
+        assert server.stats.requests == 40  # polls at 0 and 0.1 s; not one at 30 s
+        assert not client._waiter.hints.watching(other, policy)
+        # A genuine "completed" of that workflow, confirmed by a poll, does count.
+        late = server.add_run(other, schedule=Schedule.immediate())
+        body = json.dumps(server.event_body(late, "workflowRun.completed"))
+        assert await listener.feed(body, query=query) == 200
+        await client.wait_for_run(other, late.id, policy=policy)
+        assert client._waiter.hints.watching(other, policy)
+
+
 async def test_verify_event(live: tuple[FakeCopyAI, CopyAIClient]) -> None:
     server, client = live
     run = await client.start_run(server.workflow_id, {"topic": "otters"})
@@ -700,9 +895,23 @@ def test_run_hints_follow_the_listeners() -> None:
     assert not hints.watching("OTHER", policy)
     clock.advance(31)
     assert not hints.watching("W", policy)  # nothing arrived for a safety interval
-    hints.hint("WRUN-1", "OTHER", final=True)  # events of OTHER arrive: it is watched too
+    hints.hint("WRUN-1", "OTHER", final=True)  # a delivery: the listener is live again
     assert hints.watching("W", policy)
-    assert hints.watching("OTHER", policy)
+    assert not hints.watching("OTHER", policy)  # an event nobody has checked proves nothing
+    assert hints.claims_final("WRUN-1")
+    hints.observed("WRUN-1", "ELSEWHERE", finished=True, checking=True)
+    assert not hints.watching("ELSEWHERE", policy)  # the event named another workflow
+    hints.observed("WRUN-1", "OTHER", finished=True, checking=True)
+    assert hints.watching("OTHER", policy)  # a poll confirmed an event of OTHER
+    hints.hint("WRUN-3", "THIRD", final=True)
+    hints.observed("WRUN-3", "THIRD", finished=False, checking=False)  # sent before it
+    assert hints.claims_final("WRUN-3")
+    hints.observed("WRUN-3", "THIRD", finished=False, checking=True)  # sent after it
+    assert not hints.claims_final("WRUN-3")  # contradicted: the claim is dropped
+    assert not hints.watching("THIRD", policy)
+    hints.hint("WRUN-4", "FOURTH", final=False)  # "started", about a run that exists
+    hints.observed("WRUN-4", "FOURTH", finished=False, checking=False)
+    assert not hints.watching("FOURTH", policy)  # anyone may name a run: no proof
     hints.uncover("W")
     assert not hints.watching("W", policy)
     hints.detach()

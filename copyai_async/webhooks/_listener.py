@@ -184,7 +184,7 @@ class Listener:
         self._buffer: collections.deque[WebhookEvent] = collections.deque()
         self._buffer_size = buffer
         self._arrived: anyio.Event | None = None
-        self._seen: collections.OrderedDict[str, bool] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._covers: list[str | None] = []
         self._attempted = False
         self._runner: web.AppRunner | None = None
@@ -468,27 +468,28 @@ class Listener:
             return 400
         self._hints.alive()
         if isinstance(event, RunEvent):
-            # The same claim about the same run: a repeat. A different output is another
-            # claim (a forged event must not mask the genuine one that follows it).
+            # The same claim about the same run: a repeat, unless a poll has since shown
+            # the first one false (a forged "finished", or one ahead of the API's reads),
+            # so that it cannot mask the genuine event that follows it.
             output = json.dumps(event.output, sort_keys=True, default=str).encode()
             key = f"{event.raw_type}\0{event.run_id}\0{hashlib.sha256(output).hexdigest()}"
             final = event.type in _FINAL
-            if key in self._seen:
+            believed = self._hints.claims_final(event.run_id)
+            if key in self._seen and (believed or not final):
                 self.stats.duplicates += 1
                 return 200
-            if not final and self._seen.get(event.run_id, False):
+            if not final and believed:
                 # Overtaken by the run's final event: a finished run does not change.
                 self.stats.stale += 1
                 return 200
-            self._remember(key, True)
-            self._remember(event.run_id, final or self._seen.get(event.run_id, False))
+            self._remember(key)
             self._hints.hint(event.run_id, event.workflow_id, final=final)
         else:
             key = hashlib.sha256(body).hexdigest()
             if key in self._seen:
                 self.stats.duplicates += 1
                 return 200
-            self._remember(key, True)
+            self._remember(key)
         self.stats.accepted += 1
         self._buffer.append(event)
         if len(self._buffer) > self._buffer_size:
@@ -498,9 +499,9 @@ class Listener:
             self._arrived.set()
         return 200
 
-    def _remember(self, key: str, value: bool) -> None:
+    def _remember(self, key: str) -> None:
         self._seen.pop(key, None)
-        self._seen[key] = value
+        self._seen[key] = None
         if len(self._seen) > _SEEN_MEMORY:
             self._seen.popitem(last=False)
 
