@@ -637,6 +637,8 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         serve: bool = True,
         max_body: int = 1 << 20,
         buffer: int = 10_000,
+        max_connections: int = 100,
+        request_timeout: float = 10.0,
     ) -> Listener:
         """A webhook listener for this client: ``async with client.listen() as listener``.
 
@@ -655,8 +657,16 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             serve: run its own aiohttp server; ``False`` to mount
                 :meth:`~copyai_async.webhooks.Listener.handler` in your aiohttp app or
                 call :meth:`~copyai_async.webhooks.Listener.feed` from another server.
-            max_body: the largest body read, in bytes (default 1 MiB); larger get 413.
+            max_body: the largest body read, in bytes (default 1 MiB), counted as
+                inflated for gzip and deflate bodies; larger get 413.
             buffer: unread events kept for ``async for`` (the oldest are dropped first).
+            max_connections: connections its own server keeps open at once (default
+                100); more wait to be accepted, and idle ones are closed to make room.
+                Keep it well under the process's open-file limit (``ulimit -n``) minus
+                the client's own ``max_connections``, so that strangers can never
+                starve the client's requests.
+            request_timeout: seconds a connection to its own server has to send a
+                whole request, headers and body (default 10); slower ones are closed.
 
         Raises:
             TypeError, ValueError: a bad option (here, before anything starts).
@@ -673,6 +683,8 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             serve=serve,
             max_body=max_body,
             buffer=buffer,
+            max_connections=max_connections,
+            request_timeout=request_timeout,
         )
 
     async def verify_event(self, event: RunEvent) -> RunEvent:

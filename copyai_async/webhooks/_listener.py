@@ -1,16 +1,22 @@
 """The webhook listener: receive deliveries safely, feed the waits, yield the events.
 
-Deliveries are not signed, so the listener treats each as a hint and guards the door:
+Deliveries are not signed, and the listener usually faces the internet, so it treats
+each delivery as a hint and guards the door:
 
 - its URL carries a random secret (the ``token`` query parameter, 32 random bytes); a
-  request without it, or with another, is answered 404 and not read any further (the
-  comparison takes constant time);
-- a body over ``max_body`` bytes is answered 413, a content type other than JSON 415,
-  a body that is not an event 400; each is counted in :attr:`Listener.stats`, logged at
-  DEBUG, and never raised into the server;
+  request without it, or with another, is answered 404 and its connection closed: not
+  one byte of its body is read (the comparison takes constant time);
+- a body over ``max_body`` bytes, counted as inflated for gzip and deflate and enforced
+  while inflating, is answered 413; a content type other than JSON, or an encoding
+  other than gzip and deflate, 415; a body that is not an event 400; each is counted in
+  :attr:`Listener.stats`, logged at DEBUG, and never raised into the server;
+- its own server (``serve=True``) keeps at most ``max_connections`` connections and
+  closes any that has not sent a whole request within ``request_timeout`` (see
+  :mod:`._server`);
 - a repeated delivery (the same type, run and output; or the same body, for other
-  events) is acknowledged and dropped; a run's non-final event that arrives after that
-  run's final one is acknowledged and dropped (a finished run does not change);
+  events) is acknowledged and dropped, unless a poll has since shown the first one false;
+  a run's non-final event that arrives after that run's final one is acknowledged and
+  dropped (a finished run does not change);
 - events are handed to the client's waits as hints (a wait verifies with one GET), and
   yielded to ``async for`` marked ``verified=False``.
 """
@@ -22,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -31,31 +38,53 @@ from urllib.parse import parse_qs
 
 import anyio
 import attrs
-from aiohttp import web
+from aiohttp import ClientError, web
 from yarl import URL
 
 from .._base import http_url, is_loopback
 from .._errors import APIError, ClientClosedError, WebhookEventError
 from .._poll import RunHints
+from ._body import BodyDecoder, BodyRefused
 from ._models import RUN_EVENTS, RunEvent, Webhook, WebhookEvent, WebhookEventType
 from ._parse import check_event_type, parse_event
+from ._server import GuardedServer
 
 if TYPE_CHECKING:
     from .._client import CopyAIClient
 
-__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_PATH", "TOKEN_PARAM", "Listener", "ListenerStats"]
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PATH",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "TOKEN_PARAM",
+    "Listener",
+    "ListenerStats",
+]
 
 logger = logging.getLogger("copyai_async")
 
 DEFAULT_PATH = "/copyai-webhooks"
 DEFAULT_MAX_BODY = 1 << 20
-"""Largest body a listener reads, in bytes (1 MiB); larger ones are answered 413."""
+"""Largest body a listener reads, in bytes (1 MiB), inflated; larger ones get 413."""
+DEFAULT_MAX_CONNECTIONS = 100
+"""Connections a listener's own server keeps open at once, by default."""
+DEFAULT_REQUEST_TIMEOUT = 10.0
+"""Seconds a connection has to send a whole request (headers and body), by default."""
 TOKEN_PARAM = "token"  # noqa: S105 - the name of the parameter, not its value
 """The query parameter of a listener's URL that carries its secret."""
 CLEANUP_TIMEOUT = 30.0
 """Seconds a listener's exit may spend deleting its webhooks."""
 _SEEN_MEMORY = 100_000
-_REASONS = {400: "not a webhook event", 404: "not found", 503: "not listening"}
+_REASONS = {
+    400: "not a webhook event",
+    404: "not found",
+    405: "method not allowed",
+    408: "request timeout",
+    413: "body too large",
+    415: "expected application/json (gzip or deflate encoded, or not at all)",
+    503: "not listening",
+}
 _ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - mapped away, not bound
 _FINAL = frozenset({WebhookEventType.RUN_COMPLETED, WebhookEventType.RUN_FAILED})
 
@@ -69,10 +98,17 @@ class ListenerStats:
         duplicates: repeated deliveries, acknowledged (200) and dropped.
         stale: run events that arrived after that run's final event, acknowledged and
             dropped.
-        not_found: requests without the listener's secret (404, not read).
-        too_large: bodies over ``max_body`` (413).
-        bad_content_type: bodies that are not JSON by their content type (415).
-        bad_body: bodies that are not an event (400).
+        not_found: requests without the listener's secret (404, not read, connection
+            closed).
+        too_large: bodies over ``max_body``, as sent or inflated (413).
+        bad_content_type: bodies that are not JSON by their content type, or encoded
+            other than with gzip or deflate (415).
+        bad_body: bodies that are not an event, or garbled compressed data (400).
+        timed_out: connections closed for not sending a whole request within
+            ``request_timeout`` (the listener's own server; and bodies read by
+            :meth:`Listener.handler` that took longer, answered 408).
+        idle_closed: idle connections the listener's own server closed to make room
+            for new ones, all ``max_connections`` being taken.
         overflowed: events dropped from the ``async for`` buffer, oldest first, because
             nobody read them in time (waits still saw them).
     """
@@ -84,6 +120,8 @@ class ListenerStats:
     too_large: int = 0
     bad_content_type: int = 0
     bad_body: int = 0
+    timed_out: int = 0
+    idle_closed: int = 0
     overflowed: int = 0
 
     @property
@@ -110,6 +148,24 @@ def _check_public_url(value: Any) -> URL | None:
     return url
 
 
+async def _refuse(
+    request: web.BaseRequest, status: int, *, headers: Mapping[str, str] | None = None
+) -> web.StreamResponse:
+    """Answer ``status`` and close the connection: the rest of the body is never read
+    (aiohttp would otherwise drain it, inflating it as it goes, to keep the connection)."""
+    response = web.Response(status=status, text=_REASONS[status], headers=headers)
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except (OSError, ClientError):
+        pass  # the connection is gone already: nothing to answer
+    transport = request.transport
+    if transport is not None:
+        transport.close()  # after what was written is sent
+    return response
+
+
 class Listener:
     """Receives Copy.ai's webhook deliveries for a client, safely; made by
     :meth:`CopyAIClient.listen`, used as an async context manager::
@@ -126,7 +182,13 @@ class Listener:
 
     Three ways to receive: the listener's own small aiohttp server (``serve=True``, the
     default), :meth:`handler` mounted in your aiohttp app, or :meth:`feed` from any other
-    server (FastAPI, Starlette, Django...).
+    server (FastAPI, Starlette, Django...). The listener's own server is the hardened one:
+    at most ``max_connections`` open at once (more wait, and idle ones are closed to make
+    room), each closed if it has not sent a whole request within ``request_timeout``, a
+    request without the secret closed unread, bodies inflated only by the listener and
+    only up to ``max_body``. Mounted or fed, the same checks apply to each request, but
+    connections are your server's to limit (for aiohttp, run it with
+    ``auto_decompress=False``, so that it inflates nothing before the secret is checked).
 
     ``async for event in listener`` yields each event once (duplicates and stale
     deliveries dropped), unverified (``event.verified is False``), from when the listener
@@ -149,6 +211,8 @@ class Listener:
         serve: bool = True,
         max_body: int = DEFAULT_MAX_BODY,
         buffer: int = 10_000,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a non-empty str, got {host!r}")
@@ -160,11 +224,23 @@ class Listener:
             raise ValueError(
                 f"path must start with '/' and hold no query or fragment, got {path!r}"
             )
-        for name, value, low in (("max_body", max_body, 1), ("buffer", buffer, 1)):
+        for name, value, low in (
+            ("max_body", max_body, 1),
+            ("buffer", buffer, 1),
+            ("max_connections", max_connections, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if isinstance(request_timeout, bool) or not isinstance(request_timeout, (int, float)):
+            raise TypeError(
+                f"request_timeout must be a number of seconds, got {type(request_timeout).__name__}"
+            )
+        if not (math.isfinite(request_timeout) and request_timeout > 0):
+            raise ValueError(
+                f"request_timeout must be a finite number of seconds > 0, got {request_timeout!r}"
+            )
         if not isinstance(serve, bool):
             raise TypeError(f"serve must be a bool, got {type(serve).__name__}")
         self._public = _check_public_url(public_url)
@@ -177,6 +253,8 @@ class Listener:
         self.path = path
         self.serve = serve
         self.max_body = max_body
+        self.max_connections = max_connections
+        self.request_timeout = float(request_timeout)
         self.stats: ListenerStats = ListenerStats()
         self.registered: list[Webhook] = []
         self._secret = secrets.token_urlsafe(32)
@@ -187,7 +265,7 @@ class Listener:
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._covers: list[str | None] = []
         self._attempted = False
-        self._runner: web.AppRunner | None = None
+        self._server: GuardedServer | None = None
         self._state = "new"  # new -> running -> closed
 
     def __repr__(self) -> str:
@@ -232,22 +310,32 @@ class Listener:
         return self
 
     async def _serve(self) -> None:
-        app = web.Application()
-        app.router.add_post(self.path, self.handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
+        server = GuardedServer(
+            self._route,
+            max_connections=self.max_connections,
+            request_timeout=self.request_timeout,
+            stats=self.stats,
+        )
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
             self.port = int(sock.getsockname()[1])
-            await web.SockSite(runner, sock).start()
+            await server.start(sock)
         except BaseException:
             sock.close()
-            await runner.cleanup()
+            await server.aclose()
             raise
-        self._runner = runner
+        self._server = server
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The listener's own server: its one path takes POSTs; nothing else is read."""
+        if request.path != self.path:
+            return await _refuse(request, 404)
+        if request.method != "POST":
+            return await _refuse(request, 405, headers={"Allow": "POST"})
+        return await self.handler(request)
 
     async def aclose(self) -> None:
         """Delete the webhooks :meth:`register` created, then stop; ``async with`` calls it.
@@ -274,9 +362,9 @@ class Listener:
                     self._hints.detach()
                 if self._arrived is not None:
                     self._arrived.set()
-                runner, self._runner = self._runner, None
-                if runner is not None:
-                    await runner.cleanup()
+                server, self._server = self._server, None
+                if server is not None:
+                    await server.aclose()
 
     async def __aenter__(self) -> Listener:
         return await self.start()
@@ -381,6 +469,12 @@ class Listener:
 
     # -- receiving ---------------------------------------------------------------------
 
+    def authorized(self, query: Mapping[str, str] | str | None) -> bool:
+        """Whether a request's query (a mapping or the query string) carries this
+        listener's secret (compared in constant time). Serving deliveries yourself,
+        check it before reading the body, and close the connection if it does not."""
+        return self._authorized(query)
+
     def _authorized(self, query: Mapping[str, str] | str | None) -> bool:
         if isinstance(query, str):
             values = parse_qs(query.lstrip("?")).get(TOKEN_PARAM, [])
@@ -394,32 +488,59 @@ class Listener:
             return False
         return hmac.compare_digest(given.encode(), self._secret_bytes)
 
-    async def handler(self, request: web.Request) -> web.StreamResponse:
+    async def handler(self, request: web.BaseRequest) -> web.StreamResponse:
         """An aiohttp handler: mount it for POST in your own app, e.g.
-        ``app.router.add_post("/hooks", listener.handler)`` (then give
-        ``public_url`` the address of that route)."""
+        ``app.router.add_post("/hooks", listener.handler)`` (then give ``public_url`` the
+        address of that route).
+
+        A request without the secret, or refused before its body is read (wrong content
+        type or encoding, a ``Content-Length`` over ``max_body``), is answered and its
+        connection closed, so that nothing more is read from it. Run your app with
+        ``auto_decompress=False`` (``web.AppRunner(app, auto_decompress=False)``) for the
+        same protection as the listener's own server: aiohttp then inflates nothing, and
+        this handler inflates gzip and deflate bodies itself, only up to ``max_body``."""
         if not self._authorized(request.query):
             self.stats.not_found += 1
-            return web.Response(status=404, text="not found")
-        if not _json_content_type(request.headers.get("Content-Type")):
-            self.stats.bad_content_type += 1
-            return web.Response(status=415, text="expected application/json")
-        length = request.content_length
-        if length is not None and length > self.max_body:
-            self.stats.too_large += 1
-            return web.Response(status=413, text="body too large")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > self.max_body:
-                self.stats.too_large += 1
-                return web.Response(status=413, text="body too large")
-            chunks.append(chunk)
-        status = self._take(b"".join(chunks))
+            return await _refuse(request, 404)
+        try:
+            if not _json_content_type(request.headers.get("Content-Type")):
+                raise BodyRefused(415, "not JSON")
+            decoder = BodyDecoder(request.headers.get("Content-Encoding"), self.max_body)
+            length = request.content_length
+            if length is not None and length > self.max_body:
+                raise BodyRefused(413, "body too large")
+            # The listener's own server closes a slow connection itself (the request's
+            # deadline began with the connection); a mounted handler keeps its own.
+            timeout = None if self._server is not None else self.request_timeout
+            with anyio.fail_after(timeout):
+                async for chunk in request.content.iter_any():
+                    decoder.feed(chunk)
+            body = decoder.finish()
+        except BodyRefused as refused:
+            self._count_refused(refused)
+            return await _refuse(request, refused.status)
+        except TimeoutError:
+            self.stats.timed_out += 1
+            return await _refuse(request, 408)
+        except (OSError, ClientError) as exc:
+            # The sender went away mid-body (or its connection was closed for it).
+            logger.debug("webhook delivery cut short: %s", exc)
+            return web.Response(status=400, text=_REASONS[400])
+        if self._server is not None:
+            self._server.request_read(request.transport)
+        status = self._take(body)
         if status == 200:
             return web.json_response({})
         return web.Response(status=status, text=_REASONS[status])
+
+    def _count_refused(self, refused: BodyRefused) -> None:
+        if refused.status == 413:
+            self.stats.too_large += 1
+        elif refused.status == 415:
+            self.stats.bad_content_type += 1
+        else:
+            self.stats.bad_body += 1
+        logger.debug("webhook delivery refused (%d): %s", refused.status, refused.reason)
 
     async def feed(
         self,
@@ -431,10 +552,13 @@ class Listener:
         """Take one delivery received by another server; returns the status to answer.
 
         For FastAPI, Starlette or any framework: pass the raw body, the query (a mapping
-        or the query string) and the headers (``Content-Type`` and ``Content-Length`` are
-        read, case-insensitively), and answer with the status returned: 200 taken (or a
-        duplicate), 404 no secret, 413 too large, 415 not JSON, 400 not an event, 503
-        the listener is not running. It never raises for a bad delivery.
+        or the query string) and the headers (``Content-Type``, ``Content-Encoding`` and
+        ``Content-Length`` are read, case-insensitively), and answer with the status
+        returned: 200 taken (or a duplicate), 404 no secret, 413 too large (inflated,
+        for a gzip or deflate body), 415 not JSON (or another encoding), 400 not an
+        event, 503 the listener is not running. It never raises for a bad delivery.
+
+        To read no body without the secret, check :meth:`authorized` first.
 
         Raises:
             TypeError: ``body`` is neither bytes nor str.
@@ -449,13 +573,16 @@ class Listener:
             self.stats.not_found += 1
             return 404
         found = {k.lower(): v for k, v in (headers or {}).items()}
-        if not _json_content_type(found.get("content-type")):
-            self.stats.bad_content_type += 1
-            return 415
-        if len(body) > self.max_body:
-            self.stats.too_large += 1
-            return 413
-        return self._take(body)
+        try:
+            if not _json_content_type(found.get("content-type")):
+                raise BodyRefused(415, "not JSON")
+            decoder = BodyDecoder(found.get("content-encoding"), self.max_body)
+            decoder.feed(body)
+            decoded = decoder.finish()
+        except BodyRefused as refused:
+            self._count_refused(refused)
+            return refused.status
+        return self._take(decoded)
 
     def _take(self, body: bytes) -> int:
         if self._state != "running":
