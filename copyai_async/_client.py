@@ -661,7 +661,8 @@ class CopyAIClient(BaseClient[WorkflowRun]):
                 inflated for gzip and deflate bodies; larger get 413.
             buffer: unread events kept for ``async for`` (the oldest are dropped first).
             max_connections: connections its own server keeps open at once (default
-                100); more wait to be accepted, and idle ones are closed to make room.
+                100); while all are taken, the one that has waited longest (0.5 s at
+                least) for a whole request is closed to make room for the next.
                 Keep it well under the process's open-file limit (``ulimit -n``) minus
                 the client's own ``max_connections``, so that strangers can never
                 starve the client's requests.

@@ -12,11 +12,12 @@ from tests.redis_support import require_redis
 HARNESS = Path(__file__).parent.parent / "benchmarks" / "run.py"
 RELIABILITY = HARNESS.with_name("reliability.py")
 COORDINATION = HARNESS.with_name("coordination.py")
+HARDENING = HARNESS.with_name("hardening.py")
 
 
-def _tiny(script: Path, out: Path) -> subprocess.CompletedProcess[str]:
+def _tiny(script: Path, out: Path, *options: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, str(script), "--tiny", "--out", str(out)],
+        [sys.executable, str(script), "--tiny", "--out", str(out), *options],
         capture_output=True,
         text=True,
         timeout=600,
@@ -72,3 +73,16 @@ def test_coordination_measurements_run_on_tiny_sizes(tmp_path: Path) -> None:
     assert results["events"]["shared"]["ended"] == results["events"]["shared"]["runs"] == 20
     assert results["outage"]["failed_calls"] == 0
     assert "ratios are shared / baseline" in done.stdout
+
+
+def test_hardening_measurements_run_on_tiny_sizes(tmp_path: Path) -> None:
+    _tiny(HARDENING, tmp_path, "--no-baseline")  # the baseline is a checkout of its own
+    results = json.loads((tmp_path / "hardening.json").read_text())
+    assert set(results) == {"bombs", "slow", "flood", "forged"}
+    bombs = results["bombs"]["this"]
+    assert bombs["not_found"] == 2  # both bombs refused
+    assert bombs["deliveries_ok"] == bombs["deliveries"] > 0
+    assert results["slow"]["this"]["connections"] == 20
+    assert results["flood"]["this"]["api_failed"] == 0
+    forged = results["forged"]["this"]
+    assert forged["seen"] == forged["runs"] == 20

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from copyai_async import CopyAIClient
@@ -41,11 +42,12 @@ async def client() -> AsyncIterator[CopyAIClient]:
 
 
 def _bomb(size: int) -> bytes:
-    """A gzip body that inflates to ``size`` bytes (zeros)."""
+    """A gzip body that inflates to about ``size`` bytes of JSON (one long string)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    block = bytes(1 << 20)
-    parts = [compressor.compress(block) for _ in range(size >> 20)]
-    return b"".join([*parts, compressor.flush()])
+    block = b"a" * (1 << 20)
+    parts = [compressor.compress(b'{"text": "')]
+    parts += [compressor.compress(block) for _ in range(size >> 20)]
+    return b"".join([*parts, compressor.compress(b'"}'), compressor.flush()])
 
 
 async def _open(listener: Listener) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -147,6 +149,42 @@ async def test_compressed_bodies_are_inflated_within_the_limit(client: CopyAICli
         assert not listener.authorized("token=guess")
 
 
+@pytest.mark.parametrize("auto_decompress", [False, True])
+async def test_the_handler_mounted_in_an_aiohttp_app(
+    client: CopyAIClient, auto_decompress: bool
+) -> None:
+    # Mounted in an app of the user's: inflated by the handler (auto_decompress=False,
+    # as the docs advise) or already by aiohttp; the limit holds either way, and a
+    # request without the secret is answered and closed unread.
+    async with client.listen(serve=False, public_url="https://hooks.example/in") as listener:
+        app = web.Application()
+        app.router.add_post("/in", listener.handler)
+        runner = web.AppRunner(app, auto_decompress=auto_decompress, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            port = runner.addresses[0][1]
+            url = f"http://127.0.0.1:{port}/in?{listener.url.query_string}"
+            gz = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+            async with aiohttp.ClientSession(auto_decompress=False) as session:
+                body = gzip.compress(json.dumps(EVENT).encode())
+                async with session.post(url, data=body, headers=gz) as resp:
+                    assert resp.status == 200
+                async with session.post(url, data=_bomb(16 << 20), headers=gz) as resp:
+                    assert resp.status == 413
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = _request_head("/in", **{**gz, "Content-Length": "10000000"})
+            writer.write(head + _bomb(16 << 20)[:1000])
+            answer = await _closed_by_peer(reader)
+            assert answer.startswith(b"HTTP/1.1 404")
+            writer.close()
+        finally:
+            await runner.cleanup()
+        assert (listener.stats.accepted, listener.stats.too_large) == (1, 1)
+        assert listener.stats.not_found == 1
+
+
 async def test_a_slow_sender_is_closed(client: CopyAIClient) -> None:
     async with client.listen(request_timeout=0.3) as listener:
         target = f"{listener.path}?{listener.url.query_string}"
@@ -181,28 +219,38 @@ async def test_a_slow_sender_is_closed(client: CopyAIClient) -> None:
         assert await _post(listener, json.dumps(EVENT).encode()) == 200
 
 
-async def test_connections_are_capped_and_idle_ones_make_room(
+async def test_connections_are_capped_and_the_slowest_make_room(
     client: CopyAIClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="copyai_async")
-    async with client.listen(max_connections=3, request_timeout=1.0) as listener:
+    async with client.listen(max_connections=3, request_timeout=30.0) as listener:
+        server = listener._server
+        assert server is not None
+        seen: list[int] = []
+
+        async def count() -> None:
+            while True:
+                seen.append(server.connections)
+                await asyncio.sleep(0.002)
+
+        counting = asyncio.create_task(count())
         target = f"{listener.path}?{listener.url.query_string}".encode()
-        # Three connections half-way through their request line hold every slot.
-        slow = [await _open(listener) for _ in range(3)]
-        for _, writer in slow:
+        # Two connections half-way through their request line, one silent: every slot.
+        held = [await _open(listener) for _ in range(3)]
+        for _, writer in held[:2]:
             writer.write(b"POST " + target[:8])
-        # A fourth waits to be accepted until one of them times out (1 s), then is served.
-        assert await asyncio.wait_for(_post(listener, json.dumps(EVENT).encode()), 5) == 200
-        assert listener.stats.timed_out == 3
-        assert listener._server is not None
-        assert listener._server.connections <= 3
-        # Connections that send nothing are idle: closed to make room for a delivery.
-        quiet = [await _open(listener) for _ in range(3)]
-        await asyncio.sleep(0.1)  # accepted, and silent
-        second = json.dumps({**EVENT, "workflowRunId": "WRUN-2"}).encode()
-        assert await asyncio.wait_for(_post(listener, second), 5) == 200
-        assert listener.stats.idle_closed >= 1
-        for _, writer in [*slow, *quiet]:
+        # A delivery gets in: the connection that has waited longest for its request
+        # (0.5 s at least) is closed for it, long before the 30 s request_timeout.
+        for i in range(2):
+            body = json.dumps({**EVENT, "workflowRunId": f"WRUN-{i}"}).encode()
+            assert await asyncio.wait_for(_post(listener, body), 5) == 200
+        counting.cancel()
+        await asyncio.gather(counting, return_exceptions=True)
+        assert max(seen) <= 3
+        assert listener.stats.evicted >= 1
+        assert listener.stats.timed_out == 0
+        assert listener.stats.accepted == 2
+        for _, writer in held:
             writer.close()
     full = [r for r in caplog.records if "connections (max_connections) are taken" in r.message]
     assert len(full) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -389,6 +390,15 @@ async def test_the_listener_url_and_options(client: CopyAIClient) -> None:
         client.listen(path="hooks")
     with pytest.raises(ValueError, match="max_body"):
         client.listen(max_body=0)
+    with pytest.raises(ValueError, match="max_connections"):
+        client.listen(max_connections=0)
+    with pytest.raises(TypeError, match="max_connections"):
+        client.listen(max_connections=2.5)  # type: ignore[arg-type]
+    for bad in (0, -1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="request_timeout"):
+            client.listen(request_timeout=bad)
+    with pytest.raises(TypeError, match="request_timeout"):
+        client.listen(request_timeout="10")  # type: ignore[arg-type]
     unstarted = client.listen()
     with pytest.raises(RuntimeError, match="not started"):
         _ = unstarted.url
@@ -931,7 +941,9 @@ def test_public_surface_of_webhooks() -> None:
     assert sorted(webhooks.__all__) == sorted(
         [
             "DEFAULT_MAX_BODY",
+            "DEFAULT_MAX_CONNECTIONS",
             "DEFAULT_PATH",
+            "DEFAULT_REQUEST_TIMEOUT",
             "RUN_EVENTS",
             "TOKEN_PARAM",
             "CreditLimitEvent",

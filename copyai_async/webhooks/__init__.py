@@ -22,11 +22,21 @@ from ._models import (
 from ._parse import parse_event
 
 if TYPE_CHECKING:
-    from ._listener import DEFAULT_MAX_BODY, DEFAULT_PATH, TOKEN_PARAM, Listener, ListenerStats
+    from ._listener import (
+        DEFAULT_MAX_BODY,
+        DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_PATH,
+        DEFAULT_REQUEST_TIMEOUT,
+        TOKEN_PARAM,
+        Listener,
+        ListenerStats,
+    )
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_PATH",
+    "DEFAULT_REQUEST_TIMEOUT",
     "RUN_EVENTS",
     "TOKEN_PARAM",
     "CreditLimitEvent",
@@ -39,7 +49,15 @@ __all__ = [
     "parse_event",
 ]
 
-_LAZY = {"DEFAULT_MAX_BODY", "DEFAULT_PATH", "TOKEN_PARAM", "Listener", "ListenerStats"}
+_LAZY = {
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PATH",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "TOKEN_PARAM",
+    "Listener",
+    "ListenerStats",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -107,8 +107,9 @@ class ListenerStats:
         timed_out: connections closed for not sending a whole request within
             ``request_timeout`` (the listener's own server; and bodies read by
             :meth:`Listener.handler` that took longer, answered 408).
-        idle_closed: idle connections the listener's own server closed to make room
-            for new ones, all ``max_connections`` being taken.
+        evicted: connections the listener's own server closed to make room for new
+            ones, all ``max_connections`` being taken: each time, the one that had waited
+            longest (at least 0.5 s) for a whole request.
         overflowed: events dropped from the ``async for`` buffer, oldest first, because
             nobody read them in time (waits still saw them).
     """
@@ -121,7 +122,7 @@ class ListenerStats:
     bad_content_type: int = 0
     bad_body: int = 0
     timed_out: int = 0
-    idle_closed: int = 0
+    evicted: int = 0
     overflowed: int = 0
 
     @property
@@ -183,8 +184,8 @@ class Listener:
     Three ways to receive: the listener's own small aiohttp server (``serve=True``, the
     default), :meth:`handler` mounted in your aiohttp app, or :meth:`feed` from any other
     server (FastAPI, Starlette, Django...). The listener's own server is the hardened one:
-    at most ``max_connections`` open at once (more wait, and idle ones are closed to make
-    room), each closed if it has not sent a whole request within ``request_timeout``, a
+    at most ``max_connections`` open at once (the slowest closed to make room for new
+    ones), each closed if it has not sent a whole request within ``request_timeout``, a
     request without the secret closed unread, bodies inflated only by the listener and
     only up to ``max_body``. Mounted or fed, the same checks apply to each request, but
     connections are your server's to limit (for aiohttp, run it with

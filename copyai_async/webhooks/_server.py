@@ -3,9 +3,11 @@
 aiohttp parses the requests (its low-level :class:`aiohttp.web.Server`, as a protocol
 factory); this module decides which connections it gets, and for how long:
 
-- at most ``max_connections`` are open at once. While they are all taken, new ones wait
-  in the kernel's queue (they are not accepted), and a connection idle for a moment
-  (between requests, or connected without sending) is closed to make room;
+- at most ``max_connections`` are open at once. While they are all taken, the one that
+  has waited longest for a whole request (connected, or since its last request, for at
+  least :data:`MAKE_ROOM_AFTER`) is closed to make room for the next: a genuine delivery
+  sends its request in milliseconds, so a flood of slow or idle connections cannot keep
+  it out. If none has waited that long, new ones wait in the kernel's queue;
 - each connection must send a whole request, headers and body, within
   ``request_timeout`` of its start or of the end of the request before; if not, it is
   closed. Slow senders cannot hold a connection, idle ones cannot keep it;
@@ -45,22 +47,22 @@ logger = logging.getLogger("copyai_async")
 
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BACKOFF = (0.05, 1.0)  # seconds: the first pause after a failed accept, the longest
-IDLE_BEFORE_CLOSING = 0.5
-"""Seconds a connection must have been idle before it may be closed to make room."""
+MAKE_ROOM_AFTER = 0.5
+"""Seconds a connection must have waited for a whole request before it may be closed to
+make room for a new one (only while every ``max_connections`` is taken)."""
 _SHUTDOWN = 1.0  # seconds the requests under way get to finish when the listener stops
 _WARN_EVERY = 300.0  # seconds between WARNINGs about failing to accept
 
 
 class _Connection(asyncio.Protocol):
-    """One connection: aiohttp's protocol inside, a deadline and an idle mark around it."""
+    """One connection: aiohttp's protocol inside, a deadline around it."""
 
     def __init__(self, inner: asyncio.Protocol, server: GuardedServer) -> None:
         self._inner = inner
         self._server = server
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.busy = False  # bytes of a request arrived that were not all read yet
-        self.idle_since = math.inf
+        self.waiting_since = math.inf  # when it began to owe a whole request (loop time)
 
     # -- asyncio's protocol, passed on to aiohttp's ---------------------------------------
 
@@ -71,7 +73,6 @@ class _Connection(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.busy = True
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -95,14 +96,13 @@ class _Connection(asyncio.Protocol):
 
     def request_read(self) -> None:
         """Its request arrived whole: the next one gets a deadline of its own."""
-        self.busy = False
         self._arm()
 
     def _arm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        self.idle_since = loop.time()
+        self.waiting_since = loop.time()
         self._timer = loop.call_later(self._server.request_timeout, self._expire)
 
     def _expire(self) -> None:
@@ -123,7 +123,7 @@ class GuardedServer:
         handler: answers one request (aiohttp's low-level handler).
         max_connections: connections open at once.
         request_timeout: seconds a connection has to send a whole request.
-        stats: the listener's counters (``timed_out``, ``idle_closed`` are kept here).
+        stats: the listener's counters (``timed_out``, ``evicted`` are kept here).
     """
 
     def __init__(
@@ -188,34 +188,28 @@ class GuardedServer:
         self._changed.set()
 
     async def _room(self) -> None:
-        """Return once a connection may be accepted: fewer than the cap are open (an
-        idle one is closed to make room, if there is one)."""
+        """Return once a connection may be accepted: fewer than the cap are open (the
+        one that has waited longest for its request is closed to make room, if it has
+        waited :data:`MAKE_ROOM_AFTER`)."""
         while len(self._open) >= self.max_connections:
             if not self._full_noted:
                 self._full_noted = True  # once per listener: its stats count the rest
                 logger.warning(
-                    "webhook listener: all %d connections (max_connections) are taken; new "
-                    "ones wait, idle ones are closed, and each has %g s (request_timeout) to "
+                    "webhook listener: all %d connections (max_connections) are taken; the "
+                    "slowest are closed to make room, and each has %g s (request_timeout) to "
                     "send its request (logged once; listener.stats counts what is closed)",
                     self.max_connections,
                     self.request_timeout,
                 )
-            idle = self._idle()
-            if idle is not None:
-                self.stats.idle_closed += 1
-                idle.abort()
+            slowest = min(self._open.values(), key=lambda c: c.waiting_since)
+            wait = slowest.waiting_since + MAKE_ROOM_AFTER - asyncio.get_running_loop().time()
+            if wait <= 0:
+                self.stats.evicted += 1
+                slowest.abort()
+                wait = MAKE_ROOM_AFTER  # its close frees the slot (on the loop's next turn)
             self._changed.clear()
-            with anyio.move_on_after(IDLE_BEFORE_CLOSING):
+            with anyio.move_on_after(wait):
                 await self._changed.wait()
-
-    def _idle(self) -> _Connection | None:
-        """The connection idle longest, if one has been for a moment."""
-        now = asyncio.get_running_loop().time()
-        idle = [c for c in self._open.values() if not c.busy]
-        oldest = min(idle, key=lambda c: c.idle_since, default=None)
-        if oldest is None or now - oldest.idle_since < IDLE_BEFORE_CLOSING:
-            return None
-        return oldest
 
     # -- accepting ---------------------------------------------------------------------
 
