@@ -532,6 +532,33 @@ class RunPoll(Generic[R]):
         time_limit: the timeout, in seconds, for messages (``None``: no timeout).
     """
 
+    # One per run waited on (10,000 for a wait on 10,000 runs): kept small.
+    __slots__ = (
+        "_checking",
+        "_event_at",
+        "_final_at",
+        "_for_event",
+        "_for_schedule",
+        "_hints",
+        "_lead",
+        "_looked",
+        "_read_at",
+        "_rechecks_left",
+        "_rng",
+        "_scheduled_at",
+        "_time_limit",
+        "_unchecked",
+        "_warned",
+        "attempt",
+        "failures",
+        "in_flight",
+        "kind",
+        "last",
+        "last_failure",
+        "policy",
+        "target",
+    )
+
     def __init__(
         self,
         target: Target[R],
