@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -25,6 +26,7 @@ from ._coordination import RedisCoordination
 from ._errors import APIError, ConfigurationError, StartUncertainError
 from ._http import (
     OutcomeUnknown,
+    Redactor,
     Response,
     RetryConfig,
     Secret,
@@ -33,7 +35,9 @@ from ._http import (
     encode_segment,
     logger,
 )
+from ._loop import LoopBinding
 from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter
+from ._proxy import choose_proxy
 from ._version import version
 
 __all__ = [
@@ -245,6 +249,8 @@ class BaseClient(Generic[_R]):
         rate_limit: Any,
         allow_http: bool,
         coordination: Any = None,
+        proxy: Any = None,
+        trust_env: Any = True,
         error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
         auth_hint: str = "check the API key (api_key= or the COPYAI_API_KEY variable)",
     ) -> None:
@@ -270,6 +276,15 @@ class BaseClient(Generic[_R]):
         key = Secret(secret)
         self._key = key
         self.base_url: str = str(base)
+        # The proxy is chosen once, here (a session of the caller's reads the environment
+        # itself, by its own trust_env).
+        route = choose_proxy(
+            base,
+            proxy=proxy,
+            trust_env=trust_env,
+            loopback=is_loopback(base.host),
+            environ=os.environ if session is None else {},
+        )
         connections = int_in("max_connections", max_connections, 1)
         rate = None if rate_limit is None else _positive("rate_limit", rate_limit)
         client_timeout = _client_timeout(timeout)
@@ -278,13 +293,15 @@ class BaseClient(Generic[_R]):
         self._transport = Transport(
             base_url=base,
             auth_headers=lambda: auth_headers(key),
-            secret=key,
+            redactor=Redactor(secret, *(route.secrets if route is not None else ())),
+            binding=LoopBinding(owner=type(self).__name__, release=self._loop_ended),
             user_agent=f"copyai-async/{version()}",
             timeout=client_timeout,
             retry=retry,
             budget=budget,
             max_connections=connections,
             session=session,
+            proxy=route,
             error_fields=error_fields,
             auth_hint=auth_hint,
         )
@@ -309,7 +326,15 @@ class BaseClient(Generic[_R]):
 
     def __repr__(self) -> str:
         state = "closed" if self._transport.closed else "open"
-        return f"<{type(self).__name__} base_url={self.base_url!r} key='***' {state}>"
+        route = self._transport.proxy
+        via = "" if route is None else f" proxy={route.shown!r}"
+        return f"<{type(self).__name__} base_url={self.base_url!r} key='***'{via} {state}>"
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy requests go through (its URL without credentials), or ``None``."""
+        route = self._transport.proxy
+        return None if route is None else route.shown
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -344,11 +369,37 @@ class BaseClient(Generic[_R]):
 
         Calling it again does nothing. Any later request raises
         :class:`ClientClosedError`.
+
+        Raises:
+            EventLoopError: called from an event loop other than the one the client
+                serves, while its session is open there (close it in that loop).
         """
         await self._transport.aclose()
+        await self._close_coordination()
+
+    async def _loop_ended(self) -> None:
+        """The event loop this client served is shutting down: close what was opened in
+        it, there (the client is then unusable from any other loop)."""
+        await self._transport.release()
+        await self._close_coordination()
+
+    async def _close_coordination(self) -> None:
         coordination = self.coordination
         if coordination is not None and self._owns_coordination:
             await coordination.aclose()
+
+    def _enter(self) -> None:
+        """Check that the client can be used here and now (raises ClientClosedError or
+        EventLoopError); binds it to the running event loop on first use."""
+        self._transport.enter()
+
+    async def _in_loop(self, inner: AsyncGenerator[_T, None]) -> AsyncGenerator[_T, None]:
+        """``inner``, after checking on first iteration that the client can be used in
+        this event loop."""
+        async with aclosing(inner):
+            self._enter()
+            async for item in inner:
+                yield item
 
     # -- starting runs exactly once ------------------------------------------------------
 
@@ -535,8 +586,10 @@ class BaseClient(Generic[_R]):
             CopyAIError: any other failure, after retries.
             TypeError, ValueError: bad arguments.
         """
+        target = self._target(workflow_id, run_id)
+        self._enter()
         return await self._waiter.wait(
-            self._target(workflow_id, run_id),
+            target,
             time_limit=timeout,
             policy=policy,
             raise_on_failure=raise_on_failure,
@@ -564,7 +617,9 @@ class BaseClient(Generic[_R]):
             CopyAIError: while iterating, a failure after retries.
             TypeError, ValueError: bad arguments (at the call).
         """
-        return self._waiter.watch(self._target(workflow_id, run_id), timeout=timeout, policy=policy)
+        return self._in_loop(
+            self._waiter.watch(self._target(workflow_id, run_id), timeout=timeout, policy=policy)
+        )
 
     def wait_for_runs(
         self,
@@ -616,10 +671,12 @@ class BaseClient(Generic[_R]):
             ids = list(dict.fromkeys(run_ids))
         except TypeError as exc:
             raise TypeError(f"run_ids must be an iterable of str: {exc}") from exc
-        return self._waiter.wait_many(
-            self._targets(workflow_id, ids),
-            concurrency=concurrency,
-            timeout=timeout,
-            policy=policy,
-            on_status=on_status,
+        return self._in_loop(
+            self._waiter.wait_many(
+                self._targets(workflow_id, ids),
+                concurrency=concurrency,
+                timeout=timeout,
+                policy=policy,
+                on_status=on_status,
+            )
         )

@@ -94,7 +94,10 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             run = await client.get_run("WCFG-...", "WRUN-...")
 
     The client owns one :class:`aiohttp.ClientSession`, opened on first use inside the
-    running event loop. Every request sends ``x-copy-ai-api-key``, ``Accept:
+    running event loop, and serves that event loop only: a call from another (a second
+    ``asyncio.run()``, another thread) raises :class:`EventLoopError` before anything is
+    sent. When that loop shuts down (``asyncio.run()`` ending), the session is closed
+    with it. Every request sends ``x-copy-ai-api-key``, ``Accept:
     application/json`` and ``User-Agent: copyai-async/<version>``; requests are logged at
     DEBUG on the ``copyai_async`` logger, without the key.
 
@@ -130,6 +133,15 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             among clients). Needs the ``redis`` extra. If Redis is unreachable, the
             client goes on with its own limits (one WARNING) and shares again once it
             is back; no Redis error is raised from a call.
+        proxy: send every request through this HTTP proxy, e.g.
+            ``"http://user:password@proxy.example:3128"`` (``http://`` or ``https://``;
+            credentials percent-encoded, sent as ``Proxy-Authorization`` and never shown).
+            It applies whatever the environment says.
+        trust_env: without ``proxy``, read the proxy from the environment, once, here:
+            ``HTTPS_PROXY`` (``HTTP_PROXY`` for an http base URL, lower-case names
+            first), unless ``NO_PROXY`` names the host. A loopback base URL (the fake
+            server) never goes through a proxy from the environment. ``False`` ignores
+            the environment. With ``session=``, the session's own ``trust_env`` decides.
         start_keys: tag each run ``start_run`` starts with a fresh random key in its
             metadata (``metadata["copyai_async_start_key"]``), so that a start whose
             answer is lost can be found instead of guessed at, and never started twice.
@@ -137,9 +149,10 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             :class:`StartUncertainError`).
 
     Raises:
-        ConfigurationError: no API key (argument or ``COPYAI_API_KEY``), or a bad
-            ``base_url``.
-        TypeError, ValueError: an option of the wrong type or out of range.
+        ConfigurationError: no API key (argument or ``COPYAI_API_KEY``), a bad
+            ``base_url``, or a proxy variable that is not an http(s) proxy URL.
+        TypeError, ValueError: an option of the wrong type or out of range (``proxy``
+            not an http(s) URL with a host).
     """
 
     def __init__(
@@ -158,6 +171,8 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         rate_limit: float | None = None,
         allow_http: bool = False,
         coordination: str | RedisCoordination | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
         start_keys: bool = True,
     ) -> None:
         if not isinstance(start_keys, bool):
@@ -183,6 +198,8 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             rate_limit=rate_limit,
             allow_http=allow_http,
             coordination=coordination,
+            proxy=proxy,
+            trust_env=trust_env,
         )
 
     # -- endpoints ---------------------------------------------------------------------

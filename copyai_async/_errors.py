@@ -5,6 +5,8 @@
     CopyAIError
     ├── ConfigurationError          bad or missing setup (no API key, bad base URL)
     ├── ClientClosedError           the client was used after aclose() (also a RuntimeError)
+    ├── EventLoopError              the client was used from a second event loop (also a
+    │                               RuntimeError); one client serves one loop
     ├── PaginationError             the server keeps repeating a page; iteration stopped
     ├── RunFailedError              a waited-for run ended FAILED
     ├── PollTimeoutError            a wait's timeout passed (also a TimeoutError)
@@ -20,13 +22,16 @@
         │   ├── RateLimitError              429, with ``retry_after``
         │   └── ServerError                 5xx
         ├── APIConnectionError      no answer: refused, reset, dropped mid-body
-        │   └── APITimeoutError     no answer in time (also a TimeoutError)
+        │   ├── APITimeoutError     no answer in time (also a TimeoutError)
+        │   └── ProxyError          the proxy failed: unreachable, or it refused or could
+        │                           not open the way to the API (407, 403, a CONNECT 5xx)
         ├── InvalidResponseError    an answer that is not JSON, lacks the envelope, or
         │                           does not fit the model; names the JSON path
         └── StartUncertainError     a start's answer was lost and the client cannot tell
                                     whether the run exists; carries how to find it
 
-Messages say what happened, to which request (method and path, never the API key) and,
+Messages say what happened, to which request (method and path, never the API key or a
+proxy's password) and,
 where there is one, what to do. Every error from the network or the server is one of
 these; aiohttp's own exceptions are only ever the ``__cause__``.
 """
@@ -47,11 +52,13 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "CopyAIError",
+    "EventLoopError",
     "InvalidResponseError",
     "NotFoundError",
     "PaginationError",
     "PollFailedError",
     "PollTimeoutError",
+    "ProxyError",
     "RateLimitError",
     "RunFailedError",
     "ServerError",
@@ -83,6 +90,18 @@ class ConfigurationError(CopyAIError):
 
 class ClientClosedError(CopyAIError, RuntimeError):
     """The client was used after :meth:`CopyAIClient.aclose`."""
+
+
+class EventLoopError(CopyAIError, RuntimeError):
+    """The client was used from an event loop other than the one it serves.
+
+    A client serves the event loop it is first used in: its connections, limits and
+    waits belong to that loop. Another loop (a second ``asyncio.run()``, another thread's
+    loop) gets this error before any request is sent. Create one client per event loop,
+    inside the coroutine that uses it (``async with CopyAIClient() as client: ...``).
+    When the loop a client served shuts down (``asyncio.run()`` ends), the client's
+    connections are closed with it.
+    """
 
 
 class PaginationError(CopyAIError):
@@ -244,6 +263,31 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError, TimeoutError):
     """No answer arrived within the client's ``timeout``."""
+
+
+class ProxyError(APIConnectionError):
+    """The proxy the request went through failed it; the API never saw the request.
+
+    The client could not connect to the proxy, or the proxy refused the request
+    (``407 Proxy Authentication Required``: credentials missing or wrong; ``403``: its
+    rules forbid the host) or could not open the way to the API (a ``5xx`` answer to
+    ``CONNECT``). Connecting failures and a ``CONNECT`` 5xx are retried (a start too:
+    it never reached the API); a refusal is raised at once, since it would come again.
+    The message says what to check; it never shows the proxy's credentials.
+
+    Attributes:
+        proxy: the proxy's URL, without credentials (``None`` for a proxy on the way
+            that the client was not told about, which answered 407).
+        status: the proxy's HTTP status (407, 403, 502...), or ``None`` if it could not
+            be reached.
+    """
+
+    def __init__(
+        self, message: str, *, method: str, path: str, proxy: str | None, status: int | None
+    ) -> None:
+        super().__init__(message, method=method, path=path)
+        self.proxy = proxy
+        self.status = status
 
 
 class InvalidResponseError(APIError):

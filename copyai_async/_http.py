@@ -17,6 +17,10 @@ Retry rules:
   is not sent again here: :class:`OutcomeUnknown` hands the question to the caller,
   which can look for the result before deciding (see ``BaseClient._start``).
 
+Through a proxy (see :mod:`copyai_async._proxy`), a failure to connect to it, or a 5xx
+answer to ``CONNECT``, means the request never reached the API: sent again, even a POST.
+A refusal (407 Proxy Authentication Required, 403) would come again: raised at once.
+
 Waits are exponential with full jitter, ``uniform(0, min(backoff_max, backoff_base * 2**n))``,
 unless the server sent ``Retry-After`` (seconds or an HTTP date): then exactly that, as
 long as it is at most ``max_retry_after``; a longer ask raises at once.
@@ -52,13 +56,17 @@ from ._errors import (
     ClientClosedError,
     InvalidResponseError,
     NotFoundError,
+    ProxyError,
     RateLimitError,
     ServerError,
     UnprocessableEntityError,
 )
+from ._loop import LoopBinding
+from ._proxy import Proxy
 
 __all__ = [
     "OutcomeUnknown",
+    "Redactor",
     "Response",
     "RetryConfig",
     "Secret",
@@ -184,14 +192,27 @@ class Secret:
         """The secret value itself."""
         return self._value
 
-    def redact(self, text: str) -> str:
-        """``text`` with every occurrence of the secret replaced by ``***``."""
-        return text.replace(self._value, "***") if self._value else text
-
     def __repr__(self) -> str:
         return "'***'"
 
     __str__ = __repr__
+
+
+class Redactor:
+    """Masks every secret a client holds (its API key, a proxy's credentials) as ``***``."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, *values: str) -> None:
+        # Longest first: a secret that holds another is masked whole.
+        self._values = tuple(sorted({v for v in values if v}, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        """``text`` with every occurrence of each secret replaced by ``***``."""
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, "***")
+        return text
 
 
 _URL_CACHE_SIZE = 4096
@@ -357,6 +378,62 @@ def _classify_failure(exc: BaseException) -> tuple[type[APIConnectionError], str
     return APIConnectionError, "the connection failed before a full answer arrived", Fate.UNKNOWN
 
 
+def _proxy_failure(
+    exc: BaseException, proxy: Proxy | None, target: str
+) -> tuple[str, Fate, int | None] | None:
+    """What a failure of the proxy itself was, if it was one: ``(what, fate, status)``.
+
+    Either the proxy could not be reached, or it answered ``CONNECT`` (the tunnel to the
+    API, for an https base URL) with something other than 200. Either way the request
+    never reached the API.
+    """
+    name = f"the proxy {proxy.shown}" if proxy is not None else "the proxy"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"could not connect to {name}", Fate.UNSENT, None
+    if not isinstance(exc, aiohttp.ClientHttpProxyError):
+        return None
+    status = exc.status
+    answer = f"{status} {exc.message}".rstrip()
+    if status == 407:
+        return f"{name} refused the tunnel to {target}: {answer}; {_auth_advice(proxy)}", (
+            Fate.FINAL
+        ), status
+    if status >= 500 or status in UNSENT_STATUSES:
+        # The proxy could not reach the API (or was busy): worth another try.
+        return (
+            f"{name} could not open a tunnel to {target} ({answer}); the request never "
+            "reached the API",
+            Fate.UNSENT,
+            status,
+        )
+    return (
+        f"{name} refused to open a tunnel to {target} ({answer}): its rules may not allow "
+        "this host; ask its administrator, or list the host in NO_PROXY if it can be "
+        "reached directly",
+        Fate.FINAL,
+        status,
+    )
+
+
+def _auth_advice(proxy: Proxy | None) -> str:
+    """What to do about a 407 Proxy Authentication Required."""
+    if proxy is None:
+        return (
+            "a proxy on the way wants credentials: give its URL with them, "
+            "http://user:password@host:port, as proxy= or HTTPS_PROXY"
+        )
+    where = proxy.where
+    if proxy.authorization is None:
+        return (
+            f"it wants credentials: put them in its URL ({where}), as "
+            "http://user:password@host:port (special characters percent-encoded)"
+        )
+    return (
+        f"it refused the credentials given in {where}: check the user name and password "
+        "(special characters percent-encoded)"
+    )
+
+
 class Transport:
     """Sends requests for one client and owns (or borrows) its aiohttp session.
 
@@ -364,7 +441,8 @@ class Transport:
         base_url: the API root, e.g. ``https://api.copy.ai/api``.
         auth_headers: builds the authentication headers; called per request so the
             secret is never stored in a plain dict.
-        secret: the credential, to redact from anything shown.
+        redactor: masks the credential (and a proxy's) in anything shown.
+        binding: the event loop the client serves; every use is checked against it.
         user_agent: the ``User-Agent`` header.
         timeout: per-attempt timeouts.
         retry: the retry settings.
@@ -372,6 +450,7 @@ class Transport:
             clock is where every wait goes.
         max_connections: pool size of an owned session.
         session: a session to borrow (left open) instead of owning one.
+        proxy: the proxy every request goes through, or ``None``.
         error_fields: extracts ``(error_code, details)`` from an error body.
     """
 
@@ -380,21 +459,35 @@ class Transport:
         *,
         base_url: URL,
         auth_headers: Callable[[], Mapping[str, str]],
-        secret: Secret,
+        redactor: Redactor,
+        binding: LoopBinding,
         user_agent: str,
         timeout: aiohttp.ClientTimeout,
         retry: RetryConfig,
         budget: Budget,
         max_connections: int,
         session: aiohttp.ClientSession | None = None,
+        proxy: Proxy | None = None,
         error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
         auth_hint: str = "check the API key",
     ) -> None:
         self._origin = str(base_url.origin())
         self._base_path = base_url.raw_path.rstrip("/")
+        self._target = f"{base_url.host}:{base_url.port}"
         self._auth_headers = auth_headers
-        self._secret = secret
+        self._redactor = redactor
+        self._binding = binding
         self._headers = {"Accept": "application/json", "User-Agent": user_agent}
+        self.proxy = proxy
+        self._proxy_url = None if proxy is None else proxy.url
+        self._proxy_headers: dict[str, str] | None = None
+        if proxy is not None and proxy.authorization is not None:
+            if base_url.scheme == "https":
+                # Credentials go on the CONNECT only: never into the tunnel to the API.
+                self._proxy_headers = {"Proxy-Authorization": proxy.authorization}
+            else:
+                # Plain forwarding: the request itself goes to the proxy, which takes them.
+                self._headers["Proxy-Authorization"] = proxy.authorization
         self._timeout = timeout
         self.retry = retry
         self.budget = budget
@@ -414,10 +507,21 @@ class Transport:
     def closed(self) -> bool:
         return self._closed
 
-    def open(self) -> aiohttp.ClientSession:
-        """The session, created on first use (inside the running loop)."""
+    def enter(self) -> None:
+        """Check that the client can be used here: not closed, and in the event loop it
+        serves (the running one, bound at first use).
+
+        Raises:
+            ClientClosedError: the client is closed.
+            EventLoopError: the client serves another event loop.
+        """
         if self._closed:
             raise ClientClosedError("this client is closed; create a new client to make requests")
+        self._binding.enter()
+
+    def open(self) -> aiohttp.ClientSession:
+        """The session, created on first use (inside the running loop)."""
+        self.enter()
         budget = self.budget
         budget.closing_future()
         if budget.shared is not None:
@@ -425,7 +529,16 @@ class Transport:
         session = self._session
         if session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
-            session = self._session = aiohttp.ClientSession(connector=connector)
+            # The environment was read once, into self.proxy: aiohttp must not read it
+            # again (nor ~/.netrc) per request.
+            session = self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+            if self.proxy is not None:
+                logger.debug(
+                    "requests to %s go through the proxy %s (from %s)",
+                    self._origin,
+                    self.proxy.shown,
+                    self.proxy.where,
+                )
         elif session.closed:
             raise ClientClosedError(
                 "the aiohttp session passed as session= is closed; keep it open while the "
@@ -438,11 +551,21 @@ class Transport:
 
         Operations still running end promptly with :class:`ClientClosedError`: their
         waits wake up, and requests cut off by the closing session are not retried.
+
+        Raises:
+            EventLoopError: the session is open in another event loop (close it there),
+                or was left open in a loop closed without shutting down.
         """
+        await self._binding.leave()
         self._closed = True
         closing = self.budget.closing
         if closing is not None and not closing.done():
             closing.set_result(None)
+        await self.release()
+
+    async def release(self) -> None:
+        """Close the owned session and the shared limits' background work (the client's
+        event loop is shutting down, or the client is closing). Idempotent."""
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()
@@ -492,6 +615,8 @@ class Transport:
 
         Raises:
             ClientClosedError: the client or its borrowed session is closed.
+            EventLoopError: the client serves another event loop (nothing was sent).
+            ProxyError: the proxy failed the request (after retries, where worth one).
             APIStatusError: (a subclass of) for an error status, or the API's error
                 envelope on a 2xx, after retries.
             APIConnectionError: no answer after retries (``APITimeoutError`` for timeouts).
@@ -527,6 +652,8 @@ class Transport:
                         headers=headers,
                         timeout=self._timeout,
                         allow_redirects=False,
+                        proxy=self._proxy_url,
+                        proxy_headers=self._proxy_headers,
                     ) as resp:
                         raw = await resp.read()
                         status = resp.status
@@ -550,12 +677,7 @@ class Transport:
                     raise ClientClosedError(
                         f"{method} {shown}: the client was closed while the request was in flight"
                     ) from failure
-                error_cls, what, fate = _classify_failure(failure)
-                detail = self._secret.redact(f"{type(failure).__name__}: {failure}".rstrip(": "))
-                error = error_cls(
-                    f"{method} {shown}: {what} ({detail}){suffix}", method=method, path=path
-                )
-                error.__cause__ = failure
+                error, fate = self._failure_error(failure, method, path, shown, suffix)
                 if not idempotent and fate in (Fate.UNKNOWN, Fate.RUNNING):
                     raise OutcomeUnknown(error, attempt=attempt, in_progress=fate is Fate.RUNNING)
                 retriable = fate is not Fate.FINAL if idempotent else fate is Fate.UNSENT
@@ -594,6 +716,11 @@ class Transport:
                     self._log_retry(method, shown, attempt, delay, f"an unreadable {status}")
                     await budget.sleep(delay, cause=unreadable)
                     continue
+            if status == 407:
+                # Only a proxy answers 407 (this request went to one, plain forwarding, or
+                # one on the way intercepted it): the API never saw it, and the same
+                # credentials would be refused again.
+                raise self._proxy_refused(method, path, shown)
             retriable = status in (RETRY_STATUSES if idempotent else UNSENT_STATUSES)
             retry_after = None
             if status in RETRY_AFTER_STATUSES:
@@ -625,6 +752,44 @@ class Transport:
             delay = retry_after if retry_after is not None else self.backoff(attempt)
             self._log_retry(method, shown, attempt, delay, str(status))
             await budget.sleep(delay, cause=status_error)
+
+    def _failure_error(
+        self, failure: BaseException, method: str, path: str, shown: str, suffix: str
+    ) -> tuple[APIConnectionError, Fate]:
+        """The documented error for a failed attempt, and what it means for the request."""
+        detail = self._redactor.redact(f"{type(failure).__name__}: {failure}".rstrip(": "))
+        proxied = _proxy_failure(failure, self.proxy, self._target)
+        error: APIConnectionError
+        if proxied is not None:
+            what, fate, status = proxied
+            error = ProxyError(
+                f"{method} {shown}: {what} ({detail}){suffix}",
+                method=method,
+                path=path,
+                proxy=None if self.proxy is None else self.proxy.shown,
+                status=status,
+            )
+        else:
+            error_cls, what, fate = _classify_failure(failure)
+            if self.proxy is not None:
+                what += f" (through the proxy {self.proxy.shown})"
+            message = f"{method} {shown}: {what} ({detail}){suffix}"
+            error = error_cls(message, method=method, path=path)
+        error.__cause__ = failure
+        return error, fate
+
+    def _proxy_refused(self, method: str, path: str, shown: str) -> ProxyError:
+        """A 407 answer: the proxy (configured, or one on the way) wants credentials."""
+        name = "the proxy" if self.proxy is None else f"the proxy {self.proxy.shown}"
+        return ProxyError(
+            f"{method} {shown} -> 407: {name} refused the request: 407 Proxy Authentication "
+            f"Required; "
+            f"{_auth_advice(self.proxy)}",
+            method=method,
+            path=path,
+            proxy=None if self.proxy is None else self.proxy.shown,
+            status=407,
+        )
 
     def backoff(self, attempt: int) -> float:
         """The wait before attempt ``attempt + 1`` (full jitter, as for retries)."""
@@ -660,7 +825,7 @@ class Transport:
             reason = str(exc)
         except RecursionError:
             reason = "nested deeper than the JSON decoder can follow"
-        preview = self._secret.redact(raw[:80].decode("utf-8", "replace"))
+        preview = self._redactor.redact(raw[:80].decode("utf-8", "replace"))
         raise InvalidResponseError(
             f"{method} {shown} -> {status}: the body is not JSON ({reason}; content type "
             f"{content_type or 'none'}, starts {preview!r}){suffix}",
@@ -676,7 +841,7 @@ class Transport:
             json_path, reason = exc.json_path, exc.reason
         # Raised outside the handler, and unchained: the wire error and cattrs' errors
         # behind it quote payload values, which could echo the API key.
-        reason = self._secret.redact(reason)
+        reason = self._redactor.redact(reason)
         raise InvalidResponseError(
             f"{answer.method} {answer.path} -> {answer.status}: the answer does not have the "
             f"documented shape: {reason} at {json_path}{suffix}",
@@ -699,7 +864,7 @@ class Transport:
         envelope: bool = False,
     ) -> APIStatusError:
         method, path, status, headers = answer.method, answer.path, answer.status, answer.headers
-        text = self._secret.redact(raw.decode("utf-8", "replace"))
+        text = self._redactor.redact(raw.decode("utf-8", "replace"))
         try:
             parsed = json.loads(text) if "json" in content_type or text[:1] in "{[" else None
         except (ValueError, RecursionError):

@@ -70,6 +70,7 @@ examples:
   copyai-async fake-server --port 8080 --latency 50
 
 The API key comes from --api-key or the COPYAI_API_KEY environment variable.
+Requests go through --proxy, else HTTPS_PROXY (NO_PROXY respected; never for loopback).
 exit codes: 0 ok, 1 API or network error, 2 usage, 3 authentication, 4 not found,
 5 run failed, 6 timeout, 130 interrupted.
 """
@@ -323,12 +324,17 @@ _CLI_ADVICE = (
     ("pass CopyAIClient(api_key=...)", "pass --api-key"),
     ("pass CopyAIClient(base_url=...)", "pass --base-url"),
     ("pass allow_http=True", "pass --allow-http"),
+    (", or pass trust_env=False", ", or pass --proxy"),
 )
 
 
 def _client(args: argparse.Namespace) -> CopyAIClient:
     try:
-        return CopyAIClient(args.api_key, base_url=args.base_url, allow_http=args.allow_http)
+        return CopyAIClient(
+            args.api_key, base_url=args.base_url, allow_http=args.allow_http, proxy=args.proxy
+        )
+    except ValueError as error:  # a bad --proxy: in the command line's words
+        raise UsageError(str(error).replace("proxy", "--proxy", 1)) from None
     except ConfigurationError as error:
         message = str(error)
         for library, cli in _CLI_ADVICE:
@@ -903,6 +909,14 @@ def _global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
         (
             ("--base-url",),
             {"help": f"API root (default: $COPYAI_BASE_URL, else {DEFAULT_BASE_URL})"},
+        ),
+        (
+            ("--proxy",),
+            {
+                "metavar": "URL",
+                "help": "send requests through this HTTP proxy, http://[user:password@]host:port "
+                "(default: $HTTPS_PROXY / $HTTP_PROXY, unless $NO_PROXY names the host)",
+            },
         ),
         (
             ("--allow-http",),

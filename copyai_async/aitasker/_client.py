@@ -78,9 +78,15 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             error, cancelled, canceled); they must be terminal too.
         coordination: share the limits with other processes through Redis, as for
             :class:`~copyai_async.CopyAIClient` (keyed by a hash of the token).
+        proxy: send every request through this HTTP proxy
+            (``"http://user:password@proxy.example:3128"``), as for
+            :class:`~copyai_async.CopyAIClient`.
+        trust_env: without ``proxy``, read it from ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
+            ``NO_PROXY`` (never for a loopback base URL); ``False`` ignores them.
 
     Raises:
-        ConfigurationError: no token, or a bad ``base_url``.
+        ConfigurationError: no token, a bad ``base_url``, or a proxy variable that is
+            not an http(s) proxy URL.
         TypeError, ValueError: an option of the wrong type or out of range.
     """
 
@@ -102,6 +108,8 @@ class AITaskerClient(BaseClient[AITaskerRun]):
         rate_limit: float | None = None,
         allow_http: bool = False,
         coordination: str | RedisCoordination | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
     ) -> None:
         terminal = _statuses("terminal_statuses", terminal_statuses)
         failed = _statuses("failed_statuses", failed_statuses)
@@ -137,6 +145,8 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             rate_limit=rate_limit,
             allow_http=allow_http,
             coordination=coordination,
+            proxy=proxy,
+            trust_env=trust_env,
             error_fields=_fastapi_error_fields,
             auth_hint=f"check the token (token= or the {TOKEN_ENV} variable)",
         )

@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 import socket
+import ssl
 import time
 import uuid
 from collections import Counter, deque
@@ -177,6 +178,8 @@ class FakeCopyAI:
         cache_pages: keep each encoded page of a listing and send it again while no run
             is added or removed (for benchmarks that measure the client, not the fake's
             page building; statuses that change with time are then frozen in the page).
+        ssl_context: serve https with this server-side context (e.g. from ``trustme``; the
+            client must trust its CA): :attr:`url` then starts ``https://``.
 
     Webhooks: ``POST/GET /webhook`` and ``GET/DELETE /webhook/{id}`` are served with the
     API's quirks (list pages from 0, a bare array; 202 ``{}`` on delete). As runs change,
@@ -217,6 +220,7 @@ class FakeCopyAI:
         compress_min_size: int | None = DEFAULT_COMPRESS_MIN_SIZE,
         deliveries: Deliveries | None = None,
         cache_pages: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate!r}")
@@ -248,6 +252,7 @@ class FakeCopyAI:
         self._runs: dict[str, list[FakeRun]] = {}
         self._index: dict[str, dict[str, FakeRun]] = {}
         self.cache_pages = cache_pages
+        self._ssl = ssl_context
         self._pages: dict[tuple[str, int, int], bytes] = {}
         self._webhooks = FakeWebhooks(
             clock=lambda: self.clock(),
@@ -279,7 +284,8 @@ class FakeCopyAI:
         if self._runner is None:
             raise RuntimeError("the fake server is not started; use 'async with' or start()")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/api"
+        scheme = "http" if self._ssl is None else "https"
+        return f"{scheme}://{host}:{self.port}/api"
 
     @property
     def aitasker_url(self) -> str:
@@ -317,7 +323,7 @@ class FakeCopyAI:
             await runner.cleanup()
             raise
         self.port = int(sock.getsockname()[1])
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=self._ssl).start()
         self._runner = runner
         self._webhooks.start()
         return self.url

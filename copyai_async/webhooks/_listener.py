@@ -303,6 +303,7 @@ class Listener:
             raise RuntimeError(f"the listener is {self._state}; a listener starts once")
         if self._client.closed:
             raise ClientClosedError("the client is closed; a listener needs an open client")
+        self._client._enter()  # its waits are this loop's: EventLoopError from another
         self._arrived = anyio.Event()
         if self.serve:
             await self._serve()
