@@ -22,6 +22,9 @@ keeps its own limits (as without coordination) and polls without shared events, 
 Redis is tried again with growing backoff (0.5 s up to ``retry_max``); when it answers
 again, an INFO line says so and the shared limits apply again.
 
+The URL is read as redis-py reads it, and refused where that differs from what it
+says; its password never reaches a repr, a log line or a message (:class:`_Address`).
+
 Keys: ``copyai-async:{<namespace>:<digest>}:...``, where the digest is a SHA-256 of the
 API key (the key itself is never sent to Redis). The braces keep a client's keys in one
 Redis Cluster slot.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -40,9 +44,11 @@ import random
 import re
 import secrets
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
 
 from ._budget import Budget, SharedUnavailable
 from ._errors import ConfigurationError
@@ -59,7 +65,6 @@ logger = logging.getLogger("copyai_async")
 _T = TypeVar("_T")
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_SCHEMES = ("redis://", "rediss://", "unix://")
 _FIRST_BACKOFF = 0.5
 _SLOT_POLL_FIRST = 0.002  # seconds between tries for a full in-flight cap, growing...
 _SLOT_POLL_MAX = 0.05  # ...up to this
@@ -133,9 +138,221 @@ def _import_redis() -> Any:
     return redis
 
 
-def _shown(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+# -- the URL --------------------------------------------------------------------------
+
+_URL_FORMS = (
+    "redis://[[user]:password@]host[:port][/db][?option=value&...], the same with "
+    "rediss:// (TLS), or unix://[[user]:password@]/path/to/socket[?db=N&option=value...]"
+    " (percent-encode '/', '?', '#', '%', '[' and ']' in a password, and in"
+    " ?password= '&' and '+' too)"
+)
+_DB_PATH = re.compile(r"/?([0-9]+)?")
+# Options the URL itself carries (host, port, path): given as ?options too, redis-py
+# would quietly let one win.
+_URL_PARTS = frozenset({"host", "port", "path", "connection_class"})
+# Set from this object's own ``timeout``: in a URL, they would quietly override it.
+_OWN_OPTIONS = frozenset({"socket_timeout", "socket_connect_timeout"})
+
+
+class _Address:
+    """Where Redis is, shown without its password; hides the password in other texts."""
+
+    __slots__ = ("_secrets", "shown")
+
+    def __init__(self, shown: str, secrets: set[str]) -> None:
+        # Longest first, so that no piece of a longer form is left behind.
+        self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+        self.shown = self.redact(shown)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every form of the password (as written, decoded) as ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return self.shown
+
+    @classmethod
+    def of_client(cls, client: Any) -> _Address:
+        """A ``redis.asyncio.Redis`` passed in: its password is hidden too."""
+        kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+        password = kwargs.get("password")
+        return cls("<redis client>", {password} if isinstance(password, str) else set())
+
+
+def _url_error(problem: str) -> ValueError:
+    # Never the URL itself: any part of it may be a piece of a password.
+    return ValueError(f"url {problem}; expected {_URL_FORMS}")
+
+
+def _parse_url(url: str, redis: Any) -> _Address:
+    """Check ``url`` the way redis-py will read it: refuse one it would read otherwise
+    than written, or fail on only once connecting.
+
+    Raises:
+        ValueError: naming what is wrong, never quoting the URL.
+    """
+    parts = _split(url)
+    db_in_path = _check_location(parts)
+    options = _query_options(parts.query)
+    userinfo = parts.netloc.rpartition("@")[0]  # the last '@', as redis-py splits
+    user, colon, _ = userinfo.partition(":")
+    for name, in_url in (("db", db_in_path), ("username", user), ("password", colon)):
+        if name in options and in_url:
+            raise _url_error(f"gives the {name} twice (as ?{name}= and in the URL itself)")
+    _check_options(url, options, parts.scheme, redis)
+    secrets = {parts.password or "", unquote(parts.password or "")}
+    if "password" in options:
+        secrets |= {options["password"], *_raw_values(parts.query, "password")}
+    return _Address(_shown(parts), secrets)
+
+
+def _split(url: str) -> SplitResult:
+    """``url`` in parts, if it has none that redis-py would drop or misread."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise _url_error("contains spaces or control characters")
+    if "#" in url:
+        # redis-py drops a fragment: with a '#' in a password, the rest is lost.
+        raise _url_error("contains '#'")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _url_error("cannot be parsed") from None  # its message quotes the URL
+    scheme = parts.scheme  # lower-cased, as redis-py compares it
+    if scheme not in ("redis", "rediss", "unix") or url[len(scheme) : len(scheme) + 3] != "://":
+        raise _url_error("must start with redis://, rediss:// or unix://")
+    return parts
+
+
+def _check_location(parts: SplitResult) -> str | None:
+    """Check the host, port and path; return the database the path gives, if any."""
+    try:
+        port = parts.port
+    except ValueError:
+        raise _url_error("has a port that is not a number from 1 to 65535") from None
+    path = unquote(parts.path)
+    if parts.scheme == "unix":
+        if parts.hostname or port is not None:
+            raise _url_error("names a host or port, which unix:// takes none of (three slashes)")
+        if path in ("", "/"):
+            raise _url_error("has no socket path")
+        return None
+    if port == 0:
+        raise _url_error("has port 0, which redis-py takes as 6379")
+    match = _DB_PATH.fullmatch(path)
+    if match is None:
+        # redis-py would quietly use database 0 (or read /0/1 as 1).
+        raise _url_error("has a path that is not a database number (such as /0)")
+    return match.group(1)
+
+
+def _shown(parts: SplitResult) -> str:
+    """The URL as written, but for the password (in the userinfo or ``?password=``)."""
+    userinfo, at, location = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    query = "&".join(
+        f"{name}={'***' if unquote_plus(name) == 'password' else value}"
+        for name, _, value in (p.partition("=") for p in parts.query.split("&") if p)
+    )
+    shown_userinfo = f"{user}{':***' if colon else ''}{at}"
+    return f"{parts.scheme}://{shown_userinfo}{location}{parts.path}{'?' if query else ''}{query}"
+
+
+def _query_options(query: str) -> dict[str, str]:
+    """The ``?name=value`` options, each given once and with a value."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
+    except ValueError:
+        raise _url_error("has a query that is not name=value pairs joined by &") from None
+    options = dict(pairs)
+    if len(options) < len(pairs):
+        raise _url_error("gives an option more than once")
+    if any(not value for value in options.values()):
+        raise _url_error("has an option without a value (redis-py would ignore it)")
+    return options
+
+
+def _raw_values(query: str, wanted: str) -> list[str]:
+    """The values of option ``wanted`` as written in ``query`` (before decoding)."""
+    return [
+        value
+        for name, _, value in (p.partition("=") for p in query.split("&"))
+        if unquote_plus(name) == wanted
+    ]
+
+
+def _check_options(url: str, options: dict[str, str], scheme: str, redis: Any) -> None:
+    """Each option must be one that redis-py's own parser (``parse_url``) reads and the
+    connection it makes accepts, with a value it can use."""
+    parsers: Any = redis.asyncio.connection.URL_QUERY_ARGUMENT_PARSERS
+    for name in options:
+        if name in _OWN_OPTIONS:
+            raise _url_error(f"sets {name}: give RedisCoordination(timeout=...) instead")
+        if name in _URL_PARTS:
+            raise _url_error(f"gives the {name} as an option: write it in the URL itself")
+    try:
+        kwargs = redis.asyncio.connection.parse_url(url)
+    except ValueError:
+        bad = next(
+            (n for n in options if n in parsers and not _parses(parsers[n], options[n])), None
+        )
+        what = f"option {bad}" if bad else "an option"
+        raise _url_error(f"has {what} with a value redis-py cannot read") from None
+    accepted = _accepted_options(kwargs.get("connection_class", redis.asyncio.Connection), redis)
+    usable = sorted(n for n, p in accepted.items() if n in parsers or _takes_str(p))
+    for name in options:
+        if name not in usable:
+            # Not quoted: an unknown name may be a piece of a password ('&' in it).
+            raise _url_error(
+                f"has an option redis-py does not take (for {scheme}://, it takes: "
+                f"{', '.join(n for n in usable if n not in _URL_PARTS | _OWN_OPTIONS)})"
+            )
+
+
+def _parses(parser: Callable[[str], object], value: str) -> bool:
+    try:
+        parser(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _accepted_options(connection_class: type, redis: Any) -> dict[str, inspect.Parameter]:
+    """The keyword arguments a connection of ``connection_class`` (made by redis-py's
+    connection pool) accepts: its ``__init__``'s, and its bases' while they pass
+    ``**kwargs`` on."""
+    accepted = _named_parameters(redis.asyncio.ConnectionPool.__init__)
+    for cls in connection_class.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, param in _named_parameters(init).items():
+            accepted.setdefault(name, param)
+        if all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in _parameters(init)):
+            break  # nothing is passed on to the bases
+    accepted.pop("connection_class", None)
+    return accepted
+
+
+def _parameters(function: Callable[..., object]) -> list[inspect.Parameter]:
+    return list(inspect.signature(function).parameters.values())
+
+
+def _named_parameters(function: Callable[..., object]) -> dict[str, inspect.Parameter]:
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p for p in _parameters(function) if p.kind in named and p.name != "self"}
+
+
+def _takes_str(param: inspect.Parameter) -> bool:
+    """Whether a parameter takes a string (an option redis-py has no parser for is passed
+    on as the string written)."""
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        return True
+    if isinstance(annotation, str):  # postponed annotations
+        return re.search(r"\bstr\b", annotation) is not None
+    return annotation is str or str in typing.get_args(annotation)
 
 
 class RedisCoordination:
@@ -168,9 +385,19 @@ class RedisCoordination:
     can serve many clients (of either API); close it with :meth:`aclose` or
     ``async with`` after them.
 
+    The password (``user:password@``, ``:password@`` or ``?password=``) never appears in
+    ``repr()``, logs or messages, nor does any piece of it in a URL that is refused.
+
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL, or a
-            ``redis.asyncio.Redis`` client you own (left open on :meth:`aclose`).
+        url: a ``redis.asyncio.Redis`` client you own (left open on :meth:`aclose`), or
+            a URL: ``redis://[[user]:password@]host[:port][/db][?option=value&...]``,
+            the same with ``rediss://`` (TLS), or
+            ``unix://[[user]:password@]/path/to/socket[?db=N&option=value...]``.
+            Options are those redis-py reads from a URL and passes to its connection
+            (``db``, ``password``, ``client_name``, ``ssl_ca_certs``, ...), except the
+            socket timeouts (see ``timeout``). In a password, percent-encode ``/``,
+            ``?``, ``#``, ``%``, ``[`` and ``]`` (and in ``?password=``, ``&`` and
+            ``+``).
         namespace: separates deployments sharing one Redis (1 to 64 letters, digits or
             ``_.:-``); processes share limits only within a namespace.
         timeout: seconds a Redis operation may take before Redis counts as unavailable
@@ -180,7 +407,11 @@ class RedisCoordination:
     Raises:
         ConfigurationError: the ``redis`` package is not installed (install
             ``copyai-async[redis]``).
-        TypeError, ValueError: an argument of the wrong type or out of range.
+        TypeError: an argument of the wrong type.
+        ValueError: an argument out of range, or a URL that redis-py would read
+            otherwise than written (a database that is not a number, a path with more
+            than a database, a port that is not a number from 1 to 65535, an option it
+            does not take or whose value it cannot read, a '#', an option given twice).
     """
 
     def __init__(
@@ -193,15 +424,13 @@ class RedisCoordination:
     ) -> None:
         redis = _import_redis()
         if isinstance(url, str):
-            if not url.startswith(_SCHEMES):
-                raise ValueError(
-                    f"url must be a redis://, rediss:// or unix:// URL, got {_shown(url)!r}"
-                )
-            self._url: str = url
+            self._address = _parse_url(url, redis)
+            self._url = url
             self._redis: Redis | None = None
             self._owns = True
         elif isinstance(url, redis.asyncio.Redis):
-            self._url = "<redis client>"
+            self._address = _Address.of_client(url)
+            self._url = ""  # never used: the client is made already
             self._redis = url
             self._owns = False
         else:
@@ -229,7 +458,7 @@ class RedisCoordination:
 
     def __repr__(self) -> str:
         state = "available" if self.available else "unavailable"
-        return f"<RedisCoordination {_shown(self._url)} namespace={self.namespace!r} {state}>"
+        return f"<RedisCoordination {self._address} namespace={self.namespace!r} {state}>"
 
     @property
     def available(self) -> bool:
@@ -323,39 +552,39 @@ class RedisCoordination:
         except Exception as exc:
             # Redis's errors, and any other failure of its client library (a connection
             # torn down under it): none of them may reach an API call.
-            self._failed(exc)
-            raise SharedUnavailable(str(exc)) from exc
+            why = self._failed(exc)
+            raise SharedUnavailable(why) from None  # redis-py's text may hold a password
         self._succeeded()
         return result
 
-    def _failed(self, exc: BaseException) -> None:
-        """Note a failed operation: the first of an outage logs a WARNING."""
+    def _failed(self, exc: BaseException) -> str:
+        """Note a failed operation: the first of an outage logs a WARNING. Returns what
+        failed, without the password."""
+        why = self._address.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
         now = time.monotonic()
         if self._down and now < self._retry_at:
-            return  # the same outage, seen by another operation already under way
+            return why  # the same outage, seen by another operation already under way
         self._backoff = min(self.retry_max, self._backoff * 2 or _FIRST_BACKOFF)
         self._retry_at = now + self._backoff * self._rng.uniform(0.8, 1.0)
-        why = f"{type(exc).__name__}: {exc}".rstrip(": ")
         if self._down:
-            logger.debug("Redis at %s is still unavailable (%s)", _shown(self._url), why)
-            return
+            logger.debug("Redis at %s is still unavailable (%s)", self._address, why)
+            return why
         self._down = True
         logger.warning(
             "Redis at %s is unavailable (%s): each process uses its own limits and "
             "waits poll without shared events until it is back; trying again in %.1f s",
-            _shown(self._url),
+            self._address,
             why,
             self._backoff,
         )
+        return why
 
     def _succeeded(self) -> None:
         """Note a successful operation: the first after an outage logs it at INFO."""
         if self._down:
             self._down = False
             self._backoff = 0.0
-            logger.info(
-                "Redis at %s is available again: limits are shared again", _shown(self._url)
-            )
+            logger.info("Redis at %s is available again: limits are shared again", self._address)
 
 
 class SharedLink:

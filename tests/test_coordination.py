@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 import redis.asyncio
@@ -64,7 +67,7 @@ def client_for(
 def test_bad_arguments_name_the_argument() -> None:
     with pytest.raises(TypeError, match="coordination must be a Redis URL"):
         CopyAIClient("k", coordination=6379)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"url must be a redis://.*'http://h:\*\*\*@x'"):
+    with pytest.raises(ValueError, match=r"url must start with redis://, rediss:// or unix://"):
         RedisCoordination("http://h:secret@x")
     with pytest.raises(TypeError, match=r"url must be a str or a redis\.asyncio\.Redis"):
         RedisCoordination(b"redis://x")
@@ -85,6 +88,214 @@ async def test_repr_hides_the_redis_password() -> None:
     assert "hunter2" not in repr(coordination)
     assert "redis://user:***@127.0.0.1:1/0" in repr(coordination)
     await coordination.aclose()
+
+
+# -- URLs: read as redis-py reads them, the password never shown ---------------------------
+
+PASSWORD = "pwA1@pwB2"  # an '@' inside: redis-py splits the userinfo at the last '@'
+ENCODED = "pwC3/pwD4%pwE5#pwF6"  # must be percent-encoded in a URL
+
+
+def pieces(password: str) -> list[str]:
+    """The password, its encoded forms, and every run of 4+ letters or digits in it."""
+    return [
+        password,
+        quote(password, safe=""),
+        quote_plus(password),
+        *(p for p in re.split(r"[^A-Za-z0-9]+", password) if len(p) >= 4),
+    ]
+
+
+def assert_hidden(text: str, password: str = PASSWORD) -> None:
+    shown = [p for p in pieces(password) if p in text]
+    assert not shown, f"{shown} in {text!r}"
+
+
+# How each form gives the password; the server for it: user, password, socket directory.
+PASSWORD_FORMS: dict[str, tuple[str, dict[str, str]]] = {
+    "user:pass@": ("redis://user:{password}@{tcp}/0", {"user": "user"}),
+    ":pass@": ("redis://:{password}@{tcp}/0", {}),
+    "?password=": ("redis://{tcp}/0?password={password}", {}),
+    "percent-encoded": ("redis://:{password}@{tcp}/0", {"password": ENCODED}),
+    "rediss://": ("rediss://user:{password}@{tcp}/0", {"user": "user"}),
+    "unix ?password=": ("unix://{socket}?password={password}", {}),
+    "unix user:pass@": ("unix://user:{password}@{socket}", {"user": "user"}),
+    # redis-py's errors quote the socket's path: here, it holds the password too.
+    "unix, password in the path": ("unix://:{password}@{socket}", {"unix_dir": f"dir-{PASSWORD}"}),
+}
+
+
+@pytest.mark.parametrize("form", PASSWORD_FORMS)
+@pytest.mark.usefixtures("quick_retry")
+async def test_no_piece_of_a_password_in_reprs_or_logs(
+    form: str, server: FakeCopyAI, caplog: pytest.LogCaptureFixture, namespace: str
+) -> None:
+    run = server.add_runs(1)[0]
+    template, options = PASSWORD_FORMS[form]
+    password = options.get("password", PASSWORD)
+    later = RedisServer(
+        require_redis(),
+        password=password,
+        user=options.get("user"),
+        unix_dir=options.get("unix_dir", "sockets"),
+    )
+    # '?password=' and 'percent-encoded' encode it; the others write it as it is.
+    written = quote(password, safe="") if form in ("?password=", "percent-encoded") else password
+    url = template.format(password=written, tcp=f"127.0.0.1:{later.port}", socket=later.socket)
+    caplog.set_level(logging.DEBUG, logger="copyai_async")
+    coordination = RedisCoordination(url, namespace=namespace)
+    try:
+        async with coordination, client_for(server, coordination, rate_limit=100) as client:
+            link = client._transport.budget.shared
+            for text in (repr(coordination), repr(client), repr(link)):
+                assert_hidden(text, password)
+            await client.get_run(server.workflow_id, run.id)  # the WARNING
+            await asyncio.sleep(0.1)  # past the first backoff
+            await client.get_run(server.workflow_id, run.id)  # "still unavailable": DEBUG
+            if form != "rediss://":  # no TLS on the test server: never available
+                later.start()
+                deadline = time.monotonic() + 10
+                while not coordination.available and time.monotonic() < deadline:
+                    await client.get_run(server.workflow_id, run.id)
+                    await asyncio.sleep(0.02)
+                assert coordination.available  # so the password was right
+                assert_hidden(repr(coordination), password)
+    finally:
+        later.close()
+    levels = {r.levelname for r in caplog.records if "Redis at" in r.getMessage()}
+    assert {"WARNING", "DEBUG"} <= levels
+    if form != "rediss://":
+        assert "INFO" in levels
+    for record in caplog.records:
+        assert_hidden(record.getMessage(), password)
+
+
+async def test_a_passed_in_clients_password_is_hidden_too(
+    server: FakeCopyAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    socket_dir = f"dir-{PASSWORD}"  # so that redis-py's error quotes the password
+    mine = redis.asyncio.Redis(
+        unix_socket_path=f"/nonexistent/{socket_dir}/r.sock", password=PASSWORD
+    )
+    caplog.set_level(logging.DEBUG, logger="copyai_async")
+    async with RedisCoordination(mine) as coordination, client_for(server, coordination) as client:
+        await client.get_run(server.workflow_id, server.add_runs(1)[0].id)
+        assert_hidden(repr(coordination))
+    await mine.aclose()
+    assert any(r.levelno == logging.WARNING for r in caplog.records)
+    for record in caplog.records:
+        assert_hidden(record.getMessage())
+
+
+BAD_URLS_WITH_PASSWORDS = [
+    "http://user:pwA1@pwB2@x",  # not a Redis scheme
+    "redis://user:pwA1/pwB2@127.0.0.1:6379/0",  # an unencoded '/' ends the host part
+    "redis://:pwA1?pwB2@127.0.0.1/0",  # an unencoded '?' starts the query
+    "redis://:pwA1#pwB2@127.0.0.1/0",  # an unencoded '#' starts a fragment
+    "redis://:pwA1[pwB2@127.0.0.1/0",  # a '[' makes it unparseable
+    "redis://:pwA1@127.0.0.1:pwB2/0",  # the port
+    "redis://:pwA1@127.0.0.1/pwB2",  # the database
+    "redis://127.0.0.1/0?password=pwA1&pwB2=x",  # an unencoded '&': an unknown option
+    "redis://127.0.0.1/0?password=pwA1&pwB2",  # ...or a malformed query
+    "redis://127.0.0.1/0?password=pwA1 pwB2",  # a space
+    "unix://user:pwA1@pwB2/run/redis.sock",  # a host in a unix:// URL
+]
+
+
+@pytest.mark.parametrize("url", BAD_URLS_WITH_PASSWORDS)
+def test_a_refused_url_never_shows_a_piece_of_its_password(url: str) -> None:
+    for make in (RedisCoordination, lambda u: CopyAIClient("k", coordination=u)):
+        with pytest.raises(ValueError, match=r"^url ") as caught:
+            make(url)
+        # The message, and everything a traceback would print (causes, contexts).
+        assert_hidden("".join(traceback.format_exception(caught.value)))
+
+
+BAD_URLS = {
+    "redis://localhost/abc": "path that is not a database number",
+    "redis://localhost/0/1": "path that is not a database number",
+    "redis://localhost/-1": "path that is not a database number",
+    "redis://localhost:port/0": "port that is not a number from 1 to 65535",
+    "redis://localhost:65536/0": "port that is not a number from 1 to 65535",
+    "redis://localhost:0/0": "port 0",
+    "redis://localhost/0?foo=1": "option redis-py does not take",
+    "redis://localhost/0?ssl_ca_certs=/ca.pem": "option redis-py does not take",  # TLS only
+    "redis://localhost/0?decode_responses=no": "option redis-py does not take",  # truthy
+    "redis://localhost/0?retry=3": "option redis-py does not take",
+    "redis://localhost?db=x": "option db with a value redis-py cannot read",
+    "redis://localhost?health_check_interval=often": "option health_check_interval with",
+    "redis://localhost/0?socket_timeout=5": "sets socket_timeout",
+    "redis://localhost?host=other": "gives the host as an option",
+    "redis://localhost/0?db=1": "gives the db twice",
+    "redis://:pw@localhost/0?password=pw": "gives the password twice",
+    "redis://localhost?db=1&db=2": "gives an option more than once",
+    "redis://localhost?db=": "option without a value",
+    "redis://localhost/0#main": "contains '#'",
+    "redis://[::1/0": "cannot be parsed",
+    "redis:localhost/0": "must start with redis://, rediss:// or unix://",
+    "localhost:6379": "must start with redis://, rediss:// or unix://",
+    "unix://localhost/run/redis.sock": "names a host or port",
+    "unix://run/redis.sock": "names a host or port",
+    "unix://": "has no socket path",
+    "unix:///run/redis.sock?ssl_ca_certs=/ca.pem": "option redis-py does not take",
+}
+
+
+@pytest.mark.parametrize(("url", "problem"), BAD_URLS.items())
+def test_a_url_redis_py_would_misread_is_refused(url: str, problem: str) -> None:
+    for make in (RedisCoordination, lambda u: CopyAIClient("k", coordination=u)):
+        with pytest.raises(ValueError, match=r"^url ") as caught:
+            make(url)
+        message = str(caught.value)
+        assert problem in message
+        assert "expected redis://[[user]:password@]host[:port][/db]" in message  # the rules
+
+
+def test_an_unknown_option_is_answered_with_the_ones_redis_py_takes() -> None:
+    with pytest.raises(ValueError, match="option redis-py does not take") as caught:
+        RedisCoordination("rediss://localhost/0?certfile=x")
+    message = str(caught.value)
+    for option in ("db", "password", "client_name", "ssl_ca_certs", "ssl_cert_reqs"):
+        assert option in message
+    assert "socket_timeout" not in message  # this object's own timeout sets it
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://localhost/",
+        "redis://localhost:6379/15",
+        "REDIS://LOCALHOST:6379/0",
+        "redis://[::1]:6379/0",
+        "redis://:p%2Fw@localhost/0",
+        f"redis://user:{PASSWORD}@localhost/0",
+        "redis://localhost?db=3&client_name=me&health_check_interval=5&protocol=3",
+        "rediss://localhost:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem",
+        "unix:///run/redis.sock",
+        "unix:///run/redis.sock?db=2&password=pw",
+        "unix://user:pw@/run/redis.sock?db=1",
+    ],
+)
+async def test_urls_redis_py_reads_as_written_are_taken(url: str) -> None:
+    async with RedisCoordination(url) as coordination:
+        assert coordination.namespace == "default"
+
+
+async def test_a_url_is_shown_as_written_but_for_its_password() -> None:
+    cases = {
+        "redis://user:pw@h:1/2": "redis://user:***@h:1/2",
+        f"redis://:{PASSWORD}@h/0": "redis://:***@h/0",
+        "rediss://h?password=pw&db=1": "rediss://h?password=***&db=1",
+        "unix:///s.sock?password=pw": "unix:///s.sock?password=***",
+        "unix://u:pw@/s.sock": "unix://u:***@/s.sock",
+        "redis://h/0": "redis://h/0",
+    }
+    for url, shown in cases.items():
+        async with RedisCoordination(url) as coordination:
+            assert (
+                repr(coordination) == f"<RedisCoordination {shown} namespace='default' available>"
+            )
 
 
 # -- the shared budget, in one process ----------------------------------------------------
