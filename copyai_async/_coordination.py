@@ -20,7 +20,9 @@ only on a GET). A lost message makes a wait poll at ``PollPolicy.safety_interval
 When Redis cannot be reached, nothing is raised: a WARNING is logged once, each process
 keeps its own limits (as without coordination) and polls without shared events, and
 Redis is tried again with growing backoff (0.5 s up to ``retry_max``); when it answers
-again, an INFO line says so and the shared limits apply again.
+again, an INFO line says so and the shared limits apply again. One request waits on
+Redis for at most ``timeout`` in all, however many operations its turns take (an
+:class:`~copyai_async._budget.Allowance`); a Redis slower than that counts as down.
 
 The URL is read as redis-py reads it, and refused where that differs from what it
 says; its password never reaches a repr, a log line or a message (:class:`_Address`).
@@ -50,7 +52,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
 
-from ._budget import Budget, SharedUnavailable
+import anyio
+
+from ._budget import Allowance, Budget, SharedUnavailable
 from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -379,7 +383,9 @@ class RedisCoordination:
 
     If Redis cannot be reached, API calls go on: a WARNING is logged once, each process
     falls back to its own limits, and Redis is tried again with backoff (from 0.5 s up
-    to ``retry_max``) until it answers. No Redis error is ever raised from an API call.
+    to ``retry_max``) until it answers. No Redis error is ever raised from an API call,
+    and no request waits on Redis longer than ``timeout`` in all (its turn, the check
+    after sleeping until its place, a 429's pause; not the sleeps Redis hands out).
 
     A coordination made from a URL by a client is closed with it. One you make yourself
     can serve many clients (of either API); close it with :meth:`aclose` or
@@ -400,8 +406,10 @@ class RedisCoordination:
             ``+``).
         namespace: separates deployments sharing one Redis (1 to 64 letters, digits or
             ``_.:-``); processes share limits only within a namespace.
-        timeout: seconds a Redis operation may take before Redis counts as unavailable
-            (made from a URL only; a client passed in keeps its own timeouts).
+        timeout: the longest, in seconds, that one request (with its retries), entering
+            a client (``async with``), or any other Redis operation may wait on Redis in
+            all; past it, Redis counts as unavailable. A client passed in as ``url``
+            keeps its own socket timeouts, but this bound holds for it too.
         retry_max: the longest wait between tries while Redis is unavailable, in seconds.
 
     Raises:
@@ -519,6 +527,8 @@ class RedisCoordination:
             # One immediate retry on a new connection, for a pooled connection that died
             # with a Redis since restarted; no backoff: an API call must not wait on a
             # Redis that is down (this object's own backoff says when to try again).
+            # Each operation is also bounded by the allowance of the request it serves,
+            # so a Redis that hangs costs it ``timeout`` at most, retry or not.
             redis = self._redis = module.asyncio.Redis.from_url(
                 self._url,
                 socket_timeout=self.timeout,
@@ -535,6 +545,10 @@ class RedisCoordination:
             script = self._scripts[source] = self._client().register_script(source)
         return script
 
+    def _allowance(self) -> Allowance:
+        """What one request (or one background operation) may wait on Redis, in all."""
+        return Allowance(self.timeout)
+
     def _ready(self) -> bool:
         """Whether to use Redis now: it answered last time, or its backoff is over."""
         return not self._closed and (not self._down or time.monotonic() >= self._retry_at)
@@ -543,17 +557,24 @@ class RedisCoordination:
         """Seconds until Redis may be tried again (0: now)."""
         return 0.0 if not self._down else max(0.0, self._retry_at - time.monotonic())
 
-    async def _call(self, operation: Callable[[Redis], Awaitable[_T]]) -> _T:
-        """Run one Redis operation; a failure marks Redis unavailable and raises
-        :class:`SharedUnavailable` (never a Redis error)."""
+    async def _call(self, operation: Callable[[Redis], Awaitable[_T]], allowance: Allowance) -> _T:
+        """Run one Redis operation out of ``allowance``; a failure, or running out of
+        it, marks Redis unavailable and raises :class:`SharedUnavailable` (never a Redis
+        error)."""
         redis = self._client()  # SharedUnavailable once closed
+        began = time.monotonic()
         try:
-            result = await operation(redis)
+            with anyio.fail_after(max(0.0, allowance.left)):
+                result = await operation(redis)
         except Exception as exc:
             # Redis's errors, and any other failure of its client library (a connection
             # torn down under it): none of them may reach an API call.
+            if isinstance(exc, TimeoutError):  # the allowance ran out (an empty message)
+                exc = TimeoutError(f"no answer within timeout={self.timeout:g} s")
             why = self._failed(exc)
             raise SharedUnavailable(why) from None  # redis-py's text may hold a password
+        finally:
+            allowance.left -= time.monotonic() - began
         self._succeeded()
         return result
 
@@ -631,7 +652,13 @@ class SharedLink:
         """Whether to use Redis for the next request."""
         return not self._closed and self.coordination._ready()
 
-    async def _turn_script(self, lease: str, take_slot: bool) -> tuple[bool, float]:
+    def allowance(self) -> Allowance:
+        """A new request's allowance for waiting on Redis (the coordination's timeout)."""
+        return self.coordination._allowance()
+
+    async def _turn_script(
+        self, lease: str, take_slot: bool, allowance: Allowance
+    ) -> tuple[bool, float]:
         script = self.coordination._script(_TURN)
         granted, delay_us = await self.coordination._call(
             lambda redis: script(
@@ -645,26 +672,28 @@ class SharedLink:
                     _KEY_TTL_MS,
                 ],
                 client=redis,
-            )
+            ),
+            allowance,
         )
         return bool(int(granted)), int(delay_us) / 1e6
 
-    async def _pause_left(self) -> float:
+    async def _pause_left(self, allowance: Allowance) -> float:
         script = self.coordination._script(_PAUSE_LEFT)
         left = await self.coordination._call(
-            lambda redis: script(keys=self.keys[2:], args=[], client=redis)
+            lambda redis: script(keys=self.keys[2:], args=[], client=redis), allowance
         )
         return int(left) / 1e6
 
-    async def turn(self, budget: Budget) -> str:
+    async def turn(self, budget: Budget, allowance: Allowance) -> str:
         """Take a shared slot and a place in the shared rate (after any shared pause),
-        sleeping on ``budget`` (so deadlines and closing apply); returns the lease."""
+        sleeping on ``budget`` (so deadlines and closing apply) and waiting on Redis out
+        of ``allowance``; returns the lease."""
         lease = f"{self.origin}:{next(self._leases)}"
         held = False
         poll = _SLOT_POLL_FIRST
         try:
             while True:
-                granted, delay = await self._turn_script(lease, not held)
+                granted, delay = await self._turn_script(lease, not held, allowance)
                 if not granted:
                     # Every slot is taken: look again soon (a slot frees when a request
                     # of any process ends, and Redis does not say when).
@@ -675,7 +704,7 @@ class SharedLink:
                 if delay <= 0:
                     return lease
                 await budget.sleep(delay)
-                if await self._pause_left() <= 0:
+                if await self._pause_left(allowance) <= 0:
                     return lease
                 # A pause began while this request slept: a new place, after it.
         except BaseException:
@@ -688,15 +717,11 @@ class SharedLink:
         if self._closed:
             return
         key = self.keys[0]
+        self._spawn(self._quietly(lambda redis: redis.zrem(key, lease)))
 
-        async def release() -> None:
-            with contextlib.suppress(SharedUnavailable):  # else the lease expires by itself
-                await self.coordination._call(lambda redis: redis.zrem(key, lease))
-
-        self._spawn(release())
-
-    async def pause(self, seconds: float) -> None:
-        """Pause every process sharing the key for ``seconds``."""
+    async def pause(self, seconds: float, allowance: Allowance) -> None:
+        """Pause every process sharing the key for ``seconds`` (waiting on Redis out of
+        ``allowance``)."""
         if not self.ready():
             return
         script = self.coordination._script(_PAUSE)
@@ -704,27 +729,29 @@ class SharedLink:
             await self.coordination._call(
                 lambda redis: script(
                     keys=self.keys[2:], args=[math.ceil(seconds * 1e6)], client=redis
-                )
+                ),
+                allowance,
             )
         except SharedUnavailable:
             return  # the local pause holds this process
         logger.info("paused every process sharing this key for %.2f s", seconds)
 
+    async def _quietly(self, operation: Callable[[Redis], Awaitable[object]]) -> None:
+        """A background operation: if Redis fails it, so be it (logged by the
+        coordination)."""
+        with contextlib.suppress(SharedUnavailable):
+            await self.coordination._call(operation, self.coordination._allowance())
+
     # -- events ------------------------------------------------------------------------
 
     def publish(self, run_id: str, workflow_id: str | None, final: bool) -> None:
-        """Tell the other processes' waits about an event (in the background)."""
+        """Tell the other processes' waits about an event (in the background; unsent,
+        waits elsewhere fall back to their safety interval)."""
         if self._closed or not self.coordination._ready():
             return
         message = json.dumps({"o": self.origin, "r": run_id, "w": workflow_id, "f": final})
         channel = self.channel
-
-        async def publish() -> None:
-            # Unsent, waits elsewhere fall back to their safety interval.
-            with contextlib.suppress(SharedUnavailable):
-                await self.coordination._call(lambda redis: redis.publish(channel, message))
-
-        self._spawn(publish())
+        self._spawn(self._quietly(lambda redis: redis.publish(channel, message)))
 
     def _take(self, data: Any) -> None:
         try:
@@ -756,59 +783,77 @@ class SharedLink:
         )
 
     async def started(self) -> None:
-        """Return once the first subscription attempt is over (made or failed)."""
+        """Return once the first subscription attempt is over (made or failed), or
+        after the coordination's timeout: entering a client waits no longer on Redis."""
         first = self._first_try
         if first is not None:
-            await first.wait()
+            with anyio.move_on_after(self.coordination.timeout):
+                await first.wait()
 
     async def _follow(self, first_try: asyncio.Event) -> None:
+        """Subscribe, follow, and subscribe again after a failure (once Redis may be
+        tried again), until closed."""
         coordination = self.coordination
-        while not self._closed:
+        while not (self._closed or coordination._closed):
             wait = coordination._retry_in()
             if wait > 0:
                 first_try.set()
                 await asyncio.sleep(wait)
                 continue
-            attached = False
-            pubsub: Any = None
-            try:
-                pubsub = coordination._client().pubsub()
-                await pubsub.subscribe(self.channel)
-                heard = pinged = time.monotonic()
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    now = time.monotonic()
-                    if message is not None:
-                        heard = now
-                        kind = message.get("type")
-                        if kind == "message":
-                            self._take(message.get("data"))
-                        elif kind == "subscribe" and not attached:
-                            # Redis confirmed the subscription: only now is it up
-                            # (redis-py may return from subscribe() unconnected).
-                            coordination._succeeded()
-                            self._hints.attach()
-                            attached = True
-                            first_try.set()
-                    # Before the confirmation, no longer than an operation may take.
-                    limit = _SILENCE_LIMIT if attached else coordination.timeout
-                    if now - heard > limit:
-                        raise ConnectionError(f"no word from Redis for {limit:g} s")
-                    if attached and now - pinged > _PING_EVERY:
-                        pinged = now
-                        await pubsub.ping()
-            except SharedUnavailable:
-                first_try.set()  # closed meanwhile
+            await self._follow_once(first_try)
+
+    async def _follow_once(self, first_try: asyncio.Event) -> None:
+        """One subscription, until it fails (noted by the coordination)."""
+        coordination = self.coordination
+        attached = False
+        pubsub: Any = None
+        try:
+            pubsub = coordination._client().pubsub()
+            # Up once Redis confirms it, within the timeout (redis-py may return from
+            # subscribe() unconnected).
+            await coordination._call(
+                lambda _redis: self._subscribe(pubsub), coordination._allowance()
+            )
+            self._hints.attach()
+            attached = True
+            first_try.set()
+            await self._listen(pubsub)
+        except SharedUnavailable:
+            pass  # noted by the coordination (or it was closed)
+        except Exception as exc:  # as in _call: any failure means "unavailable"
+            coordination._failed(exc)
+        finally:
+            first_try.set()
+            if attached:
+                self._hints.detach()
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _subscribe(self, pubsub: Any) -> None:
+        """Subscribe, and return once Redis has confirmed it."""
+        await pubsub.subscribe(self.channel)
+        while True:
+            message = await pubsub.get_message(timeout=1.0)  # bounded by the caller
+            if message is not None and message.get("type") == "subscribe":
                 return
-            except Exception as exc:  # as in _call: any failure means "unavailable"
-                coordination._failed(exc)
-                first_try.set()
-            finally:
-                if attached:
-                    self._hints.detach()
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Hand the events of the other processes to this client's waits; raise when
+        Redis has been silent too long (pinging it meanwhile)."""
+        heard = pinged = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                if message.get("type") == "message":
+                    self._take(message.get("data"))
+            if now - heard > _SILENCE_LIMIT:
+                raise ConnectionError(f"no word from Redis for {_SILENCE_LIMIT:g} s")
+            if now - pinged > _PING_EVERY:
+                pinged = now
+                await pubsub.ping()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)

@@ -515,6 +515,91 @@ async def test_shared_limits_return_when_redis_does(
     assert sum("is available again" in m for m in messages) == 1
 
 
+# -- a Redis that hangs ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def hanging_redis() -> AsyncIterator[tuple[RedisServer, Hang]]:
+    """A redis-server of its own (others would hang with it) and a way to hang it."""
+    server = RedisServer(require_redis()).start()
+    hang = Hang(server)
+    try:
+        yield server, hang
+        await hang.over()
+    finally:
+        server.close()
+
+
+class Hang:
+    """``DEBUG SLEEP``: Redis accepts connections but answers nothing meanwhile."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self._raw = redis.asyncio.Redis.from_url(server.url, socket_timeout=None)
+        self._sleeps: list[asyncio.Future[object]] = []
+
+    async def start(self, seconds: float) -> None:
+        """Make Redis hang for ``seconds`` from now."""
+        await self._raw.ping()  # connected, so DEBUG SLEEP goes out at once
+        self._sleeps.append(
+            asyncio.ensure_future(self._raw.execute_command("DEBUG", "SLEEP", seconds))
+        )
+        await asyncio.sleep(0.05)  # the command is in: Redis hangs from here
+
+    async def over(self) -> None:
+        await asyncio.gather(*self._sleeps)
+        await self._raw.aclose()
+
+
+async def test_a_hung_redis_costs_a_request_or_entering_a_client_one_timeout(
+    server: FakeCopyAI, hanging_redis: tuple[RedisServer, Hang], namespace: str
+) -> None:
+    redis_server, hang = hanging_redis
+    run = server.add_runs(1)[0]
+    coordination = RedisCoordination(redis_server.url, namespace=namespace, timeout=0.5)
+    async with coordination, client_for(server, coordination, rate_limit=100) as client:
+        await client.get_run(server.workflow_id, run.id)  # connected; all well
+        await hang.start(1.5)
+        began = time.monotonic()
+        assert (await client.get_run(server.workflow_id, run.id)).id == run.id
+        took = time.monotonic() - began
+        assert not coordination.available
+    # redis-py's retry on a new connection would double it (1.0 s): one timeout, 0.5 s.
+    assert took < 0.8
+    await hang.over()
+    await hang.start(1.5)
+    began = time.monotonic()
+    other = RedisCoordination(redis_server.url, namespace=namespace, timeout=0.5)
+    async with other, client_for(server, other):  # waits for the event subscription
+        entered = time.monotonic() - began
+    assert entered < 0.8
+
+
+async def test_a_request_waits_on_redis_one_timeout_in_all_not_per_operation(
+    server: FakeCopyAI,
+    hanging_redis: tuple[RedisServer, Hang],
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis_server, hang = hanging_redis
+    run = server.add_runs(1)[0]
+    coordination = RedisCoordination(redis_server.url, namespace=namespace, timeout=1.0)
+    async with coordination, client_for(server, coordination, rate_limit=1) as client:
+        await client.get_run(server.workflow_id, run.id)  # books the next start, 1 s on
+        began = time.monotonic()
+        await hang.start(0.6)  # the turn of the next request waits ~0.55 s of its 1 s
+        second = asyncio.ensure_future(client.get_run(server.workflow_id, run.id))
+        await asyncio.sleep(0.25)
+        await hang.start(1.3)  # ...and the check after its sleep (at ~1 s) hangs
+        await second
+        took = time.monotonic() - began
+    # Waited on Redis ~0.55 s + at most ~0.45 s, and slept until its place (~1 s): 1.5 s.
+    # A timeout per operation would end the check at 2.0 s (and redis-py's retry, 3.0 s).
+    assert took < 1.75
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "no answer within timeout=1 s" in warnings[0]
+
+
 # -- events, in one process ---------------------------------------------------------------------
 
 
