@@ -24,6 +24,10 @@ again, an INFO line says so and the shared limits apply again. One request waits
 Redis for at most ``timeout`` in all, however many operations its turns take (an
 :class:`~copyai_async._budget.Allowance`); a Redis slower than that counts as down.
 
+When Redis loses the keys (``FLUSHALL``, a failover to an empty replica), the next turn
+of each process offers what it saw: how far ahead the rate was booked, and the pause.
+Redis rebuilds the next start and the pause from them (see :class:`_Booked`).
+
 The URL is read as redis-py reads it, and refused where that differs from what it
 says; its password never reaches a repr, a log line or a message (:class:`_Address`).
 
@@ -75,24 +79,38 @@ _SLOT_POLL_MAX = 0.05  # ...up to this
 _PING_EVERY = 5.0  # the event subscription pings this often...
 _SILENCE_LIMIT = 15.0  # ...and reconnects after this long without a word from Redis
 _KEY_TTL_MS = 86_400_000  # keys of an idle key/namespace vanish after a day
+# The next start outlives its booking by this long (seconds), so that a process that
+# saw it booked less long ago than that (less the slack) knows a missing one was lost.
+_BOOKING_KEPT = 10.0
+_BOOKING_SLACK = 1.0
 
 # KEYS: in-flight leases (zset), next start (µs), paused until (µs).
 # ARGV: lease token, in-flight cap, lease ms, spacing µs, "1" to take a slot ("0": the
-# slot is held; only take a new place in the rate, and extend the lease to match).
-# Returns {granted (0/1), delay µs}.
+# slot is held; only take a new place in the rate, and extend the lease to match), key
+# TTL ms, ms the next start outlives its booking; then what this process knows, in µs
+# from now, to rebuild what Redis lost (a FLUSHALL, a failover to an empty replica): how
+# far ahead it saw the rate booked (used only if the next start is gone), and how long
+# the pause it knows of still lasts.
+# Returns {granted (0/1), delay µs, the rate's booking beyond any pause µs, pause µs}.
 _TURN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local lease_us = tonumber(ARGV[3]) * 1000
-local start = now
-local nxt = tonumber(redis.call('GET', KEYS[2]) or '0')
-if nxt > start then start = nxt end
+local known_pause = tonumber(ARGV[9])
 local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
-if paused > start then start = paused end
+if known_pause > 0 and now + known_pause > paused then
+  paused = now + known_pause
+  redis.call('SET', KEYS[3], string.format('%.0f', paused), 'PX',
+    string.format('%.0f', math.ceil(known_pause / 1000) + 1000))
+end
+local nxt = redis.call('GET', KEYS[2])
+if nxt then nxt = tonumber(nxt) else nxt = now + tonumber(ARGV[8]) end
+local start = math.max(now, nxt, paused)
+local pause_left = string.format('%.0f', math.max(paused - now, 0))
 if ARGV[5] == '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
   if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-    return {0, 0}
+    return {0, 0, string.format('%.0f', start - math.max(now, paused)), pause_left}
   end
   redis.call('ZADD', KEYS[1], string.format('%.0f', start + lease_us), ARGV[1])
 else
@@ -100,12 +118,14 @@ else
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 local spacing = tonumber(ARGV[4])
+local depth = 0
 if spacing > 0 then
   local after = start + spacing
   redis.call('SET', KEYS[2], string.format('%.0f', after), 'PX',
-    string.format('%.0f', math.ceil((after - now) / 1000) + 1000))
+    string.format('%.0f', math.ceil((after - now) / 1000) + tonumber(ARGV[7])))
+  depth = after - math.max(now, paused)
 end
-return {1, string.format('%.0f', start - now)}
+return {1, string.format('%.0f', start - now), string.format('%.0f', depth), pause_left}
 """
 
 # KEYS: paused until (µs). ARGV: pause µs. Returns the pause left, in µs.
@@ -387,6 +407,12 @@ class RedisCoordination:
     and no request waits on Redis longer than ``timeout`` in all (its turn, the check
     after sleeping until its place, a 429's pause; not the sleeps Redis hands out).
 
+    If Redis loses its keys (``FLUSHALL``, a failover to an empty replica), each process
+    rebuilds the shared rate from how far ahead it last saw it booked, and the pause
+    from the one it knows of, so that the rebuilt state errs on the side of the limit.
+    In-flight leases are not rebuilt: until the requests in flight then have ended,
+    ``max_connections`` may be exceeded by that many.
+
     A coordination made from a URL by a client is closed with it. One you make yourself
     can serve many clients (of either API); close it with :meth:`aclose` or
     ``async with`` after them.
@@ -608,6 +634,50 @@ class RedisCoordination:
             logger.info("Redis at %s is available again: limits are shared again", self._address)
 
 
+class _Booked:
+    """What this client last saw of the shared rate and pause, on its own clock: what it
+    offers Redis to rebuild them from if Redis lost them (a FLUSHALL, a failover to an
+    empty replica), so that the rebuilt state errs on the side of the limit.
+
+    - The rate's depth (how far beyond any pause it was booked) is kept as seen, not
+      counted down. While processes keep sending, the booking stays about that deep
+      (each request books at its far end), and a process that was quiet for a while
+      saw the others' bookings only then. It is offered only while Redis must still
+      hold the next start (which outlives its booking by :data:`_BOOKING_KEPT`): a next
+      start missing then was lost, not expired, and waiting that long once is safe.
+    - The pause counts down: its end is known.
+
+    Both are relative to now (seconds), never Redis's time: after a failover to a host
+    whose clock disagrees, they still mean the same.
+    """
+
+    __slots__ = ("_depth", "_paused_until", "_seen_at")
+
+    def __init__(self) -> None:
+        self._seen_at = -math.inf
+        self._depth = 0.0
+        self._paused_until = -math.inf
+
+    def saw(self, asked_at: float, depth: float, pause: float) -> None:
+        """Redis answered a turn asked at ``asked_at`` (taken before sending, so this
+        never reaches past what Redis holds): the rate was booked ``depth`` s beyond a
+        pause lasting ``pause`` s more."""
+        self._paused_until = max(self._paused_until, asked_at + pause)
+        if asked_at >= self._seen_at:
+            self._seen_at, self._depth = asked_at, depth
+
+    def pause(self, now: float) -> float:
+        """Seconds the last pause seen still lasts (0 if over)."""
+        return max(0.0, self._paused_until - now)
+
+    def booked(self, now: float) -> float:
+        """Seconds from ``now`` to offer as the next start, should Redis have lost it."""
+        ahead = max(0.0, self._paused_until - self._seen_at) + self._depth
+        if now - self._seen_at >= ahead + _BOOKING_KEPT - _BOOKING_SLACK:
+            return 0.0  # Redis may have let it expire: nothing to rebuild
+        return self.pause(now) + self._depth
+
+
 class SharedLink:
     """One client's shared limits and events (made by :meth:`RedisCoordination._link`).
 
@@ -637,6 +707,7 @@ class SharedLink:
         self._spacing_us = round(1e6 / rate_limit) if rate_limit else 0
         self._lease_ms = math.ceil(lease_ttl * 1000)
         self._leases = itertools.count()
+        self._booked = _Booked()
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscriber: asyncio.Task[None] | None = None
         self._first_try: asyncio.Event | None = None
@@ -656,11 +727,20 @@ class SharedLink:
         """A new request's allowance for waiting on Redis (the coordination's timeout)."""
         return self.coordination._allowance()
 
+    def _known(self, budget: Budget, now: float) -> tuple[float, float]:
+        """Seconds from ``now`` (on the budget's clock) that this client saw the rate
+        booked, and that the pause it knows of (seen, or set by its own 429) still
+        lasts: Redis rebuilds them from these if it lost them."""
+        pause = max(self._booked.pause(now), budget.paused_until - now, 0.0)
+        return self._booked.booked(now), pause
+
     async def _turn_script(
-        self, lease: str, take_slot: bool, allowance: Allowance
+        self, budget: Budget, lease: str, take_slot: bool, allowance: Allowance
     ) -> tuple[bool, float]:
         script = self.coordination._script(_TURN)
-        granted, delay_us = await self.coordination._call(
+        asked_at = budget.clock.monotonic()
+        booked, paused = self._known(budget, asked_at)
+        granted, delay_us, depth_us, pause_us = await self.coordination._call(
             lambda redis: script(
                 keys=self.keys,
                 args=[
@@ -670,11 +750,15 @@ class SharedLink:
                     self._spacing_us,
                     "1" if take_slot else "0",
                     _KEY_TTL_MS,
+                    round(_BOOKING_KEPT * 1000),
+                    math.floor(booked * 1e6),
+                    math.floor(paused * 1e6),
                 ],
                 client=redis,
             ),
             allowance,
         )
+        self._booked.saw(asked_at, int(depth_us) / 1e6, int(pause_us) / 1e6)
         return bool(int(granted)), int(delay_us) / 1e6
 
     async def _pause_left(self, allowance: Allowance) -> float:
@@ -693,7 +777,7 @@ class SharedLink:
         poll = _SLOT_POLL_FIRST
         try:
             while True:
-                granted, delay = await self._turn_script(lease, not held, allowance)
+                granted, delay = await self._turn_script(budget, lease, not held, allowance)
                 if not granted:
                     # Every slot is taken: look again soon (a slot frees when a request
                     # of any process ends, and Redis does not say when).

@@ -9,6 +9,7 @@ production, against the fake server here, and check what the server saw.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -53,6 +54,28 @@ async def raw_redis(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Re
 def quick_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     # The first wait before trying Redis again, shortened so outages end fast in tests.
     monkeypatch.setattr(coordination_module, "_FIRST_BACKOFF", 0.05)
+
+
+@contextlib.contextmanager
+def logged(prefix: str) -> Iterator[asyncio.Event]:
+    """An event set once the library logs a message starting with ``prefix``."""
+    seen = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith(prefix):
+                seen.set()
+
+    handler = Watch()
+    logger = logging.getLogger("copyai_async")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def client_for(
@@ -381,18 +404,9 @@ async def test_a_429_pauses_every_client_sharing_the_key(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     run = server.add_runs(1)[0]
-    paused = asyncio.Event()
-
-    class OnPause(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("paused every process"):
-                paused.set()
-
     caplog.set_level(logging.INFO, logger="copyai_async")
-    handler = OnPause()
-    logging.getLogger("copyai_async").addHandler(handler)
     coordination = RedisCoordination(redis_server.url, namespace=namespace)
-    try:
+    with logged("paused every process") as paused:
         async with (
             coordination,
             client_for(server, coordination) as a,
@@ -403,8 +417,6 @@ async def test_a_429_pauses_every_client_sharing_the_key(
             await asyncio.wait_for(paused.wait(), 5)  # a saw the 429 and set the pause
             await b.get_run(server.workflow_id, run.id)  # b never saw a 429
             await retried
-    finally:
-        logging.getLogger("copyai_async").removeHandler(handler)
     limited, *answered = server.requests
     assert limited.status == 429
     assert [r.status for r in answered] == [200, 200]
@@ -598,6 +610,86 @@ async def test_a_request_waits_on_redis_one_timeout_in_all_not_per_operation(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "no answer within timeout=1 s" in warnings[0]
+
+
+# -- when Redis loses its keys --------------------------------------------------------------
+
+
+def test_what_a_client_offers_to_rebuild_the_rate_from() -> None:
+    booked = coordination_module._Booked()
+    assert (booked.booked(0.0), booked.pause(0.0)) == (0.0, 0.0)  # saw nothing yet
+    booked.saw(100.0, 1.2, 0.0)  # booked 1.2 s ahead, asked at 100 s
+    # Kept as seen, not counted down: others keep booking at the far end meanwhile...
+    kept_until = (
+        100.0 + 1.2 + coordination_module._BOOKING_KEPT - coordination_module._BOOKING_SLACK
+    )
+    assert booked.booked(100.8) == booked.booked(kept_until - 0.01) == 1.2
+    # ...until Redis may have let it expire: then a missing next start was not lost.
+    assert booked.booked(kept_until) == 0.0
+    booked.saw(200.0, 0.5, 2.0)  # a pause of 2 s, then 0.5 s booked
+    assert booked.pause(201.0) == 1.0  # the pause counts down: its end is known
+    assert booked.booked(201.0) == 1.5
+    booked.saw(199.0, 9.0, 0.0)  # an older answer, come late, changes nothing
+    assert booked.booked(201.0) == 1.5
+
+
+async def flush(redis_server: RedisServer) -> float:
+    async with redis.asyncio.Redis.from_url(redis_server.url) as raw:
+        await raw.flushall()
+    return time.monotonic()
+
+
+async def test_a_flush_mid_run_lets_no_burst_through(
+    server: FakeCopyAI, redis_server: RedisServer, namespace: str
+) -> None:
+    run = server.add_runs(1)[0]
+    coordinations = [RedisCoordination(redis_server.url, namespace=namespace) for _ in range(3)]
+    clients = [client_for(server, c, rate_limit=20) for c in coordinations]
+    ends = time.monotonic() + 3.0
+
+    async def load(client: CopyAIClient) -> None:
+        while time.monotonic() < ends:
+            await client.get_run(server.workflow_id, run.id)
+
+    async def flush_midway() -> None:
+        await asyncio.sleep(1.5)
+        await flush(redis_server)
+
+    async with contextlib.AsyncExitStack() as stack:
+        for resource in (*coordinations, *clients):
+            await stack.enter_async_context(resource)
+        # 3 processes' worth of clients, 8 requests each under way: 1.2 s booked ahead.
+        await asyncio.gather(flush_midway(), *(load(c) for c in clients for _ in range(8)))
+    # Lost with the flush, the next start would let a second stream through alongside
+    # the starts already booked (about 37 in one second).
+    assert max_in_window(r.received_at for r in server.requests) <= 21
+    assert all(c.available for c in coordinations)
+
+
+async def test_a_pause_lost_with_a_flush_still_holds(
+    server: FakeCopyAI, redis_server: RedisServer, namespace: str
+) -> None:
+    run = server.add_runs(1)[0]
+    async with (
+        RedisCoordination(redis_server.url, namespace=namespace) as one,
+        RedisCoordination(redis_server.url, namespace=namespace) as two,
+        client_for(server, one) as limited,
+        client_for(server, two) as other,
+    ):
+        server.inject(Fault.rate_limit(retry_after=2), method="GET")
+        with logged("paused every process") as paused:
+            retried = asyncio.ensure_future(limited.get_run(server.workflow_id, run.id))
+            await asyncio.wait_for(paused.wait(), 5)  # the 429 came; its pause is in Redis
+        waiting = asyncio.ensure_future(other.get_run(server.workflow_id, run.id))
+        await asyncio.sleep(0.2)  # its turn saw the pause: it sleeps until its end
+        await flush(redis_server)
+        # Asked after the flush, by a process that knew of the pause.
+        await other.get_run(server.workflow_id, run.id)
+        await asyncio.gather(retried, waiting)
+    limited_at, *answered = server.requests
+    assert limited_at.status == 429
+    assert len(answered) == 3
+    assert min(r.received_at for r in answered) >= limited_at.received_at + 1.95
 
 
 # -- events, in one process ---------------------------------------------------------------------
