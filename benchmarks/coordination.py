@@ -17,6 +17,13 @@ baseline, the same processes each on its own limits (a namespace each: nothing s
    (baseline: the waiting process without shared events, on the default poll policy).
 4. Outage: 4 processes for 8 s; Redis killed at 2 s and started again at 4 s; API calls
    that failed, and how long after the restart each process shared limits again.
+5. Flush: 4 processes, 6 requests under way in each, sharing ``rate_limit=20`` for 6 s
+   (1.2 s of starts booked ahead); ``FLUSHALL`` at 3 s; the most requests the server
+   saw in any one second, over 3 runs. Side by side: Redis rebuilding the rate from
+   what the processes saw, and the baseline, the processes offering nothing (the
+   behaviour before the rebuild), alternating.
+
+    python benchmarks/coordination.py --only flush   # just this one (about a minute)
 
 Results go to ``results/coordination.json``; ratios are shared / baseline.
 """
@@ -36,6 +43,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import redis.asyncio as aioredis  # noqa: E402
 
 from copyai_async.testing import FakeCopyAI, Fault, Schedule  # noqa: E402
 from tests.redis_support import BINARY, REASON, RedisServer, max_in_window, run_workers  # noqa: E402
@@ -188,7 +197,60 @@ async def outage(procs: int) -> dict[str, Any]:
     }
 
 
-async def main(tiny: bool) -> dict[str, Any]:
+async def flush(redis: RedisServer, rebuild: bool, procs: int, seconds: float) -> dict[str, Any]:
+    async with FakeCopyAI(request_log_size=100_000) as server:
+        run = server.add_runs(1)[0]
+        (namespace,) = _namespaces(True, 1)
+        job = _job(
+            server,
+            redis,
+            namespace,
+            job="load",
+            rate=20,
+            tasks=6,
+            seconds=seconds,
+            run_id=run.id,
+            rebuild=rebuild,
+        )
+        flushed = 0.0
+
+        async def during() -> None:
+            nonlocal flushed
+            await asyncio.sleep(seconds / 2)
+            async with aioredis.Redis.from_url(redis.url) as raw:
+                await raw.flushall()
+            flushed = server.clock()
+
+        results = await run_workers([job] * procs, during)
+        arrived = [r.received_at for r in server.requests]
+    return {
+        "max_per_second": max_in_window(arrived),
+        "in_second_after_flush": sum(flushed <= t < flushed + 1.0 for t in arrived),
+        "requests": len(arrived),
+        "errors": _errors(results),
+    }
+
+
+async def flushes(redis: RedisServer, tiny: bool) -> dict[str, Any]:
+    procs, seconds, repeats = (2, 3.0, 1) if tiny else (4, 6.0, 3)
+    runs: dict[str, list[dict[str, Any]]] = {"rebuilt": [], "baseline": []}
+    for _ in range(repeats):  # alternating, so that both see the same machine
+        runs["rebuilt"].append(await flush(redis, True, procs, seconds))
+        runs["baseline"].append(await flush(redis, False, procs, seconds))
+    return {
+        variant: {
+            "processes": procs,
+            "rate_limit": 20,
+            "max_per_second": [r["max_per_second"] for r in done],
+            "in_second_after_flush": [r["in_second_after_flush"] for r in done],
+            "requests": [r["requests"] for r in done],
+            "errors": sum(r["errors"] for r in done),
+        }
+        for variant, done in runs.items()
+    }
+
+
+async def main(tiny: bool, only: str | None = None) -> dict[str, Any]:
     if BINARY is None:
         raise SystemExit(REASON)
     redis = RedisServer(BINARY).start()
@@ -201,13 +263,23 @@ async def main(tiny: bool) -> dict[str, Any]:
             ("events", lambda shared: events(redis, shared, runs)),
         ]
         for name, measure in steps:
-            results[name] = {"shared": await measure(True), "baseline": await measure(False)}
-            print(name, json.dumps(results[name]), flush=True)
-        results["outage"] = await outage(2 if tiny else 4)
-        print("outage", json.dumps(results["outage"]), flush=True)
+            if only in (None, name):
+                results[name] = {"shared": await measure(True), "baseline": await measure(False)}
+                print(name, json.dumps(results[name]), flush=True)
+        if only in (None, "outage"):
+            results["outage"] = await outage(2 if tiny else 4)
+            print("outage", json.dumps(results["outage"]), flush=True)
+        if only in (None, "flush"):
+            results["flush"] = await flushes(redis, tiny)
+            print("flush", json.dumps(results["flush"]), flush=True)
     finally:
         redis.close()
-    r = results
+    if only is None:
+        summarise(results)
+    return results
+
+
+def summarise(r: dict[str, Any]) -> None:
     print("\nratios are shared / baseline")
     print(
         f"rate:   max per second {r['rate']['shared']['max_per_second']} vs "
@@ -223,14 +295,20 @@ async def main(tiny: bool) -> dict[str, Any]:
         f" ms ({r['events']['shared']['p99_ms'] / r['events']['baseline']['p99_ms']:.4f})"
     )
     print(f"outage: {r['outage']['failed_calls']} failed calls of {r['outage']['calls']}")
-    return results
+    print(
+        f"flush:  max per second {r['flush']['rebuilt']['max_per_second']} vs "
+        f"{r['flush']['baseline']['max_per_second']} (limit 20)"
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: check the harness")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
+    parser.add_argument(
+        "--only", choices=["rate", "pause", "events", "outage", "flush"], help="one measurement"
+    )
     args = parser.parse_args()
-    measured = asyncio.run(main(args.tiny))
+    measured = asyncio.run(main(args.tiny, args.only))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "coordination.json").write_text(json.dumps(measured, indent=2) + "\n")

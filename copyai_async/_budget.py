@@ -12,7 +12,9 @@ Every attempt of every request of a client passes through its :class:`Budget`:
 
 With ``shared`` limits (Redis coordination), the rate, the in-flight cap and the pause
 are those of every process using the same key and namespace; while they cannot be
-reached, this budget falls back to its own (see :mod:`copyai_async._coordination`).
+reached, this budget falls back to its own (see :mod:`copyai_async._coordination`). One
+request (with its retries) waits on them for at most their ``timeout`` in all: its
+:class:`Allowance`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from typing import Protocol
 from ._clock import Clock, SystemClock
 from ._errors import ClientClosedError
 
-__all__ = ["DEADLINE", "Budget", "DeadlineExceeded", "SharedLimits", "SharedUnavailable"]
+__all__ = [
+    "DEADLINE",
+    "Allowance",
+    "Budget",
+    "DeadlineExceeded",
+    "SharedLimits",
+    "SharedUnavailable",
+]
 
 DEADLINE: ContextVar[float | None] = ContextVar("copyai_async_deadline", default=None)
 """The current operation's deadline on the client's clock, or ``None``."""
@@ -39,6 +48,24 @@ class SharedUnavailable(Exception):
     """The shared limits cannot be reached just now: use the local ones."""
 
 
+class Allowance:
+    """How long one request (with its retries) may still wait on the shared limits' store.
+
+    Every operation on the store comes out of it: the request's turns, the check after
+    sleeping until its place, setting a 429's pause. Sleeps the store hands out (the
+    rate's spacing, a pause) are not waiting on it and cost nothing. Once it is spent,
+    the store counts as unavailable and the local limits apply.
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds  # seconds; <= 0 once spent
+
+    def __repr__(self) -> str:
+        return f"<Allowance {self.left:.3f} s left>"
+
+
 class SharedLimits(Protocol):
     """Limits kept outside this process (see :mod:`copyai_async._coordination`)."""
 
@@ -46,17 +73,22 @@ class SharedLimits(Protocol):
         """Whether to try the shared limits now (false while backing off after a failure)."""
         ...
 
-    async def turn(self, budget: Budget) -> str:
+    def allowance(self) -> Allowance:
+        """A new request's allowance for waiting on the shared limits, in all."""
+        ...
+
+    async def turn(self, budget: Budget, allowance: Allowance) -> str:
         """Wait for a shared slot and this request's place in the shared rate (sleeping
-        through ``budget``); returns the slot's lease. Raises :class:`SharedUnavailable`."""
+        through ``budget``, waiting on the store out of ``allowance``); returns the
+        slot's lease. Raises :class:`SharedUnavailable`."""
         ...
 
     def release_soon(self, lease: str) -> None:
         """Give the slot back (in the background; never raises)."""
         ...
 
-    async def pause(self, seconds: float) -> None:
-        """Pause every process sharing the limits (never raises)."""
+    async def pause(self, seconds: float, allowance: Allowance) -> None:
+        """Pause every process sharing the limits (out of ``allowance``; never raises)."""
         ...
 
     def start(self) -> None:
@@ -64,7 +96,8 @@ class SharedLimits(Protocol):
         ...
 
     async def started(self) -> None:
-        """Return once the first connection attempt is over (made or failed)."""
+        """Return once the first connection attempt is over (made or failed), or after
+        the store's timeout, whichever comes first."""
         ...
 
     async def aclose(self) -> None:
@@ -114,11 +147,18 @@ class Budget:
         """Pause every request of the client for ``seconds`` (a server's Retry-After)."""
         self._paused_until = max(self._paused_until, self.clock.monotonic() + seconds)
 
-    async def pause_all(self, seconds: float) -> None:
+    def allowance(self) -> Allowance | None:
+        """What a new request may wait on the shared limits, in all (``None``: there
+        are none); pass it to every :meth:`wait_turn` and :meth:`pause_all` of the
+        request, retries included."""
+        return None if self.shared is None else self.shared.allowance()
+
+    async def pause_all(self, seconds: float, allowance: Allowance | None = None) -> None:
         """Pause this client, and every process sharing its limits, for ``seconds``."""
         self.pause(seconds)
-        if self.shared is not None:
-            await self.shared.pause(seconds)
+        shared = self.shared
+        if shared is not None:
+            await shared.pause(seconds, allowance or shared.allowance())
 
     def release(self, lease: str | None) -> None:
         """Give back the shared slot :meth:`wait_turn` returned (``None``: nothing to do)."""
@@ -157,15 +197,16 @@ class Budget:
                 raise DeadlineExceeded() from cause
         await self.nap(seconds)
 
-    async def wait_turn(self) -> str | None:
+    async def wait_turn(self, allowance: Allowance | None = None) -> str | None:
         """Wait out any pause, then for this request's place in the rate; call it while
         holding a slot, right before sending. Returns the lease of a shared slot, to
         give back with :meth:`release` once the request is over (``None`` when the
-        local limits were used)."""
+        local limits were used). ``allowance``: the request's, from :meth:`allowance`
+        (a fresh one if not given)."""
         shared = self.shared
         if shared is not None and shared.ready():
             try:
-                return await shared.turn(self)
+                return await shared.turn(self, allowance or shared.allowance())
             except SharedUnavailable:
                 pass  # logged by the shared limits; this process's own limits apply
         await self._local_turn()

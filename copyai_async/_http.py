@@ -636,12 +636,14 @@ class Transport:
             headers["Content-Type"] = "application/json"
         retry = self.retry
         budget = self.budget
+        # The time this request, retries included, may wait on shared limits (Redis).
+        allowance = budget.allowance()
         attempt = first_attempt - 1
         while True:
             attempt += 1
             session = self.open()
             async with budget.slots:
-                lease = await budget.wait_turn()
+                lease = await budget.wait_turn(allowance)
                 started = self.clock.monotonic()
                 try:
                     # No redirects: the key must go to the configured base URL and nowhere else.
@@ -748,7 +750,7 @@ class Transport:
                 raise status_error
             if retry_after is not None and status == 429:
                 # The server asked this client to slow down: all its requests wait.
-                await budget.pause_all(retry_after)
+                await budget.pause_all(retry_after, allowance)
             delay = retry_after if retry_after is not None else self.backoff(attempt)
             self._log_retry(method, shown, attempt, delay, str(status))
             await budget.sleep(delay, cause=status_error)

@@ -15,6 +15,10 @@ Jobs (``options["job"]``):
 - ``wait``: ``wait_for_runs`` over ``run_ids`` with polls 60 s apart, so that only the
   shared events can end the waits quickly (``"policy": "default"``: the default
   policy, as a baseline); reports when each wait ended.
+
+``"rebuild": false`` makes the process offer Redis nothing to rebuild the rate and the
+pause from after it lost them (a FLUSHALL): the behaviour before they were rebuilt, as
+the baseline of that measurement.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import Any
 import aiohttp
 
 from copyai_async import CopyAIClient, PollPolicy, RedisCoordination
+from copyai_async._budget import Budget
+from copyai_async._coordination import SharedLink
 
 
 class Records(logging.Handler):
@@ -60,7 +66,13 @@ def traced_session(starts: list[float], ends: list[tuple[float, int]]) -> aiohtt
     return aiohttp.ClientSession(trace_configs=[trace])
 
 
+def _nothing_known(_link: SharedLink, _budget: Budget, _now: float) -> tuple[float, float]:
+    return 0.0, 0.0
+
+
 async def main(options: dict[str, Any]) -> dict[str, Any]:
+    if options.get("rebuild") is False:
+        SharedLink._known = _nothing_known  # type: ignore[method-assign]
     records = Records()
     logger = logging.getLogger("copyai_async")
     logger.addHandler(records)

@@ -48,38 +48,67 @@ def free_port() -> int:
 
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1, without persistence; can be killed
-    and started again on the same port."""
+    and started again on the same port.
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    ``password`` makes it ask for one: the default user's, or with ``user``, that
+    user's (an ACL user with every right). ``unix_dir`` (a name) also makes it listen
+    on a unix socket, :attr:`socket`, in a directory of that name.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        user: str | None = None,
+        unix_dir: str | None = None,
+    ) -> None:
         self.binary = binary
         self.port = port or free_port()
+        self.password = password
+        self.user = user
         self._dir = tempfile.TemporaryDirectory(prefix="copyai-redis-")
+        self.socket: str | None = None
+        if unix_dir is not None:
+            (Path(self._dir.name) / unix_dir).mkdir()
+            self.socket = str(Path(self._dir.name) / unix_dir / "redis.sock")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _options(self) -> list[str]:
+        options = [
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+            "--loglevel", "warning",
+            "--enable-debug-command", "local",  # DEBUG SLEEP: a Redis that hangs
+        ]  # fmt: skip
+        if self.socket is not None:
+            options += ["--unixsocket", self.socket, "--unixsocketperm", "700"]
+        if self.password is not None and self.user is None:
+            options += ["--requirepass", self.password]
+        elif self.password is not None:
+            options += ["--user", "default", "off", "--user", self.user or "",
+                        "on", f">{self.password}", "~*", "&*", "+@all"]  # fmt: skip
+        return options
+
     def start(self) -> RedisServer:
         self._proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self._dir.name,
-                "--loglevel", "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
+            [self.binary, *self._options()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    # Up, whether it answers or asks who is asking.
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 pass

@@ -72,6 +72,9 @@ def test_coordination_measurements_run_on_tiny_sizes(tmp_path: Path) -> None:
     assert results["pause"]["baseline"]["sent_within_2s"] > 0
     assert results["events"]["shared"]["ended"] == results["events"]["shared"]["runs"] == 20
     assert results["outage"]["failed_calls"] == 0
+    flush = results["flush"]
+    assert max(flush["rebuilt"]["max_per_second"]) <= 21  # limit 20
+    assert flush["rebuilt"]["errors"] == flush["baseline"]["errors"] == 0
     assert "ratios are shared / baseline" in done.stdout
 
 

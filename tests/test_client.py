@@ -69,7 +69,7 @@ def test_empty_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"session": object()}, TypeError, "session"),
         ({"clock": object()}, TypeError, "clock"),
         ({"coordination": 6379}, TypeError, "coordination"),
-        ({"coordination": "http://localhost:6379"}, ValueError, "url must be a redis://"),
+        ({"coordination": "http://localhost:6379"}, ValueError, "url must start with redis://"),
     ],
 )
 def test_bad_options_name_the_argument(kwargs: dict[str, Any], exc: type, words: str) -> None:

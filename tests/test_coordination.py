@@ -9,12 +9,16 @@ production, against the fake server here, and check what the server saw.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import re
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 import redis.asyncio
@@ -52,6 +56,28 @@ def quick_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(coordination_module, "_FIRST_BACKOFF", 0.05)
 
 
+@contextlib.contextmanager
+def logged(prefix: str) -> Iterator[asyncio.Event]:
+    """An event set once the library logs a message starting with ``prefix``."""
+    seen = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith(prefix):
+                seen.set()
+
+    handler = Watch()
+    logger = logging.getLogger("copyai_async")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def client_for(
     server: FakeCopyAI, coordination: str | RedisCoordination, **options: object
 ) -> CopyAIClient:
@@ -64,7 +90,7 @@ def client_for(
 def test_bad_arguments_name_the_argument() -> None:
     with pytest.raises(TypeError, match="coordination must be a Redis URL"):
         CopyAIClient("k", coordination=6379)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"url must be a redis://.*'http://h:\*\*\*@x'"):
+    with pytest.raises(ValueError, match=r"url must start with redis://, rediss:// or unix://"):
         RedisCoordination("http://h:secret@x")
     with pytest.raises(TypeError, match=r"url must be a str or a redis\.asyncio\.Redis"):
         RedisCoordination(b"redis://x")
@@ -85,6 +111,214 @@ async def test_repr_hides_the_redis_password() -> None:
     assert "hunter2" not in repr(coordination)
     assert "redis://user:***@127.0.0.1:1/0" in repr(coordination)
     await coordination.aclose()
+
+
+# -- URLs: read as redis-py reads them, the password never shown ---------------------------
+
+PASSWORD = "pwA1@pwB2"  # an '@' inside: redis-py splits the userinfo at the last '@'
+ENCODED = "pwC3/pwD4%pwE5#pwF6"  # must be percent-encoded in a URL
+
+
+def pieces(password: str) -> list[str]:
+    """The password, its encoded forms, and every run of 4+ letters or digits in it."""
+    return [
+        password,
+        quote(password, safe=""),
+        quote_plus(password),
+        *(p for p in re.split(r"[^A-Za-z0-9]+", password) if len(p) >= 4),
+    ]
+
+
+def assert_hidden(text: str, password: str = PASSWORD) -> None:
+    shown = [p for p in pieces(password) if p in text]
+    assert not shown, f"{shown} in {text!r}"
+
+
+# How each form gives the password; the server for it: user, password, socket directory.
+PASSWORD_FORMS: dict[str, tuple[str, dict[str, str]]] = {
+    "user:pass@": ("redis://user:{password}@{tcp}/0", {"user": "user"}),
+    ":pass@": ("redis://:{password}@{tcp}/0", {}),
+    "?password=": ("redis://{tcp}/0?password={password}", {}),
+    "percent-encoded": ("redis://:{password}@{tcp}/0", {"password": ENCODED}),
+    "rediss://": ("rediss://user:{password}@{tcp}/0", {"user": "user"}),
+    "unix ?password=": ("unix://{socket}?password={password}", {}),
+    "unix user:pass@": ("unix://user:{password}@{socket}", {"user": "user"}),
+    # redis-py's errors quote the socket's path: here, it holds the password too.
+    "unix, password in the path": ("unix://:{password}@{socket}", {"unix_dir": f"dir-{PASSWORD}"}),
+}
+
+
+@pytest.mark.parametrize("form", PASSWORD_FORMS)
+@pytest.mark.usefixtures("quick_retry")
+async def test_no_piece_of_a_password_in_reprs_or_logs(
+    form: str, server: FakeCopyAI, caplog: pytest.LogCaptureFixture, namespace: str
+) -> None:
+    run = server.add_runs(1)[0]
+    template, options = PASSWORD_FORMS[form]
+    password = options.get("password", PASSWORD)
+    later = RedisServer(
+        require_redis(),
+        password=password,
+        user=options.get("user"),
+        unix_dir=options.get("unix_dir", "sockets"),
+    )
+    # '?password=' and 'percent-encoded' encode it; the others write it as it is.
+    written = quote(password, safe="") if form in ("?password=", "percent-encoded") else password
+    url = template.format(password=written, tcp=f"127.0.0.1:{later.port}", socket=later.socket)
+    caplog.set_level(logging.DEBUG, logger="copyai_async")
+    coordination = RedisCoordination(url, namespace=namespace)
+    try:
+        async with coordination, client_for(server, coordination, rate_limit=100) as client:
+            link = client._transport.budget.shared
+            for text in (repr(coordination), repr(client), repr(link)):
+                assert_hidden(text, password)
+            await client.get_run(server.workflow_id, run.id)  # the WARNING
+            await asyncio.sleep(0.1)  # past the first backoff
+            await client.get_run(server.workflow_id, run.id)  # "still unavailable": DEBUG
+            if form != "rediss://":  # no TLS on the test server: never available
+                later.start()
+                deadline = time.monotonic() + 10
+                while not coordination.available and time.monotonic() < deadline:
+                    await client.get_run(server.workflow_id, run.id)
+                    await asyncio.sleep(0.02)
+                assert coordination.available  # so the password was right
+                assert_hidden(repr(coordination), password)
+    finally:
+        later.close()
+    levels = {r.levelname for r in caplog.records if "Redis at" in r.getMessage()}
+    assert {"WARNING", "DEBUG"} <= levels
+    if form != "rediss://":
+        assert "INFO" in levels
+    for record in caplog.records:
+        assert_hidden(record.getMessage(), password)
+
+
+async def test_a_passed_in_clients_password_is_hidden_too(
+    server: FakeCopyAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    socket_dir = f"dir-{PASSWORD}"  # so that redis-py's error quotes the password
+    mine = redis.asyncio.Redis(
+        unix_socket_path=f"/nonexistent/{socket_dir}/r.sock", password=PASSWORD
+    )
+    caplog.set_level(logging.DEBUG, logger="copyai_async")
+    async with RedisCoordination(mine) as coordination, client_for(server, coordination) as client:
+        await client.get_run(server.workflow_id, server.add_runs(1)[0].id)
+        assert_hidden(repr(coordination))
+    await mine.aclose()
+    assert any(r.levelno == logging.WARNING for r in caplog.records)
+    for record in caplog.records:
+        assert_hidden(record.getMessage())
+
+
+BAD_URLS_WITH_PASSWORDS = [
+    "http://user:pwA1@pwB2@x",  # not a Redis scheme
+    "redis://user:pwA1/pwB2@127.0.0.1:6379/0",  # an unencoded '/' ends the host part
+    "redis://:pwA1?pwB2@127.0.0.1/0",  # an unencoded '?' starts the query
+    "redis://:pwA1#pwB2@127.0.0.1/0",  # an unencoded '#' starts a fragment
+    "redis://:pwA1[pwB2@127.0.0.1/0",  # a '[' makes it unparseable
+    "redis://:pwA1@127.0.0.1:pwB2/0",  # the port
+    "redis://:pwA1@127.0.0.1/pwB2",  # the database
+    "redis://127.0.0.1/0?password=pwA1&pwB2=x",  # an unencoded '&': an unknown option
+    "redis://127.0.0.1/0?password=pwA1&pwB2",  # ...or a malformed query
+    "redis://127.0.0.1/0?password=pwA1 pwB2",  # a space
+    "unix://user:pwA1@pwB2/run/redis.sock",  # a host in a unix:// URL
+]
+
+
+@pytest.mark.parametrize("url", BAD_URLS_WITH_PASSWORDS)
+def test_a_refused_url_never_shows_a_piece_of_its_password(url: str) -> None:
+    for make in (RedisCoordination, lambda u: CopyAIClient("k", coordination=u)):
+        with pytest.raises(ValueError, match=r"^url ") as caught:
+            make(url)
+        # The message, and everything a traceback would print (causes, contexts).
+        assert_hidden("".join(traceback.format_exception(caught.value)))
+
+
+BAD_URLS = {
+    "redis://localhost/abc": "path that is not a database number",
+    "redis://localhost/0/1": "path that is not a database number",
+    "redis://localhost/-1": "path that is not a database number",
+    "redis://localhost:port/0": "port that is not a number from 1 to 65535",
+    "redis://localhost:65536/0": "port that is not a number from 1 to 65535",
+    "redis://localhost:0/0": "port 0",
+    "redis://localhost/0?foo=1": "option redis-py does not take",
+    "redis://localhost/0?ssl_ca_certs=/ca.pem": "option redis-py does not take",  # TLS only
+    "redis://localhost/0?decode_responses=no": "option redis-py does not take",  # truthy
+    "redis://localhost/0?retry=3": "option redis-py does not take",
+    "redis://localhost?db=x": "option db with a value redis-py cannot read",
+    "redis://localhost?health_check_interval=often": "option health_check_interval with",
+    "redis://localhost/0?socket_timeout=5": "sets socket_timeout",
+    "redis://localhost?host=other": "gives the host as an option",
+    "redis://localhost/0?db=1": "gives the db twice",
+    "redis://:pw@localhost/0?password=pw": "gives the password twice",
+    "redis://localhost?db=1&db=2": "gives an option more than once",
+    "redis://localhost?db=": "option without a value",
+    "redis://localhost/0#main": "contains '#'",
+    "redis://[::1/0": "cannot be parsed",
+    "redis:localhost/0": "must start with redis://, rediss:// or unix://",
+    "localhost:6379": "must start with redis://, rediss:// or unix://",
+    "unix://localhost/run/redis.sock": "names a host or port",
+    "unix://run/redis.sock": "names a host or port",
+    "unix://": "has no socket path",
+    "unix:///run/redis.sock?ssl_ca_certs=/ca.pem": "option redis-py does not take",
+}
+
+
+@pytest.mark.parametrize(("url", "problem"), BAD_URLS.items())
+def test_a_url_redis_py_would_misread_is_refused(url: str, problem: str) -> None:
+    for make in (RedisCoordination, lambda u: CopyAIClient("k", coordination=u)):
+        with pytest.raises(ValueError, match=r"^url ") as caught:
+            make(url)
+        message = str(caught.value)
+        assert problem in message
+        assert "expected redis://[[user]:password@]host[:port][/db]" in message  # the rules
+
+
+def test_an_unknown_option_is_answered_with_the_ones_redis_py_takes() -> None:
+    with pytest.raises(ValueError, match="option redis-py does not take") as caught:
+        RedisCoordination("rediss://localhost/0?certfile=x")
+    message = str(caught.value)
+    for option in ("db", "password", "client_name", "ssl_ca_certs", "ssl_cert_reqs"):
+        assert option in message
+    assert "socket_timeout" not in message  # this object's own timeout sets it
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://localhost/",
+        "redis://localhost:6379/15",
+        "REDIS://LOCALHOST:6379/0",
+        "redis://[::1]:6379/0",
+        "redis://:p%2Fw@localhost/0",
+        f"redis://user:{PASSWORD}@localhost/0",
+        "redis://localhost?db=3&client_name=me&health_check_interval=5&protocol=3",
+        "rediss://localhost:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem",
+        "unix:///run/redis.sock",
+        "unix:///run/redis.sock?db=2&password=pw",
+        "unix://user:pw@/run/redis.sock?db=1",
+    ],
+)
+async def test_urls_redis_py_reads_as_written_are_taken(url: str) -> None:
+    async with RedisCoordination(url) as coordination:
+        assert coordination.namespace == "default"
+
+
+async def test_a_url_is_shown_as_written_but_for_its_password() -> None:
+    cases = {
+        "redis://user:pw@h:1/2": "redis://user:***@h:1/2",
+        f"redis://:{PASSWORD}@h/0": "redis://:***@h/0",
+        "rediss://h?password=pw&db=1": "rediss://h?password=***&db=1",
+        "unix:///s.sock?password=pw": "unix:///s.sock?password=***",
+        "unix://u:pw@/s.sock": "unix://u:***@/s.sock",
+        "redis://h/0": "redis://h/0",
+    }
+    for url, shown in cases.items():
+        async with RedisCoordination(url) as coordination:
+            assert (
+                repr(coordination) == f"<RedisCoordination {shown} namespace='default' available>"
+            )
 
 
 # -- the shared budget, in one process ----------------------------------------------------
@@ -170,18 +404,9 @@ async def test_a_429_pauses_every_client_sharing_the_key(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     run = server.add_runs(1)[0]
-    paused = asyncio.Event()
-
-    class OnPause(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("paused every process"):
-                paused.set()
-
     caplog.set_level(logging.INFO, logger="copyai_async")
-    handler = OnPause()
-    logging.getLogger("copyai_async").addHandler(handler)
     coordination = RedisCoordination(redis_server.url, namespace=namespace)
-    try:
+    with logged("paused every process") as paused:
         async with (
             coordination,
             client_for(server, coordination) as a,
@@ -192,8 +417,6 @@ async def test_a_429_pauses_every_client_sharing_the_key(
             await asyncio.wait_for(paused.wait(), 5)  # a saw the 429 and set the pause
             await b.get_run(server.workflow_id, run.id)  # b never saw a 429
             await retried
-    finally:
-        logging.getLogger("copyai_async").removeHandler(handler)
     limited, *answered = server.requests
     assert limited.status == 429
     assert [r.status for r in answered] == [200, 200]
@@ -302,6 +525,171 @@ async def test_shared_limits_return_when_redis_does(
     messages = [r.getMessage() for r in caplog.records]
     assert sum("is unavailable" in m for m in messages) == 1
     assert sum("is available again" in m for m in messages) == 1
+
+
+# -- a Redis that hangs ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def hanging_redis() -> AsyncIterator[tuple[RedisServer, Hang]]:
+    """A redis-server of its own (others would hang with it) and a way to hang it."""
+    server = RedisServer(require_redis()).start()
+    hang = Hang(server)
+    try:
+        yield server, hang
+        await hang.over()
+    finally:
+        server.close()
+
+
+class Hang:
+    """``DEBUG SLEEP``: Redis accepts connections but answers nothing meanwhile."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self._raw = redis.asyncio.Redis.from_url(server.url, socket_timeout=None)
+        self._sleeps: list[asyncio.Future[object]] = []
+
+    async def start(self, seconds: float) -> None:
+        """Make Redis hang for ``seconds`` from now."""
+        await self._raw.ping()  # connected, so DEBUG SLEEP goes out at once
+        self._sleeps.append(
+            asyncio.ensure_future(self._raw.execute_command("DEBUG", "SLEEP", seconds))
+        )
+        await asyncio.sleep(0.05)  # the command is in: Redis hangs from here
+
+    async def over(self) -> None:
+        await asyncio.gather(*self._sleeps)
+        await self._raw.aclose()
+
+
+async def test_a_hung_redis_costs_a_request_or_entering_a_client_one_timeout(
+    server: FakeCopyAI, hanging_redis: tuple[RedisServer, Hang], namespace: str
+) -> None:
+    redis_server, hang = hanging_redis
+    run = server.add_runs(1)[0]
+    coordination = RedisCoordination(redis_server.url, namespace=namespace, timeout=0.5)
+    async with coordination, client_for(server, coordination, rate_limit=100) as client:
+        await client.get_run(server.workflow_id, run.id)  # connected; all well
+        await hang.start(1.5)
+        began = time.monotonic()
+        assert (await client.get_run(server.workflow_id, run.id)).id == run.id
+        took = time.monotonic() - began
+        assert not coordination.available
+    # redis-py's retry on a new connection would double it (1.0 s): one timeout, 0.5 s.
+    assert took < 0.8
+    await hang.over()
+    await hang.start(1.5)
+    began = time.monotonic()
+    other = RedisCoordination(redis_server.url, namespace=namespace, timeout=0.5)
+    async with other, client_for(server, other):  # waits for the event subscription
+        entered = time.monotonic() - began
+    assert entered < 0.8
+
+
+async def test_a_request_waits_on_redis_one_timeout_in_all_not_per_operation(
+    server: FakeCopyAI,
+    hanging_redis: tuple[RedisServer, Hang],
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis_server, hang = hanging_redis
+    run = server.add_runs(1)[0]
+    coordination = RedisCoordination(redis_server.url, namespace=namespace, timeout=1.0)
+    async with coordination, client_for(server, coordination, rate_limit=1) as client:
+        await client.get_run(server.workflow_id, run.id)  # books the next start, 1 s on
+        began = time.monotonic()
+        await hang.start(0.6)  # the turn of the next request waits ~0.55 s of its 1 s
+        second = asyncio.ensure_future(client.get_run(server.workflow_id, run.id))
+        await asyncio.sleep(0.25)
+        await hang.start(1.3)  # ...and the check after its sleep (at ~1 s) hangs
+        await second
+        took = time.monotonic() - began
+    # Waited on Redis ~0.55 s + at most ~0.45 s, and slept until its place (~1 s): 1.5 s.
+    # A timeout per operation would end the check at 2.0 s (and redis-py's retry, 3.0 s).
+    assert took < 1.75
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "no answer within timeout=1 s" in warnings[0]
+
+
+# -- when Redis loses its keys --------------------------------------------------------------
+
+
+def test_what_a_client_offers_to_rebuild_the_rate_from() -> None:
+    booked = coordination_module._Booked()
+    assert (booked.booked(0.0), booked.pause(0.0)) == (0.0, 0.0)  # saw nothing yet
+    booked.saw(100.0, 1.2, 0.0)  # booked 1.2 s ahead, asked at 100 s
+    # Kept as seen, not counted down: others keep booking at the far end meanwhile...
+    kept_until = (
+        100.0 + 1.2 + coordination_module._BOOKING_KEPT - coordination_module._BOOKING_SLACK
+    )
+    assert booked.booked(100.8) == booked.booked(kept_until - 0.01) == 1.2
+    # ...until Redis may have let it expire: then a missing next start was not lost.
+    assert booked.booked(kept_until) == 0.0
+    booked.saw(200.0, 0.5, 2.0)  # a pause of 2 s, then 0.5 s booked
+    assert booked.pause(201.0) == 1.0  # the pause counts down: its end is known
+    assert booked.booked(201.0) == 1.5
+    booked.saw(199.0, 9.0, 0.0)  # an older answer, come late, changes nothing
+    assert booked.booked(201.0) == 1.5
+
+
+async def flush(redis_server: RedisServer) -> float:
+    async with redis.asyncio.Redis.from_url(redis_server.url) as raw:
+        await raw.flushall()
+    return time.monotonic()
+
+
+async def test_a_flush_mid_run_lets_no_burst_through(
+    server: FakeCopyAI, redis_server: RedisServer, namespace: str
+) -> None:
+    run = server.add_runs(1)[0]
+    coordinations = [RedisCoordination(redis_server.url, namespace=namespace) for _ in range(3)]
+    clients = [client_for(server, c, rate_limit=20) for c in coordinations]
+    ends = time.monotonic() + 3.0
+
+    async def load(client: CopyAIClient) -> None:
+        while time.monotonic() < ends:
+            await client.get_run(server.workflow_id, run.id)
+
+    async def flush_midway() -> None:
+        await asyncio.sleep(1.5)
+        await flush(redis_server)
+
+    async with contextlib.AsyncExitStack() as stack:
+        for resource in (*coordinations, *clients):
+            await stack.enter_async_context(resource)
+        # 3 processes' worth of clients, 8 requests each under way: 1.2 s booked ahead.
+        await asyncio.gather(flush_midway(), *(load(c) for c in clients for _ in range(8)))
+    # Lost with the flush, the next start would let a second stream through alongside
+    # the starts already booked (about 37 in one second).
+    assert max_in_window(r.received_at for r in server.requests) <= 21
+    assert all(c.available for c in coordinations)
+
+
+async def test_a_pause_lost_with_a_flush_still_holds(
+    server: FakeCopyAI, redis_server: RedisServer, namespace: str
+) -> None:
+    run = server.add_runs(1)[0]
+    async with (
+        RedisCoordination(redis_server.url, namespace=namespace) as one,
+        RedisCoordination(redis_server.url, namespace=namespace) as two,
+        client_for(server, one) as limited,
+        client_for(server, two) as other,
+    ):
+        server.inject(Fault.rate_limit(retry_after=2), method="GET")
+        with logged("paused every process") as paused:
+            retried = asyncio.ensure_future(limited.get_run(server.workflow_id, run.id))
+            await asyncio.wait_for(paused.wait(), 5)  # the 429 came; its pause is in Redis
+        waiting = asyncio.ensure_future(other.get_run(server.workflow_id, run.id))
+        await asyncio.sleep(0.2)  # its turn saw the pause: it sleeps until its end
+        await flush(redis_server)
+        # Asked after the flush, by a process that knew of the pause.
+        await other.get_run(server.workflow_id, run.id)
+        await asyncio.gather(retried, waiting)
+    limited_at, *answered = server.requests
+    assert limited_at.status == 429
+    assert len(answered) == 3
+    assert min(r.received_at for r in answered) >= limited_at.received_at + 1.95
 
 
 # -- events, in one process ---------------------------------------------------------------------
