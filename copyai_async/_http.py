@@ -395,9 +395,11 @@ def _proxy_failure(
     status = exc.status
     answer = f"{status} {exc.message}".rstrip()
     if status == 407:
-        return f"{name} refused the tunnel to {target}: {answer}; {_auth_advice(proxy)}", (
-            Fate.FINAL
-        ), status
+        return (
+            f"{name} refused the tunnel to {target}: {answer}; {_auth_advice(proxy)}",
+            (Fate.FINAL),
+            status,
+        )
     if status >= 500 or status in UNSENT_STATUSES:
         # The proxy could not reach the API (or was busy): worth another try.
         return (

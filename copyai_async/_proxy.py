@@ -111,9 +111,7 @@ def _with_credentials(url: URL, source: str) -> Proxy:
     pair = f"{user or ''}:{password or ''}"
     token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
     # The password is the secret; without one, a lone user name is (a token as user).
-    shown_secrets = (
-        (password, url.raw_password) if password else (user, url.raw_user, f"{user}:")
-    )
+    shown_secrets = (password, url.raw_password) if password else (user, url.raw_user, f"{user}:")
     secrets = {token, pair, *(s for s in shown_secrets if s)}
     return Proxy(
         url=plain,

@@ -425,9 +425,7 @@ async def test_unreachable_proxy_retried_even_for_a_start(
     server: FakeCopyAI, clock: FakeClock, call: str
 ) -> None:
     dead = f"http://{USER}:{PASSWORD_IN_URL}@127.0.0.1:{closed_port()}"
-    async with _client(
-        server, clock, _test_host(server.url), proxy=dead, max_retries=2
-    ) as client:
+    async with _client(server, clock, _test_host(server.url), proxy=dead, max_retries=2) as client:
         attempt = (
             client.list_runs(server.workflow_id)
             if call == "get"
