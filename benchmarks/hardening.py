@@ -1,7 +1,7 @@
 """The listener as a public endpoint, and waits at the edges of event delivery, measured
 against the previous release (docs: Reliability).
 
-    python benchmarks/hardening.py              # the full measurements (about 3 minutes)
+    python benchmarks/hardening.py              # the full measurements (about 5 minutes)
     python benchmarks/hardening.py --tiny       # a minute: checks the harness works
     python benchmarks/hardening.py --no-baseline       # this checkout only
     python benchmarks/hardening.py --baseline-dir DIR   # a baseline checkout of your own

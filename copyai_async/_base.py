@@ -48,6 +48,7 @@ __all__ = [
     "int_in",
     "is_loopback",
     "json_object",
+    "positive",
 ]
 
 _T = TypeVar("_T")
@@ -80,7 +81,9 @@ def base_url_from(value: Any, *, env: str, default: str | None, how: str) -> Any
     return value
 
 
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+def positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """``value`` as a finite number > 0 (>= 0 with ``allow_zero``); TypeError/ValueError
+    naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     low_ok = value >= 0 if allow_zero else value > 0
@@ -163,7 +166,7 @@ def _base_url(value: Any, *, allow_http: bool) -> URL:
 def _client_timeout(value: Any) -> aiohttp.ClientTimeout:
     if isinstance(value, aiohttp.ClientTimeout):
         return value
-    total = _positive("timeout", value)
+    total = positive("timeout", value)
     # A separate connect limit lets a stalled connect be told apart from a slow answer:
     # only the former is safe to retry for a POST.
     return aiohttp.ClientTimeout(total=total, connect=min(total, 10.0))
@@ -261,8 +264,8 @@ class BaseClient(Generic[_R]):
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError("clock must have monotonic() and async sleep(seconds)")
         base = _base_url(base_url, allow_http=allow_http)
-        backoff_base_s = _positive("backoff_base", backoff_base)
-        backoff_max_s = _positive("backoff_max", backoff_max)
+        backoff_base_s = positive("backoff_base", backoff_base)
+        backoff_max_s = positive("backoff_max", backoff_max)
         if backoff_max_s < backoff_base_s:
             raise ValueError(
                 f"backoff_max must be >= backoff_base ({backoff_base_s:g}), got {backoff_max_s:g}"
@@ -271,7 +274,7 @@ class BaseClient(Generic[_R]):
             max_retries=int_in("max_retries", max_retries, 0),
             backoff_base=backoff_base_s,
             backoff_max=backoff_max_s,
-            max_retry_after=_positive("max_retry_after", max_retry_after, allow_zero=True),
+            max_retry_after=positive("max_retry_after", max_retry_after, allow_zero=True),
         )
         key = Secret(secret)
         self._key = key
@@ -286,7 +289,7 @@ class BaseClient(Generic[_R]):
             environ=os.environ if session is None else {},
         )
         connections = int_in("max_connections", max_connections, 1)
-        rate = None if rate_limit is None else _positive("rate_limit", rate_limit)
+        rate = None if rate_limit is None else positive("rate_limit", rate_limit)
         client_timeout = _client_timeout(timeout)
         coordinator = _coordination(coordination)
         budget = Budget(clock=clock or SystemClock(), max_concurrency=connections, rate_limit=rate)

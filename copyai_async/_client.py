@@ -708,6 +708,9 @@ class CopyAIClient(BaseClient[WorkflowRun]):
     async def verify_event(self, event: RunEvent) -> RunEvent:
         """Check a run event against the API: one ``GET`` of its run.
 
+        A listener of this client learns what the GET showed: an event it contradicts
+        (a "finished" run still at work) no longer makes the same delivery a repeat.
+
         Returns:
             The event with ``verified=True``, ``run`` set to the run as read, and its
             ``status``, ``output``, ``input``, ``metadata``, ``credits`` and
@@ -727,6 +730,12 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         if event.workflow_id is None:
             raise ValueError("the event names no workflow, so its run cannot be read")
         run = await self.get_run(event.workflow_id, event.run_id)
+        # What the API says settles the event for this client's listeners too: one that
+        # said "finished" of a run still at work is contradicted (so that its repeat is
+        # taken as news), one confirmed counts as evidence, as a wait's poll would.
+        self._waiter.hints.observed(
+            event.run_id, event.workflow_id, finished=run.is_terminal, checking=True
+        )
         return attrs.evolve(
             event,
             verified=True,

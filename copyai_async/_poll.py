@@ -141,11 +141,12 @@ class PollPolicy:
             so on average it is the interval (jitter does not raise the request rate).
         not_found_grace: seconds after this client started a run during which a 404 for
             it means "not readable yet" and is polled again; later, it is raised.
-        max_failed_polls: polls in a row that may fail for a passing reason (5xx, 429,
-            connection, timeout, an unreadable answer; each after the request's own
-            retries) before the wait gives up with :class:`PollFailedError`. Each is
-            logged at WARNING and the wait polls again on schedule; 0 gives up at the
-            first.
+        max_failed_polls: scheduled polls in a row that may fail for a passing reason
+            (5xx, 429, connection, timeout, an unreadable answer; each after the
+            request's own retries) before the wait gives up with :class:`PollFailedError`.
+            Each is logged at WARNING and the wait polls again on schedule; 0 gives up at
+            the first. Polls an event caused do not count (a stranger's deliveries must
+            not end a wait).
         safety_interval: while a webhook listener of the client is live and receives
             the events of the run's workflow, the run is polled only this often (and an
             event that says it finished makes it due at once); so a lost delivery
@@ -535,19 +536,18 @@ class RunPoll(Generic[R]):
     # One per run waited on (10,000 for a wait on 10,000 runs): kept small.
     __slots__ = (
         "_checking",
+        "_claim_open",
         "_event_at",
         "_final_at",
-        "_for_event",
         "_for_schedule",
         "_hints",
         "_lead",
         "_looked",
         "_read_at",
-        "_rechecks_left",
         "_rng",
         "_scheduled_at",
+        "_since_event",
         "_time_limit",
-        "_unchecked",
         "_warned",
         "attempt",
         "failures",
@@ -589,12 +589,15 @@ class RunPoll(Generic[R]):
         self._read_at = -math.inf
         self._warned = False
         self._scheduled_at = now
-        self._event_at: float | None = None
-        self._unchecked = False  # an event says it finished, and no poll went out since
+        self._event_at: float | None = None  # the next poll an event asks for
+        # Polls sent since the latest event saying the run finished (None: no event):
+        # the check, then the re-checks, bounded by len(policy.rechecks).
+        self._since_event: int | None = None
+        self._claim_open = False  # that event is not yet checked by a poll that read the run
         if hints is not None:
             self._scheduled_at += hints.first_poll_in(target, policy)
-            self._unchecked = hints.claims_final(target.run_id)
-        self._rechecks_left = 0
+            if hints.claims_final(target.run_id):
+                self._since_event, self._claim_open = 0, True
         self._final_at = math.inf
         self._lead = 0.0
         if deadline is not None:
@@ -603,8 +606,7 @@ class RunPoll(Generic[R]):
         self._looked = False  # the final look went out
         # What the poll in flight is for (set when it goes out).
         self._for_schedule = False
-        self._for_event = False
-        self._checking = False  # it went out after an event said the run finished
+        self._checking = False  # it checks an event that said the run finished
 
     # -- when --------------------------------------------------------------------------
 
@@ -629,7 +631,7 @@ class RunPoll(Generic[R]):
     def hint(self, now: float) -> bool:
         """An event says the run finished. Returns True if that made it due at once
         (False while a poll is in flight: it is polled again once that one is back)."""
-        self._unchecked = True
+        self._since_event, self._claim_open = 0, True
         if self.in_flight:
             return False
         self._event_at = now
@@ -642,10 +644,11 @@ class RunPoll(Generic[R]):
         final = due >= self._final_at
         self._looked = self._looked or final
         self._for_schedule = final or self._scheduled_at <= reach
-        self._for_event = self._event_at is not None and self._event_at <= reach
-        if self._for_event:
+        if self._event_at is not None and self._event_at <= reach:
             self._event_at = None
-        self._checking, self._unchecked = self._unchecked, False
+        if self._since_event is not None:
+            self._since_event += 1
+        self._checking = self._claim_open
         self.in_flight = True
 
     def read(self, run: R, now: float) -> bool:
@@ -654,55 +657,61 @@ class RunPoll(Generic[R]):
         self.failures, self.last_failure = 0, None
         self.last, self._read_at = run, now
         finished = self.kind.is_terminal(run)
+        # It checks the event it went out after, unless another came while it was out
+        # (this reading may be older than that one).
+        checking = self._checking and self._since_event != 0
         if self._hints is not None:
             target = self.target
             self._hints.observed(
-                target.run_id, target.workflow_id, finished=finished, checking=self._checking
+                target.run_id, target.workflow_id, finished=finished, checking=checking
             )
         if finished:
             return True
         if not self._warned and self.kind.is_unknown(run):
             self._warned = True
             _warn_unknown(self.target, self.kind, run)
-        if self._checking:
-            self._rechecks_left = len(self.policy.rechecks)  # it contradicts the event
-        self._reschedule(now, 0.0, failed=False)
+        if checking:
+            self._claim_open = False  # read unfinished: the event is contradicted
+        self._reschedule(now, 0.0)
         return False
 
     def unreadable(self, now: float) -> None:
         """The poll got a 404 for a run started moments ago: not readable yet."""
         self.in_flight = False
-        self._reschedule(now, 0.0, failed=True)
+        self._reschedule(now, 0.0)
 
     def missed(self, error: CopyAIError, now: float) -> PollFailedError | None:
-        """The poll failed for a passing reason (logged at WARNING). Returns the error
-        that ends the wait once more than ``max_failed_polls`` failed in a row."""
+        """The poll failed for a passing reason (a scheduled poll is logged at WARNING).
+        Returns the error that ends the wait once more than ``max_failed_polls``
+        scheduled polls failed in a row; polls an event caused do not count."""
         self.in_flight = False
-        self.failures += 1
         self.last_failure = error
-        if self.failures > self.policy.max_failed_polls:
-            return _gave_up(self.target, self.kind, self.last, self.failures, error)
-        self._reschedule(now, _not_before(error), failed=True)
-        _missed_poll(self.target, error, self.failures, self.policy, self.due() - now)
+        if self._for_schedule:
+            self.failures += 1
+            if self.failures > self.policy.max_failed_polls:
+                return _gave_up(self.target, self.kind, self.last, self.failures, error)
+        self._reschedule(now, _not_before(error))
+        if self._for_schedule:
+            _missed_poll(self.target, error, self.failures, self.policy, self.due() - now)
+        else:
+            logger.debug("%s: a poll an event caused failed (%s)", self.target.label, error)
         return None
 
-    def _reschedule(self, now: float, not_before: float, *, failed: bool) -> None:
-        """After a poll that did not end the wait (``failed``: it read nothing): the
-        next poll of each source."""
+    def _reschedule(self, now: float, not_before: float) -> None:
+        """After a poll that did not end the wait: the next poll of each source."""
         if self._for_schedule:
             self._scheduled_at = now + max(self._pause(), not_before)
             self.attempt += 1
-        if self._unchecked:
+        since, rechecks = self._since_event, self.policy.rechecks
+        if since == 0:
             # An event came while the poll was in flight: its reading may be older.
             self._event_at = now + not_before
-        elif failed and self._checking:
-            # The check itself failed: the event is still to be checked (soon, not at once).
-            self._unchecked = True
-            self._event_at = now + max(self.policy.initial, not_before)
-        elif self._rechecks_left and (self._checking or self._for_event):
-            pause = self.policy.rechecks[-self._rechecks_left]
-            self._event_at = now + max(pause, not_before)
-            self._rechecks_left -= 1
+        elif since is not None and since <= len(rechecks):
+            # Read unfinished (or not read) after the event: the API's reads may lag its
+            # events; look again soon, a bounded number of times.
+            self._event_at = now + max(rechecks[since - 1], not_before)
+        else:
+            self._since_event = None  # that event is spent: the schedule goes on alone
 
     def timeout_error(self, now: float) -> PollTimeoutError:
         """The error for a wait whose deadline passed now."""

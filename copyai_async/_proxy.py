@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,8 @@ from yarl import URL
 from ._errors import ConfigurationError
 
 __all__ = ["Proxy", "choose_proxy", "parse_proxy"]
+
+_TOKEN_LENGTH = 8  # a user name without a password this long is treated as a secret
 
 
 @attrs.frozen(kw_only=True)
@@ -55,8 +58,9 @@ class Proxy:
 
     url: URL
     source: str
-    authorization: str | None = None
-    secrets: tuple[str, ...] = ()
+    # Never in a repr (tracebacks that show locals print it).
+    authorization: str | None = attrs.field(default=None, repr=False)
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     @property
     def shown(self) -> str:
@@ -100,6 +104,14 @@ def parse_proxy(value: Any, *, source: str) -> Proxy:
         raise ValueError(f"{source} must name the proxy's host: {form}")
     if url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment:
         raise ValueError(f"{source} must be {form}, with nothing after the port")
+    if url.scheme == "https" and sys.version_info < (3, 11):
+        # An https proxy to an https API is TLS inside TLS, which asyncio supports from
+        # Python 3.11; on 3.10 every request would fail.
+        raise ValueError(
+            f"{source}: an https:// proxy URL needs Python 3.11 or newer (TLS inside TLS); "
+            "use the proxy's http:// address (requests to an https API stay encrypted "
+            "through its CONNECT tunnel)"
+        )
     return _with_credentials(url, source)
 
 
@@ -110,9 +122,15 @@ def _with_credentials(url: URL, source: str) -> Proxy:
         return Proxy(url=plain, source=source)
     pair = f"{user or ''}:{password or ''}"
     token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
-    # The password is the secret; without one, a lone user name is (a token as user).
-    shown_secrets = (password, url.raw_password) if password else (user, url.raw_user, f"{user}:")
-    secrets = {token, pair, *(s for s in shown_secrets if s)}
+    # The password is the secret. Without one, a lone user name may be a token: redacted
+    # when it is long enough to be one (a short name masked would garble every message).
+    if password:
+        shown_secrets: tuple[str | None, ...] = (pair, password, url.raw_password)
+    elif user and len(user) >= _TOKEN_LENGTH:
+        shown_secrets = (user, url.raw_user)
+    else:
+        shown_secrets = ()
+    secrets = {token, *(s for s in shown_secrets if s)}
     return Proxy(
         url=plain,
         source=source,

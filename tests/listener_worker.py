@@ -51,8 +51,10 @@ async def main(scenario: str) -> dict[str, Any]:
     loop.set_exception_handler(lambda _loop, context: asyncio_errors.append(context["message"]))
     cap = 40 if scenario == "capped" else 1000
     calls = failures = max_open = 0
+    # Idle connections to the API closed at once: every call opens one, as calls a
+    # while apart do against the real API (so an exhausted process would fail them).
     async with (
-        FakeCopyAI() as server,
+        FakeCopyAI(keepalive_timeout=0.005) as server,
         CopyAIClient(server.api_key, base_url=server.url, max_connections=4, timeout=5) as client,
     ):
         run = await client.start_run(server.workflow_id, {})

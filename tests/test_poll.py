@@ -248,12 +248,53 @@ def test_run_poll_a_failed_check_is_checked_again() -> None:
     hints.hint("WRUN-1", "WCFG-1", final=True)
     assert state.hint(3) is True
     state.sent(3)
-    state.missed(ServerError("boom", method="GET", path="/p", status=503), 3)
+    outage = ServerError("boom", method="GET", path="/p", status=503)
+    assert state.missed(outage, 3) is None
+    assert state.failures == 0  # a poll an event caused does not count toward giving up
     assert hints.claims_final("WRUN-1")  # a failed poll contradicts nothing
-    assert state.due() == 10  # the schedule's next poll checks it (else initial later)
-    state.sent(10)
-    assert not state.read(RUNNING, 10)
-    assert not hints.claims_final("WRUN-1")  # that one did
+    assert state.due() == 3.5  # the re-checks, as for a contradicted event
+    state.sent(3.5)
+    assert not state.read(RUNNING, 3.5)
+    assert not hints.claims_final("WRUN-1")  # the first reading after it did
+
+
+def test_run_poll_forged_events_during_an_outage_do_not_end_the_wait() -> None:
+    # A 503 for every poll for 10 s, and an event every second (each a new claim): the
+    # events' polls fail too, but only the schedule's count toward max_failed_polls,
+    # and each event costs at most 1 + len(rechecks) polls.
+    state = _run_poll(PollPolicy(initial=2, multiplier=1, max_interval=2, jitter=0))
+    outage = ServerError("boom", method="GET", path="/p", status=503)
+    sent: list[float] = []
+    events = [float(t) for t in range(1, 10)]
+    while True:
+        at = state.due()
+        if events and events[0] < at:
+            state.hint(events.pop(0))
+            continue
+        if at >= 10:
+            break
+        state.sent(at)
+        sent.append(at)
+        assert state.missed(outage, at) is None
+    assert state.failures == 5  # the schedule's polls at 0, 2, 4, 6 and 8 s
+    assert len(sent) <= 5 + 9 * (1 + 3)
+
+
+def test_run_poll_an_event_during_a_check_is_checked_by_the_next_poll() -> None:
+    hints = RunHints(FakeClock())
+    hints.attach()
+    state = _run_poll(hints=hints)
+    hints.hint("WRUN-1", "WCFG-1", final=True)
+    state.hint(1)
+    state.sent(1)  # checks the first event
+    hints.hint("WRUN-1", "WCFG-1", final=True)
+    assert state.hint(1.1) is False  # a second event while the check is out
+    assert not state.read(RUNNING, 1.2)  # older than the second event: contradicts nothing
+    assert hints.claims_final("WRUN-1")
+    assert state.due() == 1.2  # the second event is checked at once
+    state.sent(1.2)
+    assert not state.read(RUNNING, 1.3)
+    assert not hints.claims_final("WRUN-1")
 
 
 # -- wait_for_run: statuses -------------------------------------------------------------

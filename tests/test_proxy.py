@@ -274,10 +274,22 @@ def test_credentials_parsed_and_hidden() -> None:
     assert client.proxy == "http://proxy.example:3128"
     assert "proxy='http://proxy.example:3128'" in repr(client)
     _secrets_absent(repr(client), client.proxy)
-    # A lone user name (a token as user) is the secret then.
-    lone = parse_proxy("https://tok3n-value@proxy.example", source="proxy")
-    assert lone.shown == "https://proxy.example"
+    _secrets_absent(repr(proxy))  # what a traceback showing locals would print
+    # A lone user name (a token as user) is the secret then, if it is long enough to be
+    # one: a short name masked would garble every message it appears in.
+    lone = parse_proxy("http://tok3n-value@proxy.example", source="proxy")
+    assert lone.shown == "http://proxy.example"
     assert "tok3n-value" in lone.secrets
+    short = parse_proxy("http://a@proxy.example", source="proxy")
+    assert short.authorization is not None
+    assert "a" not in short.secrets
+    assert "a:" not in short.secrets
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="TLS inside TLS works from 3.11")
+def test_an_https_proxy_is_refused_where_it_cannot_work() -> None:
+    with pytest.raises(ValueError, match=r"https:// proxy URL needs Python 3\.11"):
+        CopyAIClient("k", proxy="https://proxy.example:3128")
 
 
 def test_no_proxy_environment_read_with_a_session_of_your_own(

@@ -4,6 +4,7 @@ events, against the fake server over loopback HTTP (deliveries are real POSTs)."
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
 import sys
@@ -653,15 +654,15 @@ async def test_a_wait_looks_once_more_before_it_times_out(
 async def test_many_waits_look_once_more_before_they_time_out(
     live: tuple[FakeCopyAI, CopyAIClient],
 ) -> None:
-    # The same for wait_for_runs, on the real clock: a 0.8 s timeout, so the final look
-    # goes out a quarter of it (0.2 s) before the deadline.
+    # The same for wait_for_runs, on the real clock: a 2 s timeout, so the final look
+    # goes out a quarter of it (0.5 s) before the deadline.
     server, client = live
     server.deliveries = Deliveries(drop_rate=1.0)
     async with client.listen() as listener:
         await listener.register(server.workflow_id)
         ids = [(await client.start_run(server.workflow_id, {})).id for _ in range(5)]
         server.reset_stats()
-        seen = [r async for r in client.wait_for_runs(server.workflow_id, ids, timeout=0.8)]
+        seen = [r async for r in client.wait_for_runs(server.workflow_id, ids, timeout=2.0)]
         assert sorted(r.id for r in seen) == sorted(ids)
         assert all(r.status is RunStatus.COMPLETE for r in seen)
         assert server.stats.requests == 5  # the final looks only
@@ -698,15 +699,16 @@ async def test_many_timeouts_report_a_fresh_status(
         await listener.register(server.workflow_id)
         ids = [(await client.start_run(server.workflow_id, {})).id for _ in range(3)]
         with pytest.raises(ExceptionGroup) as group:
-            async for _ in client.wait_for_runs(server.workflow_id, ids, timeout=0.8):
+            async for _ in client.wait_for_runs(server.workflow_id, ids, timeout=2.0):
                 pass
     errors = group.value.exceptions
     assert [e.run_id for e in errors] == ids  # type: ignore[attr-defined]
     for error in errors:
         assert isinstance(error, PollTimeoutError)
-        assert error.run.status is RunStatus.PROCESSING  # read, though never polled before
+        assert error.run is not None  # read by the final look, though never polled before
+        assert error.run.status is RunStatus.PROCESSING
         assert error.age is not None
-        assert error.age <= 0.2 + 0.1  # at most the final look's lead (and a request)
+        assert error.age <= 0.5  # at most the final look's lead (a quarter of 2 s)
 
 
 async def test_a_forged_event_does_not_mask_the_genuine_one(
@@ -716,7 +718,7 @@ async def test_a_forged_event_does_not_mask_the_genuine_one(
     # poll it causes contradicts it. The genuine delivery, later, is not a "repeat".
     server, client = live
     server.deliveries = Deliveries(drop_rate=1.0)  # this test delivers by hand
-    server.default_schedule = Schedule.seconds(("PROCESSING", 0.5), final="FAILED")
+    server.default_schedule = Schedule.seconds(("PROCESSING", 1.5), final="FAILED")
     patient = PollPolicy(safety_interval=60, rechecks=(0.02, 0.02, 0.02))
     async with client.listen() as listener:
         await listener.register(server.workflow_id)
@@ -729,9 +731,10 @@ async def test_a_forged_event_does_not_mask_the_genuine_one(
             client.wait_for_run(server.workflow_id, run.id, policy=patient, raise_on_failure=False)
         )
         assert await listener.feed(body, query=query) == 200  # forged: still PROCESSING
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.8)
         assert not waiting.done()
         assert server.stats.requests == 4  # a check and three re-checks, then quiet
+        await asyncio.sleep(0.8)  # the run fails 1.5 s after its start
         assert await listener.feed(body, query=query) == 200  # the genuine delivery
         finished = await asyncio.wait_for(waiting, 5)  # not after the 60 s safety interval
         assert finished.status is RunStatus.FAILED
@@ -773,28 +776,53 @@ async def test_a_forged_event_costs_a_wait_at_most_four_gets(
     assert len(_get_times(server, fake.id)) == 1 + 4 + 1
 
 
+async def test_verify_event_settles_a_forged_copy_for_the_listener_too(
+    live: tuple[FakeCopyAI, CopyAIClient],
+) -> None:
+    # No wait: a consumer reads events with async for and verifies each. A forged
+    # "failed" with the genuine event's very body, shown false by verify_event, must not
+    # make the genuine delivery a repeat.
+    server, client = live
+    server.deliveries = Deliveries(drop_rate=1.0)
+    server.default_schedule = Schedule.polls(("PROCESSING", 1), final="FAILED")
+    async with client.listen(serve=False, public_url="https://hooks.example/in") as listener:
+        run = await client.start_run(server.workflow_id, {})
+        fake = next(r for r in server.runs() if r.id == run.id)
+        body = json.dumps(server.event_body(fake, "workflowRun.failed", status="FAILED"))
+        query = listener.url.query_string
+        events = aiter(listener)
+        assert await listener.feed(body, query=query) == 200  # forged: still PROCESSING
+        forged = await anext(events)
+        assert isinstance(forged, RunEvent)
+        checked = await client.verify_event(forged)
+        assert checked.status is RunStatus.PROCESSING
+        assert await listener.feed(body, query=query) == 200  # the genuine delivery
+        genuine = await asyncio.wait_for(anext(events), 5)  # not dropped as a repeat
+        assert isinstance(genuine, RunEvent)
+        assert (await client.verify_event(genuine)).status is RunStatus.FAILED
+        assert (listener.stats.accepted, listener.stats.duplicates) == (2, 0)
+
+
 async def test_an_unchecked_event_does_not_slow_other_waits(
     live: tuple[FakeCopyAI, CopyAIClient],
 ) -> None:
     # One forged "started" naming a workflow nobody registered must not make waits on
-    # that workflow poll at the safety interval: only a "finished" event that a poll
-    # confirmed does.
+    # that workflow poll at the safety interval (30 s): only a "finished" event that a
+    # poll confirmed does. Before, these 20 waits timed out.
     server, client = live
     other = "WCFG-other"
-    runs = [
-        server.add_run(other, schedule=Schedule.seconds(("PROCESSING", 0.05))) for _ in range(20)
-    ]
     policy = PollPolicy(initial=0.1, max_interval=0.1, safety_interval=30)
     async with client.listen() as listener:
         await listener.register(server.workflow_id)
         query = listener.url.query_string
-        forged = {"type": "workflowRun.started", "workflowRunId": runs[0].id, "workflowId": other}
+        forged = {"type": "workflowRun.started", "workflowRunId": "WRUN-x", "workflowId": other}
         assert await listener.feed(json.dumps(forged), query=query) == 200
-        server.reset_stats()
+        runs = [
+            server.add_run(other, schedule=Schedule.seconds(("PROCESSING", 0.3))) for _ in range(20)
+        ]
         ids = [r.id for r in runs]
         seen = [r async for r in client.wait_for_runs(other, ids, policy=policy, timeout=5)]
-        assert len(seen) == 20
-        assert server.stats.requests == 40  # polls at 0 and 0.1 s; not one at 30 s
+        assert sorted(r.id for r in seen) == sorted(ids)
         assert not client._waiter.hints.watching(other, policy)
         # A genuine "completed" of that workflow, confirmed by a poll, does count.
         late = server.add_run(other, schedule=Schedule.immediate())
@@ -958,6 +986,16 @@ def test_public_surface_of_webhooks() -> None:
     )
     for name in webhooks.__all__:
         assert getattr(webhooks, name) is not None, name
+    # client.listen() spells the defaults out (importing the listener costs time).
+    listen = inspect.signature(CopyAIClient.listen).parameters
+    listener = inspect.signature(webhooks.Listener).parameters
+    for name, default in (
+        ("max_body", webhooks.DEFAULT_MAX_BODY),
+        ("max_connections", webhooks.DEFAULT_MAX_CONNECTIONS),
+        ("request_timeout", webhooks.DEFAULT_REQUEST_TIMEOUT),
+        ("path", webhooks.DEFAULT_PATH),
+    ):
+        assert listen[name].default == listener[name].default == default, name
     with pytest.raises(AttributeError):
         _ = webhooks.nothing_here  # type: ignore[attr-defined]
 

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -41,7 +40,7 @@ import attrs
 from aiohttp import ClientError, web
 from yarl import URL
 
-from .._base import http_url, is_loopback
+from .._base import http_url, int_in, is_loopback, positive
 from .._errors import APIError, ClientClosedError, WebhookEventError
 from .._poll import RunHints
 from ._body import BodyDecoder, BodyRefused
@@ -225,23 +224,13 @@ class Listener:
             raise ValueError(
                 f"path must start with '/' and hold no query or fragment, got {path!r}"
             )
-        for name, value, low in (
-            ("max_body", max_body, 1),
-            ("buffer", buffer, 1),
-            ("max_connections", max_connections, 1),
+        for name, value in (
+            ("max_body", max_body),
+            ("buffer", buffer),
+            ("max_connections", max_connections),
         ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
-        if isinstance(request_timeout, bool) or not isinstance(request_timeout, (int, float)):
-            raise TypeError(
-                f"request_timeout must be a number of seconds, got {type(request_timeout).__name__}"
-            )
-        if not (math.isfinite(request_timeout) and request_timeout > 0):
-            raise ValueError(
-                f"request_timeout must be a finite number of seconds > 0, got {request_timeout!r}"
-            )
+            int_in(name, value, 1)
+        timeout = positive("request_timeout", request_timeout)
         if not isinstance(serve, bool):
             raise TypeError(f"serve must be a bool, got {type(serve).__name__}")
         self._public = _check_public_url(public_url)
@@ -255,7 +244,7 @@ class Listener:
         self.serve = serve
         self.max_body = max_body
         self.max_connections = max_connections
-        self.request_timeout = float(request_timeout)
+        self.request_timeout = timeout
         self.stats: ListenerStats = ListenerStats()
         self.registered: list[Webhook] = []
         self._secret = secrets.token_urlsafe(32)
@@ -337,7 +326,7 @@ class Listener:
             return await _refuse(request, 404)
         if request.method != "POST":
             return await _refuse(request, 405, headers={"Allow": "POST"})
-        return await self.handler(request)
+        return await self._receive(request, server=self._server)
 
     async def aclose(self) -> None:
         """Delete the webhooks :meth:`register` created, then stop; ``async with`` calls it.
@@ -501,6 +490,13 @@ class Listener:
         ``auto_decompress=False`` (``web.AppRunner(app, auto_decompress=False)``) for the
         same protection as the listener's own server: aiohttp then inflates nothing, and
         this handler inflates gzip and deflate bodies itself, only up to ``max_body``."""
+        return await self._receive(request, server=None)
+
+    async def _receive(
+        self, request: web.BaseRequest, *, server: GuardedServer | None
+    ) -> web.StreamResponse:
+        """Check, read and take one delivery; ``server``: the listener's own, which
+        bounds the request's time itself (from the connection's start)."""
         if not self._authorized(request.query):
             self.stats.not_found += 1
             return await _refuse(request, 404)
@@ -511,10 +507,11 @@ class Listener:
             length = request.content_length
             if length is not None and length > self.max_body:
                 raise BodyRefused(413, "body too large")
-            # The listener's own server closes a slow connection itself (the request's
-            # deadline began with the connection); a mounted handler keeps its own.
-            timeout = None if self._server is not None else self.request_timeout
-            with anyio.fail_after(timeout):
+            if server is not None and request.headers.get("Expect", "").lower() == "100-continue":
+                # The sender waits for this before sending its body (aiohttp's router
+                # sends it for a mounted handler; the listener's own server, here).
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            with anyio.fail_after(None if server is not None else self.request_timeout):
                 async for chunk in request.content.iter_any():
                     decoder.feed(chunk)
             body = decoder.finish()
@@ -528,8 +525,8 @@ class Listener:
             # The sender went away mid-body (or its connection was closed for it).
             logger.debug("webhook delivery cut short: %s", exc)
             return web.Response(status=400, text=_REASONS[400])
-        if self._server is not None:
-            self._server.request_read(request.transport)
+        if server is not None:
+            server.request_read(request.transport)
         status = self._take(body)
         if status == 200:
             return web.json_response({})

@@ -16,7 +16,8 @@ factory); this module decides which connections it gets, and for how long:
   minutes (saying how often it happened since), and one INFO when it works again;
 - bodies are not inflated by aiohttp (``auto_decompress=False``), nor read after an
   answer (``lingering_time=0``): the listener reads what it accepts, and inflates it
-  within its limit (see :mod:`._body`).
+  within its limit (see :mod:`._body`); aiohttp's reports of malformed requests go to
+  DEBUG (logger ``copyai_async.webhooks.server``), so strangers cannot fill the logs.
 
 The cap keeps the listener's file descriptors, and so the client's own connections,
 safe from any number of strangers: with the defaults, a client needs at most its
@@ -54,6 +55,17 @@ _SHUTDOWN = 1.0  # seconds the requests under way get to finish when the listene
 _WARN_EVERY = 300.0  # seconds between WARNINGs about failing to accept
 
 
+class _Quiet(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic from 3.11 on
+    """aiohttp's reports of requests it could not handle (malformed ones from strangers,
+    on a public endpoint) at DEBUG: at ERROR, anyone could fill the logs."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
+        super().log(min(level, logging.DEBUG), msg, *args, **kwargs)  # type: ignore[arg-type]
+
+
+_QUIET = cast(logging.Logger, _Quiet(logging.getLogger("copyai_async.webhooks.server"), {}))
+
+
 class _Connection(asyncio.Protocol):
     """One connection: aiohttp's protocol inside, a deadline around it."""
 
@@ -63,6 +75,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.waiting_since = math.inf  # when it began to owe a whole request (loop time)
+        self._idle = False  # a request was served, and no byte of another has come since
 
     # -- asyncio's protocol, passed on to aiohttp's ---------------------------------------
 
@@ -73,6 +86,7 @@ class _Connection(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        self._idle = False
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -96,6 +110,7 @@ class _Connection(asyncio.Protocol):
 
     def request_read(self) -> None:
         """Its request arrived whole: the next one gets a deadline of its own."""
+        self._idle = True
         self._arm()
 
     def _arm(self) -> None:
@@ -106,6 +121,11 @@ class _Connection(asyncio.Protocol):
         self._timer = loop.call_later(self._server.request_timeout, self._expire)
 
     def _expire(self) -> None:
+        if self._idle:
+            # A sender's keep-alive, idle since its last request: an ordinary close.
+            if self.transport is not None:
+                self.transport.close()
+            return
         self._server.stats.timed_out += 1
         logger.debug("webhook listener: a connection sent no whole request in time; closed")
         self.abort()
@@ -161,6 +181,7 @@ class GuardedServer:
             auto_decompress=False,
             lingering_time=0,
             keepalive_timeout=self.request_timeout,
+            logger=_QUIET,
         )
         sock.listen(min(socket.SOMAXCONN, 1024))
         sock.setblocking(False)
@@ -271,19 +292,27 @@ class GuardedServer:
 
     async def aclose(self) -> None:
         """Stop accepting, give the requests under way a moment, and close every
-        connection."""
+        connection. Runs to the end even if the caller is cancelled."""
         accepting, self._accepting = self._accepting, None
         if accepting is not None:
             await cancel_and_wait([accepting])
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-        if self._web is not None:
-            with anyio.move_on_after(_SHUTDOWN, shield=True):
-                await self._web.shutdown(_SHUTDOWN)
-        for connection in list(self._open.values()):
-            connection.abort()
         with anyio.CancelScope(shield=True):
+            shutdown = None
+            if self._web is not None:
+                # aiohttp's shutdown has a timeout of its own and is never cancelled from
+                # outside: aiohttp 3.10 swallows that cancellation and then raises an
+                # anonymous one.
+                shutdown = asyncio.get_running_loop().create_task(
+                    self._web.shutdown(_SHUTDOWN / 2), name="copyai_async.listener-shutdown"
+                )
+                await asyncio.wait((shutdown,), timeout=_SHUTDOWN)
+            for connection in list(self._open.values()):
+                connection.abort()
+            if shutdown is not None:
+                await shutdown
             while self._open:
                 self._changed.clear()
                 await self._changed.wait()
