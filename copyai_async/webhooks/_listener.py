@@ -243,8 +243,8 @@ class Listener:
         self.path = path
         self.serve = serve
         self.max_body = max_body
-        self.max_connections = max_connections
-        self.request_timeout = timeout
+        self.max_connections: int = max_connections
+        self.request_timeout: float = timeout
         self.stats: ListenerStats = ListenerStats()
         self.registered: list[Webhook] = []
         self._secret = secrets.token_urlsafe(32)
