@@ -336,7 +336,7 @@ def measure_bombs(root: Path, fake: dict[str, str], tiny: bool) -> dict[str, Any
 
     async def attack() -> list[tuple[int, float]]:
         await asyncio.sleep(0.5)  # a quiet start, for the ticker
-        until = time.perf_counter() + (2 if tiny else 8)
+        until = time.perf_counter() + (1 if tiny else 8)
         genuine = asyncio.ensure_future(_deliveries(url, 0.1, until, 10))
         await asyncio.gather(*(_send_bomb(bare, body) for _ in range(2)))
         return await genuine
@@ -377,7 +377,7 @@ def measure_flood(root: Path, fake: dict[str, str], tiny: bool) -> dict[str, Any
     connections = 150 if tiny else 1_100
     child = Child("listener", {**fake, "open_files": 256 if tiny else 1024}, root)
     url = child.read()["url"]
-    seconds = 2.0 if tiny else 15.0
+    seconds = 1.5 if tiny else 15.0
 
     async def attack() -> list[tuple[int, float]]:
         slow = [asyncio.ensure_future(_slow(url, seconds)) for _ in range(connections)]
@@ -400,7 +400,11 @@ def measure_flood(root: Path, fake: dict[str, str], tiny: bool) -> dict[str, Any
 
 
 def measure_forged(root: Path, tiny: bool) -> dict[str, Any]:
-    spec = {"runs": 20 if tiny else 300, "fail_after": (1.0, 5.0), "forge_after": 0.5}
+    spec = {
+        "runs": 20 if tiny else 300,
+        "fail_after": (0.8, 1.5) if tiny else (1.0, 5.0),
+        "forge_after": 0.5,
+    }
     child = Child("forged", spec, root)
     result = child.read()
     child.proc.wait(timeout=60)
