@@ -309,16 +309,17 @@ class Listener:
             request_timeout=self.request_timeout,
             stats=self.stats,
         )
+        self._server = server  # before it accepts: _route passes it to each request
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
             self.port = int(sock.getsockname()[1])
             await server.start(sock)
         except BaseException:
+            self._server = None
             sock.close()
             await server.aclose()
             raise
-        self._server = server
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         """The listener's own server: its one path takes POSTs; nothing else is read."""
