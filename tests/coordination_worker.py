@@ -17,8 +17,8 @@ Jobs (``options["job"]``):
   policy, as a baseline); reports when each wait ended.
 
 ``"rebuild": false`` makes the process offer Redis nothing to rebuild the rate and the
-pause from after it lost them (a FLUSHALL): the behaviour before they were rebuilt, as
-the baseline of that measurement.
+pause from after it lost them (a FLUSHALL; ``RedisCoordination(_rebuild=False)``): the
+behaviour before they were rebuilt, as the baseline of that measurement.
 """
 
 from __future__ import annotations
