@@ -202,7 +202,8 @@ _REFUSED = {
         "it would override timeout: give RedisCoordination(timeout=...) instead",
     ),
     # redis-py fails an operation beyond it (MaxConnectionsError), which would count as
-    # an outage: the pool opens the connections the requests need, and closes them.
+    # an outage. Unbounded, the pool holds one connection per operation under way at
+    # once: at most about one per request in flight, which the clients' own caps bound.
     "max_connections": "redis-py would fail the operations beyond it, a false outage",
     **dict.fromkeys(
         ("lib_name", "lib_version"),
