@@ -317,6 +317,7 @@ class BaseClient(Generic[_R]):
             hints = self._waiter.hints
             link = coordinator._link(
                 secret=secret,
+                clock=budget.clock,
                 hints=hints,
                 max_in_flight=connections,
                 rate_limit=rate,

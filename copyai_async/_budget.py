@@ -53,8 +53,10 @@ class Allowance:
 
     Every operation on the store comes out of it: the request's turns, the check after
     sleeping until its place, setting a 429's pause. Sleeps the store hands out (the
-    rate's spacing, a pause) are not waiting on it and cost nothing. Once it is spent,
-    the store counts as unavailable and the local limits apply.
+    rate's spacing, a pause) are not waiting on it and cost nothing, nor do the looks
+    at a full in-flight cap that the store answers (waiting for a slot is not waiting
+    on the store). An operation cut short by it makes the store count as unavailable;
+    once it is spent, the request uses the local limits without trying the store.
     """
 
     __slots__ = ("left",)

@@ -19,17 +19,21 @@ only on a GET). A lost message makes a wait poll at ``PollPolicy.safety_interval
 
 When Redis cannot be reached, nothing is raised: a WARNING is logged once, each process
 keeps its own limits (as without coordination) and polls without shared events, and
-Redis is tried again with growing backoff (0.5 s up to ``retry_max``); when it answers
-again, an INFO line says so and the shared limits apply again. One request waits on
-Redis for at most ``timeout`` in all, however many operations its turns take (an
-:class:`~copyai_async._budget.Allowance`); a Redis slower than that counts as down.
+Redis is tried again with growing backoff (0.5 s up to ``retry_max``), by one
+operation at a time; when it answers again, an INFO line says so and the shared limits
+apply again. One request waits on Redis for at most ``timeout`` in all, however many
+operations its turns take (an :class:`~copyai_async._budget.Allowance`); a Redis slower
+than that counts as down. Waiting for a slot of a full in-flight cap is not waiting on
+Redis: the looks Redis answers cost nothing.
 
-When Redis loses the keys (``FLUSHALL``, a failover to an empty replica), the next turn
-of each process offers what it saw: how far ahead the rate was booked, and the pause.
-Redis rebuilds the next start and the pause from them (see :class:`_Booked`).
+Each turn offers Redis what its process saw: the next start and the pause's end Redis
+held, and how deep the rate was booked. Redis never holds less unless it lost them (a
+``FLUSHALL``, a failover to an empty replica), so it rebuilds from them (see
+:class:`_Booked`).
 
-The URL is read as redis-py reads it, and refused where that differs from what it
-says; its password never reaches a repr, a log line or a message (:class:`_Address`).
+The URL is read as redis-py reads it, and refused where that differs from what it says
+or where redis-py would fail on it only once connecting; its secrets (the password,
+``?ssl_password=``) never reach a repr, a log line or a message (:class:`_Address`).
 
 Keys: ``copyai-async:{<namespace>:<digest>}:...``, where the digest is a SHA-256 of the
 API key (the key itself is never sent to Redis). The braces keep a client's keys in one
@@ -39,6 +43,7 @@ Redis Cluster slot.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import hashlib
 import inspect
@@ -51,7 +56,7 @@ import re
 import secrets
 import time
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
@@ -64,6 +69,7 @@ from ._errors import ConfigurationError
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from ._clock import Clock
     from ._poll import RunHints
 
 __all__ = ["RedisCoordination", "SharedLink"]
@@ -76,59 +82,74 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _FIRST_BACKOFF = 0.5
 _SLOT_POLL_FIRST = 0.002  # seconds between tries for a full in-flight cap, growing...
 _SLOT_POLL_MAX = 0.05  # ...up to this
+# While one operation tries a Redis that was unavailable, the event subscription looks
+# this often whether it may try too.
+_PROBE_LOOK = 0.05
 _PING_EVERY = 5.0  # the event subscription pings this often...
 _SILENCE_LIMIT = 15.0  # ...and reconnects after this long without a word from Redis
 _KEY_TTL_MS = 86_400_000  # keys of an idle key/namespace vanish after a day
-# The next start outlives its booking by this long (seconds), so that a process that
-# saw it booked less long ago than that (less the slack) knows a missing one was lost.
+# The next start outlives its booking by this long (seconds), so that one missing while
+# a process's last sight of it is still ahead was lost, not expired (see _Booked).
 _BOOKING_KEPT = 10.0
-_BOOKING_SLACK = 1.0
 
 # KEYS: in-flight leases (zset), next start (µs), paused until (µs).
 # ARGV: lease token, in-flight cap, lease ms, spacing µs, "1" to take a slot ("0": the
 # slot is held; only take a new place in the rate, and extend the lease to match), key
-# TTL ms, ms the next start outlives its booking; then what this process knows, in µs
-# from now, to rebuild what Redis lost (a FLUSHALL, a failover to an empty replica): how
-# far ahead it saw the rate booked (used only if the next start is gone), and how long
-# the pause it knows of still lasts.
-# Returns {granted (0/1), delay µs, the rate's booking beyond any pause µs, pause µs}.
+# TTL ms, ms the next start outlives its booking; then what this process saw, to rebuild
+# what Redis lost (a FLUSHALL, a failover to an empty replica; see _Booked): the next
+# start (on Redis's clock, µs) and the µs left until it (on this process's clock),
+# applied on every turn; the µs from now the rate is booked to if every process kept
+# sending (applied only if the next start is gone while the one seen is still ahead:
+# lost, not expired); the pause's end and the µs left until it, applied on every turn.
+# Returns {granted (0/1), delay µs, the next start µs from now, pause µs, now µs}.
 _TURN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local lease_us = tonumber(ARGV[3]) * 1000
-local known_pause = tonumber(ARGV[9])
-local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
-if known_pause > 0 and now + known_pause > paused then
-  paused = now + known_pause
-  redis.call('SET', KEYS[3], string.format('%.0f', paused), 'PX',
-    string.format('%.0f', math.ceil(known_pause / 1000) + 1000))
+local function us(x) return string.format('%.0f', x) end
+-- What a process saw Redis hold, on this Redis's clock. Its own countdown caps it:
+-- after a failover to a host whose clock disagrees, that still means the same.
+local function seen(at, left)
+  left = tonumber(left)
+  if left <= 0 then return 0 end
+  return math.min(tonumber(at), now + left)
 end
-local nxt = redis.call('GET', KEYS[2])
-if nxt then nxt = tonumber(nxt) else nxt = now + tonumber(ARGV[8]) end
-local start = math.max(now, nxt, paused)
-local pause_left = string.format('%.0f', math.max(paused - now, 0))
+local spacing = tonumber(ARGV[4])
+local function book(at)
+  redis.call('SET', KEYS[2], us(at), 'PX', us(math.ceil((at - now) / 1000) + tonumber(ARGV[7])))
+end
+local paused = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now)
+local known = seen(ARGV[11], ARGV[12])
+if known > paused then
+  paused = known
+  redis.call('SET', KEYS[3], us(paused), 'PX', us(math.ceil((paused - now) / 1000) + 1000))
+end
+local kept = redis.call('GET', KEYS[2])
+local held = math.max(tonumber(kept or '0'), now)
+local nxt = math.max(held, seen(ARGV[8], ARGV[9]))
+if not kept and tonumber(ARGV[9]) > 0 then  -- gone while still ahead: lost, not expired
+  nxt = math.max(nxt, now + tonumber(ARGV[10]))
+end
+if nxt > held and spacing > 0 then book(nxt) end
+local start = math.max(nxt, paused)
+local pause_left = us(paused - now)
+local function answer(granted, at)
+  local ahead = 0
+  if spacing > 0 then ahead = at - now end
+  return {granted, us(start - now), us(ahead), pause_left, us(now)}
+end
 if ARGV[5] == '1' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-    return {0, 0, string.format('%.0f', start - math.max(now, paused)), pause_left}
-  end
-  redis.call('ZADD', KEYS[1], string.format('%.0f', start + lease_us), ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', us(now))
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return answer(0, nxt) end
+  redis.call('ZADD', KEYS[1], us(start + tonumber(ARGV[3]) * 1000), ARGV[1])
 else
-  redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', start + lease_us), ARGV[1])
+  redis.call('ZADD', KEYS[1], 'XX', us(start + tonumber(ARGV[3]) * 1000), ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-local spacing = tonumber(ARGV[4])
-local depth = 0
-if spacing > 0 then
-  local after = start + spacing
-  redis.call('SET', KEYS[2], string.format('%.0f', after), 'PX',
-    string.format('%.0f', math.ceil((after - now) / 1000) + tonumber(ARGV[7])))
-  depth = after - math.max(now, paused)
-end
-return {1, string.format('%.0f', start - now), string.format('%.0f', depth), pause_left}
+if spacing > 0 then book(start + spacing) end
+return answer(1, start + spacing)
 """
 
-# KEYS: paused until (µs). ARGV: pause µs. Returns the pause left, in µs.
+# KEYS: paused until (µs). ARGV: pause µs. Returns {the pause left µs, now µs}.
 _PAUSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -139,7 +160,7 @@ if wanted > paused then
     string.format('%.0f', math.ceil(tonumber(ARGV[1]) / 1000) + 1000))
   paused = wanted
 end
-return string.format('%.0f', paused - now)
+return {string.format('%.0f', paused - now), string.format('%.0f', now)}
 """
 
 # KEYS: paused until (µs). Returns the pause left, in µs (0 if none).
@@ -174,35 +195,77 @@ _DB_PATH = re.compile(r"/?([0-9]+)?")
 # Options the URL itself carries (host, port, path): given as ?options too, redis-py
 # would quietly let one win.
 _URL_PARTS = frozenset({"host", "port", "path", "connection_class"})
-# Set from this object's own ``timeout``: in a URL, they would quietly override it.
-_OWN_OPTIONS = frozenset({"socket_timeout", "socket_connect_timeout"})
+# Options redis-py takes but this object refuses, and why.
+_REFUSED = {
+    **dict.fromkeys(
+        ("socket_timeout", "socket_connect_timeout"),
+        "it would override timeout: give RedisCoordination(timeout=...) instead",
+    ),
+    # redis-py fails an operation beyond it (MaxConnectionsError), which would count as
+    # an outage. Unbounded, the pool holds one connection per operation under way at
+    # once: at most about one per request in flight, which the clients' own caps bound.
+    "max_connections": "redis-py would fail the operations beyond it, a false outage",
+    **dict.fromkeys(
+        ("lib_name", "lib_version"),
+        "newer redis-py versions deprecate it and warn on every connection",
+    ),
+}
+# Read by redis-py's connection itself from the string a URL gives (redis-py 5 has no
+# URL parser for it, and its connection takes "3" as it takes 3).
+_READ_BY_THE_CONNECTION = frozenset({"protocol"})
+# Options that carry a secret: redis-py's password and ssl_password (the TLS key's
+# passphrase), and any such option a later version adds.
+_SECRET_OPTION = re.compile(r"password|passphrase|secret|token|credential")
+# A secret shorter than this is not masked in free text (redis-py's messages): it would
+# match by chance (a digit of an address, letters of a word) and garble the text, and
+# hides little.
+_SHORTEST_MASKED = 4
 
 
 class _Address:
-    """Where Redis is, shown without its password; hides the password in other texts."""
+    """Where Redis is, shown without its secrets; hides them in other texts too."""
 
     __slots__ = ("_secrets", "shown")
 
-    def __init__(self, shown: str, secrets: set[str]) -> None:
-        # Longest first, so that no piece of a longer form is left behind.
-        self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
-        self.shown = self.redact(shown)
+    def __init__(self, shown: str, secrets: Iterable[str]) -> None:
+        self._secrets = _maskable(secrets)
+        self.shown = shown
 
     def redact(self, text: str) -> str:
-        """``text`` with every form of the password (as written, decoded) as ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """``text`` with every form of each secret (as written, decoded) as ``***``."""
+        return _mask(text, self._secrets)
 
     def __repr__(self) -> str:
         return self.shown
 
     @classmethod
+    def of_url(cls, parts: SplitResult, options: dict[str, str]) -> _Address:
+        """A URL's address: its password and secret options (as written, decoded)."""
+        secret = {name for name in options if _SECRET_OPTION.search(name)}
+        secrets = {parts.password or "", unquote(parts.password or "")}
+        for name in secret:
+            secrets |= {options[name], *_raw_values(parts.query, name)}
+        masked = _maskable(secrets)
+        return cls(_shown(parts, secret, lambda text: _mask(text, masked)), secrets)
+
+    @classmethod
     def of_client(cls, client: Any) -> _Address:
-        """A ``redis.asyncio.Redis`` passed in: its password is hidden too."""
+        """A ``redis.asyncio.Redis`` passed in: its secrets are hidden too."""
         kwargs = getattr(client.connection_pool, "connection_kwargs", {})
-        password = kwargs.get("password")
-        return cls("<redis client>", {password} if isinstance(password, str) else set())
+        secrets = (v for n, v in kwargs.items() if _SECRET_OPTION.search(n))
+        return cls("<redis client>", (s for s in secrets if isinstance(s, str)))
+
+
+def _maskable(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The secrets long enough to mask in free text, longest first (so that no piece of
+    a longer form is left behind)."""
+    return tuple(sorted({s for s in secrets if len(s) >= _SHORTEST_MASKED}, key=len, reverse=True))
+
+
+def _mask(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _url_error(problem: str) -> ValueError:
@@ -211,8 +274,12 @@ def _url_error(problem: str) -> ValueError:
 
 
 def _parse_url(url: str, redis: Any) -> _Address:
-    """Check ``url`` the way redis-py will read it: refuse one it would read otherwise
-    than written, or fail on only once connecting.
+    """Check ``url`` the way redis-py will read it, and return its address.
+
+    Refused: a URL redis-py would read otherwise than written (a path that is not a
+    database, an option it ignores or decodes twice, a ``#``), an option this object
+    sets or refuses (:data:`_REFUSED`), and a value redis-py cannot read. Values that
+    only its connection checks are checked by :func:`_connection_pool`.
 
     Raises:
         ValueError: naming what is wrong, never quoting the URL.
@@ -226,10 +293,7 @@ def _parse_url(url: str, redis: Any) -> _Address:
         if name in options and in_url:
             raise _url_error(f"gives the {name} twice (as ?{name}= and in the URL itself)")
     _check_options(url, options, parts.scheme, redis)
-    secrets = {parts.password or "", unquote(parts.password or "")}
-    if "password" in options:
-        secrets |= {options["password"], *_raw_values(parts.query, "password")}
-    return _Address(_shown(parts), secrets)
+    return _Address.of_url(parts, options)
 
 
 def _split(url: str) -> SplitResult:
@@ -271,16 +335,19 @@ def _check_location(parts: SplitResult) -> str | None:
     return match.group(1)
 
 
-def _shown(parts: SplitResult) -> str:
-    """The URL as written, but for the password (in the userinfo or ``?password=``)."""
+def _shown(parts: SplitResult, secret: set[str], redact: Callable[[str], str]) -> str:
+    """The URL as written, but for its secrets: the password and the values of the
+    ``secret`` options as ``***``, and any form of them in the free text that is left
+    (never in the scheme, the option names or the punctuation: that would garble it)."""
     userinfo, at, location = parts.netloc.rpartition("@")
     user, colon, _ = userinfo.partition(":")
     query = "&".join(
-        f"{name}={'***' if unquote_plus(name) == 'password' else value}"
+        f"{name}={'***' if unquote_plus(name) in secret else redact(value)}"
         for name, _, value in (p.partition("=") for p in parts.query.split("&") if p)
     )
-    shown_userinfo = f"{user}{':***' if colon else ''}{at}"
-    return f"{parts.scheme}://{shown_userinfo}{location}{parts.path}{'?' if query else ''}{query}"
+    shown_userinfo = f"{redact(user)}{':***' if colon else ''}{at}"
+    where = redact(location) + redact(parts.path)
+    return f"{parts.scheme}://{shown_userinfo}{where}{'?' if query else ''}{query}"
 
 
 def _query_options(query: str) -> dict[str, str]:
@@ -307,30 +374,52 @@ def _raw_values(query: str, wanted: str) -> list[str]:
 
 
 def _check_options(url: str, options: dict[str, str], scheme: str, redis: Any) -> None:
-    """Each option must be one that redis-py's own parser (``parse_url``) reads and the
-    connection it makes accepts, with a value it can use."""
-    parsers: Any = redis.asyncio.connection.URL_QUERY_ARGUMENT_PARSERS
-    for name in options:
-        if name in _OWN_OPTIONS:
-            raise _url_error(f"sets {name}: give RedisCoordination(timeout=...) instead")
+    """Each option must be one that redis-py's own parser (``parse_url``) reads as
+    written and the connection it makes accepts, with a value it can use."""
+    connection = redis.asyncio.connection
+    parsers: Any = connection.URL_QUERY_ARGUMENT_PARSERS
+    connection_class = {
+        "rediss": connection.SSLConnection,
+        "unix": connection.UnixDomainSocketConnection,
+    }.get(scheme, connection.Connection)
+    accepted = _accepted_options(connection_class, redis)
+    for name, value in options.items():
+        if name in _REFUSED:
+            raise _url_error(f"sets {name}: {_REFUSED[name]}")
         if name in _URL_PARTS:
             raise _url_error(f"gives the {name} as an option: write it in the URL itself")
-    try:
-        kwargs = redis.asyncio.connection.parse_url(url)
-    except ValueError:
-        bad = next(
-            (n for n in options if n in parsers and not _parses(parsers[n], options[n])), None
-        )
-        what = f"option {bad}" if bad else "an option"
-        raise _url_error(f"has {what} with a value redis-py cannot read") from None
-    accepted = _accepted_options(kwargs.get("connection_class", redis.asyncio.Connection), redis)
-    usable = sorted(n for n, p in accepted.items() if n in parsers or _takes_str(p))
-    for name in options:
-        if name not in usable:
+        if name not in accepted:
             # Not quoted: an unknown name may be a piece of a password ('&' in it).
+            usable = sorted(
+                n
+                for n, p in accepted.items()
+                if (n in parsers or _takes_str(p, n)) and n not in _URL_PARTS | _REFUSED.keys()
+            )
             raise _url_error(
                 f"has an option redis-py does not take (for {scheme}://, it takes: "
-                f"{', '.join(n for n in usable if n not in _URL_PARTS | _OWN_OPTIONS)})"
+                f"{', '.join(usable)})"
+            )
+        parser = parsers.get(name)
+        if parser is not None and not _parses(parser, value):
+            raise _url_error(f"has option {name} with a value redis-py cannot read")
+        if parser is None and not _takes_str(accepted[name], name):
+            wanted = _type_name(accepted[name])
+            raise _url_error(
+                f"has option {name}, which redis-py passes on as the string written, not "
+                f"as the {wanted} its connection takes"
+                + (" (any value, 'no' too, would mean yes)" if wanted == "bool" else "")
+            )
+    try:
+        read = connection.parse_url(url)
+    except ValueError:
+        raise _url_error("has an option with a value redis-py cannot read") from None
+    for name, value in options.items():
+        parser = parsers.get(name)
+        if read.get(name) != (value if parser is None else parser(value)):
+            # redis-py 5 decodes ?option= values twice: '%2541' is 'A' to it, not '%41'.
+            raise _url_error(
+                f"has option {name}, which this redis-py decodes twice (a '%' in its value):"
+                " give a password as user:password@, or upgrade redis-py"
             )
 
 
@@ -368,15 +457,73 @@ def _named_parameters(function: Callable[..., object]) -> dict[str, inspect.Para
     return {p.name: p for p in _parameters(function) if p.kind in named and p.name != "self"}
 
 
-def _takes_str(param: inspect.Parameter) -> bool:
+def _takes_str(param: inspect.Parameter, name: str) -> bool:
     """Whether a parameter takes a string (an option redis-py has no parser for is passed
     on as the string written)."""
     annotation = param.annotation
-    if annotation is inspect.Parameter.empty:
+    if annotation is inspect.Parameter.empty or name in _READ_BY_THE_CONNECTION:
         return True
     if isinstance(annotation, str):  # postponed annotations
         return re.search(r"\bstr\b", annotation) is not None
     return annotation is str or str in typing.get_args(annotation)
+
+
+def _type_name(param: inspect.Parameter) -> str:
+    annotation = param.annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+def _connection_pool(url: str, settings: dict[str, Any], redis: Any) -> Any:
+    """redis-py's connection pool for ``url``, with this object's ``settings``; one
+    connection is made (not connected: no I/O) so that redis-py checks what it checks
+    only then (``?protocol=``, the TLS options), and its encoder is tried.
+
+    Raises:
+        ValueError: naming the option redis-py refuses, never quoting the URL.
+    """
+    try:
+        return _checked_pool(url, settings, redis)
+    except Exception:
+        # Which option? Each alone, on the same address (no value is quoted: a piece of
+        # a password may have been read as one, after a '&').
+        address, _, query = url.partition("?")
+        for piece in (p for p in query.split("&") if p):
+            try:
+                _checked_pool(f"{address}?{piece}", settings, redis)
+            except Exception:
+                name = unquote_plus(piece.partition("=")[0])
+                raise _url_error(f"has option {name} with a value redis-py refuses") from None
+        raise _url_error("has options that redis-py refuses together") from None
+
+
+def _connection_settings(timeout: float, redis: Any) -> dict[str, Any]:
+    """What this object sets on each connection it makes from a URL."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    # One immediate retry on a new connection, for a pooled connection that died with a
+    # Redis since restarted: on a connection error only (redis-py 5 retries only those
+    # named in retry_on_error), never a timeout; no backoff: an API call must not wait
+    # on a Redis that is down (this object's own backoff says when to try again). Each
+    # operation is also bounded by the allowance of the request it serves, so a Redis
+    # that hangs costs it ``timeout`` at most, retry or not.
+    refused = redis.exceptions.ConnectionError
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(refused,)),
+        "retry_on_error": [refused],
+        "client_name": "copyai-async",
+    }
+
+
+def _checked_pool(url: str, settings: dict[str, Any], redis: Any) -> Any:
+    pool = redis.asyncio.ConnectionPool.from_url(url, **settings)
+    pool.make_connection()  # refuses bad values; connects only when used
+    encoder = pool.get_encoder()
+    encoder.encode("copyai-async")  # an encoding that does not exist fails here...
+    codecs.lookup_error(encoder.encoding_errors)  # ...and an error handler here
+    return pool
 
 
 class RedisCoordination:
@@ -403,22 +550,23 @@ class RedisCoordination:
 
     If Redis cannot be reached, API calls go on: a WARNING is logged once, each process
     falls back to its own limits, and Redis is tried again with backoff (from 0.5 s up
-    to ``retry_max``) until it answers. No Redis error is ever raised from an API call,
-    and no request waits on Redis longer than ``timeout`` in all (its turn, the check
-    after sleeping until its place, a 429's pause; not the sleeps Redis hands out).
+    to ``retry_max``), by one operation at a time, until it answers. No Redis error is
+    ever raised from an API call, and no request waits on Redis longer than ``timeout``
+    in all (its turn, the check after sleeping until its place, a 429's pause; not the
+    sleeps Redis hands out, nor waiting for a slot of a full ``max_connections``).
 
     If Redis loses its keys (``FLUSHALL``, a failover to an empty replica), each process
-    rebuilds the shared rate from how far ahead it last saw it booked, and the pause
-    from the one it knows of, so that the rebuilt state errs on the side of the limit.
-    In-flight leases are not rebuilt: until the requests in flight then have ended,
-    ``max_connections`` may be exceeded by that many.
+    rebuilds the shared rate and pause from what it saw Redis hold, so that the rebuilt
+    state errs on the side of the limit. In-flight leases are not rebuilt: until the
+    requests in flight then have ended, ``max_connections`` may be exceeded by that many.
 
     A coordination made from a URL by a client is closed with it. One you make yourself
     can serve many clients (of either API); close it with :meth:`aclose` or
     ``async with`` after them.
 
-    The password (``user:password@``, ``:password@`` or ``?password=``) never appears in
-    ``repr()``, logs or messages, nor does any piece of it in a URL that is refused.
+    No secret of the URL (the password, as ``user:password@``, ``:password@`` or
+    ``?password=``, and ``?ssl_password=``) appears in ``repr()``, logs or messages, nor
+    does any piece of one in a URL that is refused.
 
     Args:
         url: a ``redis.asyncio.Redis`` client you own (left open on :meth:`aclose`), or
@@ -427,9 +575,10 @@ class RedisCoordination:
             ``unix://[[user]:password@]/path/to/socket[?db=N&option=value...]``.
             Options are those redis-py reads from a URL and passes to its connection
             (``db``, ``password``, ``client_name``, ``ssl_ca_certs``, ...), except the
-            socket timeouts (see ``timeout``). In a password, percent-encode ``/``,
-            ``?``, ``#``, ``%``, ``[`` and ``]`` (and in ``?password=``, ``&`` and
-            ``+``).
+            socket timeouts (see ``timeout``), ``max_connections`` (redis-py would fail
+            the operations beyond it) and ``lib_name``/``lib_version``. In a password,
+            percent-encode ``/``, ``?``, ``#``, ``%``, ``[`` and ``]`` (and in
+            ``?password=``, ``&`` and ``+``).
         namespace: separates deployments sharing one Redis (1 to 64 letters, digits or
             ``_.:-``); processes share limits only within a namespace.
         timeout: the longest, in seconds, that one request (with its retries), entering
@@ -443,9 +592,13 @@ class RedisCoordination:
             ``copyai-async[redis]``).
         TypeError: an argument of the wrong type.
         ValueError: an argument out of range, or a URL that redis-py would read
-            otherwise than written (a database that is not a number, a path with more
-            than a database, a port that is not a number from 1 to 65535, an option it
-            does not take or whose value it cannot read, a '#', an option given twice).
+            otherwise than written or refuse once connecting (a database that is not a
+            number, a path with more than a database, a port that is not a number from
+            1 to 65535, an option it does not take, reads otherwise (decodes twice,
+            takes as a string) or whose value it refuses, a '#', an option given twice,
+            an option refused above). Nothing is sent: whether Redis answers, and what
+            only Redis can check (the password, a database beyond its count), is found
+            on first use, as an outage.
     """
 
     def __init__(
@@ -455,19 +608,10 @@ class RedisCoordination:
         namespace: str = "default",
         timeout: float = 1.0,
         retry_max: float = 30.0,
+        _rebuild: bool = True,
     ) -> None:
         redis = _import_redis()
-        if isinstance(url, str):
-            self._address = _parse_url(url, redis)
-            self._url = url
-            self._redis: Redis | None = None
-            self._owns = True
-        elif isinstance(url, redis.asyncio.Redis):
-            self._address = _Address.of_client(url)
-            self._url = ""  # never used: the client is made already
-            self._redis = url
-            self._owns = False
-        else:
+        if not isinstance(url, (str, redis.asyncio.Redis)):
             raise TypeError(f"url must be a str or a redis.asyncio.Redis, got {type(url).__name__}")
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str, got {type(namespace).__name__}")
@@ -483,10 +627,24 @@ class RedisCoordination:
         self.namespace: str = namespace
         self.timeout: float = float(timeout)
         self.retry_max: float = float(retry_max)
+        # False: offer Redis nothing to rebuild from after a loss (the baseline of
+        # benchmarks/coordination.py, the behaviour before the rebuild).
+        self._rebuild = _rebuild
+        self._pool: Any = None
+        self._redis: Redis | None = None
+        if isinstance(url, str):
+            self._address = _parse_url(url, redis)
+            self._pool = _connection_pool(url, _connection_settings(self.timeout, redis), redis)
+            self._owns = True
+        else:
+            self._address = _Address.of_client(url)
+            self._redis = url
+            self._owns = False
         self._scripts: dict[str, Any] = {}
         self._down = False
         self._retry_at = -math.inf
         self._backoff = 0.0
+        self._probing = False
         self._closed = False
         self._rng = random.Random()
 
@@ -525,6 +683,7 @@ class RedisCoordination:
         self,
         *,
         secret: str,
+        clock: Clock,
         hints: RunHints,
         max_in_flight: int,
         rate_limit: float | None,
@@ -534,6 +693,7 @@ class RedisCoordination:
         return SharedLink(
             self,
             secret=secret,
+            clock=clock,
             hints=hints,
             max_in_flight=max_in_flight,
             rate_limit=rate_limit,
@@ -541,68 +701,88 @@ class RedisCoordination:
         )
 
     def _client(self) -> Redis:
-        """The Redis client, made on first use."""
+        """The Redis client, made on first use (from the pool made with this object)."""
         if self._closed:
             raise SharedUnavailable("the coordination is closed")
         redis = self._redis
         if redis is None:
-            module = _import_redis()
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            # One immediate retry on a new connection, for a pooled connection that died
-            # with a Redis since restarted; no backoff: an API call must not wait on a
-            # Redis that is down (this object's own backoff says when to try again).
-            # Each operation is also bounded by the allowance of the request it serves,
-            # so a Redis that hangs costs it ``timeout`` at most, retry or not.
-            redis = self._redis = module.asyncio.Redis.from_url(
-                self._url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 1),
-                client_name="copyai-async",
-            )
+            redis = self._redis = _import_redis().asyncio.Redis.from_pool(self._pool)
         return redis
 
-    def _script(self, source: str) -> Any:
-        """A registered Lua script (reloaded by redis-py if Redis forgot it)."""
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = self._client().register_script(source)
-        return script
+    def _script(
+        self, source: str, keys: Sequence[str], args: Sequence[str | int | float]
+    ) -> Callable[[Redis], Awaitable[Any]]:
+        """An operation for :meth:`_call` that runs a Lua script (registered on its
+        first run, so inside the call: redis-py encodes it then; reloaded by redis-py
+        if Redis forgot it)."""
+
+        def run(redis: Redis) -> Awaitable[Any]:
+            script = self._scripts.get(source)
+            if script is None:
+                script = self._scripts[source] = redis.register_script(source)
+            return script(keys=keys, args=args, client=redis)
+
+        return run
 
     def _allowance(self) -> Allowance:
         """What one request (or one background operation) may wait on Redis, in all."""
         return Allowance(self.timeout)
 
     def _ready(self) -> bool:
-        """Whether to use Redis now: it answered last time, or its backoff is over."""
-        return not self._closed and (not self._down or time.monotonic() >= self._retry_at)
+        """Whether to use Redis now: it answered last time, or its backoff is over and
+        no other operation is trying it already."""
+        if self._closed:
+            return False
+        return not self._down or (time.monotonic() >= self._retry_at and not self._probing)
 
     def _retry_in(self) -> float:
         """Seconds until Redis may be tried again (0: now)."""
-        return 0.0 if not self._down else max(0.0, self._retry_at - time.monotonic())
+        if not self._down:
+            return 0.0
+        if self._probing:
+            return _PROBE_LOOK  # another operation is trying it: look again soon
+        return max(0.0, self._retry_at - time.monotonic())
 
     async def _call(self, operation: Callable[[Redis], Awaitable[_T]], allowance: Allowance) -> _T:
-        """Run one Redis operation out of ``allowance``; a failure, or running out of
-        it, marks Redis unavailable and raises :class:`SharedUnavailable` (never a Redis
-        error)."""
-        redis = self._client()  # SharedUnavailable once closed
+        """Run one Redis operation out of ``allowance``: everything it does, making the
+        client and encoding its script included. A failure, or running out of the
+        allowance, marks Redis unavailable and raises :class:`SharedUnavailable` (never
+        a Redis error); so does :meth:`_claim`, without trying."""
+        trying = self._claim(allowance)
         began = time.monotonic()
         try:
-            with anyio.fail_after(max(0.0, allowance.left)):
-                result = await operation(redis)
+            with anyio.fail_after(allowance.left):
+                result = await operation(self._client())
         except Exception as exc:
             # Redis's errors, and any other failure of its client library (a connection
-            # torn down under it): none of them may reach an API call.
+            # torn down under it, an encoding it cannot find): none may reach an API call.
             if isinstance(exc, TimeoutError):  # the allowance ran out (an empty message)
                 exc = TimeoutError(f"no answer within timeout={self.timeout:g} s")
             why = self._failed(exc)
             raise SharedUnavailable(why) from None  # redis-py's text may hold a password
         finally:
             allowance.left -= time.monotonic() - began
+            if trying:
+                self._probing = False
         self._succeeded()
         return result
+
+    def _claim(self, allowance: Allowance) -> bool:
+        """Let an operation go to Redis, or raise :class:`SharedUnavailable`: once
+        closed, with the allowance spent (a slow Redis that answered: no outage), and
+        while Redis is unavailable, unless its backoff is over and no other operation is
+        trying it already (the others keep the local limits meanwhile). Returns whether
+        this operation is that try."""
+        if self._closed:
+            raise SharedUnavailable("the coordination is closed")
+        if allowance.left <= 0:
+            raise SharedUnavailable(f"waited on Redis for timeout={self.timeout:g} s already")
+        if not self._down:
+            return False
+        if self._probing or time.monotonic() < self._retry_at:
+            raise SharedUnavailable("Redis is unavailable")
+        self._probing = True
+        return True
 
     def _failed(self, exc: BaseException) -> str:
         """Note a failed operation: the first of an outage logs a WARNING. Returns what
@@ -635,47 +815,75 @@ class RedisCoordination:
 
 
 class _Booked:
-    """What this client last saw of the shared rate and pause, on its own clock: what it
-    offers Redis to rebuild them from if Redis lost them (a FLUSHALL, a failover to an
-    empty replica), so that the rebuilt state errs on the side of the limit.
+    """What this client last saw of the shared rate and pause: what each of its turns
+    offers Redis to rebuild them from, should Redis have lost them (a FLUSHALL, a
+    failover to an empty replica), so that the rebuilt state errs on the side of the
+    limit (:meth:`offers`).
 
-    - The rate's depth (how far beyond any pause it was booked) is kept as seen, not
-      counted down. While processes keep sending, the booking stays about that deep
-      (each request books at its far end), and a process that was quiet for a while
-      saw the others' bookings only then. It is offered only while Redis must still
-      hold the next start (which outlives its booking by :data:`_BOOKING_KEPT`): a next
-      start missing then was lost, not expired, and waiting that long once is safe.
-    - The pause counts down: its end is known.
-
-    Both are relative to now (seconds), never Redis's time: after a failover to a host
-    whose clock disagrees, they still mean the same.
+    - The next start, and the pause's end, that it saw Redis hold. Redis never holds
+      less unless it lost them, so every turn applies them: they change nothing while
+      Redis keeps its keys, delay no one after a quiet period (they are past by then),
+      and overrule a process that knew nothing and asked first after a loss. Each is
+      offered on Redis's clock (so a turn that waited in a slow Redis does not stretch
+      it), capped by its countdown on this process's clock (so a failover to a host
+      whose clock disagrees does not either).
+    - The rate booked as deep (beyond any pause) as it last saw it, from now: where the
+      booking is if every process kept sending as then (each request books at its far
+      end, so the depth stays about the same). Applied only when the next start is
+      gone while the one seen is still ahead: lost, not expired (it outlives its
+      booking by :data:`_BOOKING_KEPT`). It costs at most one wait of that depth, once,
+      after a loss.
     """
 
-    __slots__ = ("_depth", "_paused_until", "_seen_at")
+    __slots__ = ("_depth", "_next_start", "_paused_until", "_seen_at")
 
     def __init__(self) -> None:
         self._seen_at = -math.inf
         self._depth = 0.0
-        self._paused_until = -math.inf
+        # (on this process's clock, on Redis's clock in µs)
+        self._next_start = (-math.inf, 0)
+        self._paused_until = (-math.inf, 0)
 
-    def saw(self, asked_at: float, depth: float, pause: float) -> None:
-        """Redis answered a turn asked at ``asked_at`` (taken before sending, so this
-        never reaches past what Redis holds): the rate was booked ``depth`` s beyond a
-        pause lasting ``pause`` s more."""
-        self._paused_until = max(self._paused_until, asked_at + pause)
-        if asked_at >= self._seen_at:
-            self._seen_at, self._depth = asked_at, depth
+    def saw(self, asked_at: float, redis_now: int, pause: float, ahead: float = 0.0) -> None:
+        """Redis answered, at ``redis_now`` (µs, its clock), a turn or pause asked at
+        ``asked_at`` (taken before sending, so this never reaches past what Redis
+        holds): a pause lasting ``pause`` s more, and the next start ``ahead`` s on."""
+        self._paused_until = _later(self._paused_until, asked_at, redis_now, pause)
+        self._next_start = _later(self._next_start, asked_at, redis_now, ahead)
+        if ahead > 0 and asked_at >= self._seen_at:  # not an older answer, come late
+            self._seen_at, self._depth = asked_at, max(0.0, ahead - pause)
 
     def pause(self, now: float) -> float:
         """Seconds the last pause seen still lasts (0 if over)."""
-        return max(0.0, self._paused_until - now)
+        return max(0.0, self._paused_until[0] - now)
 
-    def booked(self, now: float) -> float:
-        """Seconds from ``now`` to offer as the next start, should Redis have lost it."""
-        ahead = max(0.0, self._paused_until - self._seen_at) + self._depth
-        if now - self._seen_at >= ahead + _BOOKING_KEPT - _BOOKING_SLACK:
-            return 0.0  # Redis may have let it expire: nothing to rebuild
-        return self.pause(now) + self._depth
+    def next_start(self, now: float) -> float:
+        """Seconds until the next start seen (0 if past)."""
+        return max(0.0, self._next_start[0] - now)
+
+    def if_lost(self, now: float) -> float:
+        """Seconds from now to book the next start at, should Redis have lost it: the
+        booking as deep as last seen, while the next start seen is still ahead."""
+        return self.pause(now) + self._depth if self.next_start(now) > 0 else 0.0
+
+    def offers(self, now: float) -> list[int]:
+        """ARGV 8 to 12 of :data:`_TURN` (µs)."""
+        return [
+            self._next_start[1],
+            math.floor(self.next_start(now) * 1e6),
+            math.floor(self.if_lost(now) * 1e6),
+            self._paused_until[1],
+            math.floor(self.pause(now) * 1e6),
+        ]
+
+
+def _later(
+    known: tuple[float, int], asked_at: float, redis_now: int, ahead: float
+) -> tuple[float, int]:
+    """The later of ``known`` and a time ``ahead`` s after an answer, on both clocks."""
+    if ahead <= 0 or asked_at + ahead <= known[0]:
+        return known
+    return asked_at + ahead, redis_now + math.floor(ahead * 1e6)
 
 
 class SharedLink:
@@ -691,6 +899,7 @@ class SharedLink:
         coordination: RedisCoordination,
         *,
         secret: str,
+        clock: Clock,
         hints: RunHints,
         max_in_flight: int,
         rate_limit: float | None,
@@ -702,6 +911,7 @@ class SharedLink:
         self.keys = (f"{base}:inflight", f"{base}:next", f"{base}:pause")
         self.channel = f"{base}:events"
         self.origin = secrets.token_hex(8)
+        self._clock = clock  # the client's: the budget sleeps on it
         self._hints = hints
         self._max_in_flight = max_in_flight
         self._spacing_us = round(1e6 / rate_limit) if rate_limit else 0
@@ -727,46 +937,29 @@ class SharedLink:
         """A new request's allowance for waiting on Redis (the coordination's timeout)."""
         return self.coordination._allowance()
 
-    def _known(self, budget: Budget, now: float) -> tuple[float, float]:
-        """Seconds from ``now`` (on the budget's clock) that this client saw the rate
-        booked, and that the pause it knows of (seen, or set by its own 429) still
-        lasts: Redis rebuilds them from these if it lost them."""
-        pause = max(self._booked.pause(now), budget.paused_until - now, 0.0)
-        return self._booked.booked(now), pause
-
     async def _turn_script(
-        self, budget: Budget, lease: str, take_slot: bool, allowance: Allowance
+        self, lease: str, take_slot: bool, allowance: Allowance
     ) -> tuple[bool, float]:
-        script = self.coordination._script(_TURN)
-        asked_at = budget.clock.monotonic()
-        booked, paused = self._known(budget, asked_at)
-        granted, delay_us, depth_us, pause_us = await self.coordination._call(
-            lambda redis: script(
-                keys=self.keys,
-                args=[
-                    lease,
-                    self._max_in_flight,
-                    self._lease_ms,
-                    self._spacing_us,
-                    "1" if take_slot else "0",
-                    _KEY_TTL_MS,
-                    round(_BOOKING_KEPT * 1000),
-                    math.floor(booked * 1e6),
-                    math.floor(paused * 1e6),
-                ],
-                client=redis,
-            ),
-            allowance,
+        asked_at = self._clock.monotonic()
+        args: list[str | int | float] = [
+            lease,
+            self._max_in_flight,
+            self._lease_ms,
+            self._spacing_us,
+            "1" if take_slot else "0",
+            _KEY_TTL_MS,
+            round(_BOOKING_KEPT * 1000),
+            *(self._booked.offers(asked_at) if self.coordination._rebuild else [0] * 5),
+        ]
+        granted, delay_us, ahead_us, pause_us, now_us = await self.coordination._call(
+            self.coordination._script(_TURN, self.keys, args), allowance
         )
-        self._booked.saw(asked_at, int(depth_us) / 1e6, int(pause_us) / 1e6)
+        self._booked.saw(asked_at, int(now_us), int(pause_us) / 1e6, int(ahead_us) / 1e6)
         return bool(int(granted)), int(delay_us) / 1e6
 
     async def _pause_left(self, allowance: Allowance) -> float:
-        script = self.coordination._script(_PAUSE_LEFT)
-        left = await self.coordination._call(
-            lambda redis: script(keys=self.keys[2:], args=[], client=redis), allowance
-        )
-        return int(left) / 1e6
+        operation = self.coordination._script(_PAUSE_LEFT, self.keys[2:], [])
+        return int(await self.coordination._call(operation, allowance)) / 1e6
 
     async def turn(self, budget: Budget, allowance: Allowance) -> str:
         """Take a shared slot and a place in the shared rate (after any shared pause),
@@ -777,10 +970,14 @@ class SharedLink:
         poll = _SLOT_POLL_FIRST
         try:
             while True:
-                granted, delay = await self._turn_script(budget, lease, not held, allowance)
+                left = allowance.left
+                granted, delay = await self._turn_script(lease, not held, allowance)
                 if not granted:
-                    # Every slot is taken: look again soon (a slot frees when a request
-                    # of any process ends, and Redis does not say when).
+                    # Every slot is taken. Redis answered: waiting for a slot is not
+                    # waiting on Redis, so this look costs the allowance nothing. Look
+                    # again soon (a slot frees when a request of any process ends, and
+                    # Redis does not say when).
+                    allowance.left = left
                     await budget.sleep(poll * self._rng.uniform(0.5, 1.0))
                     poll = min(poll * 2, _SLOT_POLL_MAX)
                     continue
@@ -808,16 +1005,13 @@ class SharedLink:
         ``allowance``)."""
         if not self.ready():
             return
-        script = self.coordination._script(_PAUSE)
+        operation = self.coordination._script(_PAUSE, self.keys[2:], [math.ceil(seconds * 1e6)])
+        asked_at = self._clock.monotonic()
         try:
-            await self.coordination._call(
-                lambda redis: script(
-                    keys=self.keys[2:], args=[math.ceil(seconds * 1e6)], client=redis
-                ),
-                allowance,
-            )
+            left_us, now_us = await self.coordination._call(operation, allowance)
         except SharedUnavailable:
             return  # the local pause holds this process
+        self._booked.saw(asked_at, int(now_us), int(left_us) / 1e6)
         logger.info("paused every process sharing this key for %.2f s", seconds)
 
     async def _quietly(self, operation: Callable[[Redis], Awaitable[object]]) -> None:

@@ -17,8 +17,8 @@ Jobs (``options["job"]``):
   policy, as a baseline); reports when each wait ended.
 
 ``"rebuild": false`` makes the process offer Redis nothing to rebuild the rate and the
-pause from after it lost them (a FLUSHALL): the behaviour before they were rebuilt, as
-the baseline of that measurement.
+pause from after it lost them (a FLUSHALL; ``RedisCoordination(_rebuild=False)``): the
+behaviour before they were rebuilt, as the baseline of that measurement.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from typing import Any
 import aiohttp
 
 from copyai_async import CopyAIClient, PollPolicy, RedisCoordination
-from copyai_async._budget import Budget
-from copyai_async._coordination import SharedLink
 
 
 class Records(logging.Handler):
@@ -66,13 +64,7 @@ def traced_session(starts: list[float], ends: list[tuple[float, int]]) -> aiohtt
     return aiohttp.ClientSession(trace_configs=[trace])
 
 
-def _nothing_known(_link: SharedLink, _budget: Budget, _now: float) -> tuple[float, float]:
-    return 0.0, 0.0
-
-
 async def main(options: dict[str, Any]) -> dict[str, Any]:
-    if options.get("rebuild") is False:
-        SharedLink._known = _nothing_known  # type: ignore[method-assign]
     records = Records()
     logger = logging.getLogger("copyai_async")
     logger.addHandler(records)
@@ -82,7 +74,11 @@ async def main(options: dict[str, Any]) -> dict[str, Any]:
     errors: list[str] = []
     result: dict[str, Any] = {"starts": starts, "ends": ends, "errors": errors}
     async with (
-        RedisCoordination(options["redis"], namespace=options["namespace"]) as coordination,
+        RedisCoordination(
+            options["redis"],
+            namespace=options["namespace"],
+            _rebuild=options.get("rebuild", True),
+        ) as coordination,
         traced_session(starts, ends) as session,
         CopyAIClient(
             options["api_key"],

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import logging
+import math
 import re
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -78,6 +80,15 @@ def logged(prefix: str) -> Iterator[asyncio.Event]:
         logger.setLevel(level)
 
 
+async def polled(check: Callable[[], Awaitable[bool]], every: float = 0.01) -> None:
+    """Return once ``check()`` is true, looking every ``every`` s; fail after 10 s."""
+    for _ in range(math.ceil(10 / every)):
+        if await check():
+            return
+        await asyncio.sleep(every)
+    raise AssertionError(f"{check.__qualname__} still false after 10 s")
+
+
 def client_for(
     server: FakeCopyAI, coordination: str | RedisCoordination, **options: object
 ) -> CopyAIClient:
@@ -134,6 +145,9 @@ def assert_hidden(text: str, password: str = PASSWORD) -> None:
     assert not shown, f"{shown} in {text!r}"
 
 
+# Newer redis-py versions take the TLS key's passphrase (ssl_password); 5.0 does not.
+TAKES_SSL_PASSWORD = "ssl_password" in inspect.signature(redis.asyncio.SSLConnection).parameters
+
 # How each form gives the password; the server for it: user, password, socket directory.
 PASSWORD_FORMS: dict[str, tuple[str, dict[str, str]]] = {
     "user:pass@": ("redis://user:{password}@{tcp}/0", {"user": "user"}),
@@ -141,6 +155,12 @@ PASSWORD_FORMS: dict[str, tuple[str, dict[str, str]]] = {
     "?password=": ("redis://{tcp}/0?password={password}", {}),
     "percent-encoded": ("redis://:{password}@{tcp}/0", {"password": ENCODED}),
     "rediss://": ("rediss://user:{password}@{tcp}/0", {"user": "user"}),
+    # The TLS key's passphrase is a secret too (no TLS on the test server: never used).
+    **(
+        {"rediss ?ssl_password=": ("rediss://{tcp}/0?ssl_password={password}", {})}
+        if TAKES_SSL_PASSWORD
+        else {}
+    ),
     "unix ?password=": ("unix://{socket}?password={password}", {}),
     "unix user:pass@": ("unix://user:{password}@{socket}", {"user": "user"}),
     # redis-py's errors quote the socket's path: here, it holds the password too.
@@ -163,7 +183,8 @@ async def test_no_piece_of_a_password_in_reprs_or_logs(
         unix_dir=options.get("unix_dir", "sockets"),
     )
     # '?password=' and 'percent-encoded' encode it; the others write it as it is.
-    written = quote(password, safe="") if form in ("?password=", "percent-encoded") else password
+    encoded = ("?password=", "percent-encoded", "rediss ?ssl_password=")
+    written = quote(password, safe="") if form in encoded else password
     url = template.format(password=written, tcp=f"127.0.0.1:{later.port}", socket=later.socket)
     caplog.set_level(logging.DEBUG, logger="copyai_async")
     coordination = RedisCoordination(url, namespace=namespace)
@@ -175,7 +196,7 @@ async def test_no_piece_of_a_password_in_reprs_or_logs(
             await client.get_run(server.workflow_id, run.id)  # the WARNING
             await asyncio.sleep(0.1)  # past the first backoff
             await client.get_run(server.workflow_id, run.id)  # "still unavailable": DEBUG
-            if form != "rediss://":  # no TLS on the test server: never available
+            if not form.startswith("rediss"):  # no TLS on the test server: never available
                 later.start()
                 deadline = time.monotonic() + 10
                 while not coordination.available and time.monotonic() < deadline:
@@ -187,7 +208,7 @@ async def test_no_piece_of_a_password_in_reprs_or_logs(
         later.close()
     levels = {r.levelname for r in caplog.records if "Redis at" in r.getMessage()}
     assert {"WARNING", "DEBUG"} <= levels
-    if form != "rediss://":
+    if not form.startswith("rediss"):
         assert "INFO" in levels
     for record in caplog.records:
         assert_hidden(record.getMessage(), password)
@@ -243,11 +264,21 @@ BAD_URLS = {
     "redis://localhost:0/0": "port 0",
     "redis://localhost/0?foo=1": "option redis-py does not take",
     "redis://localhost/0?ssl_ca_certs=/ca.pem": "option redis-py does not take",  # TLS only
-    "redis://localhost/0?decode_responses=no": "option redis-py does not take",  # truthy
-    "redis://localhost/0?retry=3": "option redis-py does not take",
+    # redis-py passes it on as the string written: "no" would mean yes.
+    "redis://localhost/0?decode_responses=no": "option decode_responses, which redis-py passes",
+    "redis://localhost/0?retry=3": "option retry, which redis-py passes on as the string",
     "redis://localhost?db=x": "option db with a value redis-py cannot read",
     "redis://localhost?health_check_interval=often": "option health_check_interval with",
     "redis://localhost/0?socket_timeout=5": "sets socket_timeout",
+    # redis-py would fail operations beyond it (MaxConnectionsError): false outages.
+    "redis://localhost/0?max_connections=4": "sets max_connections",
+    "redis://localhost/0?max_connections=-1": "sets max_connections",
+    # Deprecated by newer redis-py, which warns on every connection.
+    "redis://localhost/0?lib_name=me": "sets lib_name",
+    # Values only redis-py's connection checks: refused when it is made, not at first use.
+    "redis://localhost/0?protocol=5": "option protocol with a value redis-py refuses",
+    "rediss://localhost/0?ssl_cert_reqs=bad": "option ssl_cert_reqs with a value redis-py refuses",
+    "redis://localhost/0?encoding=nonexistent": "option encoding with a value redis-py refuses",
     "redis://localhost?host=other": "gives the host as an option",
     "redis://localhost/0?db=1": "gives the db twice",
     "redis://:pw@localhost/0?password=pw": "gives the password twice",
@@ -305,11 +336,29 @@ async def test_urls_redis_py_reads_as_written_are_taken(url: str) -> None:
         assert coordination.namespace == "default"
 
 
+def test_an_option_redis_py_decodes_twice_is_refused() -> None:
+    # '%2541' is '%41' once decoded; redis-py 5.x decodes ?option= values twice ('A').
+    url = "redis://localhost/0?password=a%2541b"
+    if redis.asyncio.connection.parse_url(url)["password"] == "a%41b":
+        RedisCoordination(url)  # read as written: taken
+    else:
+        with pytest.raises(ValueError, match="option password, which this redis-py decodes twice"):
+            RedisCoordination(url)
+
+
 async def test_a_url_is_shown_as_written_but_for_its_password() -> None:
     cases = {
         "redis://user:pw@h:1/2": "redis://user:***@h:1/2",
         f"redis://:{PASSWORD}@h/0": "redis://:***@h/0",
         "rediss://h?password=pw&db=1": "rediss://h?password=***&db=1",
+        **(
+            {"rediss://h?ssl_password=topsecret&db=1": "rediss://h?ssl_password=***&db=1"}
+            if TAKES_SSL_PASSWORD
+            else {}
+        ),
+        # Short passwords garble nothing: not the option names, not the host.
+        "redis://h/0?username=u&password=p": "redis://h/0?username=u&password=***",
+        "redis://:0@127.0.0.1/0": "redis://:***@127.0.0.1/0",
         "unix:///s.sock?password=pw": "unix:///s.sock?password=***",
         "unix://u:pw@/s.sock": "unix://u:***@/s.sock",
         "redis://h/0": "redis://h/0",
@@ -395,6 +444,33 @@ async def test_in_flight_cap_is_shared(
         )
     assert len(runs) == 24
     assert server.stats.max_in_flight == 3  # not 6: the cap is for both clients
+
+
+async def test_waiting_for_a_full_in_flight_cap_is_not_waiting_on_redis(
+    server: FakeCopyAI,
+    redis_server: RedisServer,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Looks for a free slot every millisecond: many answered polls, each taking some time.
+    monkeypatch.setattr(coordination_module, "_SLOT_POLL_FIRST", 0.001)
+    monkeypatch.setattr(coordination_module, "_SLOT_POLL_MAX", 0.001)
+    run = server.add_runs(1)[0]
+    server.latency = 0.5
+    coordination = RedisCoordination(redis_server.url, namespace=namespace, timeout=0.1)
+    async with (
+        coordination,
+        client_for(server, coordination, max_connections=1) as a,
+        client_for(server, coordination, max_connections=1) as b,
+    ):
+        # One slot for both: three of the four requests wait 0.5 to 1.5 s for it.
+        await asyncio.gather(
+            *(c.get_run(server.workflow_id, run.id) for c in (a, b) for _ in range(2))
+        )
+        assert coordination.available
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert server.stats.max_in_flight == 1
 
 
 async def test_a_429_pauses_every_client_sharing_the_key(
@@ -499,6 +575,28 @@ async def test_a_redis_error_never_reaches_the_caller(
     assert sum(r.levelno == logging.WARNING for r in caplog.records) == 1
 
 
+async def test_a_redis_client_that_fails_before_any_io_fails_no_api_call(
+    server: FakeCopyAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = server.add_runs(1)[0]
+    # redis-py raises LookupError as soon as it encodes anything (registering a script).
+    mine = redis.asyncio.Redis(host="127.0.0.1", port=free_port(), encoding="nonexistent")
+    coordination = RedisCoordination(mine)
+    # Not entered: the first API call is the first use of Redis.
+    client = client_for(server, coordination, rate_limit=50)
+    try:
+        for _ in range(2):
+            assert (await client.get_run(server.workflow_id, run.id)).id == run.id
+        assert not coordination.available
+    finally:
+        await client.aclose()
+        await coordination.aclose()
+        await mine.aclose()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "LookupError" in warnings[0]
+
+
 @pytest.mark.usefixtures("quick_retry")
 async def test_shared_limits_return_when_redis_does(
     server: FakeCopyAI, caplog: pytest.LogCaptureFixture, namespace: str
@@ -547,19 +645,30 @@ class Hang:
 
     def __init__(self, server: RedisServer) -> None:
         self._raw = redis.asyncio.Redis.from_url(server.url, socket_timeout=None)
+        self._probe = redis.asyncio.Redis.from_url(server.url, socket_timeout=None)
         self._sleeps: list[asyncio.Future[object]] = []
 
     async def start(self, seconds: float) -> None:
-        """Make Redis hang for ``seconds`` from now."""
-        await self._raw.ping()  # connected, so DEBUG SLEEP goes out at once
+        """Make Redis hang for ``seconds`` from now; return once it does."""
+        # Both connected, so DEBUG SLEEP goes out at once, and the probe's PINGs too.
+        await asyncio.gather(self._raw.ping(), self._probe.ping())
         self._sleeps.append(
             asyncio.ensure_future(self._raw.execute_command("DEBUG", "SLEEP", seconds))
         )
-        await asyncio.sleep(0.05)  # the command is in: Redis hangs from here
+        await polled(self._hangs, every=0.001)
+
+    async def _hangs(self) -> bool:
+        """Whether Redis leaves a PING unanswered for 20 ms (it answers in well under
+        one)."""
+        with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError from Python 3.11
+            await asyncio.wait_for(self._probe.ping(), 0.02)
+            return False
+        return True
 
     async def over(self) -> None:
         await asyncio.gather(*self._sleeps)
         await self._raw.aclose()
+        await self._probe.aclose()
 
 
 async def test_a_hung_redis_costs_a_request_or_entering_a_client_one_timeout(
@@ -612,25 +721,76 @@ async def test_a_request_waits_on_redis_one_timeout_in_all_not_per_operation(
     assert "no answer within timeout=1 s" in warnings[0]
 
 
+@pytest.mark.usefixtures("quick_retry")
+async def test_after_each_backoff_one_operation_tries_a_hung_redis(
+    server: FakeCopyAI,
+    hanging_redis: tuple[RedisServer, Hang],
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis_server, hang = hanging_redis
+    run = server.add_runs(1)[0]
+    caplog.set_level(logging.DEBUG, logger="copyai_async")
+    coordination = RedisCoordination(redis_server.url, namespace=namespace, timeout=0.3)
+    waited: list[float] = []  # how long each request sent once Redis was known down took
+
+    async def request(once_down: bool) -> None:
+        began = time.monotonic()
+        await client.get_run(server.workflow_id, run.id)
+        if once_down:
+            waited.append(time.monotonic() - began)
+
+    async with coordination, client_for(server, coordination) as client:
+        await client.get_run(server.workflow_id, run.id)  # connected; all well
+        await hang.start(2.0)
+        requests = []
+        ends = time.monotonic() + 1.8
+        while time.monotonic() < ends:  # a request every 20 ms while Redis hangs
+            requests.append(asyncio.ensure_future(request(not coordination.available)))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*requests)
+    tried = [r for r in caplog.records if "is still unavailable" in r.getMessage()]
+    # Once Redis was known down (the requests under way then each waited their timeout),
+    # each try after a backoff (0.05, 0.1, 0.2, 0.4 s) cost one operation a timeout: a
+    # request, or the event subscription. The others went on at once, on local limits.
+    slow = [t for t in waited if t >= 0.25]
+    assert len(waited) > 40
+    assert len(slow) <= len(tried) <= 6, (len(waited), len(slow), len(tried))
+
+
 # -- when Redis loses its keys --------------------------------------------------------------
 
 
 def test_what_a_client_offers_to_rebuild_the_rate_from() -> None:
     booked = coordination_module._Booked()
-    assert (booked.booked(0.0), booked.pause(0.0)) == (0.0, 0.0)  # saw nothing yet
-    booked.saw(100.0, 1.2, 0.0)  # booked 1.2 s ahead, asked at 100 s
-    # Kept as seen, not counted down: others keep booking at the far end meanwhile...
-    kept_until = (
-        100.0 + 1.2 + coordination_module._BOOKING_KEPT - coordination_module._BOOKING_SLACK
-    )
-    assert booked.booked(100.8) == booked.booked(kept_until - 0.01) == 1.2
-    # ...until Redis may have let it expire: then a missing next start was not lost.
-    assert booked.booked(kept_until) == 0.0
-    booked.saw(200.0, 0.5, 2.0)  # a pause of 2 s, then 0.5 s booked
+    # [next start (Redis's clock), left (this clock), booked if lost, pause end, left]
+    assert booked.offers(0.0) == [0, 0, 0, 0, 0]  # saw nothing yet
+    booked.saw(100.0, 5_000_000, 0.0, 1.2)  # asked at 100 s: the next start 1.2 s on
+    # What Redis held, on its clock, and counting down on this one...
+    assert booked.offers(100.5)[:2] == [6_200_000, 700_000]
+    # ...and, should it be gone while still ahead, the booking as deep as seen.
+    assert booked.offers(100.5)[2] == 1_200_000
+    # Past the next start seen, nothing: what was booked has started (a quiet period).
+    assert booked.offers(101.2)[1:3] == [0, 0]
+    booked.saw(200.0, 9_000_000, 2.0, 2.5)  # a pause of 2 s, then 0.5 s booked
     assert booked.pause(201.0) == 1.0  # the pause counts down: its end is known
-    assert booked.booked(201.0) == 1.5
-    booked.saw(199.0, 9.0, 0.0)  # an older answer, come late, changes nothing
-    assert booked.booked(201.0) == 1.5
+    assert booked.offers(201.0) == [11_500_000, 1_500_000, 1_500_000, 11_000_000, 1_000_000]
+    booked.saw(199.0, 8_000_000, 0.0, 9.0)  # an older answer, come late: no deeper booking
+    assert booked.if_lost(201.0) == 1.5
+    booked.saw(300.0, 20_000_000, 3.0)  # a 429's pause, as Redis set it
+    assert booked.offers(301.0)[3:] == [23_000_000, 2_000_000]
+
+
+async def knows_of_a_pause(client: CopyAIClient) -> None:
+    """Return once a turn of ``client`` has seen a shared pause."""
+    budget = client._transport.budget
+    link = budget.shared
+    assert isinstance(link, coordination_module.SharedLink)
+
+    async def seen() -> bool:
+        return link._booked.pause(budget.clock.monotonic()) > 0
+
+    await polled(seen)
 
 
 async def flush(redis_server: RedisServer) -> float:
@@ -666,6 +826,62 @@ async def test_a_flush_mid_run_lets_no_burst_through(
     assert all(c.available for c in coordinations)
 
 
+async def test_a_flush_first_asked_about_by_a_client_that_knew_nothing(
+    server: FakeCopyAI, redis_server: RedisServer, namespace: str
+) -> None:
+    run = server.add_runs(1)[0]
+    async with (
+        RedisCoordination(redis_server.url, namespace=namespace) as one,
+        RedisCoordination(redis_server.url, namespace=namespace) as two,
+        client_for(server, one, rate_limit=20) as busy,
+        client_for(server, two, rate_limit=20) as newcomer,
+    ):
+        ends = time.monotonic() + 3.0
+
+        async def load(client: CopyAIClient) -> None:
+            while time.monotonic() < ends:
+                await client.get_run(server.workflow_id, run.id)
+
+        async def flush_then_newcomer() -> None:
+            await asyncio.sleep(1.5)  # 24 requests under way: 1.2 s booked ahead
+            await flush(redis_server)
+            # The newcomer never took a turn: it knows nothing, and asks first.
+            await asyncio.gather(*(load(newcomer) for _ in range(2)))
+
+        await asyncio.gather(flush_then_newcomer(), *(load(busy) for _ in range(24)))
+    # Had the newcomer's fresh start stood, the busy client's offers ignored: about 41 in
+    # one second. The busy client's next turn (within 50 ms) puts the next start back
+    # after the starts it saw booked: only the newcomer's turns before it (its 2
+    # requests, and the next of the first: 3) and the busy client's own last ones
+    # (booked after it looked: a turn or two) went at the rate afresh, alongside them.
+    assert max_in_window(r.received_at for r in server.requests) <= 20 + 3 + 2
+
+
+async def test_a_request_after_a_quiet_expiry_is_not_delayed(
+    server: FakeCopyAI,
+    redis_server: RedisServer,
+    raw_redis: redis.asyncio.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The next start outlives its booking by 0.2 s, not 10 s: it expires soon.
+    monkeypatch.setattr(coordination_module, "_BOOKING_KEPT", 0.2)
+    run = server.add_runs(1)[0]
+    coordination = RedisCoordination(redis_server.url, namespace=namespace)
+    async with coordination, client_for(server, coordination, rate_limit=10) as client:
+        # 8 at 10/s: 0.8 s booked ahead, as seen by the last of them.
+        await asyncio.gather(*(client.get_run(server.workflow_id, run.id) for _ in range(8)))
+
+        async def expired() -> bool:
+            return not [k async for k in raw_redis.scan_iter(f"*{namespace}*:next")]
+
+        await polled(expired)  # quiet, until Redis lets the next start expire
+        began = time.monotonic()
+        await client.get_run(server.workflow_id, run.id)
+        took = time.monotonic() - began
+    assert took < 0.1  # nothing booked is ahead any more: no wait
+
+
 async def test_a_pause_lost_with_a_flush_still_holds(
     server: FakeCopyAI, redis_server: RedisServer, namespace: str
 ) -> None:
@@ -681,7 +897,7 @@ async def test_a_pause_lost_with_a_flush_still_holds(
             retried = asyncio.ensure_future(limited.get_run(server.workflow_id, run.id))
             await asyncio.wait_for(paused.wait(), 5)  # the 429 came; its pause is in Redis
         waiting = asyncio.ensure_future(other.get_run(server.workflow_id, run.id))
-        await asyncio.sleep(0.2)  # its turn saw the pause: it sleeps until its end
+        await knows_of_a_pause(other)  # its turn saw the pause: it sleeps until its end
         await flush(redis_server)
         # Asked after the flush, by a process that knew of the pause.
         await other.get_run(server.workflow_id, run.id)
