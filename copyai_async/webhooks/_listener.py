@@ -502,9 +502,8 @@ class Listener:
             self.stats.not_found += 1
             return await _refuse(request, 404)
         try:
-            if not _json_content_type(request.headers.get("Content-Type")):
-                raise BodyRefused(415, "not JSON")
-            decoder = BodyDecoder(request.headers.get("Content-Encoding"), self.max_body)
+            headers = request.headers
+            decoder = self._decoder(headers.get("Content-Type"), headers.get("Content-Encoding"))
             length = request.content_length
             if length is not None and length > self.max_body:
                 raise BodyRefused(413, "body too large")
@@ -532,6 +531,16 @@ class Listener:
         if status == 200:
             return web.json_response({})
         return web.Response(status=status, text=_REASONS[status])
+
+    def _decoder(self, content_type: str | None, content_encoding: str | None) -> BodyDecoder:
+        """The decoder for a delivery's body, given its headers.
+
+        Raises:
+            BodyRefused: (415) not JSON by its content type, or an encoding not taken.
+        """
+        if not _json_content_type(content_type):
+            raise BodyRefused(415, "not JSON")
+        return BodyDecoder(content_encoding, self.max_body)
 
     def _count_refused(self, refused: BodyRefused) -> None:
         if refused.status == 413:
@@ -574,9 +583,7 @@ class Listener:
             return 404
         found = {k.lower(): v for k, v in (headers or {}).items()}
         try:
-            if not _json_content_type(found.get("content-type")):
-                raise BodyRefused(415, "not JSON")
-            decoder = BodyDecoder(found.get("content-encoding"), self.max_body)
+            decoder = self._decoder(found.get("content-type"), found.get("content-encoding"))
             decoder.feed(body)
             decoded = decoder.finish()
         except BodyRefused as refused:
