@@ -178,7 +178,8 @@ def _import_redis() -> Any:
         import redis.asyncio
     except ImportError as exc:  # pragma: no cover - the test extra installs redis
         raise ConfigurationError(
-            "coordination needs the redis package: pip install 'copyai-async[redis]'"
+            "coordination needs the redis package (copyai_async's redis extra): "
+            "pip install -e '.[redis]' (in a checkout of copyai_async)"
         ) from exc
     return redis
 
@@ -588,8 +589,8 @@ class RedisCoordination:
         retry_max: the longest wait between tries while Redis is unavailable, in seconds.
 
     Raises:
-        ConfigurationError: the ``redis`` package is not installed (install
-            ``copyai-async[redis]``).
+        ConfigurationError: the ``redis`` package is not installed (the ``redis``
+            extra: ``pip install -e ".[redis]"`` in a checkout).
         TypeError: an argument of the wrong type.
         ValueError: an argument out of range, or a URL that redis-py would read
             otherwise than written or refuse once connecting (a database that is not a

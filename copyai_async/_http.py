@@ -81,7 +81,7 @@ logger = logging.getLogger("copyai_async")
 _T = TypeVar("_T")
 
 _fast_loads: Callable[[bytes], Any] | None
-try:  # a faster decoder when installed (pip install "copyai-async[fast]")
+try:  # a faster decoder when installed (the fast extra: pip install -e ".[fast]")
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None

@@ -14,8 +14,9 @@ Exit codes:
 130   interrupted (Ctrl-C)
 ====  ==========================================================
 
-Human output uses rich (``pip install "copyai-async[cli]"``) when it is installed and
-stdout is a terminal; otherwise plain text. ``--json`` prints one JSON object per line.
+Human output uses rich (the ``cli`` extra: ``pip install -e ".[cli]"``) when it is
+installed and stdout is a terminal; otherwise plain text. ``--json`` prints one JSON
+object per line.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Against the fake server (no edits)::
 
-    pip install fastapi uvicorn
+    pip install -e . fastapi uvicorn          # in a checkout of copyai_async
     copyai-async fake-server
     export COPYAI_API_KEY=test-key COPYAI_BASE_URL=http://127.0.0.1:<port>/api
     python examples/fastapi_app.py            # or: uvicorn examples.fastapi_app:app

@@ -1,6 +1,6 @@
 """Testing your own code with copyai_async's pytest plugin (installed with the package).
 
-    pip install copyai-async pytest pytest-asyncio
+    pip install -e . pytest pytest-asyncio    # in a checkout of copyai_async
     pytest examples/test_summaries.py
 
 ``copyai_server`` is a fake Copy.ai API on 127.0.0.1 for one test, ``copyai_client`` a

@@ -57,3 +57,66 @@ def test_every_page_is_in_the_nav_and_every_example_on_the_examples_page() -> No
     examples = (DOCS / "examples.md").read_text()
     for script in (ROOT / "examples").glob("*.py"):
         assert f'--8<-- "examples/{script.name}"' in examples, script.name
+
+
+# Where users read how to install: every page, the README, and the package's and the
+# examples' own text (docstrings, comments, error messages). CHANGELOG.md is left out: it
+# records what was, and may quote it.
+_INSTALL_TEXT = ["README.md", "mkdocs.yml", "docs/**/*.md", "benchmarks/**/*.md"]
+_INSTALL_TEXT += [f"{d}/**/*.py" for d in ("copyai_async", "examples", "benchmarks")]
+_INSTALLER = re.compile(r"\b(?:pip3?\s+install|pipx\s+install|uv\s+add|poetry\s+add)\b(.*)")
+# The end of a command within a line: a shell operator, a comment, a closing backtick.
+_COMMAND_END = re.compile(r"&&|\|\||[;|#`()]")
+_DIST = re.compile(r"copyai[-_.]async(?:\[[^\]]*\])?(?:[<>=!~].*)?", re.I)
+
+
+def _pypi_installs(text: str) -> list[str]:
+    """The lines of ``text`` that install copyai-async by name (from a package index)."""
+    found = []
+    for line in text.splitlines():
+        if re.search(r"copyai[-_]async\[", line, re.I):  # an extra of the distribution
+            found.append(line.strip())
+            continue
+        for match in _INSTALLER.finditer(line):
+            command = _COMMAND_END.split(match.group(1), maxsplit=1)[0]
+            args = [a.strip("'\"\\") for a in command.split()]
+            if any(_DIST.fullmatch(a) for a in args):
+                found.append(line.strip())
+    return found
+
+
+def test_the_install_check_catches_what_it_must() -> None:
+    assert _pypi_installs('pip install "copyai-async[redis]"')
+    assert _pypi_installs("pip install copyai-async pytest pytest-asyncio")
+    assert _pypi_installs("    raise X(\"needs redis: pip install 'copyai-async[redis]'\")")
+    assert _pypi_installs("uv add copyai_async>=0.1")
+    assert _pypi_installs("(install ``copyai-async[redis]``)")
+    assert not _pypi_installs('pip install -e ".[redis]"  # in a checkout of copyai_async')
+    assert not _pypi_installs('.venv/bin/pip install -e ".[cli]" && .venv/bin/copyai-async demo')
+    assert not _pypi_installs("pip install -e . fastapi uvicorn")
+
+
+def test_every_install_command_installs_from_a_checkout() -> None:
+    # copyai_async is not on PyPI: `pip install copyai-async` fails, so no page, docstring
+    # or message may say it.
+    files = {p for pattern in _INSTALL_TEXT for p in ROOT.glob(pattern)}
+    assert len(files) > 20
+    found = {
+        f"{p.relative_to(ROOT)}: {line}"
+        for p in sorted(files)
+        for line in _pypi_installs(p.read_text(encoding="utf-8"))
+    }
+    assert not found, sorted(found)
+
+
+def _install_block(text: str) -> str:
+    match = re.search(r"^## Install\n(.*?)^## ", text, re.M | re.S)
+    assert match, "no ## Install section"
+    return match.group(1).strip()
+
+
+def test_the_getting_started_page_installs_as_the_readme_does() -> None:
+    readme = _install_block((ROOT / "README.md").read_text())
+    assert "not on PyPI" in readme
+    assert "pip install -e ." in readme
+    assert _install_block((DOCS / "index.md").read_text()) == readme
