@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -58,6 +59,56 @@ def test_the_sdist_carries_everything_the_tests_need(sdist: tarfile.TarFile) -> 
     assert "benchmarks/run.py" in needed
     assert needed <= members, sorted(needed - members)
     assert {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml"} <= members
+
+
+# What building, testing and serving the project leave in a work tree: none of it belongs in
+# an sdist. mkdocs build writes site/ (site/examples/index.html was once packed).
+BUILD_OUTPUT = [
+    "site/index.html",
+    "site/examples/index.html",
+    "site/reference/client/index.html",
+    "dist/copyai_async-0.0.tar.gz",
+    "build/lib/copyai_async/__init__.py",
+    "copyai_async.egg-info/PKG-INFO",
+    ".venv/lib/python3.12/site-packages/copyai_async/__init__.py",
+    "copyai_async/__pycache__/_client.cpython-312.pyc",
+    "tests/__pycache__/test_docs.cpython-312-pytest-8.0.pyc",
+    "examples/__pycache__/summaries.cpython-312.pyc",
+    "tests/.pytest_cache/v/cache/lastfailed",
+    "tests/.hypothesis/examples/0/0",
+    "benchmarks/results/run.json",
+]
+
+
+def _copy_tree(to: Path) -> None:
+    skip = shutil.ignore_patterns(
+        ".git", ".venv*", "site", "dist", "build", "__pycache__", "*.egg-info", ".*_cache"
+    )
+    shutil.copytree(ROOT, to, ignore=skip)
+
+
+@pytest.mark.parametrize("gitignore", [True, False], ids=["with-gitignore", "without"])
+def test_the_sdist_leaves_build_output_out(tmp_path: Path, gitignore: bool) -> None:
+    # Without .gitignore too: pyproject's own include and exclude must keep it out (an
+    # unpacked sdist, or a tree where someone deleted the file, builds the same).
+    tree = tmp_path / "tree"
+    _copy_tree(tree)
+    if not gitignore:
+        (tree / ".gitignore").unlink()
+    for name in BUILD_OUTPUT:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("built\n")
+    builder = hatchling_sdist.SdistBuilder(str(tree))
+    (path,) = builder.build(directory=str(tmp_path / "out"), versions=["standard"])
+    with tarfile.open(path) as tar:
+        members = _sdist_files(tar)
+    packed = sorted(set(BUILD_OUTPUT) & members)
+    assert not packed, packed
+    tops = {m.split("/", 1)[0] for m in members}
+    assert not tops & {"site", "dist", "build", ".venv"}, sorted(tops)
+    assert not [m for m in members if "__pycache__" in m or ".egg-info" in m]
+    assert "copyai_async/_client.py" in members
+    assert "examples/summaries.py" in members
 
 
 def test_the_wheel_carries_the_licence_and_metadata(wheel: zipfile.ZipFile) -> None:
