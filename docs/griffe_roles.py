@@ -1,15 +1,23 @@
-"""A Griffe extension for the docs build: Sphinx roles in docstrings become links.
+"""A Griffe extension for the docs build: the docstrings' reST becomes Markdown.
 
-The docstrings say :class:`~copyai_async.PollPolicy`, :meth:`start_run` and so on (what
-IDEs and ``help()`` show); mkdocstrings links with ``[title][path]``. Each role is
-rewritten to that, its target resolved from the object's class, module, package and the
-top-level package; a target outside copyai_async (``time.monotonic``) stays code,
-and one of ours that resolves nowhere is left for autorefs to report.
+The docstrings are written for IDEs and ``help()``: they say
+:class:`~copyai_async.PollPolicy`, :meth:`start_run` and so on, and introduce an example
+with ``::`` and an indented block. mkdocstrings reads Markdown, which would show the roles
+and the ``::`` as written. So:
+
+- each role becomes a link, ``[title][path]``, its target resolved from the object's
+  class, module, package and the top-level package; a target outside copyai_async
+  (``time.monotonic``) stays code, and one of ours that resolves nowhere is left for
+  autorefs to report;
+- each literal block becomes a fenced one (Python when it parses as Python), and its
+  ``::`` a colon, or nothing when it stands alone on its line.
 """
 
 from __future__ import annotations
 
+import ast
 import re
+import textwrap
 from typing import Any
 
 import griffe
@@ -18,8 +26,61 @@ _ROLE = re.compile(r":(?:class|meth|func|data|attr|exc|obj|mod):`(~?)([^`<>]+)`"
 _TOP = "copyai_async"
 
 
-class SphinxRoles(griffe.Extension):
-    """Rewrite ``:role:`target``` in every docstring of the package into a cross-reference."""
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _language(code: str) -> str:
+    if code.startswith(">>>"):
+        return "pycon"
+    try:
+        compile(code, "<docstring>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    except SyntaxError:
+        return "text"
+    return "python"
+
+
+def literal_blocks_to_fences(text: str) -> str:
+    """Rewrite each reST literal block (``Paragraph::`` and an indented block) as a fence.
+
+    ``Paragraph::`` becomes ``Paragraph:``, ``Paragraph ::`` becomes ``Paragraph``, and a
+    ``::`` alone on its line goes. The block is dedented and fenced at the paragraph's
+    indentation, so a block inside a section's entry stays in that entry. A ``::`` with no
+    indented block after it, or inside a fence, is left as it is.
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    fenced = False
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        i += 1
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if fenced or not line.endswith("::"):
+            out.append(line)
+            continue
+        end = i  # the block: blank lines and lines indented deeper than the paragraph
+        while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > _indent(line)):
+            end += 1
+        code = textwrap.dedent("\n".join(lines[i:end])).strip("\n")
+        if not code:
+            out.append(line)
+            continue
+        head = line[:-2]
+        if head.strip():
+            out.append(head.rstrip() if head.endswith(" ") else head + ":")
+        margin = line[: _indent(line)]
+        out += ["", f"{margin}```{_language(code)}"]
+        out += [f"{margin}{row}" if row else "" for row in code.split("\n")]
+        out += [f"{margin}```", ""]
+        i = end
+    return "\n".join(out)
+
+
+class SphinxToMarkdown(griffe.Extension):
+    """Rewrite the reST in every docstring of the package: roles as cross-references,
+    literal blocks as fenced code."""
 
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         self._pkg = pkg
@@ -27,7 +88,8 @@ class SphinxRoles(griffe.Extension):
 
     def _walk(self, obj: griffe.Object) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _ROLE.sub(lambda m: self._link(obj, m), obj.docstring.value)
+            value = _ROLE.sub(lambda m: self._link(obj, m), obj.docstring.value)
+            obj.docstring.value = literal_blocks_to_fences(value)
         for member in obj.members.values():
             if not member.is_alias:
                 self._walk(member)  # type: ignore[arg-type]

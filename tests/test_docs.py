@@ -1,14 +1,25 @@
-"""The documentation site covers every public name and every example.
+"""The documentation site covers every public name and every example, and reads well.
 
-The site itself is built by CI (``mkdocs build --strict``: a broken reference fails);
-these checks say what it must contain, and run without mkdocs installed.
+The site itself is built by CI (``mkdocs build --strict``: a broken reference fails).
+Most checks here say what it must contain, and run without mkdocs installed; those that
+look at the built pages (no reST left in them, signatures spread over lines) build it,
+and skip where the docs extra is not installed.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -120,3 +131,110 @@ def test_the_getting_started_page_installs_as_the_readme_does() -> None:
     assert "not on PyPI" in readme
     assert "pip install -e ." in readme
     assert _install_block((DOCS / "index.md").read_text()) == readme
+
+
+# -- the built site -------------------------------------------------------------------
+
+
+def _griffe_extension() -> ModuleType:
+    pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location("griffe_roles", DOCS / "griffe_roles.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_literal_blocks_become_fences() -> None:
+    to_fences = _griffe_extension().literal_blocks_to_fences
+    text = "Use it so::\n\n    async with C() as c:\n        await c.go()\n\nThen more."
+    assert to_fences(text) == (
+        "Use it so:\n\n```python\nasync with C() as c:\n    await c.go()\n```\n\nThen more."
+    )
+    # A lone ``::`` goes; what is not Python is text; an entry's block stays in the entry.
+    assert to_fences("Tree.\n\n::\n\n    A\n    └── B\n") == "Tree.\n\n\n```text\nA\n└── B\n```\n"
+    assert to_fences("Args:\n    x: as in::\n\n        f(x)\n") == (
+        "Args:\n    x: as in:\n\n    ```python\n    f(x)\n    ```\n"
+    )
+    # No block after it, or inside a fence: left alone.
+    assert to_fences("Ends with::\nno block") == "Ends with::\nno block"
+    assert to_fences("```\nx::\n    y\n```") == "```\nx::\n    y\n```"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "--site-dir", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+class _Prose(HTMLParser):
+    """The text of each paragraph, list item and cell of a page, code left out."""
+
+    BLOCKS = frozenset({"p", "li", "td", "th", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6"})
+    SKIP = frozenset({"code", "pre", "script", "style"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag in self.SKIP:
+            self._skip += 1
+        elif tag in self.BLOCKS:
+            self.blocks.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self._skip -= 1
+        elif tag in self.BLOCKS:
+            self.blocks.append("")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip and self.blocks:
+            self.blocks[-1] += data
+
+
+def _pages(site: Path) -> Iterator[tuple[str, str]]:
+    for page in sorted(site.rglob("*.html")):
+        yield page.relative_to(site).as_posix(), page.read_text(encoding="utf-8")
+
+
+_REST = re.compile(r"(?<!:)::(?=\s|$)|:(?:class|meth|func|data|attr|exc|obj|mod|ref):`?")
+
+
+def test_the_site_shows_no_rest(site: Path) -> None:
+    # A docstring's ``when done::`` or :class:`X` shown as written, outside code.
+    found = []
+    for name, html in _pages(site):
+        prose = _Prose()
+        prose.feed(html)
+        found += [f"{name}: {b.strip()[-120:]}" for b in prose.blocks if _REST.search(b)]
+    assert not found, found
+
+
+def test_long_signatures_take_a_line_per_parameter(site: Path) -> None:
+    html = (site / "reference" / "client" / "index.html").read_text(encoding="utf-8")
+    match = re.search(r'class="doc-signature[^"]*"><pre>(.*?)</pre>', html, re.S)
+    assert match, "no signature on the client's page"
+    text = re.sub(r"<[^>]+>", "", match.group(1))
+    assert text.startswith("CopyAIClient(\n")
+    assert "\n    api_key: str | None = None,\n" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_long_code_lines_wrap(site: Path) -> None:
+    # The theme scrolls wide code behind a scrollbar browsers hide; extra.css wraps it.
+    html = (site / "index.html").read_text(encoding="utf-8")
+    assert '<link rel="stylesheet" href="stylesheets/extra.css">' in html
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    rule = re.search(r"\.md-typeset pre > code \{([^}]*)\}", css)
+    assert rule, css
+    assert "white-space: pre-wrap" in rule.group(1)
