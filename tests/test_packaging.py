@@ -131,3 +131,12 @@ def test_the_wheel_carries_the_licence_and_metadata(wheel: zipfile.ZipFile) -> N
     assert requires == ">=3.10"
     for minor in (10, 11, 12, 13):
         assert f"Programming Language :: Python :: 3.{minor}" in classifiers
+
+
+def test_the_docs_extra_formats_signatures(wheel: zipfile.ZipFile) -> None:
+    # mkdocstrings spreads a long signature over lines only with ruff or black installed;
+    # without either the reference prints CopyAIClient(...) on one line.
+    (dist_info,) = {n.split("/", 1)[0] for n in wheel.namelist() if ".dist-info/" in n}
+    meta = Parser().parsestr(wheel.read(f"{dist_info}/METADATA").decode())
+    docs = [r for r in meta.get_all("Requires-Dist") or [] if "extra == 'docs'" in r]
+    assert any(r.startswith(("ruff", "black")) for r in docs), docs
