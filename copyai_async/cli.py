@@ -45,6 +45,7 @@ from ._errors import (
     RunFailedError,
     StartUncertainError,
 )
+from ._interrupt import EXIT_INTERRUPTED, run_interruptible
 from ._models import RunStatus, WorkflowRun
 from ._poll import PollPolicy
 from ._version import version
@@ -56,7 +57,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
 __all__ = ["main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
-EXIT_RUN_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 5, 6, 130
+EXIT_RUN_FAILED, EXIT_TIMEOUT = 5, 6
 
 EXAMPLES = """\
 examples:
@@ -1011,7 +1012,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Output(as_json=getattr(args, "json", False))
     command: Callable[[argparse.Namespace, Output], Coroutine[Any, Any, int]] = args.handler
     try:
-        return asyncio.run(command(args, out))
+        return run_interruptible(command(args, out))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -652,11 +652,17 @@ def test_ctrl_c_exits_130(api: ThreadedServer) -> None:
         api.server.workflow_id,
         slow,
     )
-    deadline = time.monotonic() + 30
-    while api.server.stats.requests == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # a real process polling a real server: no clock to inject
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        while api.server.stats.requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # a real process polling a real server: no clock to inject
+        assert api.server.stats.requests > 0, "the command never polled"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)  # the CLI's own grace period is 5 s
+    finally:  # never leave the process running, whatever failed
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "interrupted"
     assert "Traceback" not in err
