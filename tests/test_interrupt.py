@@ -117,9 +117,11 @@ def test_a_cleanup_that_hangs_ends_after_the_grace_period(
 
 def test_a_second_ctrl_c_ends_at_once(procs: list[subprocess.Popen[str]]) -> None:
     procs.append(proc := spawn(STUCK, grace=3600))
-    out, err, _ = interrupt(proc, times=2)
+    out, err, took = interrupt(proc, times=2)
     assert proc.returncode == EXIT_INTERRUPTED
+    assert out.splitlines() == ["cleaning up"]
     assert err.strip() == "interrupted"
+    assert took < 30  # not the hour of the shielded cleanup
 
 
 def test_a_command_that_swallows_the_cancellation_is_still_interrupted(
