@@ -782,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmds = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
 
     listing = run_cmds.add_parser("list", help="list a workflow's runs, newest first")
-    listing.add_argument("workflow_id")
+    listing.add_argument("workflow_id", help="the workflow whose runs to list (WCFG-...)")
     listing.add_argument("--all", action="store_true", help="every run, across all pages")
     listing.add_argument("--page", type=_int_at_least(1), default=1, help="page (default 1)")
     listing.add_argument("--size", type=_int_at_least(1), help="runs per page (max 100)")
@@ -790,13 +790,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=cmd_list)
 
     get = run_cmds.add_parser("get", help="show one run")
-    get.add_argument("workflow_id")
-    get.add_argument("run_id")
+    get.add_argument("workflow_id", help="the workflow the run belongs to")
+    get.add_argument("run_id", help="the run's id (WRUN-...)")
     get.add_argument("--json", action="store_true", help="print the run as JSON")
     get.set_defaults(handler=cmd_get)
 
     start = run_cmds.add_parser("start", help="start a run (and optionally wait for it)")
-    start.add_argument("workflow_id")
+    start.add_argument("workflow_id", help="the workflow to run")
     start.add_argument("--var", action="append", metavar="KEY=VALUE", help="a start variable")
     start.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata")
     start.add_argument("--wait", action="store_true", help="wait until it is COMPLETE or FAILED")
@@ -814,8 +814,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(handler=cmd_start)
 
     find = run_cmds.add_parser("find", help="find the run a start tagged with a start key")
-    find.add_argument("workflow_id")
-    find.add_argument("start_key")
+    find.add_argument("workflow_id", help="the workflow the run was started in")
+    find.add_argument(
+        "start_key", help="the run's start key (its --start-key, or as a lost start's hint shows)"
+    )
     find.add_argument(
         "--max-runs",
         type=_int_at_least(1),
@@ -826,8 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     find.set_defaults(handler=cmd_find)
 
     wait = run_cmds.add_parser("wait", help="wait for runs, with live progress")
-    wait.add_argument("workflow_id")
-    wait.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    wait.add_argument("workflow_id", help="the workflow the runs belong to")
+    wait.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="the runs to wait for")
     wait.add_argument("--timeout", type=_positive_float, help="give up after S seconds")
     wait.add_argument("--json", action="store_true", help="each run as JSON when it ends")
     wait.add_argument(
@@ -856,11 +858,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print the webhook as JSON")
     create.set_defaults(handler=cmd_webhooks_create)
     hook_get = hook_cmds.add_parser("get", help="show one webhook")
-    hook_get.add_argument("webhook_id")
+    hook_get.add_argument("webhook_id", help="the webhook's id ('webhooks list' shows them)")
     hook_get.add_argument("--json", action="store_true", help="print the webhook as JSON")
     hook_get.set_defaults(handler=cmd_webhooks_get)
     delete = hook_cmds.add_parser("delete", help="delete a webhook")
-    delete.add_argument("webhook_id")
+    delete.add_argument("webhook_id", help="the webhook's id ('webhooks list' shows them)")
     delete.add_argument("--missing-ok", action="store_true", help="a missing webhook is no error")
     delete.set_defaults(handler=cmd_webhooks_delete)
 

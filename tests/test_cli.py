@@ -6,6 +6,7 @@ fake server runs on a loop in a thread of its own.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -23,7 +24,7 @@ import pytest
 import copyai_async
 from copyai_async import START_KEY
 from copyai_async.aitasker import AITaskerClient, AITaskerRun
-from copyai_async.cli import main
+from copyai_async.cli import build_parser, main
 from copyai_async.testing import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID, FakeCopyAI, Schedule
 
 T = TypeVar("T")
@@ -82,6 +83,36 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "examples:" in text
     assert "copyai-async demo" in text
     assert "130 interrupted" in text
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, name: str
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """``parser`` and every subcommand's parser under it, each with its command line."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_argument_says_what_it_is() -> None:
+    parsers = dict(_parsers(build_parser(), "copyai-async"))
+    assert {"copyai-async runs wait", "copyai-async webhooks get", "copyai-async demo"} <= set(
+        parsers
+    )
+    silent = [
+        f"{name}: {action.dest if not action.option_strings else action.option_strings[0]}"
+        for name, parser in parsers.items()
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction)
+        and (not action.help or not action.help.strip())
+    ]
+    assert silent == []
+    # The positionals show their help in --help, as the user reads it.
+    usage = parsers["copyai-async runs get"].format_help()
+    assert re.search(r"^\s+workflow_id\s+\S", usage, re.MULTILINE), usage
+    assert re.search(r"^\s+run_id\s+\S", usage, re.MULTILINE), usage
 
 
 @pytest.mark.parametrize(
