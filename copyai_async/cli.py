@@ -234,8 +234,10 @@ class StatusBoard:
         self.out = out
         self.total = total
         self.title = title
-        self.latest: dict[str, str] = {}
-        self.done: int = 0
+        # Each run's latest status, and whether it is final: the done count and the counts
+        # by status are both read from it, so that every line agrees with itself (a run is
+        # read final a moment before the wait hands it over).
+        self.latest: dict[str, tuple[str, bool]] = {}
         self.started: float = time.monotonic()
         self._last_line = 0.0
         self._progress: Any = None
@@ -272,30 +274,36 @@ class StatusBoard:
         elif not self.out.as_json:
             self.out.line(self.summary_line())
 
-    def counts(self) -> Counter[str]:
-        """How many runs are in each status now."""
-        return Counter(self.latest.values())
+    def snapshot(self) -> tuple[int, Counter[str]]:
+        """How many runs are done (COMPLETE or FAILED), and how many are in each status."""
+        counts: Counter[str] = Counter()
+        done = 0
+        for status, final in self.latest.values():
+            counts[status] += 1
+            done += final
+        return done, counts
 
     def summary_line(self) -> str:
         """Elapsed time, runs done and the count per status, on one line."""
         elapsed = time.monotonic() - self.started
-        counts = " ".join(f"{status.lower()} {n}" for status, n in sorted(self.counts().items()))
-        return f"{elapsed:6.1f} s  {self.done}/{self.total} done  {counts}"
+        done, counts = self.snapshot()
+        shown = " ".join(f"{status.lower()} {n}" for status, n in sorted(counts.items()))
+        return f"{elapsed:6.1f} s  {done}/{self.total} done  {shown}"
 
     def _refresh(self) -> None:
         if self._progress is None:
             return
         order = ["COMPLETE", "FAILED", "RETRYING", "PROCESSING", "WAITING", "NEW"]
-        counts = self.counts()
+        done, counts = self.snapshot()
         parts = []
         for status in sorted(counts, key=lambda s: order.index(s) if s in order else len(order)):
             style = STATUS_STYLE.get(status, "magenta")
             parts.append(f"[{style}]{status.lower()} {counts[status]}[/]")
-        self._progress.update(self._task, completed=self.done, counts="  ".join(parts))
+        self._progress.update(self._task, completed=done, counts="  ".join(parts))
 
     def seen(self, run: WorkflowRun) -> None:
         """Record a run's latest status (and print a summary at most once a second)."""
-        self.latest[run.id] = run.raw_status or run.status.value
+        self.latest[run.id] = (run.raw_status or run.status.value, run.is_terminal)
         self._refresh()
         if self._progress is None and not self.out.as_json:
             now = time.monotonic()
@@ -305,7 +313,6 @@ class StatusBoard:
 
     def finished(self, run: WorkflowRun) -> None:
         """Record a run that reached a terminal status."""
-        self.done += 1
         self.seen(run)
 
 

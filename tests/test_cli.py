@@ -449,6 +449,40 @@ def test_wait_many(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out.splitlines()[-1].split()[2:5] == ["4/4", "done", "complete"]
 
 
+_PROGRESS = re.compile(r"\s*\d+\.\d s  (\d+)/(\d+) done  (.*)")
+
+
+def _progress_lines(out: str) -> list[tuple[int, int, dict[str, int]]]:
+    """The progress lines of a wait: ``(done, total, count by status)`` each."""
+    lines = []
+    for line in out.splitlines():
+        match = _PROGRESS.fullmatch(line)
+        if match:
+            words = match[3].split()
+            counts = {status: int(n) for status, n in zip(words[::2], words[1::2], strict=True)}
+            lines.append((int(match[1]), int(match[2]), counts))
+    return lines
+
+
+def _consistent(lines: list[tuple[int, int, dict[str, int]]]) -> None:
+    """Each line is one snapshot: done counts exactly the runs in a final status."""
+    assert lines
+    for done, total, counts in lines:
+        assert done == counts.get("complete", 0) + counts.get("failed", 0), lines
+        assert sum(counts.values()) <= total
+
+
+def test_wait_progress_lines_are_consistent(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its first reading is final: the line it prints counts it done, as it counts it failed.
+    failed = api.call(lambda: api.server.add_run(schedule=Schedule.immediate("FAILED"))).id
+    assert cli(api, "runs", "wait", api.server.workflow_id, failed) == 5
+    lines = _progress_lines(capsys.readouterr().out)
+    _consistent(lines)
+    assert lines[-1] == (1, 1, {"failed": 1})
+
+
 @pytest.mark.parametrize(
     ("extra", "code", "words"),
     [("FAILED", 5, ""), ("missing", 4, "404"), ("slow", 6, "timeout")],
@@ -573,6 +607,9 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert "polling only and then with a webhook listener" in out
     assert int(summary["complete"]) + int(summary["failed"]) == 40
     assert int(summary["faults injected"]) > 0  # retried: every run still came back
+    progress = _progress_lines(out)
+    _consistent(progress)
+    assert progress[-1][:2] == (40, 40)
     assert main([*argv, "--json"]) == 0
     rows = _json_lines(capsys.readouterr().out)
     assert len(rows) == 41
