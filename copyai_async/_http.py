@@ -198,20 +198,44 @@ class Secret:
     __str__ = __repr__
 
 
-class Redactor:
-    """Masks every secret a client holds (its API key, a proxy's credentials) as ``***``."""
+# A secret this long is masked wherever it appears, even inside a longer word: it cannot
+# be there by chance. A shorter one is masked where it stands alone, as a whole token: an
+# API key "k" must not turn "not known" into "not ***nown".
+_MASK_ANYWHERE = 16
+# Standing alone: no letter, digit, "_" or "-" next to it, nor a "." joining it to one (a
+# host name, "api.copy.ai", is one token). A percent escape before it ("%20k") ends the
+# word before.
+_ALONE_BEFORE = r"(?:(?<=%[0-9A-Fa-f]{2})|(?<![\w-])(?<![\w-]\.))"
+_ALONE_AFTER = r"(?![\w-])(?!\.[\w-])"
 
-    __slots__ = ("_values",)
+
+class Redactor:
+    """Masks every secret a client holds (its API key, a proxy's credentials) as ``***``.
+
+    Each secret is masked as written and percent-encoded (as in a URL). A secret of 16
+    characters or more (a real key) is masked wherever it appears; a shorter one only as
+    a whole token (a path segment, a query value, a quoted or spaced word), never inside
+    another word.
+    """
+
+    __slots__ = ("_masks",)
 
     def __init__(self, *values: str) -> None:
+        forms = {form for value in values if value for form in (value, quote(value, safe=""))}
         # Longest first: a secret that holds another is masked whole.
-        self._values = tuple(sorted({v for v in values if v}, key=len, reverse=True))
+        self._masks = tuple(
+            re.compile(
+                re.escape(form)
+                if len(form) >= _MASK_ANYWHERE
+                else _ALONE_BEFORE + re.escape(form) + _ALONE_AFTER
+            )
+            for form in sorted(forms, key=len, reverse=True)
+        )
 
     def redact(self, text: str) -> str:
-        """``text`` with every occurrence of each secret replaced by ``***``."""
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, "***")
+        """``text`` with each secret replaced by ``***`` (see the class docstring)."""
+        for mask in self._masks:
+            text = mask.sub("***", text)
         return text
 
 

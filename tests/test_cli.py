@@ -25,7 +25,13 @@ import copyai_async
 from copyai_async import START_KEY
 from copyai_async.aitasker import AITaskerClient, AITaskerRun
 from copyai_async.cli import build_parser, main
-from copyai_async.testing import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID, FakeCopyAI, Schedule
+from copyai_async.testing import (
+    AITASKER_WORKFLOW_ID,
+    AITASKER_WORKSPACE_ID,
+    FakeCopyAI,
+    Fault,
+    Schedule,
+)
 
 T = TypeVar("T")
 
@@ -339,6 +345,31 @@ def test_wrong_key_exits_3(api: ThreadedServer, capsys: pytest.CaptureFixture[st
     argv = ["--api-key", "wrong", "--base-url", api.server.url, "runs", "list", "W"]
     assert main(argv) == 3
     assert "401" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["k", "o", "e", "cpk-3f9c2b7e4a1d8c6f0b5e2a9d"])
+def test_the_key_is_masked_as_a_token_in_error_output(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    srv = api.server
+    # The server echoes the key back in its error's details (and its words around it).
+    echo = {
+        "status": "error",
+        "errorCode": "BAD_REQUEST",
+        "details": {"x-copy-ai-api-key": [f"the key '{key}' is not known"]},
+    }
+
+    def arrange() -> None:
+        srv.api_key = key
+        srv.inject(Fault.raw(echo, status=400))
+
+    api.call(arrange)
+    assert main(["--api-key", key, "--base-url", srv.url, "runs", "list", srv.workflow_id]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: GET /api/workflow/{srv.workflow_id}/run?page=1&size=10 -> 400 BAD_REQUEST: "
+        "x-copy-ai-api-key: the key '***' is not known\n"
+    )
 
 
 def test_verbose_logs_requests_without_the_key(

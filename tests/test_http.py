@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -34,7 +35,7 @@ from copyai_async import (
     StartUncertainError,
     UnprocessableEntityError,
 )
-from copyai_async._http import Fate, RetryConfig, _classify_failure, parse_retry_after
+from copyai_async._http import Fate, Redactor, RetryConfig, _classify_failure, parse_retry_after
 from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule
 
 from .conftest import load_payload
@@ -581,3 +582,71 @@ def test_undecodable_json_raises_value_error() -> None:
 
     with pytest.raises(ValueError, match=r"\w"):
         loads(b"{oops")
+
+
+# -- redaction --------------------------------------------------------------------------
+
+# What aiohttp says when a name does not resolve: a short key must leave it whole.
+_DNS_TEXT = "Cannot connect to host api.copy.ai:443 ssl:default [Name or service not known]"
+REAL_KEY = "cpk-3f9c2b7e4a1d8c6f0b5e2a9d"
+
+
+@pytest.mark.parametrize("key", ["k", "o", "n", "e", "ss", "nown", "api", "copy", "servic"])
+def test_a_short_key_is_never_masked_inside_a_word(key: str) -> None:
+    assert Redactor(key).redact(_DNS_TEXT) == _DNS_TEXT
+    assert Redactor(key).redact("x-copy-ai-api-key-and-more known_keys") == (
+        "x-copy-ai-api-key-and-more known_keys"
+    )
+
+
+@pytest.mark.parametrize("key", ["k", "o", "ss", "abc", "not", "k+y/z", "12345"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{}",
+        "x-copy-ai-api-key: {}",
+        "https://h.example/api?key={}&page=1",
+        "https://h.example/api/{}/run",
+        "'{}'",
+        '"{}"',
+        "bad key {}.",
+        "(key={})",
+        "[{}]",
+        "a%20{}%20b",
+        "{} and {} again",
+    ],
+)
+def test_a_short_key_is_masked_wherever_it_stands_as_a_token(key: str, template: str) -> None:
+    shown = Redactor(key).redact(template.format(key, key))
+    assert shown == template.format("***", "***")
+
+
+def test_a_key_is_masked_percent_encoded_too() -> None:
+    for key in ("k+y/z", "a real/key+with=marks"):
+        encoded = quote(key, safe="")
+        assert Redactor(key).redact(f"GET /api?key={encoded}&page=1") == "GET /api?key=***&page=1"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{}",
+        "Bearer{}",
+        "key:{}",
+        "x{}y",
+        "{}{}",
+        "https://h.example/api?key={}&page=1",
+        "host {}.example.invalid:443",
+        "ApiKey_{}_suffix",
+    ],
+)
+def test_a_real_looking_key_is_masked_even_inside_a_word(template: str) -> None:
+    shown = Redactor(REAL_KEY).redact(template.format(REAL_KEY, REAL_KEY))
+    assert shown == template.format("***", "***")
+    assert REAL_KEY[4:] not in shown
+
+
+def test_a_secret_that_holds_another_is_masked_whole() -> None:
+    redactor = Redactor("pw", f"user:{REAL_KEY}", REAL_KEY)
+    assert redactor.redact(f"user:{REAL_KEY} and pw") == "*** and ***"
+    assert Redactor().redact(_DNS_TEXT) == _DNS_TEXT  # no secret: nothing to mask
