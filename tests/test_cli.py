@@ -327,7 +327,9 @@ def test_get_human_and_json(api: ThreadedServer, capsys: pytest.CaptureFixture[s
     ("argv", "code", "words"),
     [
         (["runs", "get", "WCFG-fake-workflow", "WRUN-nope"], 4, "404 NOT_FOUND"),
-        (["runs", "list", "WCFG-missing"], 4, "404"),
+        (["runs", "list", "WCFG-missing"], 4, "404 NOT_FOUND; no such workflow,"),
+        (["webhooks", "get", "WHK-nope"], 4, "404 NOT_FOUND; no such webhook,"),
+        (["webhooks", "delete", "WHK-nope"], 4, "404 NOT_FOUND; no such webhook,"),
         (["runs", "get", "WCFG-fake-workflow", ""], 2, "run_id"),
     ],
 )
@@ -339,6 +341,18 @@ def test_errors_are_one_line(
     assert err.startswith("error: ")
     assert words in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_base_url_without_api_says_so(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    srv = api.server
+    root = srv.url.removesuffix("/api")
+    assert main(["--api-key", srv.api_key, "--base-url", root, "webhooks", "get", "WHK-1"]) == 4
+    assert capsys.readouterr().err == (
+        "error: GET /webhook/WHK-1 -> 404 (non-JSON body); not the API's own error: the base "
+        f"URL {root} may be wrong (Copy.ai's API root is https://api.copy.ai/api)\n"
+    )
 
 
 def test_wrong_key_exits_3(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import logging
 import pickle
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
@@ -39,6 +39,8 @@ from copyai_async._http import Fate, Redactor, RetryConfig, _classify_failure, p
 from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule
 
 from .conftest import load_payload
+
+REAL_KEY = "cpk-3f9c2b7e4a1d8c6f0b5e2a9d"  # a real-looking API key
 
 
 @pytest.fixture
@@ -393,6 +395,68 @@ async def test_404_not_found(quick: CopyAIClient, server: FakeCopyAI) -> None:
         await quick.list_runs("WCFG-nope")
 
 
+async def test_404_says_what_was_not_found(quick: CopyAIClient, server: FakeCopyAI) -> None:
+    wf = server.workflow_id
+    calls: list[tuple[Callable[[], Awaitable[Any]], str]] = [
+        (lambda: quick.get_run(wf, "WRUN-missing"), "no such workflow or run"),
+        (lambda: quick.list_runs("WCFG-nope"), "no such workflow"),
+        (lambda: quick.start_run("WCFG-nope", {}), "no such workflow"),
+        (lambda: quick.get_webhook("WHK-nope"), "no such webhook"),
+        (lambda: quick.delete_webhook("WHK-nope"), "no such webhook"),
+    ]
+    for call, words in calls:
+        with pytest.raises(NotFoundError) as info:
+            await call()
+        err = info.value
+        assert (err.status, err.error_code) == (404, "NOT_FOUND")
+        assert str(err).endswith(f"-> 404 NOT_FOUND; {words}, or not visible to this API key")
+    server.inject(Fault.raw({"status": "error", "errorCode": "NOT_FOUND"}))  # on a 200
+    with pytest.raises(NotFoundError, match="no such webhook, or not visible"):
+        await quick.get_webhook("WHK-1")
+
+
+async def test_404_from_outside_the_api_says_the_base_url_may_be_wrong(
+    server: FakeCopyAI, clock: FakeClock
+) -> None:
+    root = server.url.removesuffix("/api")  # forgot the /api
+    async with CopyAIClient(REAL_KEY, base_url=root, clock=clock) as client:
+        server.api_key = REAL_KEY
+        for call in (lambda: client.get_run("W", "R"), lambda: client.get_webhook("WHK-1")):
+            with pytest.raises(NotFoundError) as info:
+                await call()
+            err = info.value
+            assert (err.status, err.error_code) == (404, None)
+            assert err.body == "404: Not Found"
+            message = str(err)
+            assert f"{err.method} {err.path} -> 404 (non-JSON body); " in message
+            assert f"the base URL {root} may be wrong" in message
+            assert "Copy.ai's API root is https://api.copy.ai/api" in message
+            assert "no such" not in message
+            assert REAL_KEY not in message + repr(err)
+    assert server.stats.requests == 2  # a 404 is not retried
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "label"),
+    [
+        ("<html><center><h1>404 Not Found</h1></center><hr>nginx</html>", "text/html", "non-JSON"),
+        ("404: Not Found", "text/plain", "non-JSON"),
+        ("", "text/plain", "no error code"),
+        ('{"message": "Not Found"}', "application/json", "no error code"),
+    ],
+)
+async def test_404_that_is_not_the_apis_error(
+    quick: CopyAIClient, server: FakeCopyAI, body: str, content_type: str, label: str
+) -> None:
+    server.inject(Fault.raw(body, status=404, content_type=content_type))
+    with pytest.raises(NotFoundError) as info:
+        await quick.get_run(server.workflow_id, "WRUN-1")
+    message = str(info.value)
+    assert f"-> 404 ({label}" in message
+    assert f"the base URL {server.url} may be wrong" in message
+    assert "no such" not in message
+
+
 async def test_401_wrong_key(server: FakeCopyAI, clock: FakeClock) -> None:
     async with CopyAIClient("wrong", base_url=server.url, clock=clock) as client:
         with pytest.raises(AuthenticationError) as info:
@@ -588,7 +652,6 @@ def test_undecodable_json_raises_value_error() -> None:
 
 # What aiohttp says when a name does not resolve: a short key must leave it whole.
 _DNS_TEXT = "Cannot connect to host api.copy.ai:443 ssl:default [Name or service not known]"
-REAL_KEY = "cpk-3f9c2b7e4a1d8c6f0b5e2a9d"
 
 
 @pytest.mark.parametrize("key", ["k", "o", "n", "e", "ss", "nown", "api", "copy", "servic"])
