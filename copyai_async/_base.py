@@ -256,6 +256,8 @@ class BaseClient(Generic[_R]):
         trust_env: Any = True,
         error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
         auth_hint: str = "check the API key (api_key= or the COPYAI_API_KEY variable)",
+        credential: str = "API key",
+        root_hint: str = "",
     ) -> None:
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise TypeError(
@@ -307,6 +309,8 @@ class BaseClient(Generic[_R]):
             proxy=route,
             error_fields=error_fields,
             auth_hint=auth_hint,
+            credential=credential,
+            root_hint=root_hint,
         )
 
         self._waiter: Waiter[_R] = Waiter(kind=kind, budget=budget)
@@ -416,6 +420,7 @@ class BaseClient(Generic[_R]):
         parse: Callable[[Response], _R],
         start_key: str | None,
         find: Callable[[str, float], Awaitable[_R | None]] | None,
+        what: str = "workflow",
     ) -> _R:
         """POST a start, and settle a lost answer instead of guessing.
 
@@ -436,6 +441,7 @@ class BaseClient(Generic[_R]):
             find: looks for a run by key among runs created since the monotonic time it
                 is given; returns ``None`` when it rules the run out, and raises
                 :class:`LookupInconclusive` when it cannot.
+            what: what the path names, for a 404's message ("no such workflow").
         """
         transport = self._transport
         sent_at = datetime.now(timezone.utc)
@@ -452,6 +458,7 @@ class BaseClient(Generic[_R]):
                     idempotent=False,
                     parse=parse,
                     first_attempt=attempt,
+                    what=what,
                 )
             except OutcomeUnknown as exc:
                 lost = exc

@@ -200,6 +200,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             coordination=coordination,
             proxy=proxy,
             trust_env=trust_env,
+            root_hint=f"Copy.ai's API root is {DEFAULT_BASE_URL}",
         )
 
     # -- endpoints ---------------------------------------------------------------------
@@ -226,6 +227,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             ("workflow", wf, "run", run),
             idempotent=True,
             parse=lambda resp: WIRE.run(resp.data, workflow_id=workflow_id),
+            what="workflow or run",
         )
 
     async def list_runs(self, workflow_id: str, *, page: int = 1, size: int = 10) -> RunPage:
@@ -262,6 +264,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             params={"page": str(page), "size": str(size)},
             idempotent=True,
             parse=parse,
+            what="workflow",
         )
 
     def iter_runs(
@@ -552,6 +555,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
                     idempotent=False,
                     parse=lambda resp: WEBHOOK_WIRE.webhook(resp.data),
                     first_attempt=attempt,
+                    what=None if wf is None else "workflow",
                 )
             except OutcomeUnknown as exc:
                 lost = exc
@@ -583,6 +587,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             ("webhook", hook),
             idempotent=True,
             parse=lambda resp: WEBHOOK_WIRE.webhook(resp.data),
+            what="webhook",
         )
 
     async def delete_webhook(self, webhook_id: str, *, missing_ok: bool = False) -> None:
@@ -601,7 +606,11 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         hook = encode_segment("webhook_id", webhook_id)
         try:
             await self._transport.request(
-                "DELETE", ("webhook", hook), idempotent=True, parse=lambda resp: None
+                "DELETE",
+                ("webhook", hook),
+                idempotent=True,
+                parse=lambda resp: None,
+                what="webhook",
             )
         except NotFoundError:
             if not missing_ok:

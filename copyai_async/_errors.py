@@ -231,7 +231,9 @@ class AuthenticationError(APIStatusError):
 
 
 class NotFoundError(APIStatusError):
-    """404 ``NOT_FOUND``: no such workflow or run (for this key)."""
+    """404: no such workflow, run or webhook (for this key); or, when the answer is not
+    the API's own error (a web server's page), no API at this path: the base URL may be
+    wrong."""
 
 
 class UnprocessableEntityError(APIStatusError):

@@ -198,20 +198,44 @@ class Secret:
     __str__ = __repr__
 
 
-class Redactor:
-    """Masks every secret a client holds (its API key, a proxy's credentials) as ``***``."""
+# A secret this long is masked wherever it appears, even inside a longer word: it cannot
+# be there by chance. A shorter one is masked where it stands alone, as a whole token: an
+# API key "k" must not turn "not known" into "not ***nown".
+_MASK_ANYWHERE = 16
+# Standing alone: no letter, digit, "_" or "-" next to it, nor a "." joining it to one (a
+# host name, "api.copy.ai", is one token). A percent escape before it ("%20k") ends the
+# word before.
+_ALONE_BEFORE = r"(?:(?<=%[0-9A-Fa-f]{2})|(?<![\w-])(?<![\w-]\.))"
+_ALONE_AFTER = r"(?![\w-])(?!\.[\w-])"
 
-    __slots__ = ("_values",)
+
+class Redactor:
+    """Masks every secret a client holds (its API key, a proxy's credentials) as ``***``.
+
+    Each secret is masked as written and percent-encoded (as in a URL). A secret of 16
+    characters or more (a real key) is masked wherever it appears; a shorter one only as
+    a whole token (a path segment, a query value, a quoted or spaced word), never inside
+    another word.
+    """
+
+    __slots__ = ("_masks",)
 
     def __init__(self, *values: str) -> None:
+        forms = {form for value in values if value for form in (value, quote(value, safe=""))}
         # Longest first: a secret that holds another is masked whole.
-        self._values = tuple(sorted({v for v in values if v}, key=len, reverse=True))
+        self._masks = tuple(
+            re.compile(
+                re.escape(form)
+                if len(form) >= _MASK_ANYWHERE
+                else _ALONE_BEFORE + re.escape(form) + _ALONE_AFTER
+            )
+            for form in sorted(forms, key=len, reverse=True)
+        )
 
     def redact(self, text: str) -> str:
-        """``text`` with every occurrence of each secret replaced by ``***``."""
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, "***")
+        """``text`` with each secret replaced by ``***`` (see the class docstring)."""
+        for mask in self._masks:
+            text = mask.sub("***", text)
         return text
 
 
@@ -332,7 +356,6 @@ _CODE_CLASSES: dict[str, type[APIStatusError]] = {
 }
 
 _STATUS_HINTS: dict[type[APIStatusError], str] = {
-    NotFoundError: "no such workflow or run, or not visible to this API key",
     RateLimitError: "too many requests; slow down or raise max_retry_after",
     ServerError: "the server failed; retry later",
 }
@@ -453,7 +476,12 @@ class Transport:
         max_connections: pool size of an owned session.
         session: a session to borrow (left open) instead of owning one.
         proxy: the proxy every request goes through, or ``None``.
-        error_fields: extracts ``(error_code, details)`` from an error body.
+        error_fields: extracts ``(error_code, details)`` from an error body; a body it
+            finds neither in is not the API's own error.
+        auth_hint: what to do about a 401 or 403.
+        credential: what the credential is called, for a 404 (``"API key"``).
+        root_hint: where the API's root is, for a 404 that is not the API's own error
+            (the base URL may be wrong), e.g. ``"Copy.ai's is https://api.copy.ai/api"``.
     """
 
     def __init__(
@@ -472,6 +500,8 @@ class Transport:
         proxy: Proxy | None = None,
         error_fields: Callable[[Any], tuple[str | None, Any]] = copyai_error_fields,
         auth_hint: str = "check the API key",
+        credential: str = "API key",
+        root_hint: str = "",
     ) -> None:
         self._origin = str(base_url.origin())
         self._base_path = base_url.raw_path.rstrip("/")
@@ -500,6 +530,8 @@ class Transport:
         self._closed = False
         self._error_fields = error_fields
         self._auth_hint = auth_hint
+        self._credential = credential
+        self._root_hint = root_hint
         self._rng = random.Random()
         self._urls: dict[tuple[str, ...], URL] = {}
 
@@ -599,6 +631,7 @@ class Transport:
         json_body: Any = None,
         idempotent: bool,
         first_attempt: int = 1,
+        what: str | None = None,
     ) -> _T:
         """Send one logical request, retrying as the rules say; return ``parse(answer)``.
 
@@ -614,6 +647,8 @@ class Transport:
             first_attempt: the number of this call's first attempt (a caller sending a
                 request again after :class:`OutcomeUnknown` continues the count), so that
                 ``max_retries`` bounds every attempt of the request.
+            what: what the path names, for the message of the API's 404 ("no such
+                webhook"); ``None``: the message says only that it was not found.
 
         Raises:
             ClientClosedError: the client or its borrowed session is closed.
@@ -706,7 +741,7 @@ class Transport:
                     # The API's own error, on a 2xx (from parse, so answer is set): an
                     # answer, not a garbled one.
                     raise self._status_error(
-                        answer, raw, shown, content_type, attempt, envelope=True
+                        answer, raw, shown, content_type, attempt, envelope=True, what=what
                     ) from None
                 except InvalidResponseError as unreadable:
                     if not idempotent:
@@ -740,6 +775,7 @@ class Transport:
                 attempt,
                 retry_after=retry_after,
                 too_long=too_long,
+                what=what,
             )
             if not idempotent and status in UNKNOWN_OUTCOME_STATUSES:
                 raise OutcomeUnknown(
@@ -866,6 +902,7 @@ class Transport:
         retry_after: float | None = None,
         too_long: bool = False,
         envelope: bool = False,
+        what: str | None = None,
     ) -> APIStatusError:
         method, path, status, headers = answer.method, answer.path, answer.status, answer.headers
         text = self._redactor.redact(raw.decode("utf-8", "replace"))
@@ -895,6 +932,10 @@ class Transport:
             )
         elif cls is AuthenticationError:
             message += f"; {self._auth_hint}"
+        elif cls is NotFoundError:
+            # The API's own error has a code (or details); a web server's page has neither.
+            from_the_api = error_code is not None or details is not None
+            message += f"; {self._not_found_hint(from_the_api, what)}"
         elif cls in _STATUS_HINTS:
             message += f"; {_STATUS_HINTS[cls]}"
         if attempts > 1:
@@ -911,3 +952,13 @@ class Transport:
         if cls is RateLimitError:
             return RateLimitError(message, retry_after=retry_after, **kwargs)
         return cls(message, **kwargs)
+
+    def _not_found_hint(self, from_the_api: bool, what: str | None) -> str:
+        """What a 404 means: the API has no such thing, or (when the answer is not the
+        API's own error: a web server's page, a proxy's) the base URL is not the API's."""
+        if from_the_api:
+            missing = f"no such {what}" if what else "not found"
+            return f"{missing}, or not visible to this {self._credential}"
+        base = self._redactor.redact(self._origin + self._base_path)
+        hint = f"not the API's own error: the base URL {base} may be wrong"
+        return f"{hint} ({self._root_hint})" if self._root_hint else hint

@@ -236,8 +236,10 @@ class StatusBoard:
         self.out = out
         self.total = total
         self.title = title
-        self.latest: dict[str, str] = {}
-        self.done: int = 0
+        # Each run's latest status, and whether it is final: the done count and the counts
+        # by status are both read from it, so that every line agrees with itself (a run is
+        # read final a moment before the wait hands it over).
+        self.latest: dict[str, tuple[str, bool]] = {}
         self.started: float = time.monotonic()
         self._last_line = 0.0
         self._progress: Any = None
@@ -274,30 +276,36 @@ class StatusBoard:
         elif not self.out.as_json:
             self.out.line(self.summary_line())
 
-    def counts(self) -> Counter[str]:
-        """How many runs are in each status now."""
-        return Counter(self.latest.values())
+    def snapshot(self) -> tuple[int, Counter[str]]:
+        """How many runs are done (COMPLETE or FAILED), and how many are in each status."""
+        counts: Counter[str] = Counter()
+        done = 0
+        for status, final in self.latest.values():
+            counts[status] += 1
+            done += final
+        return done, counts
 
     def summary_line(self) -> str:
         """Elapsed time, runs done and the count per status, on one line."""
         elapsed = time.monotonic() - self.started
-        counts = " ".join(f"{status.lower()} {n}" for status, n in sorted(self.counts().items()))
-        return f"{elapsed:6.1f} s  {self.done}/{self.total} done  {counts}"
+        done, counts = self.snapshot()
+        shown = " ".join(f"{status.lower()} {n}" for status, n in sorted(counts.items()))
+        return f"{elapsed:6.1f} s  {done}/{self.total} done  {shown}"
 
     def _refresh(self) -> None:
         if self._progress is None:
             return
         order = ["COMPLETE", "FAILED", "RETRYING", "PROCESSING", "WAITING", "NEW"]
-        counts = self.counts()
+        done, counts = self.snapshot()
         parts = []
         for status in sorted(counts, key=lambda s: order.index(s) if s in order else len(order)):
             style = STATUS_STYLE.get(status, "magenta")
             parts.append(f"[{style}]{status.lower()} {counts[status]}[/]")
-        self._progress.update(self._task, completed=self.done, counts="  ".join(parts))
+        self._progress.update(self._task, completed=done, counts="  ".join(parts))
 
     def seen(self, run: WorkflowRun) -> None:
         """Record a run's latest status (and print a summary at most once a second)."""
-        self.latest[run.id] = run.raw_status or run.status.value
+        self.latest[run.id] = (run.raw_status or run.status.value, run.is_terminal)
         self._refresh()
         if self._progress is None and not self.out.as_json:
             now = time.monotonic()
@@ -307,7 +315,6 @@ class StatusBoard:
 
     def finished(self, run: WorkflowRun) -> None:
         """Record a run that reached a terminal status."""
-        self.done += 1
         self.seen(run)
 
 
@@ -784,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmds = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
 
     listing = run_cmds.add_parser("list", help="list a workflow's runs, newest first")
-    listing.add_argument("workflow_id")
+    listing.add_argument("workflow_id", help="the workflow whose runs to list (WCFG-...)")
     listing.add_argument("--all", action="store_true", help="every run, across all pages")
     listing.add_argument("--page", type=_int_at_least(1), default=1, help="page (default 1)")
     listing.add_argument("--size", type=_int_at_least(1), help="runs per page (max 100)")
@@ -792,13 +799,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=cmd_list)
 
     get = run_cmds.add_parser("get", help="show one run")
-    get.add_argument("workflow_id")
-    get.add_argument("run_id")
+    get.add_argument("workflow_id", help="the workflow the run belongs to")
+    get.add_argument("run_id", help="the run's id (WRUN-...)")
     get.add_argument("--json", action="store_true", help="print the run as JSON")
     get.set_defaults(handler=cmd_get)
 
     start = run_cmds.add_parser("start", help="start a run (and optionally wait for it)")
-    start.add_argument("workflow_id")
+    start.add_argument("workflow_id", help="the workflow to run")
     start.add_argument("--var", action="append", metavar="KEY=VALUE", help="a start variable")
     start.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata")
     start.add_argument("--wait", action="store_true", help="wait until it is COMPLETE or FAILED")
@@ -816,8 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(handler=cmd_start)
 
     find = run_cmds.add_parser("find", help="find the run a start tagged with a start key")
-    find.add_argument("workflow_id")
-    find.add_argument("start_key")
+    find.add_argument("workflow_id", help="the workflow the run was started in")
+    find.add_argument(
+        "start_key", help="the run's start key (its --start-key, or as a lost start's hint shows)"
+    )
     find.add_argument(
         "--max-runs",
         type=_int_at_least(1),
@@ -828,8 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     find.set_defaults(handler=cmd_find)
 
     wait = run_cmds.add_parser("wait", help="wait for runs, with live progress")
-    wait.add_argument("workflow_id")
-    wait.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    wait.add_argument("workflow_id", help="the workflow the runs belong to")
+    wait.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="the runs to wait for")
     wait.add_argument("--timeout", type=_positive_float, help="give up after S seconds")
     wait.add_argument("--json", action="store_true", help="each run as JSON when it ends")
     wait.add_argument(
@@ -858,11 +867,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print the webhook as JSON")
     create.set_defaults(handler=cmd_webhooks_create)
     hook_get = hook_cmds.add_parser("get", help="show one webhook")
-    hook_get.add_argument("webhook_id")
+    hook_get.add_argument("webhook_id", help="the webhook's id ('webhooks list' shows them)")
     hook_get.add_argument("--json", action="store_true", help="print the webhook as JSON")
     hook_get.set_defaults(handler=cmd_webhooks_get)
     delete = hook_cmds.add_parser("delete", help="delete a webhook")
-    delete.add_argument("webhook_id")
+    delete.add_argument("webhook_id", help="the webhook's id ('webhooks list' shows them)")
     delete.add_argument("--missing-ok", action="store_true", help="a missing webhook is no error")
     delete.set_defaults(handler=cmd_webhooks_delete)
 

@@ -38,28 +38,39 @@ def row(run: WorkflowRun) -> dict[str, Any]:
 async def export(workflow_id: str, path: Path) -> int:
     as_csv = path.suffix.lower() == ".csv"
     written = 0
-    with path.open("w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, COLUMNS) if as_csv else None
-        if writer:
-            writer.writeheader()
-        async with CopyAIClient() as client:
-            async for page in client.iter_runs(workflow_id).pages():
-                for run in page.runs:
-                    fields = row(run)
-                    if writer:  # nested values as JSON text in their cells
-                        writer.writerow(
-                            {
-                                k: json.dumps(v) if isinstance(v, dict) else v
-                                for k, v in fields.items()
-                            }
-                        )
+    # On a terminal, one progress line rewritten in place; to a pipe or a log file, one
+    # whole line per page.
+    live = sys.stderr.isatty()
+    try:
+        with path.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, COLUMNS) if as_csv else None
+            if writer:
+                writer.writeheader()
+            async with CopyAIClient() as client:
+                async for page in client.iter_runs(workflow_id).pages():
+                    for run in page.runs:
+                        fields = row(run)
+                        if writer:  # nested values as JSON text in their cells
+                            writer.writerow(
+                                {
+                                    k: json.dumps(v) if isinstance(v, dict) else v
+                                    for k, v in fields.items()
+                                }
+                            )
+                        else:
+                            out.write(json.dumps(fields, ensure_ascii=False) + "\n")
+                    written += len(page.runs)
+                    # The total is the server's hint; the pages, not the hint, decide the end.
+                    of = f"/{page.total}" if page.total is not None else ""
+                    progress = f"page {page.page}: {written}{of} runs"
+                    if live:
+                        print(f"\r{progress}", end="", file=sys.stderr, flush=True)
                     else:
-                        out.write(json.dumps(fields, ensure_ascii=False) + "\n")
-                written += len(page.runs)
-                # The total is the server's hint; the pages, not the hint, decide the end.
-                of = f"/{page.total}" if page.total is not None else ""
-                print(f"\rpage {page.page}: {written}{of} runs", end="", file=sys.stderr)
-    print(f"\nwrote {written} runs to {path}", file=sys.stderr)
+                        print(progress, file=sys.stderr)
+    finally:
+        if live and written:
+            print(file=sys.stderr)  # end the progress line, before whatever comes next
+    print(f"wrote {written} runs to {path}", file=sys.stderr)
     return written
 
 
@@ -69,7 +80,7 @@ def main() -> int:
     try:
         asyncio.run(export(sys.argv[1], Path(sys.argv[2])))
     except CopyAIError as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -214,8 +214,16 @@ async def test_errors(at: AITaskerClient, server: FakeCopyAI) -> None:
     with pytest.raises(NotFoundError) as info:
         await at.get_run(WF, "nope")
     assert info.value.details == "Not Found"
-    with pytest.raises(NotFoundError):
+    assert str(info.value).endswith("no such workflow or run, or not visible to this token")
+    with pytest.raises(NotFoundError, match="no such workspace or workflow, or not visible"):
         await at.list_runs("other-workspace", WF)
+    server.inject(Fault.raw("<h1>Not Found</h1>", status=404, content_type="text/html"))
+    with pytest.raises(NotFoundError) as elsewhere:
+        await at.get_run(WF, "nope")
+    assert str(elsewhere.value).endswith(
+        f"-> 404 (non-JSON body); not the API's own error: the base URL {at.base_url} may be "
+        "wrong (its root is the server's address, without /api/v1)"
+    )
     server.inject(Fault.raw({"detail": [{"loc": ["body"], "msg": "bad"}]}, status=422))
     with pytest.raises(UnprocessableEntityError) as bad:
         await at.trigger(WS, WF)

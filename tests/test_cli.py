@@ -6,6 +6,7 @@ fake server runs on a loop in a thread of its own.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -23,8 +24,14 @@ import pytest
 import copyai_async
 from copyai_async import START_KEY
 from copyai_async.aitasker import AITaskerClient, AITaskerRun
-from copyai_async.cli import main
-from copyai_async.testing import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID, FakeCopyAI, Schedule
+from copyai_async.cli import build_parser, main
+from copyai_async.testing import (
+    AITASKER_WORKFLOW_ID,
+    AITASKER_WORKSPACE_ID,
+    FakeCopyAI,
+    Fault,
+    Schedule,
+)
 
 T = TypeVar("T")
 
@@ -82,6 +89,36 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "examples:" in text
     assert "copyai-async demo" in text
     assert "130 interrupted" in text
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, name: str
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """``parser`` and every subcommand's parser under it, each with its command line."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_argument_says_what_it_is() -> None:
+    parsers = dict(_parsers(build_parser(), "copyai-async"))
+    assert {"copyai-async runs wait", "copyai-async webhooks get", "copyai-async demo"} <= set(
+        parsers
+    )
+    silent = [
+        f"{name}: {action.dest if not action.option_strings else action.option_strings[0]}"
+        for name, parser in parsers.items()
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction)
+        and (not action.help or not action.help.strip())
+    ]
+    assert silent == []
+    # The positionals show their help in --help, as the user reads it.
+    usage = parsers["copyai-async runs get"].format_help()
+    assert re.search(r"^\s+workflow_id\s+\S", usage, re.MULTILINE), usage
+    assert re.search(r"^\s+run_id\s+\S", usage, re.MULTILINE), usage
 
 
 @pytest.mark.parametrize(
@@ -290,7 +327,9 @@ def test_get_human_and_json(api: ThreadedServer, capsys: pytest.CaptureFixture[s
     ("argv", "code", "words"),
     [
         (["runs", "get", "WCFG-fake-workflow", "WRUN-nope"], 4, "404 NOT_FOUND"),
-        (["runs", "list", "WCFG-missing"], 4, "404"),
+        (["runs", "list", "WCFG-missing"], 4, "404 NOT_FOUND; no such workflow,"),
+        (["webhooks", "get", "WHK-nope"], 4, "404 NOT_FOUND; no such webhook,"),
+        (["webhooks", "delete", "WHK-nope"], 4, "404 NOT_FOUND; no such webhook,"),
         (["runs", "get", "WCFG-fake-workflow", ""], 2, "run_id"),
     ],
 )
@@ -304,10 +343,47 @@ def test_errors_are_one_line(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_base_url_without_api_says_so(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    srv = api.server
+    root = srv.url.removesuffix("/api")
+    assert main(["--api-key", srv.api_key, "--base-url", root, "webhooks", "get", "WHK-1"]) == 4
+    assert capsys.readouterr().err == (
+        "error: GET /webhook/WHK-1 -> 404 (non-JSON body); not the API's own error: the base "
+        f"URL {root} may be wrong (Copy.ai's API root is https://api.copy.ai/api)\n"
+    )
+
+
 def test_wrong_key_exits_3(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--api-key", "wrong", "--base-url", api.server.url, "runs", "list", "W"]
     assert main(argv) == 3
     assert "401" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["k", "o", "e", "cpk-3f9c2b7e4a1d8c6f0b5e2a9d"])
+def test_the_key_is_masked_as_a_token_in_error_output(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    srv = api.server
+    # The server echoes the key back in its error's details (and its words around it).
+    echo = {
+        "status": "error",
+        "errorCode": "BAD_REQUEST",
+        "details": {"x-copy-ai-api-key": [f"the key '{key}' is not known"]},
+    }
+
+    def arrange() -> None:
+        srv.api_key = key
+        srv.inject(Fault.raw(echo, status=400))
+
+    api.call(arrange)
+    assert main(["--api-key", key, "--base-url", srv.url, "runs", "list", srv.workflow_id]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: GET /api/workflow/{srv.workflow_id}/run?page=1&size=10 -> 400 BAD_REQUEST: "
+        "x-copy-ai-api-key: the key '***' is not known\n"
+    )
 
 
 def test_verbose_logs_requests_without_the_key(
@@ -416,6 +492,40 @@ def test_wait_many(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> N
     assert {r["status"] for r in rows} == {"COMPLETE"}
     assert cli(api, "runs", "wait", api.server.workflow_id, *ids) == 0
     assert capsys.readouterr().out.splitlines()[-1].split()[2:5] == ["4/4", "done", "complete"]
+
+
+_PROGRESS = re.compile(r"\s*\d+\.\d s  (\d+)/(\d+) done  (.*)")
+
+
+def _progress_lines(out: str) -> list[tuple[int, int, dict[str, int]]]:
+    """The progress lines of a wait: ``(done, total, count by status)`` each."""
+    lines = []
+    for line in out.splitlines():
+        match = _PROGRESS.fullmatch(line)
+        if match:
+            words = match[3].split()
+            counts = {status: int(n) for status, n in zip(words[::2], words[1::2], strict=True)}
+            lines.append((int(match[1]), int(match[2]), counts))
+    return lines
+
+
+def _consistent(lines: list[tuple[int, int, dict[str, int]]]) -> None:
+    """Each line is one snapshot: done counts exactly the runs in a final status."""
+    assert lines
+    for done, total, counts in lines:
+        assert done == counts.get("complete", 0) + counts.get("failed", 0), lines
+        assert sum(counts.values()) <= total
+
+
+def test_wait_progress_lines_are_consistent(
+    api: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its first reading is final: the line it prints counts it done, as it counts it failed.
+    failed = api.call(lambda: api.server.add_run(schedule=Schedule.immediate("FAILED"))).id
+    assert cli(api, "runs", "wait", api.server.workflow_id, failed) == 5
+    lines = _progress_lines(capsys.readouterr().out)
+    _consistent(lines)
+    assert lines[-1] == (1, 1, {"failed": 1})
 
 
 @pytest.mark.parametrize(
@@ -542,6 +652,9 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert "polling only and then with a webhook listener" in out
     assert int(summary["complete"]) + int(summary["failed"]) == 40
     assert int(summary["faults injected"]) > 0  # retried: every run still came back
+    progress = _progress_lines(out)
+    _consistent(progress)
+    assert progress[-1][:2] == (40, 40)
     assert main([*argv, "--json"]) == 0
     rows = _json_lines(capsys.readouterr().out)
     assert len(rows) == 41

@@ -269,6 +269,37 @@ async def test_key_never_in_repr_logs_or_errors(
         assert SECRET not in text
 
 
+class _NoSuchName(aiohttp.abc.AbstractResolver):
+    """A resolver that knows no name: a DNS failure, with no network."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> Any:
+        raise OSError(-2, "Name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("key", ["k", "o", "n", "e", "ss", SECRET])
+async def test_a_key_is_masked_as_a_token_not_inside_words(key: str) -> None:
+    # An API key "k" once turned this DNS error into "Name or service not ***nown".
+    host = f"{SECRET}.example.invalid"  # a real-looking key is masked wherever it is
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=_NoSuchName()))
+    base_url = f"https://{host}/api"
+    async with session, CopyAIClient(key, base_url=base_url, session=session, max_retries=0) as c:
+        with pytest.raises(copyai_async.APIConnectionError) as info:
+            await c.get_run("W", "R")
+    cause = info.value.__cause__
+    said = f"{type(cause).__name__}: {cause}"  # aiohttp's words, whole
+    assert "Name or service not known" in said
+    for text in (str(info.value), repr(info.value)):
+        assert "GET /api/workflow/W/run/R: could not connect" in text
+        if key == SECRET:
+            assert SECRET not in text
+            assert said.replace(SECRET, "***") in text
+        else:
+            assert said in text
+
+
 # -- endpoints --------------------------------------------------------------------------
 
 

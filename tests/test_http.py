@@ -10,10 +10,11 @@ import logging
 import pickle
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -34,10 +35,12 @@ from copyai_async import (
     StartUncertainError,
     UnprocessableEntityError,
 )
-from copyai_async._http import Fate, RetryConfig, _classify_failure, parse_retry_after
+from copyai_async._http import Fate, Redactor, RetryConfig, _classify_failure, parse_retry_after
 from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule
 
 from .conftest import load_payload
+
+REAL_KEY = "cpk-3f9c2b7e4a1d8c6f0b5e2a9d"  # a real-looking API key
 
 
 @pytest.fixture
@@ -392,6 +395,68 @@ async def test_404_not_found(quick: CopyAIClient, server: FakeCopyAI) -> None:
         await quick.list_runs("WCFG-nope")
 
 
+async def test_404_says_what_was_not_found(quick: CopyAIClient, server: FakeCopyAI) -> None:
+    wf = server.workflow_id
+    calls: list[tuple[Callable[[], Awaitable[Any]], str]] = [
+        (lambda: quick.get_run(wf, "WRUN-missing"), "no such workflow or run"),
+        (lambda: quick.list_runs("WCFG-nope"), "no such workflow"),
+        (lambda: quick.start_run("WCFG-nope", {}), "no such workflow"),
+        (lambda: quick.get_webhook("WHK-nope"), "no such webhook"),
+        (lambda: quick.delete_webhook("WHK-nope"), "no such webhook"),
+    ]
+    for call, words in calls:
+        with pytest.raises(NotFoundError) as info:
+            await call()
+        err = info.value
+        assert (err.status, err.error_code) == (404, "NOT_FOUND")
+        assert str(err).endswith(f"-> 404 NOT_FOUND; {words}, or not visible to this API key")
+    server.inject(Fault.raw({"status": "error", "errorCode": "NOT_FOUND"}))  # on a 200
+    with pytest.raises(NotFoundError, match="no such webhook, or not visible"):
+        await quick.get_webhook("WHK-1")
+
+
+async def test_404_from_outside_the_api_says_the_base_url_may_be_wrong(
+    server: FakeCopyAI, clock: FakeClock
+) -> None:
+    root = server.url.removesuffix("/api")  # forgot the /api
+    async with CopyAIClient(REAL_KEY, base_url=root, clock=clock) as client:
+        server.api_key = REAL_KEY
+        for call in (lambda: client.get_run("W", "R"), lambda: client.get_webhook("WHK-1")):
+            with pytest.raises(NotFoundError) as info:
+                await call()
+            err = info.value
+            assert (err.status, err.error_code) == (404, None)
+            assert err.body == "404: Not Found"
+            message = str(err)
+            assert f"{err.method} {err.path} -> 404 (non-JSON body); " in message
+            assert f"the base URL {root} may be wrong" in message
+            assert "Copy.ai's API root is https://api.copy.ai/api" in message
+            assert "no such" not in message
+            assert REAL_KEY not in message + repr(err)
+    assert server.stats.requests == 2  # a 404 is not retried
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "label"),
+    [
+        ("<html><center><h1>404 Not Found</h1></center><hr>nginx</html>", "text/html", "non-JSON"),
+        ("404: Not Found", "text/plain", "non-JSON"),
+        ("", "text/plain", "no error code"),
+        ('{"message": "Not Found"}', "application/json", "no error code"),
+    ],
+)
+async def test_404_that_is_not_the_apis_error(
+    quick: CopyAIClient, server: FakeCopyAI, body: str, content_type: str, label: str
+) -> None:
+    server.inject(Fault.raw(body, status=404, content_type=content_type))
+    with pytest.raises(NotFoundError) as info:
+        await quick.get_run(server.workflow_id, "WRUN-1")
+    message = str(info.value)
+    assert f"-> 404 ({label}" in message
+    assert f"the base URL {server.url} may be wrong" in message
+    assert "no such" not in message
+
+
 async def test_401_wrong_key(server: FakeCopyAI, clock: FakeClock) -> None:
     async with CopyAIClient("wrong", base_url=server.url, clock=clock) as client:
         with pytest.raises(AuthenticationError) as info:
@@ -581,3 +646,70 @@ def test_undecodable_json_raises_value_error() -> None:
 
     with pytest.raises(ValueError, match=r"\w"):
         loads(b"{oops")
+
+
+# -- redaction --------------------------------------------------------------------------
+
+# What aiohttp says when a name does not resolve: a short key must leave it whole.
+_DNS_TEXT = "Cannot connect to host api.copy.ai:443 ssl:default [Name or service not known]"
+
+
+@pytest.mark.parametrize("key", ["k", "o", "n", "e", "ss", "nown", "api", "copy", "servic"])
+def test_a_short_key_is_never_masked_inside_a_word(key: str) -> None:
+    assert Redactor(key).redact(_DNS_TEXT) == _DNS_TEXT
+    assert Redactor(key).redact("x-copy-ai-api-key-and-more known_keys") == (
+        "x-copy-ai-api-key-and-more known_keys"
+    )
+
+
+@pytest.mark.parametrize("key", ["k", "o", "ss", "abc", "not", "k+y/z", "12345"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{}",
+        "x-copy-ai-api-key: {}",
+        "https://h.example/api?key={}&page=1",
+        "https://h.example/api/{}/run",
+        "'{}'",
+        '"{}"',
+        "bad key {}.",
+        "(key={})",
+        "[{}]",
+        "a%20{}%20b",
+        "{} and {} again",
+    ],
+)
+def test_a_short_key_is_masked_wherever_it_stands_as_a_token(key: str, template: str) -> None:
+    shown = Redactor(key).redact(template.format(key, key))
+    assert shown == template.format("***", "***")
+
+
+def test_a_key_is_masked_percent_encoded_too() -> None:
+    for key in ("k+y/z", "a real/key+with=marks"):
+        encoded = quote(key, safe="")
+        assert Redactor(key).redact(f"GET /api?key={encoded}&page=1") == "GET /api?key=***&page=1"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{}",
+        "Bearer{}",
+        "key:{}",
+        "x{}y",
+        "{}{}",
+        "https://h.example/api?key={}&page=1",
+        "host {}.example.invalid:443",
+        "ApiKey_{}_suffix",
+    ],
+)
+def test_a_real_looking_key_is_masked_even_inside_a_word(template: str) -> None:
+    shown = Redactor(REAL_KEY).redact(template.format(REAL_KEY, REAL_KEY))
+    assert shown == template.format("***", "***")
+    assert REAL_KEY[4:] not in shown
+
+
+def test_a_secret_that_holds_another_is_masked_whole() -> None:
+    redactor = Redactor("pw", f"user:{REAL_KEY}", REAL_KEY)
+    assert redactor.redact(f"user:{REAL_KEY} and pw") == "*** and ***"
+    assert Redactor().redact(_DNS_TEXT) == _DNS_TEXT  # no secret: nothing to mask

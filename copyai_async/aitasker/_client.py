@@ -149,6 +149,8 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             trust_env=trust_env,
             error_fields=_fastapi_error_fields,
             auth_hint=f"check the token (token= or the {TOKEN_ENV} variable)",
+            credential="token",
+            root_hint="its root is the server's address, without /api/v1",
         )
 
     async def list_runs(self, workspace_id: str, workflow_id: str) -> list[AITaskerRun]:
@@ -163,6 +165,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             ("api", "v1", "workspaces", ws, "workflows", wf, "runs"),
             idempotent=True,
             parse=lambda resp: AITASKER_WIRE.runs(resp.data),
+            what="workspace or workflow",
         )
 
     async def get_run(self, workflow_id: str, run_id: str) -> AITaskerRun:
@@ -174,6 +177,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             ("api", "v1", "workflows", wf, "runs", run),
             idempotent=True,
             parse=lambda resp: AITASKER_WIRE.run(resp.data),
+            what="workflow or run",
         )
 
     async def trigger(
@@ -206,6 +210,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             parse=lambda resp: AITASKER_WIRE.run(resp.data),
             start_key=None,
             find=None,
+            what="workspace or workflow",
         )
         self._note_started(run.workflow_id, run.id)
         return run

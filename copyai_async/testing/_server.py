@@ -660,6 +660,10 @@ class FakeCopyAI:
         if request.path.startswith("/_fake/"):
             resp: web.StreamResponse = await handler(request)  # no key, not counted
             return resp
+        if not request.path.startswith("/api/"):
+            # Outside the API (a base URL without /api): the web server answers, not the
+            # API, with its own page rather than the API's JSON error.
+            return web.Response(status=404, text="404: Not Found")
         if request.path.startswith("/api/v1/"):
             if request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 return web.json_response({"detail": "Not authenticated"}, status=401)
