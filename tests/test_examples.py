@@ -85,13 +85,14 @@ def run_example(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[
 
 
 def test_start_and_wait(fake_api: Any) -> None:
-    done = run_example(fake_api(), "start_and_wait.py", WORKFLOW, "sea otters")
+    # Runs that move on one step per read, so that the wait sees every status.
+    done = run_example(fake_api("--schedule", "polls"), "start_and_wait.py", WORKFLOW, "sea otters")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["id"].startswith("WRUN-")
     assert result["output"]  # the finished run's output
     assert result["credits"] == 2
-    # The statuses seen on the way, in order (the fake's default schedule).
+    # The statuses seen on the way, in order.
     seen = re.findall(r": ([A-Z]+)$", done.stderr, re.M)
     assert seen == ["NEW", "WAITING", "PROCESSING", "COMPLETE"]
 
