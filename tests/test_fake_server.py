@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import aiohttp
@@ -253,6 +254,30 @@ async def test_a_spread_applies_to_each_run_added_or_rescheduled() -> None:
         ids_plain = [server.add_run().id for _ in range(3)]
     async with FakeCopyAI(default_schedule=spread) as server:
         assert [server.add_run().id for _ in range(3)] == ids_plain
+
+
+async def test_fake_run_endpoint(server: FakeCopyAI) -> None:
+    seconds = server.add_run(schedule=Schedule.seconds(("WAITING", 30), ("PROCESSING", 60)))
+    polled = server.add_run(schedule=Schedule.polls(("PROCESSING", 2)))
+    before = time.time()
+    status, body = await _raw(server, "GET", f"/../_fake/runs/{seconds.id}", key=None)
+    assert status == 200
+    assert body["id"] == seconds.id
+    assert body["workflow_id"] == server.workflow_id
+    assert (body["status"], body["unit"], body["final"]) == ("WAITING", "seconds", "COMPLETE")
+    assert body["steps"] == [["WAITING", 30], ["PROCESSING", 60]]
+    assert before + 89 < body["finishes_at"] < time.time() + 90  # Unix time
+    status, body = await _raw(server, "GET", f"/../_fake/runs/{polled.id}", key=None)
+    assert (body["status"], body["unit"], body["finishes_at"], body["polls"]) == (
+        "PROCESSING",
+        "polls",
+        None,
+        0,  # looking here is not a poll
+    )
+    assert polled.polls == 0
+    assert (await _raw_text(server, "GET", "/../_fake/runs/WRUN-nope"))[0] == 404
+    stats = (await _raw(server, "GET", "/../_fake/stats", key=None))[1]
+    assert stats["requests"] == 0  # the fake's own endpoints are not counted
 
 
 QUIRKS = [

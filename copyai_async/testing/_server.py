@@ -195,6 +195,11 @@ class FakeCopyAI:
     credits. :meth:`forge_event` and :meth:`post_event` send deliveries the server never
     made, to test a receiver.
 
+    Its own endpoints, outside ``/api``, need no key and meet no fault: ``GET
+    /_fake/stats`` (the counters) and ``GET /_fake/runs/{run_id}`` (a run's status,
+    schedule and, for ``unit="seconds"``, ``finishes_at`` in Unix time), for scripts and
+    tests that drive it from another process.
+
     Attributes you may change while it runs: ``latency``, ``quirks``, ``fault_rate``,
     ``default_schedule``, ``schedule_for``, ``credit_limit``, ``api_key``,
     ``compress_min_size``, and two hooks for paging tests: ``report_total`` (maps the real
@@ -311,6 +316,7 @@ class FakeCopyAI:
         app.router.add_get("/api/workflow/{workflow_id}/run", self._list_runs)
         app.router.add_get("/api/workflow/{workflow_id}/run/{run_id}", self._get_run)
         app.router.add_get("/_fake/stats", self._stats)
+        app.router.add_get("/_fake/runs/{run_id}", self._run_info)
         self._aitasker.add_routes(app)
         self._webhooks.add_routes(app)
         # handler_cancellation: a client that hangs up cancels its request here, as on a
@@ -715,7 +721,9 @@ class FakeCopyAI:
 
     async def _stats(self, request: web.Request) -> web.Response:
         stats = self.stats
-        counted = stats.requests - stats.by_path["GET /_fake/stats"]
+        counted = stats.requests - sum(
+            n for path, n in stats.by_path.items() if path.split(" ", 1)[1].startswith("/_fake/")
+        )
         return web.json_response(
             {
                 "requests": counted,
@@ -729,6 +737,29 @@ class FakeCopyAI:
                 "webhooks_sent": stats.webhooks_sent,
                 "webhooks_failed": stats.webhooks_failed,
                 "webhooks_dropped": stats.webhooks_dropped,
+            }
+        )
+
+    async def _run_info(self, request: web.Request) -> web.Response:
+        """One run as the fake sees it (any workflow): the status now, not counted as a
+        poll; when it finishes, in Unix time, for a seconds schedule."""
+        run_id = request.match_info["run_id"]
+        run = next((idx[run_id] for idx in self._index.values() if run_id in idx), None)
+        if run is None:
+            raise web.HTTPNotFound()
+        now = self.clock()
+        finish = run.finishes_at
+        schedule = run.schedule
+        return web.json_response(
+            {
+                "id": run.id,
+                "workflow_id": run.workflow_id,
+                "status": run.status(now),
+                "polls": run.polls,
+                "unit": schedule.unit,
+                "steps": [[status, duration] for status, duration in schedule.steps],
+                "final": schedule.final,
+                "finishes_at": None if finish is None else time.time() + (finish - now),
             }
         )
 
