@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from copyai_async.testing.pytest_plugin import _keeps_fixture_scope
 from tests.real_servers import uvicorn_thread
 from tests.redis_support import BINARY, RedisServer
 
@@ -275,13 +276,62 @@ def _run_readme_programs(env: dict[str, str], tmp_path: Path) -> None:
     for block in tests:
         name = block.split("\n", 1)[0].removeprefix("# ").strip()
         (tmp_path / name).write_text(block)
+        # A project with no pytest configuration: no warning either (-W error), where
+        # the plugin can spare it pytest-asyncio's.
+        warnings = ["-W", "error"] if _keeps_fixture_scope() else []
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / name)],
+            [sys.executable, "-m", "pytest", "-q", *warnings, "-p", "no:cacheprovider", name],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
             cwd=tmp_path,
         )
-        assert done.returncode == 0, done.stdout[-3000:]
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert " passed" in done.stdout
+        assert not warnings or "Warning" not in done.stdout + done.stderr
+
+
+PLUGIN_USER_TEST = """
+import pytest
+
+@pytest.mark.asyncio
+async def test_mine(copyai_server, copyai_client):
+    run = await copyai_client.start_run(copyai_server.workflow_id, {"topic": "otters"})
+    assert (await copyai_client.get_run(copyai_server.workflow_id, run.id)).id == run.id
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "loop_scope", "shown"),
+    [
+        ("strict", None, "fixture-scope"),
+        ("auto", None, "fixture-scope"),
+        ("auto", "function", "function"),
+    ],
+)
+def test_the_plugin_adds_no_warning_to_a_project(
+    tmp_path: Path, mode: str, loop_scope: str | None, shown: str
+) -> None:
+    # A project of one test file that uses the fixtures, no pytest configuration:
+    # pytest-asyncio would warn that asyncio_default_fixture_loop_scope is unset (an
+    # error under -W error). The plugin sets the value that means what unset means;
+    # a project's own value stays.
+    if loop_scope is None and not _keeps_fixture_scope():
+        pytest.skip("pytest-asyncio < 1.5 has no value for 'unset': the project chooses")
+    (tmp_path / "test_mine.py").write_text(PLUGIN_USER_TEST)
+    argv = ["-W", "error", "-p", "no:cacheprovider", f"--asyncio-mode={mode}"]
+    if loop_scope is not None:
+        argv += ["-o", f"asyncio_default_fixture_loop_scope={loop_scope}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *argv, "test_mine.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\b1 passed\b", done.stdout)
+    assert "Warning" not in done.stdout + done.stderr
+    assert f"asyncio_default_fixture_loop_scope={shown}" in done.stdout
