@@ -16,6 +16,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,10 @@ import pytest
 from copyai_async.testing.pytest_plugin import _keeps_fixture_scope
 from tests.real_servers import uvicorn_thread
 from tests.redis_support import BINARY, RedisServer
+from tests.timed import done_at
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TIMED = Path(__file__).with_name("timed.py")
 WORKFLOW = "WCFG-fake-workflow"
 # Every example script, and the test below that runs it.
 COVERED = {
@@ -251,7 +255,8 @@ def test_readme_programs_run_against_the_fake_server(fake_api: Any, tmp_path: Pa
 
 def _run_readme_programs(env: dict[str, str], tmp_path: Path) -> None:
     programs = [b for b in _readme_blocks() if "asyncio.run(main())" in b]
-    # The webhook program needs an address Copy.ai can reach: its workflow is a placeholder.
+    # The webhook program needs an address Copy.ai can reach: its workflow is a placeholder
+    # (test_readme_webhook_program_ends_as_its_run_finishes runs it).
     runnable = [b for b in programs if WORKFLOW in b]
     assert len(runnable) == len(programs) - 1
     procs = []
@@ -290,6 +295,47 @@ def _run_readme_programs(env: dict[str, str], tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert " passed" in done.stdout
         assert not warnings or "Warning" not in done.stdout + done.stderr
+
+
+def test_readme_webhook_program_ends_as_its_run_finishes(fake_api: Any, tmp_path: Path) -> None:
+    (block,) = [b for b in _readme_blocks() if "client.listen(" in b]
+    # Against the fake on its default schedule: the fake's workflow for the placeholder,
+    # and the listener on loopback, where the fake reaches it, instead of a tunnel.
+    program = re.sub(r'public_url="[^"]*"', "", block)
+    assert program.count('"WCFG-..."') == 2
+    program = program.replace('"WCFG-..."', f'"{WORKFLOW}"')
+    assert "client.listen()" in program
+    script = tmp_path / "readme_webhooks.py"
+    script.write_text(program)
+    env = fake_api()
+    done = subprocess.run(
+        [sys.executable, str(TIMED), str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    exited = time.time()
+    assert done.returncode == 0, done.stderr
+    assert "COMPLETE" in done.stdout
+    base = env["COPYAI_BASE_URL"].removesuffix("/api")
+    listing = urllib.request.Request(  # noqa: S310 - loopback http
+        f"{env['COPYAI_BASE_URL']}/workflow/{WORKFLOW}/run",
+        headers={"x-copy-ai-api-key": env["COPYAI_API_KEY"]},
+    )
+    with urllib.request.urlopen(listing, timeout=30) as resp:  # noqa: S310
+        (run,) = json.load(resp)["data"]["data"]
+    with urllib.request.urlopen(f"{base}/_fake/runs/{run['id']}", timeout=30) as resp:  # noqa: S310
+        info = json.load(resp)
+    assert info["unit"] == "seconds"  # the fake's default schedule
+    # One read, the one the finished event made (with a listener live, a run just started
+    # is not polled at once); and the program was done at once, its listener closed and
+    # its webhooks deleted, not on a poll 30 s (the listener's safety interval) later.
+    # The interpreter's teardown after that is a matter of the machine's load.
+    assert info["polls"] == 1
+    late = done_at(done.stderr) - info["finishes_at"]
+    assert 0 <= late < 0.5, late
+    assert exited - info["finishes_at"] < 3
 
 
 PLUGIN_USER_TEST = """
