@@ -12,9 +12,14 @@ from typing import Any
 import pytest
 
 from copyai_async import CopyAIClient
-from copyai_async.testing import FakeClock, FakeCopyAI
+from copyai_async.testing import FakeClock, FakeCopyAI, Schedule
 
 PAYLOADS = Path(__file__).parent / "payloads"
+# Runs that move on only when read: NEW on the first GET, WAITING on the second,
+# PROCESSING on the next two, COMPLETE from the fifth. The `client` fixture sleeps on a
+# FakeClock (no real time passes), so runs on the fake's default, which finish with real
+# seconds, would not finish while it waits.
+BY_POLLS = Schedule.polls(("NEW", 1), ("WAITING", 1), ("PROCESSING", 2))
 
 
 def load_payload(name: str) -> Any:
@@ -29,7 +34,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeCopyAI]:
-    async with FakeCopyAI() as srv:
+    async with FakeCopyAI(default_schedule=BY_POLLS) as srv:
         yield srv
 
 

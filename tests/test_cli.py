@@ -16,7 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -32,6 +34,9 @@ from copyai_async.testing import (
     Fault,
     Schedule,
 )
+from tests.timed import done_at
+
+TIMED = Path(__file__).with_name("timed.py")
 
 T = TypeVar("T")
 
@@ -633,6 +638,70 @@ def test_runs_wait_listen(api: ThreadedServer, capsys: pytest.CaptureFixture[str
     )
     assert len(gets) == 2  # the first look, then the event's verification
     assert api.call(lambda: api.server.webhooks) == []
+
+
+def _use_it(server: subprocess.Popen[str]) -> dict[str, str]:
+    """The environment `copyai-async fake-server` says to use (its second line)."""
+    assert server.stdout is not None
+    server.stdout.readline()
+    pairs = dict(re.findall(r"(COPYAI_[A-Z_]+)=(\S+)", server.stdout.readline()))
+    assert set(pairs) == {"COPYAI_API_KEY", "COPYAI_BASE_URL"}, pairs
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COPYAI_")}
+    return {**env, **pairs, "PYTHONUNBUFFERED": "1"}
+
+
+def fake_run(env: dict[str, str], run_id: str) -> dict[str, Any]:
+    """What a fake server in another process says about a run (``GET /_fake/runs/ID``)."""
+    url = f"{env['COPYAI_BASE_URL'].removesuffix('/api')}/_fake/runs/{run_id}"
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - loopback http
+        info: dict[str, Any] = json.load(resp)
+    return info
+
+
+def test_runs_wait_listen_ends_as_the_run_finishes() -> None:
+    # As a user types it: the fake server on its default schedule, a run, and a wait
+    # with a listener (through tests/timed.py, which notes when the command was done).
+    # Seed 28 makes the first run take 3.7 s, time enough for the wait to be listening
+    # before it finishes, even on a busy machine.
+    server = _spawn("fake-server", "--seed", "28")
+    try:
+        env = _use_it(server)
+        copyai = [sys.executable, "-m", "copyai_async"]
+        started = subprocess.run(
+            [*copyai, "runs", "start", "WCFG-fake-workflow", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        run_id = json.loads(started.stdout)["id"]
+        command = ["runs", "wait", "WCFG-fake-workflow", run_id, "--listen", "--json"]
+        wait = subprocess.Popen(
+            [sys.executable, str(TIMED), "-m", "copyai_async", *command],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        out, err = wait.communicate(timeout=60)
+        exited = time.time()
+        info = fake_run(env, run_id)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
+    assert wait.returncode == 0, err
+    assert _json_lines(out)[-1]["status"] == "COMPLETE"
+    assert (info["unit"], info["status"]) == ("seconds", "COMPLETE")  # the default schedule
+    assert sum(d for _, d in info["steps"]) == pytest.approx(3.7, abs=0.01)
+    # Two reads: the wait's first look (the run unfinished, the listener live), then the
+    # one the finished event made; and the command was done at once (its listener
+    # closed, its webhooks deleted), not on a poll 10 or 30 s later. The interpreter's
+    # teardown after that is a matter of the machine's load.
+    assert info["polls"] == 2
+    late = done_at(err) - info["finishes_at"]
+    assert 0 <= late < 0.5, late
+    assert exited - info["finishes_at"] < 3
 
 
 # -- demo, fake-server, Ctrl-C ----------------------------------------------------------

@@ -16,6 +16,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from copyai_async.testing.pytest_plugin import _keeps_fixture_scope
 from tests.real_servers import uvicorn_thread
 from tests.redis_support import BINARY, RedisServer
+from tests.timed import done_at
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TIMED = Path(__file__).with_name("timed.py")
 WORKFLOW = "WCFG-fake-workflow"
 # Every example script, and the test below that runs it.
 COVERED = {
@@ -85,13 +90,14 @@ def run_example(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[
 
 
 def test_start_and_wait(fake_api: Any) -> None:
-    done = run_example(fake_api(), "start_and_wait.py", WORKFLOW, "sea otters")
+    # Runs that move on one step per read, so that the wait sees every status.
+    done = run_example(fake_api("--schedule", "polls"), "start_and_wait.py", WORKFLOW, "sea otters")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["id"].startswith("WRUN-")
     assert result["output"]  # the finished run's output
     assert result["credits"] == 2
-    # The statuses seen on the way, in order (the fake's default schedule).
+    # The statuses seen on the way, in order.
     seen = re.findall(r": ([A-Z]+)$", done.stderr, re.M)
     assert seen == ["NEW", "WAITING", "PROCESSING", "COMPLETE"]
 
@@ -254,7 +260,8 @@ def test_readme_programs_run_against_the_fake_server(fake_api: Any, tmp_path: Pa
 
 def _run_readme_programs(env: dict[str, str], tmp_path: Path) -> None:
     programs = [b for b in _readme_blocks() if "asyncio.run(main())" in b]
-    # The webhook program needs an address Copy.ai can reach: its workflow is a placeholder.
+    # The webhook program needs an address Copy.ai can reach: its workflow is a placeholder
+    # (test_readme_webhook_program_ends_as_its_run_finishes runs it).
     runnable = [b for b in programs if WORKFLOW in b]
     assert len(runnable) == len(programs) - 1
     procs = []
@@ -279,13 +286,103 @@ def _run_readme_programs(env: dict[str, str], tmp_path: Path) -> None:
     for block in tests:
         name = block.split("\n", 1)[0].removeprefix("# ").strip()
         (tmp_path / name).write_text(block)
+        # A project with no pytest configuration: no warning either (-W error), where
+        # the plugin can spare it pytest-asyncio's.
+        warnings = ["-W", "error"] if _keeps_fixture_scope() else []
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / name)],
+            [sys.executable, "-m", "pytest", "-q", *warnings, "-p", "no:cacheprovider", name],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
             cwd=tmp_path,
         )
-        assert done.returncode == 0, done.stdout[-3000:]
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert " passed" in done.stdout
+        assert not warnings or "Warning" not in done.stdout + done.stderr
+
+
+def test_readme_webhook_program_ends_as_its_run_finishes(fake_api: Any, tmp_path: Path) -> None:
+    (block,) = [b for b in _readme_blocks() if "client.listen(" in b]
+    # Against the fake on its default schedule: the fake's workflow for the placeholder,
+    # and the listener on loopback, where the fake reaches it, instead of a tunnel.
+    program = re.sub(r'public_url="[^"]*"', "", block)
+    assert program.count('"WCFG-..."') == 2
+    program = program.replace('"WCFG-..."', f'"{WORKFLOW}"')
+    assert "client.listen()" in program
+    script = tmp_path / "readme_webhooks.py"
+    script.write_text(program)
+    env = fake_api()
+    done = subprocess.run(
+        [sys.executable, str(TIMED), str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    exited = time.time()
+    assert done.returncode == 0, done.stderr
+    assert "COMPLETE" in done.stdout
+    base = env["COPYAI_BASE_URL"].removesuffix("/api")
+    listing = urllib.request.Request(  # noqa: S310 - loopback http
+        f"{env['COPYAI_BASE_URL']}/workflow/{WORKFLOW}/run",
+        headers={"x-copy-ai-api-key": env["COPYAI_API_KEY"]},
+    )
+    with urllib.request.urlopen(listing, timeout=30) as resp:  # noqa: S310
+        (run,) = json.load(resp)["data"]["data"]
+    with urllib.request.urlopen(f"{base}/_fake/runs/{run['id']}", timeout=30) as resp:  # noqa: S310
+        info = json.load(resp)
+    assert info["unit"] == "seconds"  # the fake's default schedule
+    # One read, the one the finished event made (with a listener live, a run just started
+    # is not polled at once); and the program was done at once, its listener closed and
+    # its webhooks deleted, not on a poll 30 s (the listener's safety interval) later.
+    # The interpreter's teardown after that is a matter of the machine's load.
+    assert info["polls"] == 1
+    late = done_at(done.stderr) - info["finishes_at"]
+    assert 0 <= late < 0.5, late
+    assert exited - info["finishes_at"] < 3
+
+
+PLUGIN_USER_TEST = """
+import pytest
+
+@pytest.mark.asyncio
+async def test_mine(copyai_server, copyai_client):
+    run = await copyai_client.start_run(copyai_server.workflow_id, {"topic": "otters"})
+    assert (await copyai_client.get_run(copyai_server.workflow_id, run.id)).id == run.id
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "loop_scope", "shown"),
+    [
+        ("strict", None, "fixture-scope"),
+        ("auto", None, "fixture-scope"),
+        ("auto", "function", "function"),
+    ],
+)
+def test_the_plugin_adds_no_warning_to_a_project(
+    tmp_path: Path, mode: str, loop_scope: str | None, shown: str
+) -> None:
+    # A project of one test file that uses the fixtures, no pytest configuration:
+    # pytest-asyncio would warn that asyncio_default_fixture_loop_scope is unset (an
+    # error under -W error). The plugin sets the value that means what unset means;
+    # a project's own value stays.
+    if loop_scope is None and not _keeps_fixture_scope():
+        pytest.skip("pytest-asyncio < 1.5 has no value for 'unset': the project chooses")
+    (tmp_path / "test_mine.py").write_text(PLUGIN_USER_TEST)
+    argv = ["-W", "error", "-p", "no:cacheprovider", f"--asyncio-mode={mode}"]
+    if loop_scope is not None:
+        argv += ["-o", f"asyncio_default_fixture_loop_scope={loop_scope}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *argv, "test_mine.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\b1 passed\b", done.stdout)
+    assert "Warning" not in done.stdout + done.stderr
+    assert f"asyncio_default_fixture_loop_scope={shown}" in done.stdout

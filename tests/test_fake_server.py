@@ -6,10 +6,12 @@ import asyncio
 import gzip
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import aiohttp
@@ -158,9 +160,124 @@ def test_schedule_validation() -> None:
         Schedule.polls(("", 1))
     with pytest.raises(ValueError, match="unit"):
         Schedule(unit="days")  # type: ignore[arg-type]
+    for spread in (-0.1, 1.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"spread must be between 0 and 1, got"):
+            Schedule.seconds(("PROCESSING", 1), spread=spread)
+    for spread in (True, "0.5"):
+        with pytest.raises(TypeError, match="spread must be a number"):
+            Schedule(spread=spread)  # type: ignore[arg-type]
     assert Schedule.polls(("A", 1), ("B", 2)).status_at(2.5) == "B"
     with pytest.raises(ValueError, match="fault_rate"):
         FakeCopyAI(fault_rate=2)
+
+
+def test_schedule_constructors_and_the_default() -> None:
+    # The constructors give every run the same durations unless asked for a spread.
+    assert Schedule.polls(("PROCESSING", 2)).unit == "polls"
+    assert Schedule.seconds(("PROCESSING", 2)).unit == "seconds"
+    assert Schedule.immediate().unit == "polls"
+    for made in (Schedule.polls(("A", 2)), Schedule.seconds(("A", 2)), Schedule.immediate()):
+        assert made.spread == 0
+    # The default counts seconds: 2.5 s in all, each step within 60% for each run.
+    default = Schedule()
+    assert (default.unit, default.final, default.spread) == ("seconds", "COMPLETE", 0.6)
+    assert default.steps == (("NEW", 0.3), ("WAITING", 0.5), ("PROCESSING", 1.7))
+    assert default.total == pytest.approx(2.5)
+    assert FakeCopyAI().default_schedule == default
+
+
+def test_draw_gives_each_run_its_own_durations() -> None:
+    rng = random.Random(1)
+    fixed = Schedule.seconds(("PROCESSING", 2))
+    assert fixed.draw(rng) is fixed  # no spread: no draw, the same object
+    spread = Schedule.polls(("NEW", 1), ("PROCESSING", 10), spread=0.5, credits=7)
+    drawn = [spread.draw(rng) for _ in range(200)]
+    for one in drawn:
+        assert (one.unit, one.final, one.credits, one.spread) == ("polls", "COMPLETE", 7, 0)
+        assert [status for status, _ in one.steps] == ["NEW", "PROCESSING"]
+        assert 0.5 <= one.steps[0][1] <= 1.5
+        assert 5 <= one.steps[1][1] <= 15
+    assert len({one.steps for one in drawn}) == 200
+    totals = [Schedule().draw(rng).total for _ in range(1000)]
+    assert 1.0 <= min(totals) < 1.6
+    assert 3.4 < max(totals) <= 4.0
+
+
+async def _start_runs(server: FakeCopyAI, count: int) -> list[str]:
+    async with CopyAIClient(server.api_key, base_url=server.url) as client:
+        return [(await client.start_run(server.workflow_id, {"n": n})).id for n in range(count)]
+
+
+async def test_the_default_schedule_counts_seconds_varied_and_seeded() -> None:
+    clock = FakeClock()
+
+    async def durations(seed: int | None) -> list[float]:
+        async with FakeCopyAI(seed=seed, clock=clock.monotonic) as server:
+            ids = await _start_runs(server, 6)
+            return [server.get(run_id).schedule.total for run_id in ids]
+
+    first = await durations(5)
+    assert len(set(first)) == 6  # each run its own time
+    assert all(1.0 <= d <= 4.0 for d in first)
+    assert await durations(5) == first  # the same seed, the same times
+    assert await durations(6) != first
+    assert await durations(None) != first
+
+    # Over HTTP, a run finishes with time alone: nobody read it on the way.
+    async with (
+        FakeCopyAI(clock=clock.monotonic) as server,
+        CopyAIClient(server.api_key, base_url=server.url) as client,
+    ):
+        (run_id,) = await _start_runs(server, 1)
+        fake = server.get(run_id)
+        assert fake.finishes_at == pytest.approx(clock.now + fake.schedule.total)
+        clock.advance(fake.schedule.total + 0.001)
+        done = await client.get_run(server.workflow_id, run_id)
+        assert done.status is RunStatus.COMPLETE
+        assert fake.polls == 1
+
+
+async def test_a_spread_applies_to_each_run_added_or_rescheduled() -> None:
+    spread = Schedule.seconds(("PROCESSING", 10), spread=0.2)
+    async with FakeCopyAI(default_schedule=Schedule.polls(("PROCESSING", 1))) as server:
+        added = [server.add_run(schedule=spread) for _ in range(3)]
+        assert len({run.schedule.total for run in added}) == 3
+        assert all(8 <= run.schedule.total <= 12 and not run.schedule.spread for run in added)
+        plain = server.add_run()
+        assert plain.schedule == Schedule.polls(("PROCESSING", 1))
+        server.reschedule(plain, spread)
+        assert plain.schedule.unit == "seconds"
+        assert 8 <= plain.schedule.total <= 12
+        assert plain.finishes_at == pytest.approx(plain.created_mono + plain.schedule.total)
+        # The durations drawn do not move the seeded ids or faults (a stream of their own).
+    async with FakeCopyAI(default_schedule=Schedule.polls(("PROCESSING", 1))) as server:
+        ids_plain = [server.add_run().id for _ in range(3)]
+    async with FakeCopyAI(default_schedule=spread) as server:
+        assert [server.add_run().id for _ in range(3)] == ids_plain
+
+
+async def test_fake_run_endpoint(server: FakeCopyAI) -> None:
+    seconds = server.add_run(schedule=Schedule.seconds(("WAITING", 30), ("PROCESSING", 60)))
+    polled = server.add_run(schedule=Schedule.polls(("PROCESSING", 2)))
+    before = time.time()
+    status, body = await _raw(server, "GET", f"/../_fake/runs/{seconds.id}", key=None)
+    assert status == 200
+    assert body["id"] == seconds.id
+    assert body["workflow_id"] == server.workflow_id
+    assert (body["status"], body["unit"], body["final"]) == ("WAITING", "seconds", "COMPLETE")
+    assert body["steps"] == [["WAITING", 30], ["PROCESSING", 60]]
+    assert before + 89 < body["finishes_at"] < time.time() + 90  # Unix time
+    status, body = await _raw(server, "GET", f"/../_fake/runs/{polled.id}", key=None)
+    assert (body["status"], body["unit"], body["finishes_at"], body["polls"]) == (
+        "PROCESSING",
+        "polls",
+        None,
+        0,  # looking here is not a poll
+    )
+    assert polled.polls == 0
+    assert (await _raw_text(server, "GET", "/../_fake/runs/WRUN-nope"))[0] == 404
+    stats = (await _raw(server, "GET", "/../_fake/stats", key=None))[1]
+    assert stats["requests"] == 0  # the fake's own endpoints are not counted
 
 
 QUIRKS = [

@@ -283,6 +283,23 @@ async def test_closing_the_listener_with_a_body_half_sent(client: CopyAIClient) 
     writer.close()
 
 
+async def test_closing_the_listener_does_not_wait_on_idle_keep_alive_connections(
+    client: CopyAIClient,
+) -> None:
+    # A sender that keeps its connection for the next delivery (Copy.ai's, the fake's):
+    # the listener closes it at once when it stops, rather than waiting out the grace
+    # its requests under way get (0.5 s, which every `runs wait --listen` paid).
+    listener = client.listen()
+    await listener.start()
+    async with aiohttp.ClientSession() as sender:
+        async with sender.post(str(listener.url), json=EVENT) as resp:
+            assert resp.status == 200
+            assert resp.headers.get("Connection", "keep-alive").lower() != "close"
+        began = asyncio.get_running_loop().time()
+        await asyncio.wait_for(listener.aclose(), 5)
+        assert asyncio.get_running_loop().time() - began < 0.25
+
+
 async def test_connections_are_capped_and_the_slowest_make_room(
     client: CopyAIClient, caplog: pytest.LogCaptureFixture
 ) -> None:

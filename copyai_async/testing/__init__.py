@@ -1,7 +1,8 @@
 """Test tools: a fake Copy.ai server on loopback and a virtual clock.
 
 :class:`FakeCopyAI` serves the documented Workflow API endpoints from memory over real
-HTTP on 127.0.0.1, with runs that move through their statuses on a schedule you set,
+HTTP on 127.0.0.1, with runs that move through their statuses on a :class:`Schedule`
+(by default, as in production, with time: each run finishes 1 to 4 s after it starts),
 the documented payload quirks, latency, and fault injection (5xx with JSON or HTML
 bodies, 429 with and without ``Retry-After``, dropped connections, truncated JSON,
 unreadable 200 answers), and webhooks: the endpoints, and events delivered to registered

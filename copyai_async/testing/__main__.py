@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import random
 import signal
 import sys
@@ -22,6 +23,9 @@ from ._server import (
     FakeCopyAI,
 )
 from ._webhooks import Deliveries
+
+# --schedule polls: one step per GET of the run.
+POLL_COUNTED = Schedule.polls(("NEW", 1), ("WAITING", 1), ("PROCESSING", 2))
 
 EPILOG = (
     "example: python -m copyai_async.testing --port 8080 --runs 500 --latency 50\n"
@@ -99,10 +103,20 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="send each listing page from its first encoding (benchmarks of the client)",
     )
     p.add_argument(
+        "--schedule",
+        choices=("seconds", "polls"),
+        default="seconds",
+        help="how runs started through the API move on: 'seconds' (default): NEW, WAITING, "
+        "PROCESSING, then COMPLETE 1 to 4 s after the start, each run at its own time; "
+        "'polls': one step per GET of the run (NEW, WAITING, PROCESSING twice, then "
+        "COMPLETE), so a wait with a listener ends only on its 30 s safety poll",
+    )
+    p.add_argument(
         "--finish-from",
         metavar="VARIABLE",
         help="runs started through the API stay PROCESSING for as many seconds as their "
-        "start variable VARIABLE says, then COMPLETE",
+        "start variable VARIABLE says (a number, or a string of one), then COMPLETE "
+        "(instead of --schedule)",
     )
     hooks = p.add_argument_group("webhook deliveries")
     hooks.add_argument(
@@ -138,6 +152,7 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         latency=args.latency / 1000.0,
         fault_rate=args.fault_rate,
         seed=args.seed,
+        default_schedule=POLL_COUNTED if args.schedule == "polls" else Schedule(),
         keepalive_timeout=args.keepalive_timeout or None,
         compress_min_size=None if args.no_gzip else DEFAULT_COMPRESS_MIN_SIZE,
         cache_pages=args.cache_pages,
@@ -153,10 +168,14 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         name = args.finish_from
 
         def finish_from(_workflow: str, variables: Any) -> Schedule:
-            seconds = variables.get(name, 0) if isinstance(variables, dict) else 0
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-                seconds = 0
-            return Schedule.seconds(("PROCESSING", max(0.0, float(seconds))))
+            value = variables.get(name, 0) if isinstance(variables, dict) else 0
+            seconds = 0.0
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                with contextlib.suppress(ValueError):  # `--var KEY=3` sends the string "3"
+                    seconds = float(value)
+            if not math.isfinite(seconds):
+                seconds = 0.0
+            return Schedule.seconds(("PROCESSING", max(0.0, seconds)))
 
         server.schedule_for = finish_from
     if args.runs:
@@ -165,11 +184,12 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         started = time.time()
         for fake in server.add_runs(args.runs, args.workflow, schedule=Schedule.immediate()):
             finishes = 0.0
+            # reschedule, not an assignment: a listener then hears of the finish on time.
             if args.finish_between:
                 finishes = rng.uniform(*args.finish_between)
-                fake.schedule = Schedule.seconds(("PROCESSING", finishes))
+                server.reschedule(fake, Schedule.seconds(("PROCESSING", finishes)))
             elif args.polls_each:
-                fake.schedule = Schedule.polls(("PROCESSING", args.polls_each))
+                server.reschedule(fake, Schedule.polls(("PROCESSING", args.polls_each)))
             listing.append({"id": fake.id, "finishes_at": started + finishes})
         if args.runs_file:
             with open(args.runs_file, "w") as out:

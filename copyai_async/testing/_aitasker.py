@@ -16,7 +16,8 @@ __all__ = ["AITASKER_WORKFLOW_ID", "AITASKER_WORKSPACE_ID", "FakeAITasker"]
 
 AITASKER_WORKSPACE_ID = "6f1c2a0e-0000-4000-8000-00000000a17a"
 AITASKER_WORKFLOW_ID = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
-AITASKER_SCHEDULE_STEPS = (("queued", 1.0), ("running", 2.0))
+# aitasker runs added without a schedule move on when read (queued, running twice).
+AITASKER_SCHEDULE = Schedule.polls(("queued", 1.0), ("running", 2.0), final="completed")
 DEFAULT_ERROR_MESSAGE = "node 'summarise' failed: model timeout"
 
 
@@ -26,11 +27,15 @@ class FakeAITasker:
     Args:
         clock: the server's monotonic clock.
         rng: the server's seeded random numbers (for ids).
+        durations: the server's seeded random numbers for run durations.
     """
 
-    def __init__(self, *, clock: Callable[[], float], rng: random.Random) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float], rng: random.Random, durations: random.Random
+    ) -> None:
         self.clock = clock
         self._rng = rng
+        self._durations = durations
         self._runs: dict[str, list[FakeRun]] = {}
         self._index: dict[str, dict[str, FakeRun]] = {}
         self._workspace: dict[str, str] = {}
@@ -68,7 +73,7 @@ class FakeAITasker:
             metadata=None,
             created_at=datetime.now(timezone.utc),
             created_mono=self.clock(),
-            schedule=schedule or Schedule.polls(*AITASKER_SCHEDULE_STEPS, final="completed"),
+            schedule=(schedule or AITASKER_SCHEDULE).draw(self._durations),
         )
         runs.append(run)
         index[rid] = run

@@ -158,7 +158,11 @@ class FakeCopyAI:
         port: port to listen on; 0 picks a free one.
         latency: seconds added to each answer (requests still overlap).
         quirks: payload variations to send.
-        default_schedule: schedule of runs started through the API.
+        default_schedule: schedule of runs started through the API and of runs added
+            without one (default ``Schedule()``: NEW, WAITING, PROCESSING, then COMPLETE
+            1 to 4 s after the start, each run at its own time, as production runs
+            finish with time whether or not anyone reads them). Tests that want a run to
+            change only when it is read give a ``Schedule.polls(...)``.
         schedule_for: if given, called with each new run's ``(workflow_id,
             start_variables)`` to pick its schedule.
         fault_rate: chance (0..1) that a request gets a random fault from ``faults``.
@@ -166,7 +170,8 @@ class FakeCopyAI:
         fault_methods: the methods random faults hit (all if ``None``), e.g. ``("GET",)``.
         credit_limit: credits available to runs started through the API; past it a start
             answers 400 ``WORKFLOW_CREDIT_LIMIT_REACHED``.
-        seed: seed of the random faults and generated ids.
+        seed: seed of the random faults, the generated ids and the run durations drawn
+            for a schedule's ``spread`` (``None``: different every time).
         clock: the server's monotonic clock, for ``unit="seconds"`` schedules.
         request_log_size: how many recent requests :attr:`requests` keeps.
         keepalive_timeout: seconds before an idle keep-alive connection is closed
@@ -189,6 +194,11 @@ class FakeCopyAI:
     ``unit="polls"``), ``workflowCreditLimit.reached`` when a start is refused for
     credits. :meth:`forge_event` and :meth:`post_event` send deliveries the server never
     made, to test a receiver.
+
+    Its own endpoints, outside ``/api``, need no key and meet no fault: ``GET
+    /_fake/stats`` (the counters) and ``GET /_fake/runs/{run_id}`` (a run's status,
+    schedule and, for ``unit="seconds"``, ``finishes_at`` in Unix time), for scripts and
+    tests that drive it from another process.
 
     Attributes you may change while it runs: ``latency``, ``quirks``, ``fault_rate``,
     ``default_schedule``, ``schedule_for``, ``credit_limit``, ``api_key``,
@@ -248,6 +258,9 @@ class FakeCopyAI:
         self.stats: ServerStats = ServerStats()
         self.requests: deque[RecordedRequest] = deque(maxlen=request_log_size)
         self._rng = random.Random(seed)
+        # Run durations come from a stream of their own, so that a schedule with a spread
+        # does not change which requests a seeded fault_rate hits, nor the ids.
+        self._durations = random.Random(None if seed is None else f"durations-{seed}")
         self._scripted: list[tuple[str | None, str | None, Fault]] = []
         self._runs: dict[str, list[FakeRun]] = {}
         self._index: dict[str, dict[str, FakeRun]] = {}
@@ -264,7 +277,9 @@ class FakeCopyAI:
         )
         for wf in workflows:
             self.add_workflow(wf)
-        self._aitasker = FakeAITasker(clock=lambda: self.clock(), rng=self._rng)
+        self._aitasker = FakeAITasker(
+            clock=lambda: self.clock(), rng=self._rng, durations=self._durations
+        )
         self.report_total: Callable[[int], int | None] | None = None
         self.page_for: Callable[[int], int] | None = None
         self._holds: list[tuple[Callable[[web.Request], bool], asyncio.Event]] = []
@@ -301,6 +316,7 @@ class FakeCopyAI:
         app.router.add_get("/api/workflow/{workflow_id}/run", self._list_runs)
         app.router.add_get("/api/workflow/{workflow_id}/run/{run_id}", self._get_run)
         app.router.add_get("/_fake/stats", self._stats)
+        app.router.add_get("/_fake/runs/{run_id}", self._run_info)
         self._aitasker.add_routes(app)
         self._webhooks.add_routes(app)
         # handler_cancellation: a client that hangs up cancels its request here, as on a
@@ -364,7 +380,11 @@ class FakeCopyAI:
         created_at: datetime | None = None,
         run_id: str | None = None,
     ) -> FakeRun:
-        """Add a run directly (no request), newest so far; the workflow is created if new."""
+        """Add a run directly (no request), newest so far; the workflow is created if new.
+
+        Its schedule is ``schedule`` (default: :attr:`default_schedule`) with the
+        durations drawn for this run when it has a ``spread``.
+        """
         wf = workflow_id if workflow_id is not None else self.workflow_id
         self.add_workflow(wf)
         rid = run_id or f"WRUN-{uuid.UUID(int=self._rng.getrandbits(128), version=4)}"
@@ -377,7 +397,7 @@ class FakeCopyAI:
             metadata=None if metadata is None else dict(metadata),
             created_at=created_at or datetime.now(timezone.utc),
             created_mono=self.clock(),
-            schedule=schedule or self.default_schedule,
+            schedule=(schedule or self.default_schedule).draw(self._durations),
         )
         self._runs[wf].append(run)
         self._index[wf][rid] = run
@@ -402,11 +422,12 @@ class FakeCopyAI:
         return self._index[workflow_id if workflow_id is not None else self.workflow_id][run_id]
 
     def reschedule(self, run: FakeRun, schedule: Schedule) -> None:
-        """Give a run a new schedule (durations still count from its creation); its
-        webhook events follow the new one. Assigning ``run.schedule`` directly changes
-        what GETs show, but a ``unit="seconds"`` finish is then delivered only when a GET
-        or :meth:`check_runs` sees it."""
-        run.schedule = schedule
+        """Give a run a new schedule (durations still count from its creation, and are
+        drawn for it when the schedule has a ``spread``); its webhook events follow the
+        new one. Assigning ``run.schedule`` directly changes what GETs show, but a
+        ``unit="seconds"`` finish is then delivered only when a GET or
+        :meth:`check_runs` sees it."""
+        run.schedule = schedule.draw(self._durations)
         self._webhooks.rescheduled(run)
 
     def delete_run(self, run_id: str, workflow_id: str | None = None) -> None:
@@ -704,7 +725,9 @@ class FakeCopyAI:
 
     async def _stats(self, request: web.Request) -> web.Response:
         stats = self.stats
-        counted = stats.requests - stats.by_path["GET /_fake/stats"]
+        counted = stats.requests - sum(
+            n for path, n in stats.by_path.items() if path.split(" ", 1)[1].startswith("/_fake/")
+        )
         return web.json_response(
             {
                 "requests": counted,
@@ -718,6 +741,29 @@ class FakeCopyAI:
                 "webhooks_sent": stats.webhooks_sent,
                 "webhooks_failed": stats.webhooks_failed,
                 "webhooks_dropped": stats.webhooks_dropped,
+            }
+        )
+
+    async def _run_info(self, request: web.Request) -> web.Response:
+        """One run as the fake sees it (any workflow): the status now, not counted as a
+        poll; when it finishes, in Unix time, for a seconds schedule."""
+        run_id = request.match_info["run_id"]
+        run = next((idx[run_id] for idx in self._index.values() if run_id in idx), None)
+        if run is None:
+            raise web.HTTPNotFound()
+        now = self.clock()
+        finish = run.finishes_at
+        schedule = run.schedule
+        return web.json_response(
+            {
+                "id": run.id,
+                "workflow_id": run.workflow_id,
+                "status": run.status(now),
+                "polls": run.polls,
+                "unit": schedule.unit,
+                "steps": [[status, duration] for status, duration in schedule.steps],
+                "final": schedule.final,
+                "finishes_at": None if finish is None else time.time() + (finish - now),
             }
         )
 

@@ -225,8 +225,8 @@ class FakeWebhooks:
 
     def rescheduled(self, run: FakeRun) -> None:
         """The run's schedule is new: deliver its final event when it now finishes."""
-        if run.schedule.unit == "seconds" and run.emitted != "final":
-            finish = run.created_mono + sum(duration for _, duration in run.schedule.steps)
+        finish = run.finishes_at
+        if finish is not None and run.emitted != "final":
             heapq.heappush(self._timers, (finish, next(self._seq), run))
             if self._timer_changed is not None:
                 self._timer_changed.set()
