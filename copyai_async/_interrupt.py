@@ -39,16 +39,21 @@ def run_interruptible(command: Coroutine[Any, Any, int], *, grace: float = GRACE
     """
     if not grace > 0:
         raise ValueError(f"grace must be > 0 seconds, got {grace!r}")
-    return asyncio.run(_guarded(command, grace))
+    interrupt = _Interrupt(grace)
+    try:
+        return asyncio.run(_guarded(command, interrupt))
+    finally:
+        # Only now: the grace covers asyncio.run's own shutdown too (the tasks it
+        # cancels, the resolver threads it waits for).
+        interrupt.disarm()
 
 
-async def _guarded(command: Coroutine[Any, Any, int], grace: float) -> int:
+async def _guarded(command: Coroutine[Any, Any, int], interrupt: _Interrupt) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    interrupt = _Interrupt(task, grace)
     try:
-        loop.add_signal_handler(signal.SIGINT, interrupt.signalled)
+        loop.add_signal_handler(signal.SIGINT, interrupt.signalled, task)
     except (NotImplementedError, RuntimeError, ValueError):
         # Windows' loops, or not the main thread: Python's own KeyboardInterrupt.
         return await command
@@ -60,7 +65,6 @@ async def _guarded(command: Coroutine[Any, Any, int], grace: float) -> int:
         raise
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-        interrupt.disarm()
     if interrupt.count:  # the command caught the cancellation and returned
         raise KeyboardInterrupt
     return status
@@ -70,17 +74,16 @@ class _Interrupt:
     """Counts Ctrl-Cs for one command: the first cancels its task and arms the grace
     timer, the second ends the process."""
 
-    def __init__(self, task: asyncio.Task[Any], grace: float) -> None:
-        self._task = task
+    def __init__(self, grace: float) -> None:
         self._grace = grace
         self._timer: threading.Timer | None = None
         self.count = 0
 
-    def signalled(self) -> None:
+    def signalled(self, task: asyncio.Task[Any]) -> None:
         self.count += 1
         if self.count > 1:
             _exit_now()
-        self._task.cancel()
+        task.cancel()
         # A thread, not loop.call_later: it fires even if the loop itself is stuck.
         self._timer = threading.Timer(self._grace, _exit_now)
         self._timer.daemon = True

@@ -242,6 +242,7 @@ class StatusBoard:
         self.latest: dict[str, tuple[str, bool]] = {}
         self.started: float = time.monotonic()
         self._last_line = 0.0
+        self._last_printed: tuple[int, Counter[str]] | None = None
         self._progress: Any = None
         self._task: Any = None
 
@@ -273,8 +274,8 @@ class StatusBoard:
         if self._progress is not None:
             self._refresh()
             self._progress.__exit__(None, None, None)
-        elif not self.out.as_json:
-            self.out.line(self.summary_line())
+        elif not self.out.as_json and self.snapshot() != self._last_printed:
+            self._print_line()  # the end, unless the last line already said it
 
     def snapshot(self) -> tuple[int, Counter[str]]:
         """How many runs are done (COMPLETE or FAILED), and how many are in each status."""
@@ -311,7 +312,11 @@ class StatusBoard:
             now = time.monotonic()
             if now - self._last_line >= 1.0:
                 self._last_line = now
-                self.out.line(self.summary_line())
+                self._print_line()
+
+    def _print_line(self) -> None:
+        self._last_printed = self.snapshot()
+        self.out.line(self.summary_line())
 
     def finished(self, run: WorkflowRun) -> None:
         """Record a run that reached a terminal status."""

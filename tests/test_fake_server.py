@@ -179,11 +179,16 @@ def test_schedule_constructors_and_the_default() -> None:
     for made in (Schedule.polls(("A", 2)), Schedule.seconds(("A", 2)), Schedule.immediate()):
         assert made.spread == 0
     # The default counts seconds: 2.5 s in all, each step within 60% for each run.
-    default = Schedule()
+    default = Schedule.default()
     assert (default.unit, default.final, default.spread) == ("seconds", "COMPLETE", 0.6)
     assert default.steps == (("NEW", 0.3), ("WAITING", 0.5), ("PROCESSING", 1.7))
     assert default.total == pytest.approx(2.5)
     assert FakeCopyAI().default_schedule == default
+    # A schedule built by hand varies only when asked to: Schedule() is the default's
+    # steps, every run alike; steps given without a unit count seconds.
+    assert (Schedule().steps, Schedule().spread, Schedule().unit) == (default.steps, 0, "seconds")
+    by_hand = Schedule(steps=(("PROCESSING", 2),), unit="polls")
+    assert by_hand.draw(random.Random(3)) is by_hand
 
 
 def test_draw_gives_each_run_its_own_durations() -> None:
@@ -198,7 +203,7 @@ def test_draw_gives_each_run_its_own_durations() -> None:
         assert 0.5 <= one.steps[0][1] <= 1.5
         assert 5 <= one.steps[1][1] <= 15
     assert len({one.steps for one in drawn}) == 200
-    totals = [Schedule().draw(rng).total for _ in range(1000)]
+    totals = [Schedule.default().draw(rng).total for _ in range(1000)]
     assert 1.0 <= min(totals) < 1.6
     assert 3.4 < max(totals) <= 4.0
 

@@ -52,6 +52,21 @@ STUCK = """
     return 0
 """
 
+# The command ends, but a task it left behind ignores cancellation: asyncio.run's own
+# shutdown (which cancels and awaits leftover tasks) would wait for ever.
+LEAVES_A_STUBBORN_TASK = """
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+
+    asyncio.get_running_loop().create_task(stubborn())
+    await asyncio.sleep(3600)
+    return 0
+"""
+
 SWALLOWS = """
     try:
         await asyncio.sleep(3600)
@@ -113,6 +128,17 @@ def test_a_cleanup_that_hangs_ends_after_the_grace_period(
     assert out.splitlines() == ["cleaning up"]  # the KeyboardInterrupt path never ran
     assert err.strip() == "interrupted"
     assert 1.0 <= took < 30  # waited out the grace, then ended instead of an hour
+
+
+def test_the_grace_period_covers_asyncio_runs_own_shutdown(
+    procs: list[subprocess.Popen[str]],
+) -> None:
+    procs.append(proc := spawn(LEAVES_A_STUBBORN_TASK, grace=1.0))
+    out, err, took = interrupt(proc)
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert out == ""  # asyncio.run never returned
+    assert err.strip() == "interrupted"
+    assert 1.0 <= took < 30
 
 
 def test_a_second_ctrl_c_ends_at_once(procs: list[subprocess.Popen[str]]) -> None:

@@ -88,7 +88,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--latency", type=float, default=0.0, help="milliseconds added per answer")
     p.add_argument("--fault-rate", type=float, default=0.0, help="share of requests to fail, 0..1")
-    p.add_argument("--seed", type=int, default=0, help="seed for faults and ids")
+    p.add_argument("--seed", type=int, default=0, help="seed for faults, ids and run durations")
     p.add_argument(
         "--keepalive-timeout",
         type=float,
@@ -152,7 +152,7 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         latency=args.latency / 1000.0,
         fault_rate=args.fault_rate,
         seed=args.seed,
-        default_schedule=POLL_COUNTED if args.schedule == "polls" else Schedule(),
+        default_schedule=POLL_COUNTED if args.schedule == "polls" else Schedule.default(),
         keepalive_timeout=args.keepalive_timeout or None,
         compress_min_size=None if args.no_gzip else DEFAULT_COMPRESS_MIN_SIZE,
         cache_pages=args.cache_pages,

@@ -48,10 +48,11 @@ class Schedule:
     or GETs of the run (``unit="polls"``: the first GET shows the first step), for tests
     that want a run to change exactly when it is read.
 
-    ``Schedule()`` is the fake server's default: NEW for 0.3 s, WAITING for 0.5 s and
+    :meth:`default` is the fake server's default: NEW for 0.3 s, WAITING for 0.5 s and
     PROCESSING for 1.7 s, each duration drawn anew for every run within ``spread=0.6``
-    of it, so each run finishes at its own time, 1 to 4 s after it starts. Build others
-    with :meth:`seconds`, :meth:`polls` or :meth:`immediate`.
+    of it, so each run finishes at its own time, 1 to 4 s after it starts. ``Schedule()``
+    has the same steps with no spread (every run 2.5 s). Build others with
+    :meth:`seconds`, :meth:`polls` or :meth:`immediate`.
 
     Attributes:
         steps: the ``(status, duration)`` steps before the final status.
@@ -61,7 +62,8 @@ class Schedule:
             created (or rescheduled), each step's duration is multiplied by a factor of
             its own, drawn uniformly from ``1 - spread`` to ``1 + spread`` with the
             server's seed (so a seed gives the same durations every time); the run keeps
-            the drawn durations as its ``schedule`` (:meth:`draw`). 0: every run alike.
+            the drawn durations as its ``schedule`` (:meth:`draw`). 0 (the default):
+            every run alike.
         output: the output of a COMPLETE run (default: one generated text).
         credits: the credits a finished run reports.
 
@@ -76,9 +78,16 @@ class Schedule:
     )
     final: str = "COMPLETE"
     unit: Literal["polls", "seconds"] = attrs.field(default="seconds", validator=_check_unit)
-    spread: float = attrs.field(default=_DEFAULT_SPREAD, validator=_check_spread)
+    spread: float = attrs.field(default=0.0, validator=_check_spread)
     output: Mapping[str, Any] | None = None
     credits: int = 2
+
+    @classmethod
+    def default(cls) -> Schedule:
+        """The fake server's default schedule: NEW, WAITING and PROCESSING for 0.3, 0.5
+        and 1.7 s, each drawn for every run within 60% (``spread=0.6``): each run is
+        COMPLETE at its own time, 1 to 4 s after it starts, as the server's seed draws."""
+        return cls(steps=_DEFAULT_STEPS, unit="seconds", spread=_DEFAULT_SPREAD)
 
     @classmethod
     def seconds(

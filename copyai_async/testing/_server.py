@@ -159,7 +159,7 @@ class FakeCopyAI:
         latency: seconds added to each answer (requests still overlap).
         quirks: payload variations to send.
         default_schedule: schedule of runs started through the API and of runs added
-            without one (default ``Schedule()``: NEW, WAITING, PROCESSING, then COMPLETE
+            without one (default ``Schedule.default()``: NEW, WAITING, PROCESSING, then COMPLETE
             1 to 4 s after the start, each run at its own time, as production runs
             finish with time whether or not anyone reads them). Tests that want a run to
             change only when it is read give a ``Schedule.polls(...)``.
@@ -243,7 +243,7 @@ class FakeCopyAI:
         self.port: int = port
         self.latency = latency
         self.quirks: Quirks = quirks or Quirks()
-        self.default_schedule: Schedule = default_schedule or Schedule()
+        self.default_schedule: Schedule = default_schedule or Schedule.default()
         self.schedule_for = schedule_for
         self.fault_rate = fault_rate
         self.random_faults: tuple[Fault, ...] = tuple(faults)
@@ -269,6 +269,7 @@ class FakeCopyAI:
         self._pages: dict[tuple[str, int, int], bytes] = {}
         self._webhooks = FakeWebhooks(
             clock=lambda: self.clock(),
+            clock_is_real=lambda: self.clock is time.monotonic,
             rng=self._rng,
             stats=lambda: self.stats,
             quirks=lambda: self.quirks,

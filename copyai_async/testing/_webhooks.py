@@ -162,6 +162,7 @@ class FakeWebhooks:
         self,
         *,
         clock: Callable[[], float],
+        clock_is_real: Callable[[], bool],
         rng: random.Random,
         stats: Callable[[], ServerStats],
         quirks: Callable[[], Quirks],
@@ -170,6 +171,7 @@ class FakeWebhooks:
         log_size: int = 10_000,
     ) -> None:
         self.clock = clock
+        self._clock_is_real = clock_is_real
         self._rng = rng
         self._stats = stats
         self._quirks = quirks
@@ -251,7 +253,7 @@ class FakeWebhooks:
             wait = None
             if self._timers:
                 wait = self._timers[0][0] - now
-                if self.clock is not time.monotonic:
+                if not self._clock_is_real():
                     wait = min(wait, 0.05)  # another clock may jump: look again soon
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._timer_changed.wait(), timeout=wait)
