@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,15 @@ def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COPYAI_API_KEY", raising=False)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _thaw_each_module() -> Iterator[None]:
+    """Collect, at each module's end, what its tests left frozen (see below): garbage of
+    module-scoped fixtures reports within the module, not never."""
+    yield
+    gc.unfreeze()
+    gc.collect()
+
+
 @pytest.fixture(autouse=True)
 async def _loop_reports_nothing() -> AsyncIterator[None]:
     """Fail a test whose event loop reports a problem (a task destroyed while pending, an
@@ -59,7 +68,12 @@ async def _loop_reports_nothing() -> AsyncIterator[None]:
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: reports.append(context))
     yield
-    gc.collect()  # collected tasks and generators report now, not after the test
+    # Collected tasks and generators report now, not after the test. What is still alive
+    # after that (pytest's own objects, module data) is frozen: the next test's collection
+    # scans only what it made, not the whole heap again (0.07 s instead of 25 s on 426
+    # tests). _thaw_each_module gives the frozen objects back at each module's end.
+    gc.collect()
+    gc.freeze()
     for _ in range(3):
         await asyncio.sleep(0)
     loop.set_exception_handler(previous)

@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.redis_support import require_redis
+
+# Each starts servers and workers in processes of their own: half a minute or more in all.
+pytestmark = pytest.mark.slow
 
 HARNESS = Path(__file__).parent.parent / "benchmarks" / "run.py"
 RELIABILITY = HARNESS.with_name("reliability.py")

@@ -954,6 +954,7 @@ def no_errors(results: list[dict[str, Any]]) -> None:
     assert errors == [], errors[:5]
 
 
+@pytest.mark.slow  # 30 s of load: the rate must hold over time, not for a moment
 async def test_eight_processes_hold_one_rate_limit(
     server: FakeCopyAI, redis_server: RedisServer, namespace: str
 ) -> None:
