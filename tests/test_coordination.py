@@ -26,6 +26,7 @@ import pytest
 import redis.asyncio
 
 import copyai_async._coordination as coordination_module
+import copyai_async._redis as redis_module
 from copyai_async import CopyAIClient, PollPolicy, RedisCoordination
 from copyai_async.aitasker import AITaskerClient
 from copyai_async.testing import FakeCopyAI, Fault, Schedule
@@ -55,7 +56,7 @@ async def raw_redis(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Re
 @pytest.fixture
 def quick_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     # The first wait before trying Redis again, shortened so outages end fast in tests.
-    monkeypatch.setattr(coordination_module, "_FIRST_BACKOFF", 0.05)
+    monkeypatch.setattr(redis_module, "_FIRST_BACKOFF", 0.05)
 
 
 @contextlib.contextmanager
@@ -524,11 +525,11 @@ async def test_a_client_closes_the_coordination_it_made_not_one_passed_in(
     async with client_for(server, redis_server.url) as made:
         owned = made.coordination
         assert owned is not None
-    assert owned._closed
+    assert owned.closed
     async with RedisCoordination(redis_server.url) as mine:
         async with client_for(server, mine):
             pass
-        assert not mine._closed  # still usable by other clients
+        assert not mine.closed  # still usable by other clients
         async with client_for(server, mine) as again:
             run = server.add_runs(1)[0]
             await again.get_run(server.workflow_id, run.id)
