@@ -12,16 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import aiohttp
 import attrs
 
-from ._base import (
-    BaseClient,
-    LookupInconclusive,
-    base_url_from,
-    credential,
-    http_url,
-    int_in,
-    json_object,
-)
+from ._base import BaseClient, LookupInconclusive
 from ._budget import DeadlineExceeded
+from ._check import base_url_from, boolean, credential, http_url, int_in, json_object
 from ._clock import Clock
 from ._convert import WIRE
 from ._coordination import RedisCoordination
@@ -175,9 +168,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         trust_env: bool = True,
         start_keys: bool = True,
     ) -> None:
-        if not isinstance(start_keys, bool):
-            raise TypeError(f"start_keys must be a bool, got {type(start_keys).__name__}")
-        self.start_keys = start_keys
+        self.start_keys = boolean("start_keys", start_keys)
         super().__init__(
             secret=credential(
                 api_key, name="api_key", env=API_KEY_ENV, what="Copy.ai API key", how="CopyAIClient"

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from ._budget import Allowance, Budget, SharedUnavailable
+from ._check import positive
 from ._clock import Clock, SystemClock
 from ._redis import RedisGateway, import_redis
 
@@ -259,14 +260,9 @@ class RedisCoordination:
             raise ValueError(
                 f"namespace must be 1 to 64 letters, digits or '_.:-', got {namespace!r}"
             )
-        for name, value in (("timeout", timeout), ("retry_max", retry_max)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         self.namespace: str = namespace
-        self.timeout: float = float(timeout)
-        self.retry_max: float = float(retry_max)
+        self.timeout: float = positive("timeout", timeout)
+        self.retry_max: float = positive("retry_max", retry_max)
         # False: offer Redis nothing to rebuild from after a loss (the baseline of
         # benchmarks/coordination.py, the behaviour before the rebuild).
         self._rebuild = _rebuild

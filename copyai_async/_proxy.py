@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 from yarl import URL
 
+from ._check import boolean
 from ._errors import ConfigurationError
 
 __all__ = ["Proxy", "choose_proxy", "parse_proxy"]
@@ -217,8 +218,7 @@ def choose_proxy(
         TypeError, ValueError: a bad ``proxy=``.
         ConfigurationError: a proxy variable that is not an http(s) proxy URL.
     """
-    if not isinstance(trust_env, bool):
-        raise TypeError(f"trust_env must be a bool, got {type(trust_env).__name__}")
+    boolean("trust_env", trust_env)
     if proxy is not None:
         return parse_proxy(proxy, source="proxy")
     if not trust_env or loopback:

@@ -7,7 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from .._base import BaseClient, base_url_from, credential, json_object
+from .._base import BaseClient
+from .._check import base_url_from, credential, json_object
 from .._clock import Clock
 from .._coordination import RedisCoordination
 from .._http import encode_segment

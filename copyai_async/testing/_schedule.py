@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 import attrs
+
+from .._check import fraction
 
 __all__ = ["TERMINAL", "FakeRun", "Schedule"]
 
@@ -32,10 +33,7 @@ def _check_unit(_instance: Any, _attribute: Any, unit: str) -> None:
 
 
 def _check_spread(_instance: Any, _attribute: Any, spread: float) -> None:
-    if isinstance(spread, bool) or not isinstance(spread, (int, float)):
-        raise TypeError(f"spread must be a number, got {type(spread).__name__}")
-    if not (math.isfinite(spread) and 0 <= spread <= 1):
-        raise ValueError(f"spread must be between 0 and 1, got {spread!r}")
+    fraction("spread", spread)
 
 
 @attrs.frozen(kw_only=True)

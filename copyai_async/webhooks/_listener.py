@@ -40,7 +40,7 @@ import attrs
 from aiohttp import ClientError, web
 from yarl import URL
 
-from .._base import http_url, int_in, is_loopback, positive
+from .._check import boolean, http_url, int_in, is_loopback, positive
 from .._errors import APIError, ClientClosedError, WebhookEventError
 from .._poll import RunHints
 from ._body import BodyDecoder, BodyRefused
@@ -216,10 +216,7 @@ class Listener:
     ) -> None:
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a non-empty str, got {host!r}")
-        if isinstance(port, bool) or not isinstance(port, int):
-            raise TypeError(f"port must be an int, got {type(port).__name__}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be between 0 and 65535 (0: any free port), got {port}")
+        int_in("port", port, 0, 65535)  # 0: any free port
         if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
             raise ValueError(
                 f"path must start with '/' and hold no query or fragment, got {path!r}"
@@ -231,8 +228,7 @@ class Listener:
         ):
             int_in(name, value, 1)
         timeout = positive("request_timeout", request_timeout)
-        if not isinstance(serve, bool):
-            raise TypeError(f"serve must be a bool, got {type(serve).__name__}")
+        boolean("serve", serve)
         self._public = _check_public_url(public_url)
         if not serve and self._public is None:
             raise ValueError("a listener that does not serve (serve=False) needs public_url=")
