@@ -168,7 +168,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         trust_env: bool = True,
         start_keys: bool = True,
     ) -> None:
-        self.start_keys = boolean("start_keys", start_keys)
+        self.start_keys: bool = boolean("start_keys", start_keys)
         super().__init__(
             secret=credential(
                 api_key, name="api_key", env=API_KEY_ENV, what="Copy.ai API key", how="CopyAIClient"
