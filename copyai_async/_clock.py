@@ -6,12 +6,26 @@ milliseconds instead of being slept through.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "loop_time"]
+
+
+def loop_time() -> float:
+    """The running event loop's clock, else :func:`time.monotonic`.
+
+    For asyncio's own loops the two are the same clock. A test loop whose time is
+    virtual (looptime's, which jumps ahead while everything waits) is followed by every
+    sleep anyway; reading time from the loop too keeps deadlines on that same time.
+    """
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # no loop running in this thread
+        return time.monotonic()
 
 
 @runtime_checkable
@@ -28,11 +42,12 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock: :func:`time.monotonic` and :func:`anyio.sleep`."""
+    """The event loop's clock (:func:`loop_time`: :func:`time.monotonic` in a normal
+    loop) and :func:`anyio.sleep`."""
 
     def monotonic(self) -> float:
-        """:func:`time.monotonic`."""
-        return time.monotonic()
+        """:func:`loop_time`."""
+        return loop_time()
 
     async def sleep(self, seconds: float) -> None:
         """:func:`anyio.sleep`."""

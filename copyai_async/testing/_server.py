@@ -24,6 +24,7 @@ from typing import Any, Literal
 import attrs
 from aiohttp import hdrs, web
 
+from .._clock import loop_time
 from ._aitasker import (
     AITASKER_WORKFLOW_ID,
     AITASKER_WORKSPACE_ID,
@@ -172,7 +173,8 @@ class FakeCopyAI:
             answers 400 ``WORKFLOW_CREDIT_LIMIT_REACHED``.
         seed: seed of the random faults, the generated ids and the run durations drawn
             for a schedule's ``spread`` (``None``: different every time).
-        clock: the server's monotonic clock, for ``unit="seconds"`` schedules.
+        clock: the server's monotonic clock, for ``unit="seconds"`` schedules (default:
+            the event loop's, so that runs finish on a test loop's virtual time too).
         request_log_size: how many recent requests :attr:`requests` keeps.
         keepalive_timeout: seconds before an idle keep-alive connection is closed
             (default 5, like uvicorn and Node); ``None`` keeps idle connections for an hour.
@@ -224,7 +226,7 @@ class FakeCopyAI:
         fault_methods: Iterable[str] | None = None,
         credit_limit: int | None = None,
         seed: int | None = 0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = loop_time,
         request_log_size: int = 10_000,
         keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
         compress_min_size: int | None = DEFAULT_COMPRESS_MIN_SIZE,
@@ -269,7 +271,7 @@ class FakeCopyAI:
         self._pages: dict[tuple[str, int, int], bytes] = {}
         self._webhooks = FakeWebhooks(
             clock=lambda: self.clock(),
-            clock_is_real=lambda: self.clock is time.monotonic,
+            clock_is_real=lambda: self.clock in (loop_time, time.monotonic),
             rng=self._rng,
             stats=lambda: self.stats,
             quirks=lambda: self.quirks,
