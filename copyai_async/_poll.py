@@ -26,12 +26,14 @@ re-checks (``PollPolicy.rechecks``), in case the API's reads lag its events. Run
 the listener receives are polled only every ``safety_interval`` meanwhile, so that lost
 deliveries still end every wait. Events never delay a run's scheduled polls.
 
-Each run's timing is decided by a :class:`RunPoll`, a state machine without I/O; two
-drivers send its polls. One run (:func:`observe`): a loop of sleeps and polls. Many runs
-(:func:`wait_many`): a heap of (due time, run) and at most ``concurrency`` polls in
-flight, each a short-lived task. Waiting on 10,000 runs costs 10,000 small heap entries,
-not 10,000 sleeping tasks; the scheduler wakes only when a poll ends, an event arrives
-or the earliest run falls due.
+Each run's timing is decided by a :class:`RunPoll`, a state machine without I/O: fed an
+outcome (a reading, a failure, an event, the deadline), it says what happens next (due
+at a time, done, or failed). One driver, the :class:`Scheduler`, sends the polls of
+every wait, of one run or of 10,000, waited for or watched: a heap of (due time, run)
+and at most ``concurrency`` polls in flight, each a short-lived task. Waiting on 10,000
+runs costs 10,000 small heap entries, not 10,000 sleeping tasks; the scheduler wakes
+only when a poll ends, an event arrives or the earliest run falls due. The
+:class:`Waiter` checks a wait's arguments and builds its :class:`WaitOptions`.
 """
 
 from __future__ import annotations
@@ -79,10 +81,10 @@ __all__ = [
     "RunHints",
     "RunKind",
     "RunPoll",
-    "observe",
-    "wait",
-    "wait_many",
-    "watch",
+    "Scheduler",
+    "Target",
+    "WaitOptions",
+    "Waiter",
 ]
 
 logger = logging.getLogger("copyai_async")
@@ -92,7 +94,7 @@ R = TypeVar("R")
 DEFAULT_CONCURRENCY = 16
 """Polls of one ``wait_for_runs`` in flight at once, by default."""
 
-_COALESCE = 0.05  # seconds: the most a poll of many is moved to go with others
+_COALESCE = 0.05  # seconds: the most a poll of many runs is moved to go with others
 
 MAX_CONCURRENCY = 1_000
 MAX_FAILED_POLLS = 1_000_000
@@ -481,26 +483,6 @@ def _warn_unknown(target: Target[Any], kind: RunKind[Any], run: Any) -> None:
     )
 
 
-async def _rest_or_hint(
-    rest: Callable[[float], Awaitable[None]], seconds: float, hinted: asyncio.Event | None
-) -> bool:
-    """Sleep ``seconds``, or less if ``hinted`` is set meanwhile; True if it was."""
-    if hinted is None:
-        await rest(seconds)
-        return False
-    if hinted.is_set():
-        return True
-    sleeper = asyncio.ensure_future(rest(seconds))
-    waiter = asyncio.ensure_future(hinted.wait())
-    try:
-        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_and_wait([sleeper, waiter])
-    if not hinted.is_set() and not sleeper.cancelled() and sleeper.exception() is not None:
-        raise sleeper.exception()  # type: ignore[misc]  # the client closed under the nap
-    return hinted.is_set()
-
-
 FINAL_LOOK = 1.0
 """Seconds before a wait's deadline at which it polls once more (a quarter of the time it
 was given, if that is less), unless it read the run at most that long before: a
@@ -511,8 +493,9 @@ unless that last poll failed (the error then says how old its reading is)."""
 class RunPoll(Generic[R]):
     """One run's wait, without I/O: when to poll it next, and what each outcome means.
 
-    The drivers (:func:`observe` for one run, :func:`wait_many` for many) sleep, send
-    the polls and feed the outcomes in; this decides. Polls have three sources:
+    The :class:`Scheduler` sleeps, sends the polls and feeds the outcomes in (a reading,
+    a failure, an event, the deadline); this decides what happens next: due at
+    :meth:`due`, done, or failed with an error. Polls have three sources:
 
     - the *schedule*: the policy's growing intervals (the safety interval while a live
       listener receives the events of the run's workflow); only its own polls move it;
@@ -713,6 +696,34 @@ class RunPoll(Generic[R]):
         else:
             self._since_event = None  # that event is spent: the schedule goes on alone
 
+    def failed(self, error: CopyAIError | DeadlineExceeded, now: float) -> CopyAIError | None:
+        """The poll failed. Returns the error that ends the wait, or ``None``: the run is
+        polled again at :meth:`due`.
+
+        A 404 for a run started moments ago means "not readable yet"; the deadline ends
+        the wait (with the error that cut the poll off, else the streak's last); a
+        passing failure is a missed poll (:meth:`missed`); any other ends it as itself."""
+        if isinstance(error, NotFoundError) and self.target.in_grace(now):
+            self.unreadable(now)
+            return None
+        if isinstance(error, DeadlineExceeded):
+            # A poll cut off by the deadline says nothing; the streak before it may.
+            self.in_flight = False
+            timeout_error = self.timeout_error(now)
+            timeout_error.__cause__ = error.__cause__ or self.last_failure
+            return timeout_error
+        if transient(error):
+            return self.missed(error, now)
+        self.in_flight = False
+        return error
+
+    def expired(self, now: float) -> PollTimeoutError:
+        """The deadline passed now: the error that ends the wait (caused by the last
+        failure, if polls were failing when time ran out)."""
+        timeout_error = self.timeout_error(now)
+        timeout_error.__cause__ = self.last_failure
+        return timeout_error
+
     def timeout_error(self, now: float) -> PollTimeoutError:
         """The error for a wait whose deadline passed now."""
         last = self.last
@@ -731,187 +742,224 @@ class RunPoll(Generic[R]):
         )
 
 
-async def observe(
-    target: Target[R],
-    *,
-    kind: RunKind[R],
-    policy: PollPolicy,
-    clock: Clock,
-    rng: random.Random,
-    deadline: float | None,
-    time_limit: float | None,
-    nap: Callable[[float], Awaitable[None]] | None = None,
-    hints: RunHints | None = None,
-) -> AsyncGenerator[R, None]:
-    """Yield every reading of one run until it is terminal (the last one yielded).
+@attrs.frozen(kw_only=True)
+class WaitOptions:
+    """How one wait goes, whether on one run or on many: built once per wait by
+    :class:`Waiter`, from arguments it has checked, and read by its :class:`Scheduler`.
 
-    ``nap`` sleeps between polls (the client's, which ends early if it closes). With
-    ``hints``, an event saying the run finished cuts a sleep short (see
-    :class:`RunHints` and :class:`RunPoll`)."""
-    rest = nap or clock.sleep
-    if hints is not None and not hints.listeners:
-        hints = None  # no listener: nothing will hint (one started later is not used)
-    state = RunPoll(
-        target,
-        kind=kind,
-        policy=policy,
-        rng=rng,
-        hints=hints,
-        now=clock.monotonic(),
-        deadline=deadline,
-        time_limit=time_limit,
-    )
-    hinted = asyncio.Event() if hints is not None else None
+    Attributes:
+        policy: the poll timing.
+        clock: the client's clock (every due time and the deadline are on it).
+        rng: draws the jitter.
+        deadline: the wait's deadline on the clock (``None``: none).
+        time_limit: the timeout, in seconds, for messages (``None``: no timeout).
+        concurrency: polls of this wait in flight at once.
+        coalesce: the most, in seconds, a poll may move to go with others (0: none);
+            it is also held to a quarter of its jitter's spread.
+        hints: what webhook events say (``None``, or no listener when the wait
+            begins: polls alone).
+        closing: resolved when the client closes: the wait then ends with
+            :class:`ClientClosedError`.
+    """
 
-    def on_hint(_run_id: str) -> None:
-        state.hint(clock.monotonic())
-        if hinted is not None:
-            hinted.set()
-
-    if hints is not None:
-        hints.subscribe(target.run_id, on_hint)
-    try:
-        while True:
-            if hinted is not None:
-                hinted.clear()  # the state has taken every event so far
-            now = clock.monotonic()
-            if deadline is not None and now >= deadline:
-                # If polls were failing when time ran out, the last failure says why.
-                raise state.timeout_error(now) from state.last_failure
-            at = state.due()
-            if at > now:
-                until = at if deadline is None else min(at, deadline)
-                await _rest_or_hint(rest, until - now, hinted)
-                continue
-            state.sent(now)
-            try:
-                run = await bounded(target.fetch, deadline, clock)
-            except NotFoundError:
-                if not target.in_grace(clock.monotonic()):
-                    raise
-                state.unreadable(clock.monotonic())  # started moments ago: not readable yet
-                continue
-            except DeadlineExceeded as exc:
-                # A poll cut off by the deadline says nothing; the streak before it may.
-                raise state.timeout_error(clock.monotonic()) from (
-                    exc.__cause__ or state.last_failure
-                )
-            except CopyAIError as exc:
-                if not transient(exc):
-                    raise
-                gave_up = state.missed(exc, clock.monotonic())
-                if gave_up is not None:
-                    raise gave_up from exc
-                continue
-            finished = state.read(run, clock.monotonic())
-            yield run
-            if finished:
-                return
-    finally:
-        if hints is not None:
-            hints.unsubscribe(target.run_id, on_hint)
-
-
-async def watch(target: Target[R], *, kind: RunKind[R], **options: Any) -> AsyncGenerator[R, None]:
-    """Yield the first reading, then each whose status differs from the one before."""
-    previous: str | None = None
-    async with aclosing(observe(target, kind=kind, **options)) as readings:
-        async for run in readings:
-            status = kind.status(run)
-            if status != previous:
-                previous = status
-                yield run
-
-
-async def wait(
-    target: Target[R],
-    *,
-    kind: RunKind[R],
-    raise_on_failure: bool,
-    on_status: Callable[[R], Any] | None,
-    **options: Any,
-) -> R:
-    """Poll one run until it is terminal; call ``on_status`` at each change."""
-    final: R | None = None
-    async with aclosing(watch(target, kind=kind, **options)) as changes:
-        async for run in changes:
-            final = run
-            if on_status is not None:
-                result = on_status(run)
-                if inspect.isawaitable(result):
-                    await result
-    if final is None:  # pragma: no cover - watch ends only after a terminal reading
-        raise RuntimeError("the poll ended without a reading")
-    if raise_on_failure and kind.is_failed(final):
-        detail = kind.failure_detail(final)
-        raise RunFailedError(
-            f"{target.label} ended {kind.status(final)}" + (f": {detail}" if detail else ""),
-            run=final,
-            run_id=target.run_id,
-        )
-    return final
+    policy: PollPolicy
+    clock: Clock
+    rng: random.Random
+    deadline: float | None = None
+    time_limit: float | None = None
+    concurrency: int = 1
+    coalesce: float = 0.0
+    hints: RunHints | None = None
+    closing: asyncio.Future[None] | None = None
 
 
 @attrs.define(eq=False)
 class _Track(Generic[R]):
-    """One run of a :func:`wait_many`: its state, and its place in the heap."""
+    """One run of a wait: its state, and its place in the heap."""
 
     poll: RunPoll[R]
-    order: int  # its place among the ids given (errors are raised in this order)
+    order: int  # its place among the runs given (errors are raised in this order)
     entry: int = -1  # the sequence number of its live heap entry (older ones are stale)
 
 
-class _Polls(Generic[R]):
-    """The scheduler of :func:`wait_many`: a heap of (due time, run), the polls in flight,
-    and the one future the loop sleeps on (woken by a poll ending, an event, the client
-    closing, or the earliest due time).
+class Scheduler(Generic[R]):
+    """The one driver of every wait: one run or 10,000, waited for or watched.
 
-    Polls due close together are sent together: one wake of the loop for many polls,
-    not one each. A poll moves by at most a quarter of its jitter's spread, and 50 ms
-    (25 ms early or late on the default policy's first interval); none with jitter 0.
+    It holds a heap of (due time, run), the polls in flight (at most ``concurrency``,
+    each a short-lived task), and the one future it sleeps on, woken by a poll ending,
+    an event, the client closing, or the earliest due time (or the deadline). Each
+    run's :class:`RunPoll` decides when it is due and what each outcome means; this
+    only sends the polls and feeds the outcomes in. Waiting on 10,000 runs costs
+    10,000 small heap entries, not 10,000 sleeping tasks.
+
+    Polls due close together are sent together: one wake for many polls, not one each.
+    A poll moves by at most ``options.coalesce`` and a quarter of its jitter's spread
+    (with the many-run default of 50 ms: 25 ms early or late on the default policy's
+    first interval); none with ``coalesce=0`` or jitter 0.
+
+    Args:
+        targets: the runs (iterated once, when the scheduler is built).
+        kind: how to read their statuses.
+        options: the timing, the clock, the deadline, the cap, the hints.
+        on_status: called (sync, or awaited) with each run at its first reading and at
+            each change of its status.
+        changes: yield each such reading (a watch), not only the terminal one.
+        grouped: collect the runs' failures and raise them together, as an
+            ``ExceptionGroup`` in the order the runs were given, once every other run is
+            done; else the first is raised as itself, at once.
     """
 
     def __init__(
         self,
+        targets: Iterable[Target[R]],
         *,
-        clock: Clock,
-        policy: PollPolicy,
-        concurrency: int,
-        deadline: float | None,
-        hints: RunHints | None,
+        kind: RunKind[R],
+        options: WaitOptions,
+        on_status: Callable[[R], Any] | None = None,
+        changes: bool = False,
+        grouped: bool = True,
     ) -> None:
-        self.clock = clock
-        self.concurrency = concurrency
-        self.deadline = deadline
+        hints = options.hints
+        if hints is not None and not hints.listeners:
+            hints = None  # no listener: nothing will hint (one started later is not used)
+        self.kind = kind
+        self.options = options
+        self.clock = options.clock
         self.hints = hints
+        self._on_status = on_status
+        self._changes = changes
+        self._grouped = grouped
         self.heap: list[tuple[float, int, _Track[R]]] = []
         self.pending = 0  # tracks with a live heap entry
         self.running: dict[asyncio.Task[R], _Track[R]] = {}
         self.finished: list[asyncio.Task[R]] = []  # polls that ended since the last look
+        self.failures: list[tuple[int, CopyAIError]] = []
+        # Only the heap, the polls in flight and (with hints) this map hold a track: a
+        # run seen terminal is let go at once, so memory follows the runs still pending.
         self._by_run: dict[str, _Track[R]] = {}
-        self._poked: list[str] = []  # runs an event named since the last look
         self._sequence = itertools.count()
         self._wakeup: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
-        self._system_clock = isinstance(clock, SystemClock)
-        self._quarter = policy.jitter / 4
-        self._policy = policy
+        self._system_clock = isinstance(self.clock, SystemClock)
+        self._quarter = options.policy.jitter / 4 if options.coalesce > 0 else 0.0
+        self._add(targets)
+        self.total = self.pending
 
-    # -- the heap ----------------------------------------------------------------------
-
-    def add(self, track: _Track[R]) -> None:
-        """A run to wait for (before the loop starts: the heap is built in one go)."""
-        if self.hints is not None:
-            self._by_run[track.poll.target.run_id] = track
-            self.hints.subscribe(track.poll.target.run_id, self._on_hint)
-        track.entry = next(self._sequence)
-        self.heap.append((track.poll.due(), track.entry, track))
-        self.pending += 1
-
-    def start(self) -> None:
+    def _add(self, targets: Iterable[Target[R]]) -> None:
+        """Every run, due at its first poll (the heap is built in one go)."""
+        options, hints = self.options, self.hints
+        now = self.clock.monotonic()
+        for order, target in enumerate(targets):
+            state = RunPoll(
+                target,
+                kind=self.kind,
+                policy=options.policy,
+                rng=options.rng,
+                hints=hints,
+                now=now,
+                deadline=options.deadline,
+                time_limit=options.time_limit,
+            )
+            track = _Track(poll=state, order=order, entry=next(self._sequence))
+            if hints is not None:
+                self._by_run[target.run_id] = track
+                hints.subscribe(target.run_id, self._on_hint)
+            self.heap.append((state.due(), track.entry, track))
+        self.pending = len(self.heap)
         heapq.heapify(self.heap)
 
-    def push(self, track: _Track[R]) -> None:
+    # -- the loop ------------------------------------------------------------------------
+
+    async def runs(self) -> AsyncGenerator[R, None]:
+        """Poll until every run is done; yield each run when seen terminal (with
+        ``changes``, each reading whose status changed); then raise the failures."""
+        clock, deadline, closing = self.clock, self.options.deadline, self.options.closing
+        on_status, changes = self._on_status, self._changes
+        if closing is not None:
+            closing.add_done_callback(self._wake)
+        try:
+            while self.pending or self.running:
+                now = clock.monotonic()
+                if deadline is not None and now >= deadline:
+                    await self._expire(now)  # time is up for every run not seen terminal
+                    break
+                self._launch(now)
+                await self._idle()
+                if closing is not None and closing.done():
+                    raise ClientClosedError(
+                        "the client was closed while this operation was waiting"
+                    )
+                done, self.finished = self.finished, []
+                for task in done:
+                    reading = self._settle(task)
+                    if reading is None:
+                        continue
+                    run, changed, finished = reading
+                    if changed and on_status is not None:
+                        result = on_status(run)
+                        if inspect.isawaitable(result):
+                            await result
+                    if changed if changes else finished:
+                        yield run
+        finally:
+            if closing is not None:
+                closing.remove_done_callback(self._wake)
+            await self._aclose()
+        self._raise_failures()
+
+    def _settle(self, task: asyncio.Task[R]) -> tuple[R, bool, bool] | None:
+        """A poll ended: feed its outcome to the run's state. Returns the reading, whether
+        its status changed, and whether the run is finished (``None``: no reading)."""
+        track = self.running.pop(task)
+        state = track.poll
+        error = task.exception()
+        now = self.clock.monotonic()
+        if error is None:
+            run = task.result()
+            last = state.last
+            changed = last is None or self.kind.status(last) != self.kind.status(run)
+            finished = state.read(run, now)
+            if finished:
+                self._done_with(track)
+            else:
+                self._push(track)
+            return run, changed, finished
+        if not isinstance(error, (CopyAIError, DeadlineExceeded)):
+            raise error
+        failure = state.failed(error, now)
+        if failure is None:
+            self._push(track)  # polled again when its state says
+        else:
+            self._done_with(track)
+            self._fail(track, failure)
+        return None
+
+    def _fail(self, track: _Track[R], error: CopyAIError) -> None:
+        if not self._grouped:
+            raise error
+        self.failures.append((track.order, error))
+
+    def _raise_failures(self) -> None:
+        failures = self.failures
+        if failures:
+            failures.sort(key=lambda item: item[0])
+            raise ExceptionGroup(
+                f"{len(failures)} of {self.total} runs could not be waited for",
+                [error for _, error in failures],
+            )
+
+    async def _expire(self, now: float) -> None:
+        """Time is up: cancel the polls in flight; every run not seen finished fails."""
+        late = [*self.running.values(), *(e[2] for e in self.heap if e[1] == e[2].entry)]
+        await self._cancel_running()
+        self.heap.clear()
+        self.pending = 0
+        for track in late:
+            self._fail(track, track.poll.expired(now))
+
+    # -- the heap ------------------------------------------------------------------------
+
+    def _push(self, track: _Track[R]) -> None:
         """(Re)schedule a run at its state's due time; an older entry becomes stale."""
         if track.entry < 0:
             self.pending += 1
@@ -921,28 +969,44 @@ class _Polls(Generic[R]):
     def _slack(self, track: _Track[R]) -> float:
         if not self._quarter:
             return 0.0
-        return min(_COALESCE, self._quarter * self._policy.interval(track.poll.attempt))
+        interval = self.options.policy.interval(track.poll.attempt)
+        return min(self.options.coalesce, self._quarter * interval)
 
     def _drop_stale(self) -> None:
         heap = self.heap
         while heap and heap[0][1] != heap[0][2].entry:
             heapq.heappop(heap)  # the run was made due again, or is done
 
-    async def expire(self) -> list[_Track[R]]:
-        """Time is up: cancel the polls in flight; returns every run not seen finished."""
-        late = [*self.running.values(), *(e[2] for e in self.heap if e[1] == e[2].entry)]
-        await self._cancel_running()
-        self.heap.clear()
-        self.pending = 0
-        return late
+    def _launch(self, now: float) -> None:
+        """Send every poll due by now (and those due within their slack), up to the cap."""
+        heap, running = self.heap, self.running
+        deadline, clock = self.options.deadline, self.clock
+        concurrency = self.options.concurrency
+        self._drop_stale()
+        while heap and heap[0][0] <= now + self._slack(heap[0][2]):
+            if len(running) >= concurrency:
+                return
+            _, _, track = heapq.heappop(heap)
+            track.entry = -1
+            self.pending -= 1
+            track.poll.sent(now)
+            target = track.poll.target
+            task = self._loop.create_task(
+                bounded(target.fetch, deadline, clock),
+                name=f"copyai_async.poll[{target.run_id}]",
+            )
+            task.add_done_callback(self._on_done)
+            running[task] = track
+            self._drop_stale()
 
-    async def _cancel_running(self) -> None:
-        for task in self.running:
-            task.remove_done_callback(self._on_done)
-        await cancel_and_wait(list(self.running))
-        self.running.clear()
+    def _done_with(self, track: _Track[R]) -> None:
+        """A run is finished or failed: no more events for it."""
+        if self.hints is not None:
+            run_id = track.poll.target.run_id
+            self._by_run.pop(run_id, None)
+            self.hints.unsubscribe(run_id, self._on_hint)
 
-    # -- events ------------------------------------------------------------------------
+    # -- waking up -----------------------------------------------------------------------
 
     def _wake(self, _: object = None) -> None:
         wakeup = self._wakeup
@@ -954,60 +1018,33 @@ class _Polls(Generic[R]):
         self._wake()
 
     def _on_hint(self, run_id: str) -> None:
-        self._poked.append(run_id)
-        self._wake()
+        """An event says the run finished: due at once, unless a poll of it is out."""
+        track = self._by_run.get(run_id)
+        if track is not None and track.poll.hint(self.clock.monotonic()):
+            self._push(track)
+            self._wake()
 
-    def take_hints(self, now: float) -> None:
-        """Make the runs events named since the last look due (those not in flight)."""
-        for run_id in self._poked:
-            track = self._by_run.get(run_id)
-            if track is not None and track.poll.hint(now):
-                self.push(track)
-        self._poked.clear()
+    def _next_wake(self) -> float | None:
+        """When the earliest poll (within its slack) or the deadline is due.
 
-    # -- polls ---------------------------------------------------------------------------
-
-    def launch(self, now: float) -> None:
-        """Send every poll due by now (and those due within their slack), up to the cap."""
-        heap, running = self.heap, self.running
-        self._drop_stale()
-        while heap and heap[0][0] <= now + self._slack(heap[0][2]):
-            if len(running) >= self.concurrency:
-                return
-            _, seq, track = heapq.heappop(heap)
-            if seq != track.entry:
-                continue
-            track.entry = -1
-            self.pending -= 1
-            track.poll.sent(now)
-            target = track.poll.target
-            task = self._loop.create_task(
-                bounded(target.fetch, self.deadline, self.clock),
-                name=f"copyai_async.poll[{target.run_id}]",
-            )
-            task.add_done_callback(self._on_done)
-            running[task] = track
-            self._drop_stale()
-
-    def done_with(self, track: _Track[R]) -> None:
-        """A run is finished or failed: no more events for it."""
-        if self.hints is not None:
-            run_id = track.poll.target.run_id
-            self._by_run.pop(run_id, None)
-            self.hints.unsubscribe(run_id, self._on_hint)
-
-    async def idle(self) -> None:
-        """Sleep until a poll ends, an event or the close arrives, or the next poll (or
-        the deadline) is due."""
-        if self.finished or self._poked:
-            return
+        While polls are in flight, the deadline alone wakes nothing: each of them ends
+        by the deadline by itself (see :func:`bounded`), and that wakes the scheduler."""
         until: float | None = None
         self._drop_stale()
         heap = self.heap
-        if heap and len(self.running) < self.concurrency:
+        if heap and len(self.running) < self.options.concurrency:
             until = heap[0][0] + self._slack(heap[0][2])
-        if self.deadline is not None:
-            until = self.deadline if until is None else min(until, self.deadline)
+        deadline = self.options.deadline
+        if deadline is not None and (until is not None or not self.running):
+            until = deadline if until is None else min(until, deadline)
+        return until
+
+    async def _idle(self) -> None:
+        """Sleep until a poll ends, an event or the close arrives, or the next poll (or
+        the deadline) is due."""
+        if self.finished:
+            return
+        until = self._next_wake()
         delay = None if until is None else until - self.clock.monotonic()
         if delay is not None and delay <= 0:
             await anyio.lowlevel.checkpoint()
@@ -1032,132 +1069,21 @@ class _Polls(Generic[R]):
             elif timer is not None:
                 timer.cancel()
 
-    def watch_close(self, closing: asyncio.Future[None] | None) -> None:
-        if closing is not None:
-            closing.add_done_callback(self._wake)
+    # -- the end -------------------------------------------------------------------------
 
-    async def aclose(self, closing: asyncio.Future[None] | None) -> None:
+    async def _cancel_running(self) -> None:
+        for task in self.running:
+            task.remove_done_callback(self._on_done)
+        await cancel_and_wait(list(self.running))
+        self.running.clear()
+
+    async def _aclose(self) -> None:
         """Cancel the polls in flight and let go of every event subscription."""
-        if closing is not None:
-            closing.remove_done_callback(self._wake)
         await self._cancel_running()
         if self.hints is not None:
             for run_id in self._by_run:
                 self.hints.unsubscribe(run_id, self._on_hint)
             self._by_run.clear()
-
-
-async def wait_many(
-    targets: Iterable[Target[R]],
-    *,
-    kind: RunKind[R],
-    policy: PollPolicy,
-    clock: Clock,
-    rng: random.Random,
-    deadline: float | None,
-    time_limit: float | None,
-    concurrency: int,
-    on_status: Callable[[R], Any] | None = None,
-    nap: Callable[[float], Awaitable[None]] | None = None,
-    closing: asyncio.Future[None] | None = None,
-    hints: RunHints | None = None,
-) -> AsyncGenerator[R, None]:
-    """Yield each run once, when seen terminal; then raise the failures as a group.
-
-    ``on_status`` is called with each reading whose status differs from that run's
-    reading before (the first reading included). Each run's timing is its
-    :class:`RunPoll`'s; with ``hints``, an event saying a run finished makes it due at
-    once."""
-    if hints is not None and not hints.listeners:
-        hints = None  # no listener: nothing will hint (one started later is not used)
-    # Only the heap and the polls in flight (and, with hints, the subscriptions) hold a
-    # track: a run seen terminal is let go at once, so memory follows the runs still
-    # pending, not all the runs ever given. Hence ``targets`` is dropped once the heap
-    # is built.
-    polls: _Polls[R] = _Polls(
-        clock=clock, policy=policy, concurrency=concurrency, deadline=deadline, hints=hints
-    )
-    now = clock.monotonic()
-    for i, target in enumerate(targets):
-        state = RunPoll(
-            target,
-            kind=kind,
-            policy=policy,
-            rng=rng,
-            hints=hints,
-            now=now,
-            deadline=deadline,
-            time_limit=time_limit,
-        )
-        polls.add(_Track(poll=state, order=i))
-    polls.start()
-    targets = ()
-    total = polls.pending
-    failures: list[tuple[int, CopyAIError]] = []
-    polls.watch_close(closing)
-    try:
-        while polls.pending or polls.running:
-            now = clock.monotonic()
-            polls.take_hints(now)
-            if deadline is not None and now >= deadline:
-                # Time is up for every run not seen terminal.
-                for late in await polls.expire():
-                    timeout_error = late.poll.timeout_error(now)
-                    # Why its last polls failed, if they did.
-                    timeout_error.__cause__ = late.poll.last_failure
-                    failures.append((late.order, timeout_error))
-                break
-            polls.launch(now)
-            await polls.idle()
-            if closing is not None and closing.done():
-                raise ClientClosedError("the client was closed while this operation was waiting")
-            done, polls.finished[:] = list(polls.finished), []
-            for task in done:
-                track = polls.running.pop(task)
-                state = track.poll
-                error = task.exception()
-                now = clock.monotonic()
-                if error is None:
-                    run = task.result()
-                    if on_status is not None and (
-                        state.last is None or kind.status(state.last) != kind.status(run)
-                    ):
-                        result = on_status(run)
-                        if inspect.isawaitable(result):
-                            await result
-                    if state.read(run, now):
-                        polls.done_with(track)
-                        yield run
-                        continue
-                    polls.push(track)
-                elif isinstance(error, NotFoundError) and state.target.in_grace(now):
-                    state.unreadable(now)  # started moments ago and not readable yet
-                    polls.push(track)
-                elif isinstance(error, DeadlineExceeded):
-                    timeout_error = state.timeout_error(now)
-                    timeout_error.__cause__ = error.__cause__ or state.last_failure
-                    failures.append((track.order, timeout_error))
-                    polls.done_with(track)
-                elif isinstance(error, CopyAIError) and transient(error):
-                    gave_up = state.missed(error, now)
-                    if gave_up is None:
-                        polls.push(track)  # a missed poll: poll again on schedule
-                    else:
-                        failures.append((track.order, gave_up))
-                        polls.done_with(track)
-                elif isinstance(error, CopyAIError):
-                    failures.append((track.order, error))
-                    polls.done_with(track)
-                else:
-                    raise error
-    finally:
-        await polls.aclose(closing)
-    if failures:
-        failures.sort(key=lambda item: item[0])
-        raise ExceptionGroup(
-            f"{len(failures)} of {total} runs could not be waited for",
-            [error for _, error in failures],
-        )
 
 
 def check_timeout(timeout: Any) -> float | None:
@@ -1173,7 +1099,7 @@ def check_timeout(timeout: Any) -> float | None:
     return float(timeout)
 
 
-def _check_policy(policy: Any) -> PollPolicy:
+def _check_policy(policy: PollPolicy | None) -> PollPolicy:
     if policy is None:
         return PollPolicy()
     if not isinstance(policy, PollPolicy):
@@ -1181,13 +1107,29 @@ def _check_policy(policy: Any) -> PollPolicy:
     return policy
 
 
+def _check_on_status(on_status: Callable[[R], Any] | None) -> None:
+    if on_status is not None and not callable(on_status):
+        raise TypeError(f"on_status must be callable or None, got {type(on_status).__name__}")
+
+
+def _check_concurrency(concurrency: int) -> int:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+        raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
+    return concurrency
+
+
 class Waiter(Generic[R]):
     """The waits of one client: argument checks, deadlines, and the runs it started.
 
+    Each wait checks its arguments at the call, builds its :class:`WaitOptions`, and
+    hands its runs to a :class:`Scheduler`: a single wait, a watch and a wait on many
+    runs differ only in what is yielded and how failures are raised.
+
     Args:
         kind: what the API's runs look like to the poller.
-        clock: the client's clock.
-        budget: the client's budget: its clock, and its naps that end when it closes.
+        budget: the client's budget: its clock, and the future resolved when it closes.
         started_memory: how many recently started runs to remember for the 404 grace.
     """
 
@@ -1230,81 +1172,108 @@ class Waiter(Generic[R]):
     def deadline(self, timeout: float | None) -> float | None:
         return None if timeout is None else self.clock.monotonic() + timeout
 
-    def _options(
-        self, policy: PollPolicy, timeout: float | None, deadline: float | None
-    ) -> dict[str, Any]:
-        return {
-            "policy": policy,
-            "clock": self.clock,
-            "rng": self.rng,
-            "deadline": self.deadline(timeout) if deadline is None else deadline,
-            "time_limit": timeout,
-            "nap": self.budget.nap,
-            "hints": self.hints,
-        }
+    def options(
+        self,
+        policy: PollPolicy,
+        timeout: float | None,
+        *,
+        deadline: float | None = None,
+        concurrency: int = 1,
+        coalesce: float = 0.0,
+    ) -> WaitOptions:
+        """The options of a wait that begins now (in the running loop)."""
+        return WaitOptions(
+            policy=policy,
+            clock=self.clock,
+            rng=self.rng,
+            deadline=self.deadline(timeout) if deadline is None else deadline,
+            time_limit=timeout,
+            concurrency=concurrency,
+            coalesce=coalesce,
+            hints=self.hints,
+            closing=self.budget.closing_future(),
+        )
 
     async def wait(
         self,
         make_target: Callable[[PollPolicy], Target[R]],
         *,
-        time_limit: Any,
-        policy: Any,
+        time_limit: float | None,
+        policy: PollPolicy | None,
         raise_on_failure: bool,
-        on_status: Any,
+        on_status: Callable[[R], Any] | None,
         deadline: float | None = None,
     ) -> R:
-        if on_status is not None and not callable(on_status):
-            raise TypeError(f"on_status must be callable or None, got {type(on_status).__name__}")
+        """Poll one run until it is terminal; call ``on_status`` at each change."""
+        _check_on_status(on_status)
         timeout = check_timeout(time_limit)
-        policy = _check_policy(policy)
-        return await wait(
-            make_target(policy),
-            kind=self.kind,
-            raise_on_failure=bool(raise_on_failure),
-            on_status=on_status,
-            **self._options(policy, timeout, deadline),
+        checked = _check_policy(policy)
+        target = make_target(checked)
+        options = self.options(checked, timeout, deadline=deadline)
+        scheduler = Scheduler(
+            [target], kind=self.kind, options=options, on_status=on_status, grouped=False
         )
+        final: R | None = None
+        async with aclosing(scheduler.runs()) as runs:
+            async for run in runs:
+                final = run
+        if final is None:  # pragma: no cover - the scheduler ends only after a terminal reading
+            raise RuntimeError("the poll ended without a reading")
+        kind = self.kind
+        if raise_on_failure and kind.is_failed(final):
+            detail = kind.failure_detail(final)
+            raise RunFailedError(
+                f"{target.label} ended {kind.status(final)}" + (f": {detail}" if detail else ""),
+                run=final,
+                run_id=target.run_id,
+            )
+        return final
 
     def watch(
-        self, make_target: Callable[[PollPolicy], Target[R]], *, timeout: Any, policy: Any
+        self,
+        make_target: Callable[[PollPolicy], Target[R]],
+        *,
+        timeout: float | None,
+        policy: PollPolicy | None,
     ) -> AsyncGenerator[R, None]:
-        timeout = check_timeout(timeout)
-        policy = _check_policy(policy)
-        target = make_target(policy)
+        """Yield the first reading of one run, then each whose status differs from the one
+        before, until it is terminal (the terminal reading included)."""
+        checked_timeout = check_timeout(timeout)
+        checked = _check_policy(policy)
+        target = make_target(checked)
         # The deadline starts when iteration does, not when the generator is made.
         return _deferred(
-            lambda: watch(target, kind=self.kind, **self._options(policy, timeout, None))
+            lambda: Scheduler(
+                [target],
+                kind=self.kind,
+                options=self.options(checked, checked_timeout),
+                changes=True,
+                grouped=False,
+            ).runs()
         )
 
     def wait_many(
         self,
         make_targets: Callable[[PollPolicy], list[Target[R]]],
         *,
-        concurrency: Any,
-        timeout: Any,
-        policy: Any,
-        on_status: Any = None,
+        concurrency: int,
+        timeout: float | None,
+        policy: PollPolicy | None,
+        on_status: Callable[[R], Any] | None = None,
     ) -> AsyncGenerator[R, None]:
-        if on_status is not None and not callable(on_status):
-            raise TypeError(f"on_status must be callable or None, got {type(on_status).__name__}")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
-        if not 1 <= concurrency <= MAX_CONCURRENCY:
-            raise ValueError(
-                f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}"
-            )
-        timeout = check_timeout(timeout)
-        policy = _check_policy(policy)
-        targets = make_targets(policy)
+        """Yield each run once, when seen terminal; then raise the failures as a group."""
+        _check_on_status(on_status)
+        cap = _check_concurrency(concurrency)
+        checked_timeout = check_timeout(timeout)
+        checked = _check_policy(policy)
+        targets = make_targets(checked)
         return _deferred(
-            lambda: wait_many(
+            lambda: Scheduler(
                 targets,
                 kind=self.kind,
-                concurrency=concurrency,
+                options=self.options(checked, checked_timeout, concurrency=cap, coalesce=_COALESCE),
                 on_status=on_status,
-                closing=self.budget.closing_future(),
-                **self._options(policy, timeout, None),
-            )
+            ).runs()
         )
 
 
