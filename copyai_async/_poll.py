@@ -526,6 +526,7 @@ class RunPoll(Generic[R]):
         "_hints",
         "_lead",
         "_looked",
+        "_quiet_until",
         "_read_at",
         "_rng",
         "_scheduled_at",
@@ -573,6 +574,7 @@ class RunPoll(Generic[R]):
         self._warned = False
         self._scheduled_at = now
         self._event_at: float | None = None  # the next poll an event asks for
+        self._quiet_until = -math.inf  # no poll of any source before (a Retry-After)
         # Polls sent since the latest event saying the run finished (None: no event):
         # the check, then the re-checks, bounded by len(policy.rechecks).
         self._since_event: int | None = None
@@ -599,8 +601,8 @@ class RunPoll(Generic[R]):
         if self._event_at is not None and self._event_at < at:
             at = self._event_at
         if at > self._final_at and not self._looked and self._read_at < self._final_at - self._lead:
-            return self._final_at
-        return at
+            at = self._final_at
+        return max(at, self._quiet_until)
 
     def _pause(self) -> float:
         """The schedule's next interval, jittered."""
@@ -681,7 +683,9 @@ class RunPoll(Generic[R]):
         return None
 
     def _reschedule(self, now: float, not_before: float) -> None:
-        """After a poll that did not end the wait: the next poll of each source."""
+        """After a poll that did not end the wait: the next poll of each source, none
+        before ``not_before`` (a Retry-After holds for every source, whichever asked)."""
+        self._quiet_until = now + not_before
         if self._for_schedule:
             self._scheduled_at = now + max(self._pause(), not_before)
             self.attempt += 1

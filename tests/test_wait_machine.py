@@ -244,12 +244,6 @@ def test_run_poll_hint_makes_it_due_at_once_and_a_stale_reading_is_rechecked() -
     assert _read(state, 102, DONE) is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 429 on a poll an event caused sets only the event's next poll; the "
-    "schedule's poll still goes out before Retry-After (_reschedule ignores not_before "
-    "for the schedule when the failed poll was not the schedule's)",
-)
 def test_run_poll_no_poll_before_retry_after_even_after_an_event_poll() -> None:
     state = _poll(STEADY)
     _read(state, 0)  # the schedule's next poll: 10
@@ -257,6 +251,15 @@ def test_run_poll_no_poll_before_retry_after_even_after_an_event_poll() -> None:
     state.sent(9)
     assert state.failed(_status(RateLimitError, 429, retry_after=120.0), 9) is None
     assert state.due() >= 9 + 120
+
+
+def test_run_poll_an_event_poll_waits_out_the_schedules_retry_after() -> None:
+    state = _poll(STEADY)
+    _read(state, 0)  # the schedule's next poll: 10
+    state.sent(10)
+    state.hint(10.5)  # an event while the schedule's poll is out...
+    assert state.failed(_status(RateLimitError, 429, retry_after=60.0), 11) is None
+    assert state.due() >= 11 + 60  # ...is checked, but not before the API allows
 
 
 # -- Scheduler, with scripted reads ---------------------------------------------------
