@@ -153,7 +153,23 @@ class BaseClient(Generic[_R]):
         rate = None if rate_limit is None else positive("rate_limit", rate_limit)
         client_timeout = _client_timeout(timeout)
         coordinator = _coordination(coordination)
-        budget = Budget(clock=clock or SystemClock(), max_concurrency=connections, rate_limit=rate)
+        clock = clock or SystemClock()
+        # Shared limits and events: those of every process with this key (and
+        # namespace), on Redis. Every part is built here, once, with what it uses.
+        link = (
+            None
+            if coordinator is None
+            else coordinator._link(
+                secret=secret,
+                clock=clock,
+                max_in_flight=connections,
+                rate_limit=rate,
+                # A slot is held at most one attempt (plus its wait for the rate, which
+                # the script adds); a process that dies gives it back when it expires.
+                lease_ttl=(client_timeout.total or _LEASE_WITHOUT_TIMEOUT) + 5.0,
+            )
+        )
+        budget = Budget(clock=clock, max_concurrency=connections, rate_limit=rate, shared=link)
         self._transport = Transport(
             base_url=base,
             auth_headers=lambda: auth_headers(key),
@@ -171,25 +187,11 @@ class BaseClient(Generic[_R]):
             credential=credential,
             root_hint=root_hint,
         )
-
-        self._waiter: Waiter[_R] = Waiter(kind=kind, budget=budget)
-        # Shared limits: those of every process with this key (and namespace), on Redis.
+        self._waiter: Waiter[_R] = Waiter(
+            kind=kind, budget=budget, hints=None if link is None else link.hints
+        )
         self.coordination: RedisCoordination | None = coordinator
         self._owns_coordination = isinstance(coordination, str)
-        if coordinator is not None:
-            hints = self._waiter.hints
-            link = coordinator._link(
-                secret=secret,
-                clock=budget.clock,
-                hints=hints,
-                max_in_flight=connections,
-                rate_limit=rate,
-                # A slot is held at most one attempt (plus its wait for the rate, which
-                # the script adds); a process that dies gives it back when it expires.
-                lease_ttl=(client_timeout.total or _LEASE_WITHOUT_TIMEOUT) + 5.0,
-            )
-            budget.shared = link
-            hints.relay = link.publish
 
     def __repr__(self) -> str:
         state = "closed" if self._transport.closed else "open"

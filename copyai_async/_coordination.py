@@ -62,12 +62,11 @@ import anyio
 from ._budget import Allowance, Budget, SharedUnavailable
 from ._check import positive
 from ._clock import Clock, SystemClock
+from ._poll import RunHints
 from ._redis import RedisGateway, import_redis
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-
-    from ._poll import RunHints
 
 __all__ = ["RedisCoordination", "SharedLink"]
 
@@ -307,19 +306,18 @@ class RedisCoordination:
         *,
         secret: str,
         clock: Clock,
-        hints: RunHints,
         max_in_flight: int,
         rate_limit: float | None,
         lease_ttl: float,
     ) -> SharedLink:
-        """The shared limits and events of one client (its API key ``secret``)."""
+        """The shared limits and events of one client (its API key ``secret``); its
+        :attr:`SharedLink.hints` are the client's."""
         return SharedLink(
             self._gateway,
             namespace=self.namespace,
             rebuild=self._rebuild,
             secret=secret,
             clock=clock,
-            hints=hints,
             max_in_flight=max_in_flight,
             rate_limit=rate_limit,
             lease_ttl=lease_ttl,
@@ -415,7 +413,6 @@ class SharedLink:
         rebuild: bool,
         secret: str,
         clock: Clock,
-        hints: RunHints,
         max_in_flight: int,
         rate_limit: float | None,
         lease_ttl: float,
@@ -428,7 +425,9 @@ class SharedLink:
         self.channel = f"{base}:events"
         self.origin = secrets.token_hex(8)
         self._clock = clock  # the client's: the budget sleeps on it
-        self._hints = hints
+        # The client's hints: this link passes their events on (relay) and brings the
+        # other processes' in; built here, so that neither is wired up after the fact.
+        self.hints = RunHints(clock, relay=self.publish)
         self._max_in_flight = max_in_flight
         self._spacing_us = round(1e6 / rate_limit) if rate_limit else 0
         self._lease_ms = math.ceil(lease_ttl * 1000)
@@ -560,7 +559,7 @@ class SharedLink:
         if not isinstance(run_id, str) or not isinstance(final, bool):
             logger.debug("ignored a malformed message on %s", self.channel)
             return
-        self._hints.hint(
+        self.hints.hint(
             run_id,
             workflow_id if isinstance(workflow_id, str) else None,
             final=final,
@@ -606,7 +605,7 @@ class SharedLink:
             # Up once Redis confirms it, within the timeout (redis-py may return from
             # subscribe() unconnected).
             await gateway.call(lambda _redis: self._subscribe(pubsub), gateway.allowance())
-            self._hints.attach()
+            self.hints.attach()
             attached = True
             first_try.set()
             await self._listen(pubsub)
@@ -617,7 +616,7 @@ class SharedLink:
         finally:
             first_try.set()
             if attached:
-                self._hints.detach()
+                self.hints.detach()
             if pubsub is not None:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

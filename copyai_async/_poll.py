@@ -291,7 +291,13 @@ class RunHints:
     just started is not even polled first. An unconfirmed event changes no wait's pace.
     """
 
-    def __init__(self, clock: Clock, *, memory: int = HINT_MEMORY) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        memory: int = HINT_MEMORY,
+        relay: Callable[[str, str | None, bool], None] | None = None,
+    ) -> None:
         self.clock = clock
         self.listeners: int = 0
         self._covered: collections.Counter[str | None] = collections.Counter()
@@ -300,7 +306,7 @@ class RunHints:
         self._claims: collections.OrderedDict[str, _Claim] = collections.OrderedDict()
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
         self._memory = memory
-        self.relay: Callable[[str, str | None, bool], None] | None = None
+        self.relay = relay
         """Passes this process's events on to other processes (Redis coordination)."""
 
     # -- fed by listeners ---------------------------------------------------------------
@@ -1137,14 +1143,21 @@ class Waiter(Generic[R]):
         started_memory: how many recently started runs to remember for the 404 grace.
     """
 
-    def __init__(self, *, kind: RunKind[R], budget: Budget, started_memory: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        kind: RunKind[R],
+        budget: Budget,
+        hints: RunHints | None = None,
+        started_memory: int = 10_000,
+    ) -> None:
         self.kind = kind
         self.budget = budget
         self.clock = budget.clock
         self.rng = random.Random()
         self._started: dict[str, float] = {}
         self._memory = started_memory
-        self.hints = RunHints(self.clock)
+        self.hints = hints if hints is not None else RunHints(self.clock)
 
     def note_started(self, key: str) -> None:
         """Remember that this client started the run ``key`` now (for the 404 grace)."""
