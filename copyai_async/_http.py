@@ -24,7 +24,7 @@ Retry rules:
   Where the server may have acted on it (sent, then the connection dropped with no
   answer, a read timeout, 500, 502, 503, 504, or a 2xx that cannot be read), the request
   is not sent again here: :class:`OutcomeUnknown` hands the question to the caller,
-  which can look for the result before deciding (see ``BaseClient._start``).
+  which can look for the result before deciding (see :mod:`copyai_async._once`).
 
 Through a proxy (see :mod:`copyai_async._proxy`), a failure to connect to it, or a 5xx
 answer to ``CONNECT``, means the request never reached the API: sent again, even a POST.
@@ -927,6 +927,10 @@ class Transport:
             proxy=None if self.proxy is None else self.proxy.shown,
             status=407,
         )
+
+    def policy(self, *, idempotent: bool) -> RetryPolicy:
+        """The decisions for a request that is (or is not) idempotent."""
+        return self._policies[idempotent]
 
     def backoff(self, attempt: int) -> float:
         """The wait before attempt ``attempt + 1`` (full jitter, as for retries)."""
