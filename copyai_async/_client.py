@@ -58,8 +58,10 @@ def _webhook_uncertain(
     the lost answer's own (documented) error, saying that the webhook may exist."""
     if reason is Unsettled.LOOKUP_FAILED:
         why = f"listing webhooks to look for it failed ({lookup_error})"
-    else:
+    elif reason is Unsettled.MAY_STILL_APPEAR:
         why = "none like it is listed yet, but the server may still be creating it"
+    else:
+        why = "there was nothing to look for it by"
     message = (
         f"{lost.error.message}; the webhook may or may not have been created: {why}; "
         "look for it with list_webhooks() before creating it again"

@@ -538,8 +538,8 @@ class _Call:
     path: str  # for errors: no query
     shown: str  # for messages and logs: with the query
     body: bytes | None
-    headers: Mapping[str, str]
-    what: str | None  # what the path names, for a 404's message
+    headers: Mapping[str, str] = attrs.field(repr=False)  # they hold the credential
+    what: str | None = None  # what the path names, for a 404's message
 
 
 class Transport:
