@@ -7,6 +7,7 @@ how they authenticate, what their runs look like, and their endpoints; everythin
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
@@ -15,12 +16,13 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import aiohttp
+import attrs
 
 from ._budget import Budget
 from ._check import api_base_url, int_in, is_loopback, positive
 from ._clock import Clock, SystemClock
 from ._coordination import RedisCoordination
-from ._errors import APIError, StartUncertainError
+from ._errors import StartUncertainError
 from ._http import (
     OutcomeUnknown,
     Redactor,
@@ -30,9 +32,9 @@ from ._http import (
     Transport,
     copyai_error_fields,
     encode_segment,
-    logger,
 )
 from ._loop import LoopBinding
+from ._once import AtMostOnce, Lookup, LookupInconclusive, Unsettled
 from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter
 from ._proxy import choose_proxy
 from ._version import version
@@ -69,12 +71,13 @@ def _coordination(value: Any) -> RedisCoordination | None:
     )
 
 
-class LookupInconclusive(Exception):
-    """Looking for a started run could neither find it nor rule it out."""
-
-
 def _uncertain(
-    lost: OutcomeUnknown, why: str, *, workflow_id: str, start_key: str | None, sent_at: datetime
+    lost: OutcomeUnknown,
+    why: str,
+    *,
+    workflow_id: str,
+    start_key: str | None,
+    sent_at: datetime,
 ) -> StartUncertainError:
     """The error for a start whose answer was lost and could not be settled (``why``)."""
     error = StartUncertainError(
@@ -88,6 +91,37 @@ def _uncertain(
     )
     error.__cause__ = lost.error
     return error
+
+
+@attrs.frozen(kw_only=True)
+class _StartUncertainty:
+    """What a start whose answer could not be settled tells the caller, by reason."""
+
+    workflow_id: str
+    start_key: str | None
+    sent_at: datetime
+
+    def __call__(
+        self, lost: OutcomeUnknown, reason: Unsettled, lookup_error: Exception | None
+    ) -> StartUncertainError:
+        wf, key = self.workflow_id, self.start_key
+        look = f"await client.find_started_run({wf!r}, {key!r})"
+        if reason is Unsettled.NOTHING_TO_LOOK_BY:
+            why = (
+                "the start carried no start key to look for it by; look among the "
+                "workflow's newest runs before starting it again"
+            )
+        elif reason is Unsettled.LOOKUP_FAILED:
+            why = (
+                f"looking for start key {key!r} did not settle it ({lookup_error}); "
+                f"before starting it again, {look}"
+            )
+        else:
+            why = (
+                f"no run carries start key {key!r} yet, but the server may still be "
+                f"creating it; before starting it again, {look}"
+            )
+        return _uncertain(lost, why, workflow_id=wf, start_key=key, sent_at=self.sent_at)
 
 
 class BaseClient(Generic[_R]):
@@ -285,9 +319,10 @@ class BaseClient(Generic[_R]):
     ) -> _R:
         """POST a start, and settle a lost answer instead of guessing.
 
-        The transport sends a start again by itself only where it provably never reached
-        the server. Where the server may have acted on it, the answer is settled here:
-        after a short wait (a server still at work gets a moment), ``find(start_key,
+        Sent with :class:`~copyai_async._once.AtMostOnce`, as webhook creation is. The
+        transport sends a start again by itself only where it provably never reached
+        the server. Where the server may have acted on it, the answer is settled: after
+        a short wait (a server still at work gets a moment), ``find(start_key,
         sent)`` looks for a run tagged with the start's key. Found: that is the answer.
         Ruled out: the start is sent again (within ``max_retries``), or the error is
         raised knowing no run exists. Neither (no key, the lookup failed or could not see
@@ -304,85 +339,18 @@ class BaseClient(Generic[_R]):
                 :class:`LookupInconclusive` when it cannot.
             what: what the path names, for a 404's message ("no such workflow").
         """
-        transport = self._transport
         sent_at = datetime.now(timezone.utc)
-        # Every lookup reaches back to the first attempt: a run an earlier attempt
-        # created late must not be missed by the lookup after a later one.
-        sent = self.clock.monotonic()
-        attempt = 1
-        while True:
-            try:
-                return await transport.request(
-                    "POST",
-                    segments,
-                    json_body=body,
-                    idempotent=False,
-                    parse=parse,
-                    first_attempt=attempt,
-                    what=what,
-                )
-            except OutcomeUnknown as exc:
-                lost = exc
-            error = lost.error
-            if start_key is None or find is None:
-                raise _uncertain(
-                    lost,
-                    "the start carried no start key to look for it by; look among the "
-                    "workflow's newest runs before starting it again",
-                    workflow_id=workflow_id,
-                    start_key=start_key,
-                    sent_at=sent_at,
-                )
-            retry = transport.retry
-            asked = lost.retry_after
-            wait = asked if asked is not None and asked <= retry.max_retry_after else None
-            # A server still at work gets a moment before the lookup (and the resend).
-            await transport.budget.sleep(
-                wait if wait is not None else transport.backoff(lost.attempt), cause=error
-            )
-            try:
-                found = await find(start_key, sent)
-            except (APIError, LookupInconclusive) as lookup_error:
-                raise _uncertain(
-                    lost,
-                    f"looking for start key {start_key!r} did not settle it ({lookup_error}); "
-                    f"before starting it again, await client.find_started_run("
-                    f"{workflow_id!r}, {start_key!r})",
-                    workflow_id=workflow_id,
-                    start_key=start_key,
-                    sent_at=sent_at,
-                ) from error
-            if found is not None:
-                logger.info(
-                    "%s %s: the answer was lost, but the run had started: found %s by its "
-                    "start key",
-                    error.method,
-                    error.path,
-                    getattr(found, "id", "?"),
-                )
-                return found
-            if lost.in_progress:
-                raise _uncertain(
-                    lost,
-                    f"no run carries start key {start_key!r} yet, but the server may still "
-                    f"be creating it; before starting it again, await "
-                    f"client.find_started_run({workflow_id!r}, {start_key!r})",
-                    workflow_id=workflow_id,
-                    start_key=start_key,
-                    sent_at=sent_at,
-                )
-            if lost.attempt > retry.max_retries or (asked is not None and wait is None):
-                # Known not to have started: the error is the whole story.
-                raise error
-            attempt = lost.attempt + 1
-            logger.info(
-                "retrying %s %s (attempt %d of %d): the answer was lost, and no run carries "
-                "its start key",
-                error.method,
-                error.path,
-                attempt,
-                retry.max_retries + 1,
-            )
+        key = start_key
+        lookup: Lookup[_R] = Lookup(
+            find=None if key is None or find is None else functools.partial(find, key),
+            uncertain=_StartUncertainty(workflow_id=workflow_id, start_key=key, sent_at=sent_at),
+            noun="run",
+            by="its start key",
+        )
+        once = AtMostOnce(
+            self._transport, segments, body=body, parse=parse, lookup=lookup, what=what
+        )
+        return await once.send()
 
     # -- waiting (the same for every API; ``_target`` says how to read one run) ----------
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import enum
+import functools
 import math
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +23,7 @@ from ._coordination import RedisCoordination
 from ._errors import APIError, NotFoundError, PaginationError, PollTimeoutError
 from ._http import OutcomeUnknown, Response, encode_segment, response_date
 from ._models import START_KEY, RunPage, RunStatus, WorkflowRun
+from ._once import AtMostOnce, Lookup, Unsettled
 from ._paginate import DEFAULT_PREFETCH, RunPaginator
 from ._poll import PollPolicy, RunKind, bounded, check_timeout
 
@@ -46,6 +49,28 @@ LOOKUP_MARGIN_NO_DATE = 60.0
 """The same, when the server sends no ``Date`` and the client's own clock must do."""
 MAX_WEBHOOK_PAGES = 1_000
 """Pages of ``GET /webhook`` read at most before the listing is taken to repeat itself."""
+
+
+def _webhook_uncertain(
+    lost: OutcomeUnknown, reason: Unsettled, lookup_error: Exception | None
+) -> APIError:
+    """The error for a webhook creation whose answer was lost and could not be settled:
+    the lost answer's own (documented) error, saying that the webhook may exist."""
+    if reason is Unsettled.LOOKUP_FAILED:
+        why = f"listing webhooks to look for it failed ({lookup_error})"
+    elif reason is Unsettled.MAY_STILL_APPEAR:
+        why = "none like it is listed yet, but the server may still be creating it"
+    else:
+        why = "there was nothing to look for it by"
+    message = (
+        f"{lost.error.message}; the webhook may or may not have been created: {why}; "
+        "look for it with list_webhooks() before creating it again"
+    )
+    error = copy.copy(lost.error)  # the same class and attributes, a message that says so
+    error.args = (message,)
+    error.message = message
+    error.__cause__ = lost.error
+    return error
 
 
 def _optional_id(name: str, value: Any) -> str | None:
@@ -502,9 +527,13 @@ class CopyAIClient(BaseClient[WorkflowRun]):
     ) -> Webhook:
         """Register a webhook (``POST /webhook``): Copy.ai will POST events to ``url``.
 
-        Sent once: if the answer is lost after the request went out, the client looks
-        for a webhook with the same URL, event type and workflow among the existing ones
-        before sending again (a webhook already registered like it is returned as is).
+        Sent once, as a run's start is: if the answer is lost after the request went
+        out, the client waits (a 503's ``Retry-After``, or a backoff), then looks for a
+        webhook with the same URL, event type and workflow among the existing ones (a
+        webhook already registered like it is returned as is). Found: returned. Not
+        there: sent again, within ``max_retries``. If the lookup fails, or the server
+        may still be creating it (a timeout, a 504), the client cannot tell: it raises
+        the lost answer's error, saying that the webhook may or may not exist.
 
         Args:
             url: where to deliver events: http(s), no ``user:password@``, no fragment.
@@ -523,8 +552,12 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             TypeError, ValueError: a bad URL, event type or workflow id (before any
                 request).
             UnprocessableEntityError, NotFoundError: the API refused it.
-            CopyAIError: any other failure. If the answer was lost and no webhook like it
-                could be found, it may still appear: check :meth:`list_webhooks`.
+            APIConnectionError, ServerError, InvalidResponseError: the answer was lost
+                and the client cannot tell whether the webhook was created: the message
+                says "may or may not have been created" (its ``__cause__`` is the lost
+                answer's error); look for it with :meth:`list_webhooks` before creating
+                it again. Raised with no such words, they mean nothing was created.
+            CopyAIError: any other failure; the webhook was not created.
         """
         from .webhooks._convert import WEBHOOK_WIRE
         from .webhooks._parse import check_event_type
@@ -535,32 +568,29 @@ class CopyAIClient(BaseClient[WorkflowRun]):
         body: dict[str, Any] = {"url": checked_url, "eventType": kind.value}
         if wf is not None:
             body["workflowId"] = wf
-        transport = self._transport
-        attempt = 1
-        while True:
-            try:
-                return await transport.request(
-                    "POST",
-                    ("webhook",),
-                    json_body=body,
-                    idempotent=False,
-                    parse=lambda resp: WEBHOOK_WIRE.webhook(resp.data),
-                    first_attempt=attempt,
-                    what=None if wf is None else "workflow",
-                )
-            except OutcomeUnknown as exc:
-                lost = exc
-            await transport.budget.sleep(transport.backoff(lost.attempt), cause=lost.error)
-            try:
-                async for hook in self.list_webhooks():
-                    same_workflow = hook.workflow_id == wf
-                    if hook.url == checked_url and hook.event_type is kind and same_workflow:
-                        return hook
-            except APIError:
-                raise lost.error from None
-            if lost.in_progress or lost.attempt > transport.retry.max_retries:
-                raise lost.error
-            attempt = lost.attempt + 1
+        lookup: Lookup[Webhook] = Lookup(
+            find=functools.partial(self._find_lost_webhook, checked_url, kind, wf),
+            uncertain=_webhook_uncertain,
+            noun="webhook",
+            by="its URL, event type and workflow",
+        )
+        return await AtMostOnce(
+            self._transport,
+            ("webhook",),
+            body=body,
+            parse=lambda resp: WEBHOOK_WIRE.webhook(resp.data),
+            lookup=lookup,
+            what=None if wf is None else "workflow",
+        ).send()
+
+    async def _find_lost_webhook(
+        self, url: str, kind: WebhookEventType, workflow_id: str | None, _sent: float
+    ) -> Webhook | None:
+        """The webhook a lost create made (same URL, event type and workflow), if any."""
+        async for hook in self.list_webhooks():
+            if hook.url == url and hook.event_type is kind and hook.workflow_id == workflow_id:
+                return hook
+        return None
 
     async def get_webhook(self, webhook_id: str) -> Webhook:
         """Fetch one webhook (``GET /webhook/{webhook_id}``).

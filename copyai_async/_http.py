@@ -1,7 +1,16 @@
 """The one request path: URL building, auth, retries with backoff, Retry-After, error mapping.
 
 Endpoint methods call :meth:`Transport.request` and get decoded JSON back, or one of the
-documented exceptions. Nothing else in the package talks to aiohttp.
+documented exceptions. Three parts, each one thing:
+
+- :class:`Sender` is the only code that calls aiohttp's request API: it sends one
+  attempt and returns an :class:`Exchange` (status, headers, body, as they came) or a
+  classified :class:`Failure` (what happened, and the :class:`Fate` it leaves the
+  request in);
+- :class:`Transport` reads that into an outcome (decoding, parsing, building the
+  documented error) and does what the decision says: sleep, pause the client, raise,
+  return;
+- :class:`~copyai_async._retry.RetryPolicy` decides, with no I/O and no clock.
 
 Retry rules:
 
@@ -15,7 +24,7 @@ Retry rules:
   Where the server may have acted on it (sent, then the connection dropped with no
   answer, a read timeout, 500, 502, 503, 504, or a 2xx that cannot be read), the request
   is not sent again here: :class:`OutcomeUnknown` hands the question to the caller,
-  which can look for the result before deciding (see ``BaseClient._start``).
+  which can look for the result before deciding (see :mod:`copyai_async._once`).
 
 Through a proxy (see :mod:`copyai_async._proxy`), a failure to connect to it, or a 5xx
 answer to ``CONNECT``, means the request never reached the API: sent again, even a POST.
@@ -29,7 +38,6 @@ long as it is at most ``max_retry_after``; a longer ask raises at once.
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 import random
@@ -44,11 +52,10 @@ import aiohttp
 import attrs
 from yarl import URL
 
-from ._budget import Budget
+from ._budget import DEADLINE, Allowance, Budget, DeadlineExceeded
 from ._convert import ErrorEnvelope, WireError
 from ._errors import (
     APIConnectionError,
-    APIError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
@@ -63,13 +70,34 @@ from ._errors import (
 )
 from ._loop import LoopBinding
 from ._proxy import Proxy
+from ._retry import (
+    RETRY_AFTER_STATUSES,
+    UNSENT_STATUSES,
+    Answered,
+    Dropped,
+    Expire,
+    Fate,
+    Outcome,
+    OutcomeUnknown,
+    Pause,
+    Raise,
+    Refused,
+    RetryConfig,
+    RetryPolicy,
+    Return,
+    Step,
+    Unreadable,
+)
 
 __all__ = [
+    "Exchange",
+    "Failure",
     "OutcomeUnknown",
     "Redactor",
     "Response",
     "RetryConfig",
     "Secret",
+    "Sender",
     "Transport",
     "encode_segment",
     "loads",
@@ -121,62 +149,10 @@ def loads(raw: bytes) -> Any:
     return json.loads(raw)
 
 
-class OutcomeUnknown(Exception):
-    """A request that is not idempotent was sent and its answer was lost.
-
-    The server may have acted on it (a run may exist). :meth:`Transport.request` raises
-    this instead of sending such a request again; the caller decides (look for the
-    result, send again, or tell the user).
-
-    Attributes:
-        error: the documented error for what went wrong (with method, path, status).
-        attempt: the number of the attempt that failed (1 for the first).
-        in_progress: the server may still be acting on it (a timeout, ours or a
-            gateway's 504): a result not visible yet may still appear.
-        retry_after: seconds the server asked to wait (a 503's ``Retry-After``), if any.
-    """
-
-    def __init__(
-        self,
-        error: APIError,
-        *,
-        attempt: int,
-        in_progress: bool,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.attempt = attempt
-        self.in_progress = in_progress
-        self.retry_after = retry_after
-
-    @property
-    def status(self) -> int | None:
-        """The HTTP status of the lost answer, or ``None`` if none arrived."""
-        status = getattr(self.error, "status", None)
-        return status if isinstance(status, int) else None
-
-
-class Fate(enum.Enum):
-    """What a failed attempt means for the request."""
-
-    UNSENT = "unsent"  # provably never reached the server: always safe to send again
-    UNKNOWN = "unknown"  # sent; the server may have acted on it, and is done with it
-    RUNNING = "running"  # sent; the server may have acted on it, or may still be acting
-    FINAL = "final"  # sending again would fail the same way (e.g. TLS)
-
-
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-# A start answered with one of these may have created the run (504: may still do so).
-UNKNOWN_OUTCOME_STATUSES = frozenset({500, 502, 503, 504})
-# A start answered with one of these did not: the server refused it before acting.
-UNSENT_STATUSES = frozenset({408, 429})
 # Texts of aiohttp's errors for a request that was not fully written: the connection was
 # closing (or closed) first, so the server cannot have acted on it. aiohttp 3.10 raises
 # ClientOSError, later releases ClientConnectionResetError, with these words.
 _NOT_WRITTEN = ("Cannot write to closing transport", "Can not write request body")
-# Statuses whose Retry-After is honoured (a 503 often carries one too).
-RETRY_AFTER_STATUSES = frozenset({429, 503})
 _BODY_KEEP = 2000
 
 
@@ -263,21 +239,6 @@ def encode_segment(name: str, value: object) -> str:
     if encoded in (".", ".."):
         encoded = encoded.replace(".", "%2E")
     return encoded
-
-
-@attrs.frozen(kw_only=True)
-class RetryConfig:
-    """How failed requests are retried (see the module docstring for the rules)."""
-
-    max_retries: int
-    backoff_base: float
-    backoff_max: float
-    max_retry_after: float
-
-    def backoff(self, retry_number: int, rng: random.Random) -> float:
-        """Full-jitter wait before retry number ``retry_number`` (0 for the first)."""
-        ceiling = min(self.backoff_max, self.backoff_base * (2.0 ** min(retry_number, 62)))
-        return rng.uniform(0.0, ceiling)
 
 
 @attrs.frozen(kw_only=True)
@@ -459,6 +420,128 @@ def _auth_advice(proxy: Proxy | None) -> str:
     )
 
 
+@attrs.frozen
+class Exchange:
+    """One answer as it came off the wire: nothing decoded, nothing judged."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    content_type: str
+
+
+@attrs.frozen(kw_only=True)
+class Failure:
+    """An attempt that got no answer, classified (aiohttp's exception is only the cause).
+
+    Attributes:
+        exception: what aiohttp raised.
+        kind: the documented error class for it.
+        what: what happened, in words, for the message.
+        fate: what it means for the request (was it sent? may the server act on it?).
+        proxy_status: for a failure of the proxy itself (``kind`` is
+            :class:`ProxyError`), its status, if it answered.
+    """
+
+    exception: BaseException
+    kind: type[APIConnectionError]
+    what: str
+    fate: Fate
+    proxy_status: int | None = None
+
+
+class Sender:
+    """The one place that calls aiohttp's request API: one attempt in, an
+    :class:`Exchange` or a classified :class:`Failure` out.
+
+    It knows how to send (the per-attempt timeouts, the proxy, no redirects) and what
+    aiohttp's exceptions mean; nothing about retries, errors or JSON.
+
+    Args:
+        timeout: per-attempt timeouts.
+        proxy: the proxy every request goes through, or ``None``.
+        proxy_headers: headers for the proxy's ``CONNECT`` (its credentials), if any.
+        target: ``host:port`` of the API, for messages about the proxy's tunnel.
+    """
+
+    __slots__ = ("_proxy", "_proxy_headers", "_proxy_url", "_target", "_timeout")
+
+    def __init__(
+        self,
+        *,
+        timeout: aiohttp.ClientTimeout,
+        proxy: Proxy | None,
+        proxy_headers: Mapping[str, str] | None,
+        target: str,
+    ) -> None:
+        self._timeout = timeout
+        self._proxy = proxy
+        self._proxy_url = None if proxy is None else proxy.url
+        self._proxy_headers = proxy_headers
+        self._target = target
+
+    def __repr__(self) -> str:
+        return f"<Sender proxy={None if self._proxy is None else self._proxy.shown!r}>"
+
+    async def send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+    ) -> Exchange | Failure:
+        """Send one attempt and read the whole answer.
+
+        Raises:
+            Exception: only what is not a failure of the request (aiohttp's own
+                internals tripped by closing the session under it, a bug).
+        """
+        try:
+            # No redirects: the key must go to the configured base URL and nowhere else.
+            async with session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy_url,
+                proxy_headers=self._proxy_headers,
+            ) as resp:
+                raw = await resp.read()
+                return Exchange(resp.status, resp.headers, raw, resp.content_type)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return self.classify(exc)
+
+    def classify(self, exc: BaseException) -> Failure:
+        """What an aiohttp failure was, and what it means for the request."""
+        proxied = _proxy_failure(exc, self._proxy, self._target)
+        if proxied is not None:
+            what, fate, status = proxied
+            return Failure(
+                exception=exc, kind=ProxyError, what=what, fate=fate, proxy_status=status
+            )
+        kind, what, fate = _classify_failure(exc)
+        if self._proxy is not None:
+            what += f" (through the proxy {self._proxy.shown})"
+        return Failure(exception=exc, kind=kind, what=what, fate=fate)
+
+
+@attrs.frozen(kw_only=True)
+class _Call:
+    """One logical request, ready to send (every attempt sends the same)."""
+
+    method: str
+    url: URL
+    path: str  # for errors: no query
+    shown: str  # for messages and logs: with the query
+    body: bytes | None
+    headers: Mapping[str, str] = attrs.field(repr=False)  # they hold the credential
+    what: str | None = None  # what the path names, for a 404's message
+
+
 class Transport:
     """Sends requests for one client and owns (or borrows) its aiohttp session.
 
@@ -511,16 +594,17 @@ class Transport:
         self._binding = binding
         self._headers = {"Accept": "application/json", "User-Agent": user_agent}
         self.proxy = proxy
-        self._proxy_url = None if proxy is None else proxy.url
-        self._proxy_headers: dict[str, str] | None = None
+        proxy_headers: dict[str, str] | None = None
         if proxy is not None and proxy.authorization is not None:
             if base_url.scheme == "https":
                 # Credentials go on the CONNECT only: never into the tunnel to the API.
-                self._proxy_headers = {"Proxy-Authorization": proxy.authorization}
+                proxy_headers = {"Proxy-Authorization": proxy.authorization}
             else:
                 # Plain forwarding: the request itself goes to the proxy, which takes them.
                 self._headers["Proxy-Authorization"] = proxy.authorization
-        self._timeout = timeout
+        self._sender = Sender(
+            timeout=timeout, proxy=proxy, proxy_headers=proxy_headers, target=self._target
+        )
         self.retry = retry
         self.budget = budget
         self.clock = budget.clock
@@ -532,7 +616,12 @@ class Transport:
         self._auth_hint = auth_hint
         self._credential = credential
         self._root_hint = root_hint
-        self._rng = random.Random()
+        rng = random.Random()
+        # One policy per kind of request, built once (they share the jitter's source).
+        self._policies = (
+            RetryPolicy(config=retry, idempotent=False, rng=rng),
+            RetryPolicy(config=retry, idempotent=True, rng=rng),
+        )
         self._urls: dict[tuple[str, ...], URL] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -661,162 +750,170 @@ class Transport:
             OutcomeUnknown: a request that is not idempotent was sent and its answer was
                 lost (only when ``idempotent`` is false).
         """
+        call = self._call(method, segments, params, json_body, what)
+        policy = self._policies[idempotent]
+        # The time this request, retries included, may wait on shared limits (Redis).
+        allowance = self.budget.allowance()
+        attempt = first_attempt
+        while True:
+            outcome = await self._attempt(call, parse, attempt, allowance)
+            decision = policy.decide(attempt, outcome, time_left=self._time_left())
+            if isinstance(decision, Return):
+                return decision.value
+            await self._follow(decision, call, attempt, allowance)
+            attempt += 1
+
+    def _call(
+        self,
+        method: str,
+        segments: Sequence[str],
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        what: str | None,
+    ) -> _Call:
         url = self.url(segments)
         if params:
             url = url.with_query(params)
-        path = url.raw_path
-        shown = url.raw_path_qs
         body = None
         headers = {**self._headers, **self._auth_headers()}
         if json_body is not None:
             body = json.dumps(json_body, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
-        retry = self.retry
+        return _Call(
+            method=method,
+            url=url,
+            path=url.raw_path,
+            shown=url.raw_path_qs,
+            body=body,
+            headers=headers,
+            what=what,
+        )
+
+    def _time_left(self) -> float | None:
+        """Seconds until the caller's deadline (``None``: there is none)."""
+        deadline = DEADLINE.get()
+        return None if deadline is None else deadline - self.clock.monotonic()
+
+    async def _attempt(
+        self,
+        call: _Call,
+        parse: Callable[[Response], _T],
+        attempt: int,
+        allowance: Allowance | None,
+    ) -> Outcome[_T]:
+        """Send one attempt through the client's limits; what it brought back."""
+        session = self.open()
         budget = self.budget
-        # The time this request, retries included, may wait on shared limits (Redis).
-        allowance = budget.allowance()
-        attempt = first_attempt - 1
-        while True:
-            attempt += 1
-            session = self.open()
-            async with budget.slots:
-                lease = await budget.wait_turn(allowance)
-                started = self.clock.monotonic()
-                try:
-                    # No redirects: the key must go to the configured base URL and nowhere else.
-                    async with session.request(
-                        method,
-                        url,
-                        data=body,
-                        headers=headers,
-                        timeout=self._timeout,
-                        allow_redirects=False,
-                        proxy=self._proxy_url,
-                        proxy_headers=self._proxy_headers,
-                    ) as resp:
-                        raw = await resp.read()
-                        status = resp.status
-                        resp_headers: Mapping[str, str] = resp.headers
-                        content_type = resp.content_type
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    failure: BaseException | None = exc
-                except Exception as exc:
-                    # Closing the session under a request can trip aiohttp's own internals
-                    # (an AssertionError on aiohttp 3.10): that is the close, reported below.
-                    if not self._closed:
-                        raise
-                    failure = exc
-                else:
-                    failure = None
-                finally:
-                    budget.release(lease)
-            suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
-            if failure is not None:
-                if self._closed:
-                    raise ClientClosedError(
-                        f"{method} {shown}: the client was closed while the request was in flight"
-                    ) from failure
-                error, fate = self._failure_error(failure, method, path, shown, suffix)
-                if not idempotent and fate in (Fate.UNKNOWN, Fate.RUNNING):
-                    raise OutcomeUnknown(error, attempt=attempt, in_progress=fate is Fate.RUNNING)
-                retriable = fate is not Fate.FINAL if idempotent else fate is Fate.UNSENT
-                if retriable and attempt <= retry.max_retries:
-                    delay = self.backoff(attempt)
-                    self._log_retry(method, shown, attempt, delay, type(failure).__name__)
-                    await budget.sleep(delay, cause=error)
-                    continue
-                raise error
+        async with budget.slots:
+            lease = await budget.wait_turn(allowance)
+            started = self.clock.monotonic()
+            try:
+                result = await self._sender.send(
+                    session, call.method, call.url, body=call.body, headers=call.headers
+                )
+            except Exception as exc:
+                # Closing the session under a request can trip aiohttp's own internals
+                # (an AssertionError on aiohttp 3.10): that is the close, reported below.
+                if not self._closed:
+                    raise
+                result = self._sender.classify(exc)
+            finally:
+                budget.release(lease)
+        if isinstance(result, Failure):
+            if self._closed:
+                raise ClientClosedError(
+                    f"{call.method} {call.shown}: the client was closed while the request "
+                    "was in flight"
+                ) from result.exception
+            return self._dropped(result, call, attempt)
+        if logger.isEnabledFor(logging.DEBUG):
             elapsed_ms = (self.clock.monotonic() - started) * 1000.0
             logger.debug(
-                "%s %s -> %d (%.1f ms, attempt %d)", method, shown, status, elapsed_ms, attempt
-            )
-            if 200 <= status < 300:
-                try:
-                    decoded = self._decode(raw, method, path, shown, status, content_type, suffix)
-                    answer = Response(
-                        method=method, path=path, status=status, headers=resp_headers, data=decoded
-                    )
-                    return self._parse(answer, parse, suffix)
-                except ErrorEnvelope:
-                    # The API's own error, on a 2xx (from parse, so answer is set): an
-                    # answer, not a garbled one.
-                    raise self._status_error(
-                        answer, raw, shown, content_type, attempt, envelope=True, what=what
-                    ) from None
-                except InvalidResponseError as unreadable:
-                    if not idempotent:
-                        # The server answered 2xx: it acted, but the answer is lost.
-                        raise OutcomeUnknown(
-                            unreadable, attempt=attempt, in_progress=False
-                        ) from None
-                    if attempt > retry.max_retries:
-                        raise
-                    delay = self.backoff(attempt)
-                    self._log_retry(method, shown, attempt, delay, f"an unreadable {status}")
-                    await budget.sleep(delay, cause=unreadable)
-                    continue
-            if status == 407:
-                # Only a proxy answers 407 (this request went to one, plain forwarding, or
-                # one on the way intercepted it): the API never saw it, and the same
-                # credentials would be refused again.
-                raise self._proxy_refused(method, path, shown)
-            retriable = status in (RETRY_STATUSES if idempotent else UNSENT_STATUSES)
-            retry_after = None
-            if status in RETRY_AFTER_STATUSES:
-                retry_after = parse_retry_after(
-                    resp_headers.get("Retry-After"), now=response_date(resp_headers)
-                )
-            too_long = retry_after is not None and retry_after > retry.max_retry_after
-            status_error = self._status_error(
-                Response(method=method, path=path, status=status, headers=resp_headers, data=None),
-                raw,
-                shown,
-                content_type,
+                "%s %s -> %d (%.1f ms, attempt %d)",
+                call.method,
+                call.shown,
+                result.status,
+                elapsed_ms,
                 attempt,
-                retry_after=retry_after,
-                too_long=too_long,
-                what=what,
             )
-            if not idempotent and status in UNKNOWN_OUTCOME_STATUSES:
-                raise OutcomeUnknown(
-                    status_error,
-                    attempt=attempt,
-                    in_progress=status == 504,
-                    retry_after=retry_after,
-                )
-            if not (retriable and not too_long and attempt <= retry.max_retries):
-                raise status_error
-            if retry_after is not None and status == 429:
-                # The server asked this client to slow down: all its requests wait.
-                await budget.pause_all(retry_after, allowance)
-            delay = retry_after if retry_after is not None else self.backoff(attempt)
-            self._log_retry(method, shown, attempt, delay, str(status))
-            await budget.sleep(delay, cause=status_error)
+        return self._read(result, call, parse, attempt)
 
-    def _failure_error(
-        self, failure: BaseException, method: str, path: str, shown: str, suffix: str
-    ) -> tuple[APIConnectionError, Fate]:
-        """The documented error for a failed attempt, and what it means for the request."""
-        detail = self._redactor.redact(f"{type(failure).__name__}: {failure}".rstrip(": "))
-        proxied = _proxy_failure(failure, self.proxy, self._target)
+    def _read(
+        self, exchange: Exchange, call: _Call, parse: Callable[[Response], _T], attempt: int
+    ) -> Outcome[_T]:
+        """What an answer means: the result, a refusal, or an unreadable 2xx."""
+        status = exchange.status
+        suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+        if 200 <= status < 300:
+            try:
+                data = self._decode(exchange, call, suffix)
+                answer = Response(
+                    method=call.method,
+                    path=call.path,
+                    status=status,
+                    headers=exchange.headers,
+                    data=data,
+                )
+                return Answered(self._parse(answer, parse, suffix))
+            except ErrorEnvelope:
+                # The API's own error, on a 2xx (from parse, so answer is set): an
+                # answer, not a garbled one.
+                error = self._status_error(exchange, call, attempt, envelope=True)
+                return Refused(status=status, error=error)
+            except InvalidResponseError as unreadable:
+                return Unreadable(unreadable)
+        if status == 407:
+            # Only a proxy answers 407 (this request went to one, plain forwarding, or
+            # one on the way intercepted it): the API never saw it, and the same
+            # credentials would be refused again.
+            return Refused(
+                status=status, error=self._proxy_refused(call.method, call.path, call.shown)
+            )
+        retry_after = None
+        if status in RETRY_AFTER_STATUSES:
+            headers = exchange.headers
+            retry_after = parse_retry_after(headers.get("Retry-After"), now=response_date(headers))
+        error = self._status_error(exchange, call, attempt, retry_after=retry_after)
+        return Refused(status=status, error=error, retry_after=retry_after)
+
+    async def _follow(
+        self, decision: Step, call: _Call, attempt: int, allowance: Allowance | None
+    ) -> None:
+        """Do what ``decision`` says before the next attempt (or raise what it says)."""
+        budget = self.budget
+        if isinstance(decision, Raise):
+            raise decision.error
+        if isinstance(decision, Expire):
+            if decision.pause is not None:
+                await budget.pause_all(decision.pause, allowance)
+            await budget.sleep(decision.after, cause=decision.error)
+            raise DeadlineExceeded() from decision.error
+        if isinstance(decision, Pause):
+            # The server asked this client to slow down: all its requests wait.
+            await budget.pause_all(decision.after, allowance)
+        self._log_retry(call.method, call.shown, attempt, decision.after, decision.why)
+        await budget.sleep(decision.after, cause=decision.error)
+
+    def _dropped(self, failure: Failure, call: _Call, attempt: int) -> Dropped:
+        """The documented error for an attempt that got no answer."""
+        method, path, shown = call.method, call.path, call.shown
+        exc = failure.exception
+        detail = self._redactor.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+        message = f"{method} {shown}: {failure.what} ({detail}){suffix}"
         error: APIConnectionError
-        if proxied is not None:
-            what, fate, status = proxied
+        if failure.kind is ProxyError:
             error = ProxyError(
-                f"{method} {shown}: {what} ({detail}){suffix}",
+                message,
                 method=method,
                 path=path,
                 proxy=None if self.proxy is None else self.proxy.shown,
-                status=status,
+                status=failure.proxy_status,
             )
         else:
-            error_cls, what, fate = _classify_failure(failure)
-            if self.proxy is not None:
-                what += f" (through the proxy {self.proxy.shown})"
-            message = f"{method} {shown}: {what} ({detail}){suffix}"
-            error = error_cls(message, method=method, path=path)
-        error.__cause__ = failure
-        return error, fate
+            error = failure.kind(message, method=method, path=path)
+        error.__cause__ = exc
+        return Dropped(error=error, fate=failure.fate, why=type(exc).__name__)
 
     def _proxy_refused(self, method: str, path: str, shown: str) -> ProxyError:
         """A 407 answer: the proxy (configured, or one on the way) wants credentials."""
@@ -831,9 +928,13 @@ class Transport:
             status=407,
         )
 
+    def policy(self, *, idempotent: bool) -> RetryPolicy:
+        """The decisions for a request that is (or is not) idempotent."""
+        return self._policies[idempotent]
+
     def backoff(self, attempt: int) -> float:
         """The wait before attempt ``attempt + 1`` (full jitter, as for retries)."""
-        return self.retry.backoff(attempt - 1, self._rng)
+        return self._policies[0].backoff(attempt)
 
     def _log_retry(self, method: str, shown: str, attempt: int, delay: float, why: str) -> None:
         logger.info(
@@ -846,17 +947,9 @@ class Transport:
             self.retry.max_retries + 1,
         )
 
-    def _decode(
-        self,
-        raw: bytes,
-        method: str,
-        path: str,
-        shown: str,
-        status: int,
-        content_type: str,
-        suffix: str,
-    ) -> Any:
+    def _decode(self, exchange: Exchange, call: _Call, suffix: str) -> Any:
         """A 2xx body decoded; one that is not JSON is InvalidResponseError."""
+        raw = exchange.body
         try:
             return loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -866,11 +959,12 @@ class Transport:
         except RecursionError:
             reason = "nested deeper than the JSON decoder can follow"
         preview = self._redactor.redact(raw[:80].decode("utf-8", "replace"))
+        status = exchange.status
         raise InvalidResponseError(
-            f"{method} {shown} -> {status}: the body is not JSON ({reason}; content type "
-            f"{content_type or 'none'}, starts {preview!r}){suffix}",
-            method=method,
-            path=path,
+            f"{call.method} {call.shown} -> {status}: the body is not JSON ({reason}; "
+            f"content type {exchange.content_type or 'none'}, starts {preview!r}){suffix}",
+            method=call.method,
+            path=call.path,
             status=status,
         )
 
@@ -893,19 +987,19 @@ class Transport:
 
     def _status_error(
         self,
-        answer: Response,
-        raw: bytes,
-        shown: str,
-        content_type: str,
+        exchange: Exchange,
+        call: _Call,
         attempts: int,
         *,
         retry_after: float | None = None,
-        too_long: bool = False,
         envelope: bool = False,
-        what: str | None = None,
     ) -> APIStatusError:
-        method, path, status, headers = answer.method, answer.path, answer.status, answer.headers
-        text = self._redactor.redact(raw.decode("utf-8", "replace"))
+        """The documented error for an error status (or the API's error envelope on a
+        2xx: ``envelope``), with what to do about it."""
+        method, path, shown, what = call.method, call.path, call.shown, call.what
+        status, headers, content_type = exchange.status, exchange.headers, exchange.content_type
+        too_long = self.retry.too_long(retry_after)
+        text = self._redactor.redact(exchange.body.decode("utf-8", "replace"))
         try:
             parsed = json.loads(text) if "json" in content_type or text[:1] in "{[" else None
         except (ValueError, RecursionError):
