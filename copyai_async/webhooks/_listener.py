@@ -32,7 +32,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import anyio
@@ -47,9 +47,6 @@ from ._body import BodyDecoder, BodyRefused
 from ._models import RUN_EVENTS, RunEvent, Webhook, WebhookEvent, WebhookEventType
 from ._parse import check_event_type, parse_event
 from ._server import GuardedServer
-
-if TYPE_CHECKING:
-    from .._client import CopyAIClient
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -86,6 +83,37 @@ _REASONS = {
 }
 _ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - mapped away, not bound
 _FINAL = frozenset({WebhookEventType.RUN_COMPLETED, WebhookEventType.RUN_FAILED})
+
+
+class WebhookClient(Protocol):
+    """What a listener needs of its client (a :class:`~copyai_async.CopyAIClient`): the
+    listener depends on this, not on the client's module, which imports it in turn."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client is closed."""
+        ...
+
+    @property
+    def base_url(self) -> str:
+        """The API root the client sends to."""
+        ...
+
+    def _enter(self) -> None: ...
+
+    async def create_webhook(
+        self, url: str, event_type: WebhookEventType | str, *, workflow_id: str | None = None
+    ) -> Webhook:
+        """Register a webhook."""
+        ...
+
+    def list_webhooks(self) -> AsyncIterator[Webhook]:
+        """The key's webhooks."""
+        ...
+
+    async def delete_webhook(self, webhook_id: str, *, missing_ok: bool = False) -> None:
+        """Delete a webhook."""
+        ...
 
 
 @attrs.define
@@ -201,7 +229,7 @@ class Listener:
 
     def __init__(
         self,
-        client: CopyAIClient,
+        client: WebhookClient,
         hints: RunHints,
         *,
         host: str = "127.0.0.1",
