@@ -55,6 +55,7 @@ import anyio
 import attrs
 
 from ._budget import DEADLINE, Budget, DeadlineExceeded
+from ._check import int_in, number, positive
 from ._clock import Clock, SystemClock
 from ._errors import (
     APIConnectionError,
@@ -103,10 +104,7 @@ MAX_RECHECKS = 10
 
 def _finite_positive(name: str) -> Callable[[Any, Any, float], None]:
     def check(_instance: Any, _attribute: Any, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        positive(name, value)
 
     return check
 
@@ -185,20 +183,12 @@ class PollPolicy:
                 f"max_interval ({self.max_interval!r}) must be >= initial ({self.initial!r})"
             )
         for name in ("jitter", "not_found_grace"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            number(name, getattr(self, name))
         if not (math.isfinite(self.jitter) and 0 <= self.jitter <= 1):
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
         if not (math.isfinite(self.not_found_grace) and self.not_found_grace >= 0):
             raise ValueError(f"not_found_grace must be >= 0, got {self.not_found_grace!r}")
-        failed = self.max_failed_polls
-        if isinstance(failed, bool) or not isinstance(failed, int):
-            raise TypeError(f"max_failed_polls must be an int, got {type(failed).__name__}")
-        if not 0 <= failed <= MAX_FAILED_POLLS:
-            raise ValueError(
-                f"max_failed_polls must be between 0 and {MAX_FAILED_POLLS}, got {failed}"
-            )
+        int_in("max_failed_polls", self.max_failed_polls, 0, MAX_FAILED_POLLS)
 
     def interval(self, attempt: int) -> float:
         """The sleep after poll ``attempt + 1``, before jitter."""
@@ -1123,11 +1113,7 @@ def _check_on_status(on_status: Callable[[R], Any] | None) -> None:
 
 
 def _check_concurrency(concurrency: int) -> int:
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-        raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
-    if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
-    return concurrency
+    return int_in("concurrency", concurrency, 1, MAX_CONCURRENCY)
 
 
 class Waiter(Generic[R]):
