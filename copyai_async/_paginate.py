@@ -254,7 +254,7 @@ async def _runs(pages: AsyncGenerator[RunPage, None]) -> AsyncGenerator[Workflow
         await pages.aclose()
 
 
-async def _pages(
+def _pages(
     fetch: FetchPage,
     *,
     label: str,
@@ -263,120 +263,198 @@ async def _pages(
     max_items: int | None,
     prefetch: int,
 ) -> AsyncGenerator[RunPage, None]:
-    if max_items == 0:
-        return
-    seen = _SeenRuns(window=max(prefetch + 2, 4) * page_size)
-    # Tasks, not a task group: a task group cannot stay open across the yields of an
-    # async generator. These tasks belong to this generator alone; its finally cancels
-    # and awaits every one, whichever way the iteration ends.
-    tasks: dict[int, asyncio.Task[RunPage]] = {}
-    clock = itertools.count()
-    launched: dict[int, int] = {}
-    answered: dict[int, int] = {}
+    reader = _PageReader(
+        fetch, label=label, page_size=page_size, max_items=max_items, prefetch=prefetch
+    )
+    return reader.pages(start_page)
 
-    def launch(page_no: int) -> None:
-        if page_no in tasks:
+
+class _Flights:
+    """The page requests in flight, with the order in which each was sent and answered.
+
+    Tasks, not a task group: a task group cannot stay open across the yields of an async
+    generator. These tasks belong to one iteration alone; :meth:`aclose` cancels and
+    awaits every one, whichever way the iteration ends.
+    """
+
+    def __init__(self, fetch: FetchPage, page_size: int) -> None:
+        self._fetch = fetch
+        self._page_size = page_size
+        self._tasks: dict[int, asyncio.Task[RunPage]] = {}
+        self._clock = itertools.count()
+        self._launched: dict[int, int] = {}
+        self._answered: dict[int, int] = {}
+
+    def launch(self, page_no: int) -> None:
+        """Ask for a page, unless it is asked for already."""
+        if page_no in self._tasks:
             return
-        task = asyncio.create_task(fetch(page_no, page_size), name=f"copyai_async.page[{page_no}]")
-        launched[page_no] = next(clock)
-        task.add_done_callback(lambda _t: answered.__setitem__(page_no, next(clock)))
-        tasks[page_no] = task
+        task = asyncio.create_task(
+            self._fetch(page_no, self._page_size), name=f"copyai_async.page[{page_no}]"
+        )
+        self._launched[page_no] = next(self._clock)
+        task.add_done_callback(lambda _t: self._answered.__setitem__(page_no, next(self._clock)))
+        self._tasks[page_no] = task
 
-    def drop_from(page_no: int) -> None:
-        for number in [n for n in tasks if n >= page_no]:
-            tasks.pop(number).cancel()
+    async def take(self, page_no: int) -> RunPage:
+        """The page's answer (asked for now if it is not in flight)."""
+        self.launch(page_no)
+        task = self._tasks[page_no]
+        # Wait *on* the task rather than awaiting it: a cancellation of the caller then
+        # stays the caller's own (anyio recognises its CancelledError), and aclose()
+        # cancels the request.
+        await asyncio.wait((task,))
+        del self._tasks[page_no]
+        return task.result()
 
-    yielded = 0
-    stale = 0
-    page_no = start_page
-    believe_total = True  # until a full page arrives past where ``total`` says runs end
-    previous: RunPage | None = None
-    previous_ids: tuple[str, ...] = ()
-    # The first page alone would cost a round trip before any other is asked for: the
-    # next ones go with it, within ``prefetch`` requests in flight (and ``max_items``).
-    # For a listing of one page, that is prefetch - 1 requests answered with empty pages,
-    # at no cost in time; they are cancelled once the first page shows it is the last.
-    speculative = prefetch - 1
-    if max_items is not None:
-        speculative = min(speculative, _ceil_div(max_items, page_size) - 1)
-    for number in range(start_page, start_page + max(speculative, 0) + 1):
-        launch(number)
-    try:
-        while True:
-            launch(page_no)  # already in flight when prefetched
-            task = tasks[page_no]
-            # Wait *on* the task rather than awaiting it: a cancellation of the caller
-            # then stays the caller's own (anyio recognises its CancelledError), and the
-            # finally below cancels the request.
-            await asyncio.wait((task,))
-            del tasks[page_no]
-            page = task.result()
-            if (
-                previous is not None
-                and page.total is not None
-                and previous.total is not None
-                and page.total != previous.total
-                and launched[page_no] < answered[page_no - 1]
-            ):
-                # The listing changed while this page was in flight ahead of the previous
-                # one, so runs may have moved past it unseen: read it again, after.
-                drop_from(page_no)
-                continue
-            seen.check_order(page.runs)
-            fresh = seen.take(page.runs)
-            duplicates = len(page.runs) - len(fresh)
-            full = len(page.runs) >= page_size
-            ids = tuple(run.id for run in page.runs)
-            if full and ids == previous_ids:
-                # The very page before, again. Inserts can push known runs back into
-                # view for a few pages, but never the same ids page after page.
-                stale += 1
-                if stale >= MAX_STALE_PAGES:
-                    first = page_no - stale + 1
-                    raise PaginationError(
-                        f"{label}: pages {first} to {page_no} repeated page {first - 1} "
-                        "run for run; the server seems to ignore 'page', so the iteration "
-                        "stops instead of looping forever",
-                        pages=tuple(range(first, page_no + 1)),
-                    )
-            else:
-                stale = 0
-            previous_ids = ids
-            if max_items is not None and yielded + len(fresh) >= max_items:
-                fresh = fresh[: max_items - yielded]
-                full = False  # nothing more is wanted
-            yielded += len(fresh)
-            if full:
-                ahead = prefetch
-                if believe_total and page.total is not None:
-                    last = _ceil_div(page.total, page_size)  # exact for any int
-                    if page.total % page_size == 0:
-                        last += 1  # the last page is full: the empty one after it ends it
-                    if page_no >= last:
-                        believe_total = False  # proven wrong: plan without it
-                    else:
-                        # Up to where ``total`` says runs end; past it, one page at a time.
-                        ahead = min(ahead, last - page_no)
-                if max_items is not None:
-                    ahead = min(ahead, _ceil_div(max_items - yielded, page_size))
-                for number in range(page_no + 1, page_no + ahead + 1):
-                    launch(number)
-            else:
-                drop_from(page_no + 1)
-            previous = page
-            launched.pop(page_no - 1, None)  # keep the bookkeeping as flat as the memory
-            answered.pop(page_no - 1, None)
-            yield RunPage(
-                runs=tuple(fresh),
-                total=page.total,
-                page=page.page,
-                size=page.size,
-                duplicates=duplicates,
-            )
-            if not full:
-                return
-            page_no += 1
-    finally:
-        pending = list(tasks.values())
-        tasks.clear()
+    def sent_before_previous_answered(self, page_no: int) -> bool:
+        """Whether this page was asked for before the page before it was answered."""
+        return self._launched[page_no] < self._answered[page_no - 1]
+
+    def forget_before(self, page_no: int) -> None:
+        """Keep the bookkeeping as flat as the memory."""
+        self._launched.pop(page_no - 1, None)
+        self._answered.pop(page_no - 1, None)
+
+    def drop_from(self, page_no: int) -> None:
+        """Cancel the requests for this page and the ones after it."""
+        for number in [n for n in self._tasks if n >= page_no]:
+            self._tasks.pop(number).cancel()
+
+    async def aclose(self) -> None:
+        pending = list(self._tasks.values())
+        self._tasks.clear()
         await cancel_and_wait(pending)
+
+
+class _PageReader:
+    """One iteration over a listing's pages: each run once, pages asked for ahead."""
+
+    def __init__(
+        self,
+        fetch: FetchPage,
+        *,
+        label: str,
+        page_size: int,
+        max_items: int | None,
+        prefetch: int,
+    ) -> None:
+        self._label = label
+        self._page_size = page_size
+        self._max_items = max_items
+        self._prefetch = prefetch
+        self._flights = _Flights(fetch, page_size)
+        self._seen = _SeenRuns(window=max(prefetch + 2, 4) * page_size)
+        self._yielded = 0
+        self._stale = 0
+        self._believe_total = True  # until a full page arrives past where total says runs end
+        self._previous: RunPage | None = None
+        self._previous_ids: tuple[str, ...] = ()
+
+    async def pages(self, start_page: int) -> AsyncGenerator[RunPage, None]:
+        """The pages from ``start_page`` on, each holding only runs not yielded before."""
+        if self._max_items == 0:
+            return
+        self._launch_first(start_page)
+        page_no = start_page
+        try:
+            while True:
+                page = await self._flights.take(page_no)
+                if self._moved_under(page, page_no):
+                    # The listing changed while this page was in flight ahead of the
+                    # previous one, so runs may have moved past it unseen: read it again.
+                    self._flights.drop_from(page_no)
+                    continue
+                fresh, duplicates, full = self._take(page, page_no)
+                if full:
+                    self._launch_ahead(page, page_no)
+                else:
+                    self._flights.drop_from(page_no + 1)
+                self._previous = page
+                self._flights.forget_before(page_no)
+                yield RunPage(
+                    runs=tuple(fresh),
+                    total=page.total,
+                    page=page.page,
+                    size=page.size,
+                    duplicates=duplicates,
+                )
+                if not full:
+                    return
+                page_no += 1
+        finally:
+            await self._flights.aclose()
+
+    def _launch_first(self, start_page: int) -> None:
+        # The first page alone would cost a round trip before any other is asked for:
+        # the next ones go with it, within ``prefetch`` requests in flight (and
+        # ``max_items``). For a listing of one page, that is prefetch - 1 requests
+        # answered with empty pages, at no cost in time; they are cancelled once the
+        # first page shows it is the last.
+        speculative = self._prefetch - 1
+        if self._max_items is not None:
+            speculative = min(speculative, _ceil_div(self._max_items, self._page_size) - 1)
+        for number in range(start_page, start_page + max(speculative, 0) + 1):
+            self._flights.launch(number)
+
+    def _moved_under(self, page: RunPage, page_no: int) -> bool:
+        previous = self._previous
+        return (
+            previous is not None
+            and page.total is not None
+            and previous.total is not None
+            and page.total != previous.total
+            and self._flights.sent_before_previous_answered(page_no)
+        )
+
+    def _take(self, page: RunPage, page_no: int) -> tuple[list[WorkflowRun], int, bool]:
+        """The page's runs not yielded before (within ``max_items``), how many it held
+        that were, and whether more pages are wanted after it."""
+        self._seen.check_order(page.runs)
+        fresh = self._seen.take(page.runs)
+        duplicates = len(page.runs) - len(fresh)
+        full = len(page.runs) >= self._page_size
+        self._check_stale(page, page_no, full)
+        if self._max_items is not None and self._yielded + len(fresh) >= self._max_items:
+            fresh = fresh[: self._max_items - self._yielded]
+            full = False  # nothing more is wanted
+        self._yielded += len(fresh)
+        return fresh, duplicates, full
+
+    def _check_stale(self, page: RunPage, page_no: int, full: bool) -> None:
+        """Count full pages that repeat the page before run for run; raise at
+        :data:`MAX_STALE_PAGES` of them (a server that ignores ``page``). Inserts can
+        push known runs back into view for a few pages, but never the same ids page
+        after page."""
+        ids = tuple(run.id for run in page.runs)
+        if full and ids == self._previous_ids:
+            self._stale += 1
+            if self._stale >= MAX_STALE_PAGES:
+                first = page_no - self._stale + 1
+                raise PaginationError(
+                    f"{self._label}: pages {first} to {page_no} repeated page {first - 1} "
+                    "run for run; the server seems to ignore 'page', so the iteration "
+                    "stops instead of looping forever",
+                    pages=tuple(range(first, page_no + 1)),
+                )
+        else:
+            self._stale = 0
+        self._previous_ids = ids
+
+    def _launch_ahead(self, page: RunPage, page_no: int) -> None:
+        """Ask for the next pages, up to ``prefetch`` ahead, no further than where
+        ``total`` says runs end (while it is believed) or ``max_items`` needs."""
+        ahead = self._prefetch
+        if self._believe_total and page.total is not None:
+            last = _ceil_div(page.total, self._page_size)  # exact for any int
+            if page.total % self._page_size == 0:
+                last += 1  # the last page is full: the empty one after it ends it
+            if page_no >= last:
+                self._believe_total = False  # proven wrong: plan without it
+            else:
+                # Up to where ``total`` says runs end; past it, one page at a time.
+                ahead = min(ahead, last - page_no)
+        if self._max_items is not None:
+            ahead = min(ahead, _ceil_div(self._max_items - self._yielded, self._page_size))
+        for number in range(page_no + 1, page_no + ahead + 1):
+            self._flights.launch(number)
