@@ -21,7 +21,7 @@ import attrs
 from ._budget import Budget
 from ._check import api_base_url, int_in, is_loopback, positive
 from ._clock import Clock, SystemClock
-from ._coordination import RedisCoordination
+from ._coordination import RedisCoordination, SharedLink
 from ._errors import StartUncertainError
 from ._http import (
     OutcomeUnknown,
@@ -68,6 +68,45 @@ def _coordination(value: Any) -> RedisCoordination | None:
     raise TypeError(
         "coordination must be a Redis URL (str), a RedisCoordination or None, got "
         f"{type(value).__name__}"
+    )
+
+
+def _retry_config(
+    max_retries: Any, backoff_base: Any, backoff_max: Any, max_retry_after: Any
+) -> RetryConfig:
+    """The retry options, checked."""
+    base = positive("backoff_base", backoff_base)
+    most = positive("backoff_max", backoff_max)
+    if most < base:
+        raise ValueError(f"backoff_max must be >= backoff_base ({base:g}), got {most:g}")
+    return RetryConfig(
+        max_retries=int_in("max_retries", max_retries, 0),
+        backoff_base=base,
+        backoff_max=most,
+        max_retry_after=positive("max_retry_after", max_retry_after, allow_zero=True),
+    )
+
+
+def _shared_link(
+    coordinator: RedisCoordination | None,
+    secret: str,
+    clock: Clock,
+    connections: int,
+    rate: float | None,
+    timeout: aiohttp.ClientTimeout,
+) -> SharedLink | None:
+    """The client's shared limits and events: those of every process with this key (and
+    namespace), on Redis; ``None`` without coordination."""
+    if coordinator is None:
+        return None
+    return coordinator._link(
+        secret=secret,
+        clock=clock,
+        max_in_flight=connections,
+        rate_limit=rate,
+        # A slot is held at most one attempt (plus its wait for the rate, which the
+        # script adds); a process that dies gives it back when it expires.
+        lease_ttl=(timeout.total or _LEASE_WITHOUT_TIMEOUT) + 5.0,
     )
 
 
@@ -159,18 +198,7 @@ class BaseClient(Generic[_R]):
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError("clock must have monotonic() and async sleep(seconds)")
         base = api_base_url(base_url, allow_http=allow_http)
-        backoff_base_s = positive("backoff_base", backoff_base)
-        backoff_max_s = positive("backoff_max", backoff_max)
-        if backoff_max_s < backoff_base_s:
-            raise ValueError(
-                f"backoff_max must be >= backoff_base ({backoff_base_s:g}), got {backoff_max_s:g}"
-            )
-        retry = RetryConfig(
-            max_retries=int_in("max_retries", max_retries, 0),
-            backoff_base=backoff_base_s,
-            backoff_max=backoff_max_s,
-            max_retry_after=positive("max_retry_after", max_retry_after, allow_zero=True),
-        )
+        retry = _retry_config(max_retries, backoff_base, backoff_max, max_retry_after)
         key = Secret(secret)
         self._key = key
         self.base_url: str = str(base)
@@ -188,21 +216,8 @@ class BaseClient(Generic[_R]):
         client_timeout = _client_timeout(timeout)
         coordinator = _coordination(coordination)
         clock = clock or SystemClock()
-        # Shared limits and events: those of every process with this key (and
-        # namespace), on Redis. Every part is built here, once, with what it uses.
-        link = (
-            None
-            if coordinator is None
-            else coordinator._link(
-                secret=secret,
-                clock=clock,
-                max_in_flight=connections,
-                rate_limit=rate,
-                # A slot is held at most one attempt (plus its wait for the rate, which
-                # the script adds); a process that dies gives it back when it expires.
-                lease_ttl=(client_timeout.total or _LEASE_WITHOUT_TIMEOUT) + 5.0,
-            )
-        )
+        # Every part is built here, once, with what it uses; none is rewired later.
+        link = _shared_link(coordinator, secret, clock, connections, rate, client_timeout)
         budget = Budget(clock=clock, max_concurrency=connections, rate_limit=rate, shared=link)
         self._transport = Transport(
             base_url=base,
