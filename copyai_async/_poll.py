@@ -880,10 +880,12 @@ class Scheduler(Generic[R]):
         try:
             while self.pending or self.running:
                 now = clock.monotonic()
-                if deadline is not None and now >= deadline:
+                late = deadline is not None and now >= deadline
+                if late and not self.finished:
                     await self._expire(now)  # time is up for every run not seen terminal
                     break
-                self._launch(now)
+                if not late:  # (late: readings already back are taken first, below)
+                    self._launch(now)
                 await self._idle()
                 if closing is not None and closing.done():
                     raise ClientClosedError(
@@ -1042,8 +1044,9 @@ class Scheduler(Generic[R]):
     async def _idle(self) -> None:
         """Sleep until a poll ends, an event or the close arrives, or the next poll (or
         the deadline) is due."""
-        if self.finished:
-            return
+        closing = self.options.closing
+        if self.finished or (closing is not None and closing.done()):
+            return  # (a close while the consumer held a yield wakes nothing: look first)
         until = self._next_wake()
         delay = None if until is None else until - self.clock.monotonic()
         if delay is not None and delay <= 0:

@@ -21,6 +21,7 @@ from copyai_async import (
     APIConnectionError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     CopyAIError,
     InvalidResponseError,
     NotFoundError,
@@ -302,6 +303,7 @@ def _scheduler(
     timeout: float | None = None,
     concurrency: int = 1,
     hints: RunHints | None = None,
+    closing: asyncio.Future[None] | None = None,
     **kw: Any,
 ) -> Scheduler[Run]:
     clock = script.clock
@@ -314,6 +316,7 @@ def _scheduler(
         concurrency=concurrency,
         coalesce=0.05 if concurrency > 1 else 0.0,
         hints=hints,
+        closing=closing,
     )
     targets = [Target(workflow_id="W1", run_id=run_id, read=script.read) for run_id in ids]
     return Scheduler(targets, kind=KIND, options=options, **kw)
@@ -380,6 +383,42 @@ async def test_scheduler_watch_yields_each_status_change_once() -> None:
     got = [run.status for run in await _collect(scheduler)]
     assert got == seen == ["NEW", "WAITING", "PROCESSING", "COMPLETE"]
     assert len(script.times["R1"]) == 7
+
+
+async def test_a_close_while_the_consumer_holds_a_reading_ends_the_wait_at_once() -> None:
+    clock = StillClock()  # the next poll's sleep would never end by itself
+    script = Script(clock, {"R1": ["NEW", "PROCESSING"]})
+    closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    scheduler = _scheduler(script, ["R1"], closing=closing, changes=True, grouped=False)
+    got: list[Run] = []
+
+    async def consume() -> None:
+        async with aclosing(scheduler.runs()) as runs:
+            async for run in runs:
+                got.append(run)
+                closing.set_result(None)  # closed while this reading is held
+
+    with anyio.fail_after(5), pytest.raises(ClientClosedError):
+        await consume()
+    assert got == [Run("R1", "NEW")]
+    assert clock.sleeps == []  # ended at once, not at the next poll
+    assert _leftover() == []
+
+
+async def test_readings_back_at_the_deadline_are_taken_before_it_ends_the_wait() -> None:
+    clock = FakeClock()
+    # Polls at 0, 2, 5, ... 25, and the final look at 29, each answered a second later:
+    # R1's final look reads it COMPLETE at 30, the deadline itself.
+    outcomes = {"R1": ["PROCESSING"] * 7 + ["COMPLETE"], "R2": ["PROCESSING"]}
+    script = Script(clock, outcomes, latency=1.0)
+    scheduler = _scheduler(script, ["R1", "R2"], timeout=30, concurrency=2)
+    got: list[Run] = []
+    with pytest.raises(ExceptionGroup) as caught:
+        await _collect(scheduler, got)
+    # R1's last reading came back as the deadline passed: it counts, R2 times out.
+    assert script.times["R1"][-1] == 29
+    assert [run.run_id for run in got] == ["R1"]
+    assert [e.run_id for e in caught.value.exceptions] == ["R2"]
 
 
 async def test_scheduler_collects_failures_in_the_order_given_after_the_others() -> None:
