@@ -4,6 +4,7 @@ Await run completion, stream every run of a workflow, poll many runs at once: wi
 retries, backoff and a precise error tree instead of hand-written loops.
 """
 
+from ._batch import REFUSED, Batch, BatchProgress, BatchResult
 from ._client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, CopyAIClient
 from ._clock import Clock, SystemClock
 from ._coordination import RedisCoordination
@@ -14,6 +15,7 @@ from ._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BatchJournalError,
     ClientClosedError,
     ConfigurationError,
     CopyAIError,
@@ -39,6 +41,7 @@ from ._version import version as _version
 __all__ = [
     "DEFAULT_BASE_URL",
     "MAX_PAGE_SIZE",
+    "REFUSED",
     "START_KEY",
     "APIConnectionError",
     "APIError",
@@ -46,6 +49,10 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
+    "BatchJournalError",
+    "BatchProgress",
+    "BatchResult",
     "ClientClosedError",
     "Clock",
     "ConfigurationError",

@@ -6,8 +6,9 @@ import copy
 import enum
 import functools
 import math
+import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -15,6 +16,7 @@ import aiohttp
 import attrs
 
 from ._base import BaseClient, LookupInconclusive
+from ._batch import Batch
 from ._budget import DeadlineExceeded
 from ._check import base_url_from, boolean, credential, http_url, int_in, json_object
 from ._clock import Clock
@@ -830,4 +832,85 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             raise_on_failure=raise_on_failure,
             on_status=None,
             deadline=deadline,
+        )
+
+    # -- bulk runs -----------------------------------------------------------------------
+
+    def run_batch(
+        self,
+        workflow_id: str,
+        rows: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        max_running: int = 100,
+        retry_failed: bool = False,
+        policy: PollPolicy | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        skip_rows: Container[int] | None = None,
+    ) -> Batch:
+        """Run a workflow once for each row; yield each row's result as its run ends.
+
+        ``async for result in client.run_batch(wf, rows, journal="leads.journal")``.
+        Rows are read one at a time, as places free up (a file of a million rows is
+        never held in memory). At most ``max_running`` rows are started and not yet
+        delivered; the client's ``rate_limit`` and ``max_connections`` bound the
+        requests, starts and polls together. Each result (:class:`BatchResult`)
+        carries the row's number and input and its run, ``COMPLETE`` or ``FAILED``; a
+        row whose start the API refused (400 or 422, e.g. a missing variable) ends
+        ``REFUSED``, with the API's message, and the batch goes on.
+
+        **With a journal** (a SQLite file, created if missing), each row is run exactly
+        once across crashes: its start key is on disk before its start is sent. Run
+        again with the same journal and rows, the batch resumes: rows delivered before
+        are skipped, rows whose start may or may not have reached the API are settled by
+        looking their keys up among the workflow's newest runs, rows running are waited
+        on again. A result handed out in the last moments before a crash may be handed
+        out again (dedupe by ``result.row``; the CLI's ``batch`` command does).
+
+        **Without a journal**, no row is started twice and each is yielded once within
+        this iteration; nothing is remembered after it.
+
+        Args:
+            workflow_id: the workflow to run.
+            rows: the start variables of each row: an iterable or async iterable of
+                mappings, read lazily, in order (a row's number is its position).
+            journal: the journal file, or ``None`` for none.
+            max_running: rows started and not yet delivered, at most, 1 to 10,000.
+            retry_failed: with a journal, run again (with new start keys) the rows an
+                earlier pass delivered ``FAILED`` or ``REFUSED``.
+            policy: the poll timing (default :class:`PollPolicy()`).
+            metadata: metadata for every run (each also gets its start key).
+            skip_rows: the rows your own store already holds (``row in skip_rows``):
+                they are neither run nor yielded, and every other row is yielded even
+                if the journal says it was delivered before. Give it when results go
+                somewhere that may lose its last writes in a crash (a file not yet
+                synced): the store, not the journal, then says what was delivered. With
+                ``retry_failed``, a row the journal saw fail that is not in it is run
+                again.
+
+        Returns:
+            A :class:`Batch`: an async iterator of :class:`BatchResult`, with live
+            counters in ``batch.progress``. Close it (``async with`` or ``aclose()``)
+            to stop early; runs already started go on, and a journal resumes them.
+
+        Raises:
+            TypeError, ValueError: bad arguments (at the call), or a row that is not a
+                mapping of JSON values (while iterating, naming the row).
+            BatchJournalError: while iterating, the journal is another workflow's, or
+                a row differs from the one it recorded.
+            BadRequestError: while iterating, ``WORKFLOW_CREDIT_LIMIT_REACHED``: no more
+                rows are started; the runs started are delivered first.
+            CopyAIError: while iterating, any other failure; rerun with the journal to
+                resume.
+        """
+        return Batch(
+            self,
+            workflow_id,
+            rows,
+            journal=journal,
+            max_running=max_running,
+            retry_failed=retry_failed,
+            policy=policy,
+            metadata=metadata,
+            skip_rows=skip_rows,
         )

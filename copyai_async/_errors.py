@@ -8,6 +8,8 @@
     ├── EventLoopError              the client was used from a second event loop (also a
     │                               RuntimeError); one client serves one loop
     ├── PaginationError             the server keeps repeating a page; iteration stopped
+    ├── BatchJournalError           a batch journal that cannot serve this batch (also a
+    │                               ValueError): another workflow's or input's, or no journal
     ├── RunFailedError              a waited-for run ended FAILED
     ├── PollTimeoutError            a wait's timeout passed (also a TimeoutError)
     ├── PollFailedError             a wait's polls failed too many times in a row
@@ -49,6 +51,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchJournalError",
     "ClientClosedError",
     "ConfigurationError",
     "CopyAIError",
@@ -114,6 +117,15 @@ class PaginationError(CopyAIError):
     def __init__(self, message: str, *, pages: tuple[int, ...]) -> None:
         super().__init__(message)
         self.pages = pages
+
+
+class BatchJournalError(CopyAIError, ValueError):
+    """A batch journal that cannot serve the batch given it.
+
+    It belongs to a batch of another workflow, a row of the input differs from the row it
+    recorded (the input changed between passes), or the file is not a batch journal (or
+    cannot be opened). Give another journal path for another batch.
+    """
 
 
 class RunFailedError(CopyAIError):

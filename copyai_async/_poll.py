@@ -807,6 +807,8 @@ class Scheduler(Generic[R]):
         grouped: collect the runs' failures and raise them together, as an
             ``ExceptionGroup`` in the order the runs were given, once every other run is
             done; else the first is raised as itself, at once.
+        open_ended: more runs may come with :meth:`add` while it runs; it ends once
+            :meth:`end_input` was called and every run is done.
     """
 
     def __init__(
@@ -818,6 +820,7 @@ class Scheduler(Generic[R]):
         on_status: Callable[[R], Any] | None = None,
         changes: bool = False,
         grouped: bool = True,
+        open_ended: bool = False,
     ) -> None:
         hints = options.hints
         if hints is not None and not hints.listeners:
@@ -842,14 +845,29 @@ class Scheduler(Generic[R]):
         self._loop = asyncio.get_running_loop()
         self._system_clock = isinstance(self.clock, SystemClock)
         self._quarter = options.policy.jitter / 4 if options.coalesce > 0 else 0.0
+        self._open = open_ended
+        self.total = 0
         self._add(targets)
-        self.total = self.pending
+
+    def add(self, targets: Iterable[Target[R]]) -> None:
+        """More runs for an open-ended scheduler, due at their first poll."""
+        if not self._open:
+            raise RuntimeError("runs can be added only to an open-ended scheduler before its end")
+        self._add(targets)
+        self._wake()
+
+    def end_input(self) -> None:
+        """No more runs will be added: the scheduler ends once those it has are done."""
+        self._open = False
+        self._wake()
 
     def _add(self, targets: Iterable[Target[R]]) -> None:
-        """Every run, due at its first poll (the heap is built in one go)."""
+        """Runs, each due at its first poll (many are added to the heap in one go)."""
         options, hints = self.options, self.hints
         now = self.clock.monotonic()
-        for order, target in enumerate(targets):
+        heap = self.heap
+        added = 0
+        for order, target in enumerate(targets, start=self.total):
             state = RunPoll(
                 target,
                 kind=self.kind,
@@ -864,9 +882,11 @@ class Scheduler(Generic[R]):
             if hints is not None:
                 self._by_run[target.run_id] = track
                 hints.subscribe(target.run_id, self._on_hint)
-            self.heap.append((state.due(), track.entry, track))
-        self.pending = len(self.heap)
-        heapq.heapify(self.heap)
+            heap.append((state.due(), track.entry, track))
+            added += 1
+        self.pending += added
+        self.total += added
+        heapq.heapify(heap)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -878,7 +898,7 @@ class Scheduler(Generic[R]):
         if closing is not None:
             closing.add_done_callback(self._wake)
         try:
-            while self.pending or self.running:
+            while self.pending or self.running or self._open:
                 now = clock.monotonic()
                 late = deadline is not None and now >= deadline
                 if late and not self.finished:

@@ -1,0 +1,520 @@
+"""Bulk runs: one workflow over every row of an input, each row run exactly once.
+
+A :class:`Batch` reads its rows lazily, starts a run for each (at most ``max_running``
+rows started and not yet delivered), waits on them all with one open-ended
+:class:`~copyai_async._poll.Scheduler`, and yields each row's result as its run ends.
+Starts and waits overlap; the client's budget bounds the requests of both.
+
+With a journal (:mod:`copyai_async._journal`), every row's start key is on disk before
+its start is sent, so a batch run again after a crash settles what it cannot know by
+looking the keys up, and never starts a row twice.
+
+The work runs in one background task (a task group: the feeder and its starts, and the
+scheduler's loop); results reach the iterator through a zero-buffer stream, so the
+batch advances only as fast as its results are taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Iterator, Mapping
+from contextlib import aclosing
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+if sys.version_info < (3, 11):  # pragma: no cover - the backport on Python 3.10
+    from exceptiongroup import BaseExceptionGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._check import int_in, json_object
+from ._errors import (
+    BadRequestError,
+    BatchJournalError,
+    StartUncertainError,
+    UnprocessableEntityError,
+)
+from ._http import encode_segment, response_date
+from ._journal import Journal, RowRecord
+from ._models import START_KEY, RunStatus, WorkflowRun
+from ._poll import _COALESCE, PollPolicy, Scheduler, _check_policy
+from ._tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from ._client import CopyAIClient
+
+__all__ = ["REFUSED", "Batch", "BatchProgress", "BatchResult"]
+
+REFUSED = "REFUSED"
+"""The status of a row whose start the API refused (a 400 or 422): no run was made."""
+
+_CREDIT_LIMIT = "WORKFLOW_CREDIT_LIMIT_REACHED"
+_INTENT_CHUNK = 64  # rows whose intents share one durable commit
+_SWEEP_MARGIN = 60.0  # seconds: clock skew allowed between this host and the server
+_SWEEP_PAGES = 1000  # pages of 100 runs, at most, to settle unsettled starts
+_PAGE = 100
+
+
+@attrs.frozen(kw_only=True)
+class BatchResult:
+    """How one row of a batch ended.
+
+    Attributes:
+        row: the row's position in ``rows`` (the first row is 0).
+        input: the row: the start variables its run was started with.
+        run: the run, ``COMPLETE`` or ``FAILED``; ``None`` when the start was refused.
+        error: why the API refused the start (its message), else ``None``.
+        attempt: 0 for the row's first run; one more for each ``retry_failed`` pass.
+    """
+
+    row: int
+    input: Mapping[str, Any]
+    run: WorkflowRun | None
+    error: str | None = None
+    attempt: int = 0
+
+    @property
+    def status(self) -> str:
+        """``"COMPLETE"``, ``"FAILED"`` or ``"REFUSED"``."""
+        return REFUSED if self.run is None else self.run.status.value
+
+    @property
+    def ok(self) -> bool:
+        """True when the row's run ended ``COMPLETE``."""
+        return self.run is not None and self.run.status is RunStatus.COMPLETE
+
+
+@attrs.frozen(kw_only=True)
+class BatchProgress:
+    """A snapshot of a batch's counters.
+
+    Attributes:
+        read: rows read from the input so far.
+        skipped: rows not run again: delivered by an earlier pass (as the journal, or
+            ``skip_rows``, says).
+        running: rows started (or being started) whose result is not yet delivered.
+        completed: rows delivered ``COMPLETE`` by this pass.
+        failed: rows delivered ``FAILED`` by this pass.
+        refused: rows delivered ``REFUSED`` by this pass.
+        credits: credits used by the runs delivered by this pass (as the API reports).
+    """
+
+    read: int = 0
+    skipped: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    refused: int = 0
+    credits: int = 0
+
+    @property
+    def delivered(self) -> int:
+        """Rows delivered by this pass."""
+        return self.completed + self.failed + self.refused
+
+
+@attrs.define
+class _Counters:
+    read: int = 0
+    skipped: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    refused: int = 0
+    credits: int = 0
+
+
+@attrs.frozen
+class _Row:
+    """A row in flight: where it is in the input, what it is, and which attempt."""
+
+    row: int
+    input: dict[str, Any]
+    attempt: int
+
+
+@attrs.frozen
+class _Start:
+    """A row to start: its start key goes in the journal first."""
+
+    row: _Row
+    digest: str
+
+
+@attrs.frozen
+class _Wait:
+    """A row whose run an earlier pass started: wait on it again."""
+
+    row: _Row
+    run_id: str
+
+
+@attrs.frozen
+class _Refused:
+    """A row whose start the API refused, not yet delivered: deliver the refusal."""
+
+    row: _Row
+    error: str
+
+
+def _checked_row(index: int, row: Any) -> tuple[dict[str, Any], str]:
+    """The row as start variables, and a short fingerprint of them (to tell if the input
+    changed between passes)."""
+    if not isinstance(row, Mapping):
+        raise TypeError(
+            f"row {index} must be a mapping of start variables, got {type(row).__name__}"
+        )
+    variables = dict(row)
+    try:
+        text = json.dumps(variables, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except TypeError as exc:
+        raise TypeError(f"row {index} must hold only JSON-encodable values: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"row {index} must hold only JSON-encodable values: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"row {index} is nested too deeply to encode as JSON") from None
+    return variables, hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+class Batch(AsyncIterator[BatchResult]):
+    """The results of :meth:`CopyAIClient.run_batch`, as its rows' runs end.
+
+    Iterate it (``async for result in batch``); use it as an async context manager, or
+    call :meth:`aclose`, to stop early: runs already started go on on the server, and a
+    batch with a journal picks them up when run again. :attr:`progress` counts rows.
+    """
+
+    def __init__(
+        self,
+        client: CopyAIClient,
+        workflow_id: str,
+        rows: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
+        *,
+        journal: str | os.PathLike[str] | None,
+        max_running: int,
+        retry_failed: bool,
+        policy: PollPolicy | None,
+        metadata: Mapping[str, Any] | None,
+        skip_rows: Container[int] | None = None,
+    ) -> None:
+        if skip_rows is not None and not isinstance(skip_rows, Container):
+            raise TypeError(
+                f"skip_rows must be a container of row numbers or None, got "
+                f"{type(skip_rows).__name__}"
+            )
+        if isinstance(rows, (str, bytes, Mapping)):
+            raise TypeError(
+                f"rows must be an iterable of mappings (one per row), not a {type(rows).__name__}"
+            )
+        if not isinstance(rows, (Iterable, AsyncIterable)):
+            raise TypeError(
+                f"rows must be an iterable or async iterable of mappings, got {type(rows).__name__}"
+            )
+        if journal is not None and not isinstance(journal, (str, os.PathLike)):
+            raise TypeError(f"journal must be a file path or None, got {type(journal).__name__}")
+        if not isinstance(retry_failed, bool):
+            raise TypeError(f"retry_failed must be a bool, got {type(retry_failed).__name__}")
+        self._client = client
+        self._workflow_id = workflow_id
+        self._rows = rows
+        self._journal_path = journal
+        self._max_running = int_in("max_running", max_running, 1, 10_000)
+        self._retry_failed = retry_failed
+        self._skip_rows = skip_rows
+        self._policy = _check_policy(policy)
+        encode_segment("workflow_id", workflow_id)
+        self._metadata = {} if metadata is None else json_object("metadata", metadata)
+        if START_KEY in self._metadata:
+            raise ValueError(f"metadata must not hold {START_KEY!r}: the batch sets each row's")
+        self._counters = _Counters()
+        self._iterator: AsyncIterator[BatchResult] | None = None
+        self._closed = False
+
+    @property
+    def progress(self) -> BatchProgress:
+        """The batch's counters now."""
+        return BatchProgress(**attrs.asdict(self._counters))
+
+    def __aiter__(self) -> Batch:
+        return self
+
+    async def __anext__(self) -> BatchResult:
+        if self._iterator is None:
+            if self._closed:
+                raise StopAsyncIteration
+            self._iterator = self._results()
+        return await self._iterator.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop: cancel the requests in flight and close the journal."""
+        self._closed = True
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None:
+            await iterator.aclose()  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> Batch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the iterator ----------------------------------------------------------------------
+
+    async def _results(self) -> Any:
+        journal = Journal(self._journal_path, workflow_id=self._workflow_id)
+        try:
+            send, receive = anyio.create_memory_object_stream[BatchResult](0)
+            run = _Run(self, journal, send)
+            worker = asyncio.get_running_loop().create_task(run.main(), name="copyai_async.batch")
+            try:
+                async with receive:
+                    async for result in receive:
+                        yield result
+                        # Taken: the row is done with (a crash now delivers it again).
+                        journal.delivered(result.row)
+                        run.release(result)
+                await worker  # raises what ended the batch, if anything did
+            finally:
+                await cancel_and_wait([worker])
+        finally:
+            journal.close()
+
+
+class _Run:
+    """One pass of a batch: the background work that feeds the results stream."""
+
+    def __init__(
+        self, batch: Batch, journal: Journal, send: MemoryObjectSendStream[BatchResult]
+    ) -> None:
+        client = batch._client
+        self.batch = batch
+        self.client = client
+        self.workflow_id = batch._workflow_id
+        self.journal = journal
+        self.send = send
+        self.counters = batch._counters
+        self.window = anyio.Semaphore(batch._max_running)
+        self.in_flight: dict[str, _Row] = {}  # run id -> its row
+        waiter = client._waiter
+        self.make_target = client._target
+        self.scheduler = Scheduler[WorkflowRun](
+            [],
+            kind=waiter.kind,
+            options=waiter.options(
+                batch._policy,
+                None,
+                concurrency=min(batch._max_running, 1000),
+                coalesce=_COALESCE,
+            ),
+            open_ended=True,
+        )
+        self.metadata = batch._metadata
+        self.feed_error: Exception | None = None
+
+    def release(self, result: BatchResult) -> None:
+        """A result was taken: count it and free its row's place in the window."""
+        counters = self.counters
+        counters.running -= 1
+        if result.run is None:
+            counters.refused += 1
+        elif result.ok:
+            counters.completed += 1
+        else:
+            counters.failed += 1
+        if result.run is not None and result.run.credits is not None:
+            counters.credits += result.run.credits
+        self.window.release()
+
+    async def main(self) -> None:
+        async with self.send:
+            settled = await self._settle(self.journal.unsettled())
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._feed, settled)
+                await self._drive()
+        if self.feed_error is not None:
+            raise self.feed_error
+
+    async def _drive(self) -> None:
+        """Hand each run seen ended to the caller, as its row's result."""
+        async with aclosing(self.scheduler.runs()) as runs:
+            async for run in runs:
+                row = self.in_flight.pop(run.id)
+                self.journal.ended(row.row, run.status.value)
+                await self.send.send(
+                    BatchResult(row=row.row, input=row.input, run=run, attempt=row.attempt)
+                )
+
+    # -- the feeder ----------------------------------------------------------------------
+
+    async def _feed(self, settled: dict[int, str]) -> None:
+        """Read the rows; start, wait on, or skip each as the journal says."""
+        rows = self.batch._rows
+        one_by_one = isinstance(rows, AsyncIterable)  # (reading on may wait: send now)
+        try:
+            async with anyio.create_task_group() as starts:
+                chunk: list[_Start] = []
+                async for index, row in _enumerate(rows):
+                    self.counters.read += 1
+                    plan = self._plan(index, row, settled)
+                    if plan is None:
+                        continue
+                    if self.window.value == 0 and chunk:
+                        self._send_chunk(chunk, starts)  # its rows hold places already
+                        chunk = []
+                    await self.window.acquire()
+                    self.counters.running += 1
+                    if isinstance(plan, _Wait):
+                        self._wait(plan.run_id, plan.row)
+                        continue
+                    if isinstance(plan, _Refused):
+                        await self._refused(plan.row, plan.error)
+                        continue
+                    chunk.append(plan)
+                    if len(chunk) >= _INTENT_CHUNK or one_by_one:
+                        self._send_chunk(chunk, starts)
+                        chunk = []
+                if chunk:
+                    self._send_chunk(chunk, starts)
+        except Exception as exc:
+            self.feed_error = _single(exc)  # raised once the runs started are delivered
+        finally:
+            self.scheduler.end_input()
+
+    def _plan(
+        self, index: int, row: Any, settled: dict[int, str]
+    ) -> _Start | _Wait | _Refused | None:
+        """What to do with a row: start it, wait on its run, or nothing (``None``: an
+        earlier pass delivered it)."""
+        variables, dig = _checked_row(index, row)
+        skip = self.batch._skip_rows
+        if skip is not None and index in skip:
+            self.counters.skipped += 1
+            return None
+        record = self.journal.get(index)
+        if record is None:
+            return _Start(_Row(index, variables, 0), dig)
+        if record.digest != dig:
+            raise BatchJournalError(
+                f"row {index} differs from the row the journal {self.journal.path} recorded "
+                "for it: the input changed since the batch began; give another journal "
+                "path to run another input"
+            )
+        ended = record.status is not None
+        if self.batch._retry_failed and ended and record.status != RunStatus.COMPLETE.value:
+            return _Start(_Row(index, variables, record.attempt + 1), dig)
+        if skip is None and record.delivered and ended:
+            self.counters.skipped += 1
+            return None
+        if record.status == REFUSED:  # no run was made: deliver the refusal again
+            return _Refused(_Row(index, variables, record.attempt), record.error or "")
+        run_id = settled.get(index, record.run_id)
+        if run_id is not None:
+            return _Wait(_Row(index, variables, record.attempt), run_id)
+        return _Start(_Row(index, variables, record.attempt), dig)  # proved never started
+
+    def _send_chunk(self, chunk: list[_Start], starts: anyio.abc.TaskGroup) -> None:
+        """Record the chunk's start keys durably, then start its rows."""
+        self.journal.intend((p.row.row, p.digest, p.row.attempt) for p in chunk)
+        for plan in chunk:
+            starts.start_soon(self._start, plan.row)
+
+    async def _start(self, row: _Row) -> None:
+        key = self.journal.start_key(row.row, row.attempt)
+        metadata = {**self.metadata, START_KEY: key}
+        body = {"startVariables": row.input, "metadata": metadata}
+        try:
+            run = await self.client._send_start(self.workflow_id, body, key)
+        except (BadRequestError, UnprocessableEntityError) as exc:
+            if exc.error_code == _CREDIT_LIMIT:
+                raise
+            self.journal.ended(row.row, REFUSED, str(exc))
+            await self._refused(row, str(exc))
+            return
+        self.journal.started(row.row, run.id)
+        self._wait(run.id, row)
+
+    async def _refused(self, row: _Row, error: str) -> None:
+        await self.send.send(
+            BatchResult(row=row.row, input=row.input, run=None, error=error, attempt=row.attempt)
+        )
+
+    def _wait(self, run_id: str, row: _Row) -> None:
+        self.in_flight[run_id] = row
+        self.scheduler.add([self.make_target(self.workflow_id, run_id)(self.batch._policy)])
+
+    # -- settling after a crash ----------------------------------------------------------
+
+    async def _settle(self, unsettled: list[RowRecord]) -> dict[int, str]:
+        """Look up the rows whose start may or may not have reached the API, all in one
+        pass over the newest runs; returns the run id of each found. The others are
+        proved never started (the pages read reach back past their intents)."""
+        if not unsettled:
+            return {}
+        journal = self.journal
+        wanted = {journal.start_key(r.row, r.attempt): r.row for r in unsettled}
+        since = min(r.key_at for r in unsettled) - _SWEEP_MARGIN
+        found: dict[int, str] = {}
+        horizon: datetime | None = None
+        for page_no in range(1, _SWEEP_PAGES + 1):
+            page, headers = await self.client._page(self.workflow_id, page_no, _PAGE)
+            for run in page.runs:
+                row = wanted.pop(run.start_key or "", None)
+                if row is not None:
+                    found[row] = run.id
+                    journal.started(row, run.id)
+            if not wanted or len(page.runs) < _PAGE:
+                break
+            if horizon is None:
+                date = response_date(headers)
+                skew = 0.0 if date is None else date.timestamp() - time.time()
+                horizon = datetime.fromtimestamp(since + skew, timezone.utc)
+            if any(r.created_at is not None and r.created_at < horizon for r in page.runs):
+                break
+        else:
+            raise StartUncertainError(
+                f"{len(wanted)} rows of the batch may or may not have started: their start "
+                f"keys are not among the {_SWEEP_PAGES * _PAGE} newest runs of workflow "
+                f"{self.workflow_id}, and those do not reach back to when they were sent",
+                method="GET",
+                path=f"/workflow/{self.workflow_id}/run",
+                workflow_id=self.workflow_id,
+                start_key=next(iter(wanted)),
+                sent_at=datetime.fromtimestamp(since + _SWEEP_MARGIN, timezone.utc),
+            )
+        for row in wanted.values():
+            journal.not_started(row)
+        return found
+
+
+def _single(exc: Exception) -> Exception:
+    """The one error inside task groups' wrapping, or the group itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        inner = exc.exceptions[0]
+        if not isinstance(inner, Exception):
+            break
+        exc = inner
+    return exc
+
+
+async def _enumerate(
+    rows: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
+) -> AsyncIterator[tuple[int, Any]]:
+    """The rows, numbered from 0, read one at a time (an async iterable is awaited)."""
+    if isinstance(rows, AsyncIterable):
+        index = 0
+        async for row in rows:
+            yield index, row
+            index += 1
+        return
+    iterator: Iterator[Any] = iter(rows)
+    for index, row in enumerate(iterator):
+        yield index, row
+        if index % 64 == 63:
+            await anyio.lowlevel.checkpoint()
