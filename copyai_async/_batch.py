@@ -31,7 +31,7 @@ import anyio
 import attrs
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport on Python 3.10
-    from exceptiongroup import BaseExceptionGroup
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._check import int_in, json_object
@@ -316,6 +316,7 @@ class _Run:
             open_ended=True,
         )
         self.metadata = batch._metadata
+        self.last_recorded = journal.last_row()  # rows past it have no record: no lookup
         self.feed_error: Exception | None = None
 
     def release(self, result: BatchResult) -> None:
@@ -335,14 +336,30 @@ class _Run:
     async def main(self) -> None:
         async with self.send:
             settled = await self._settle(self.journal.unsettled())
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._feed, settled)
-                await self._drive()
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._feed, settled)
+                    await self._drive()
+            except BaseExceptionGroup as wrapped:
+                if len(wrapped.exceptions) != 1:
+                    raise
+                raise wrapped.exceptions[0] from None  # (the task group's own wrapping)
         if self.feed_error is not None:
             raise self.feed_error
 
     async def _drive(self) -> None:
-        """Hand each run seen ended to the caller, as its row's result."""
+        """Hand each run seen ended to the caller, as its row's result; raise the runs
+        that could not be waited for together, once every other row is delivered."""
+        try:
+            await self._deliver_runs()
+        except ExceptionGroup as group:
+            raise ExceptionGroup(
+                f"{len(group.exceptions)} rows of the batch could not be waited for; run it "
+                "again with the same journal to wait on them again",
+                list(group.exceptions),
+            ) from None
+
+    async def _deliver_runs(self) -> None:
         async with aclosing(self.scheduler.runs()) as runs:
             async for run in runs:
                 row = self.in_flight.pop(run.id)
@@ -397,7 +414,7 @@ class _Run:
         if skip is not None and index in skip:
             self.counters.skipped += 1
             return None
-        record = self.journal.get(index)
+        record = self.journal.get(index) if index <= self.last_recorded else None
         if record is None:
             return _Start(_Row(index, variables, 0), dig)
         if record.digest != dig:
@@ -490,6 +507,7 @@ class _Run:
             )
         for row in wanted.values():
             journal.not_started(row)
+        journal.flush()  # (the feeder reads these rows' records next)
         return found
 
 

@@ -119,8 +119,8 @@ class Journal:
     # -- reading -------------------------------------------------------------------------
 
     def get(self, row: int) -> RowRecord | None:
-        """The row's record, or ``None`` if the batch never reached it."""
-        self._flush_if_pending()
+        """The row's record, or ``None`` if the batch never reached it (hints not yet
+        committed are not seen: read a row before its own hints are recorded)."""
         found = self._db.execute(
             "SELECT row, digest, attempt, key_at, run_id, status, error, delivered"
             " FROM rows WHERE row = ?",
@@ -169,20 +169,23 @@ class Journal:
         when this returns, a crash cannot lose them."""
         now = time.time()
         db = self._db
-        db.execute("BEGIN")
         try:
-            self._write_hints()
-            db.executemany(
-                "INSERT INTO rows (row, digest, attempt, key_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(row) DO UPDATE SET attempt = excluded.attempt,"
-                " key_at = excluded.key_at, run_id = NULL, status = NULL, error = NULL,"
-                " delivered = 0",
-                [(row, dig, attempt, now) for row, dig, attempt in rows],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN")
+            try:
+                self._write_hints()
+                db.executemany(
+                    "INSERT INTO rows (row, digest, attempt, key_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(row) DO UPDATE SET attempt = excluded.attempt,"
+                    " key_at = excluded.key_at, run_id = NULL, status = NULL, error = NULL,"
+                    " delivered = 0",
+                    [(row, dig, attempt, now) for row, dig, attempt in rows],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
         self._flushed_at = time.monotonic()
 
     def started(self, row: int, run_id: str) -> None:
@@ -222,16 +225,25 @@ class Journal:
         if not self._hints:
             return
         db = self._db
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("BEGIN")
         try:
-            self._write_hints()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN")
+            try:
+                self._write_hints()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: sqlite3.Error) -> BatchJournalError:
+        return BatchJournalError(
+            f"cannot write the batch journal {self.path or '(in memory)'}: {exc}; nothing "
+            "more is started (run again to resume once it can be written)"
+        )
 
     def close(self) -> None:
         """Commit what is left and close the file."""

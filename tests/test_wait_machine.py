@@ -522,3 +522,35 @@ async def test_cancelling_the_consumer_leaves_no_task_running() -> None:
         await consumer
     assert (script.cancelled, script.in_flight) == (3, 0)
     assert _leftover() == []
+
+
+async def test_an_open_ended_scheduler_takes_runs_while_it_runs_and_ends_on_end_input() -> None:
+    clock = FakeClock()
+    script = Script(clock, {"R1": ["PROCESSING", "COMPLETE"], "R2": ["COMPLETE"]})
+    scheduler = _scheduler(script, ["R1"], open_ended=True)
+    got: list[Run] = []
+    async with aclosing(scheduler.runs()) as runs:
+        async for run in runs:
+            got.append(run)
+            if run.run_id == "R1":  # nothing pending now: the scheduler must not end
+                scheduler.add([Target(workflow_id="W1", run_id="R2", read=script.read)])
+            else:
+                scheduler.end_input()
+    assert got == [Run("R1", "COMPLETE"), Run("R2", "COMPLETE")]
+    assert script.times["R2"] == [1.0]  # its first poll at once, when added
+    assert _leftover() == []
+    with pytest.raises(RuntimeError, match="open-ended"):
+        scheduler.add([Target(workflow_id="W1", run_id="R3", read=script.read)])
+
+
+async def test_an_open_ended_scheduler_with_nothing_ends_when_told() -> None:
+    clock = FakeClock()
+    scheduler = _scheduler(Script(clock, {}), [], open_ended=True)
+
+    async def end_soon() -> None:
+        await asyncio.sleep(0.01)
+        scheduler.end_input()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(end_soon)
+        assert await _collect(scheduler) == []
