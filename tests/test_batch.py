@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ from copyai_async import (
     RunStatus,
 )
 from copyai_async._journal import Journal
-from copyai_async.testing import Fault, FakeCopyAI, Schedule
+from copyai_async.testing import FakeCopyAI, Fault, Schedule
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 WF = "WCFG-fake-workflow"
 
@@ -31,9 +35,20 @@ def rows(n: int) -> list[dict[str, Any]]:
     return [{"topic": f"topic {i}", "n": str(i)} for i in range(n)]
 
 
-async def collect(client: CopyAIClient, source: Any, **kw: Any) -> list[BatchResult]:
+async def collect(
+    client: CopyAIClient,
+    source: Any,
+    *,
+    into: list[BatchResult] | None = None,
+    each: Callable[[BatchResult], object] = lambda _result: None,
+    **kw: Any,
+) -> list[BatchResult]:
+    got = [] if into is None else into
     async with client.run_batch(WF, source, **kw) as batch:
-        return [result async for result in batch]
+        async for result in batch:
+            got.append(result)
+            each(result)
+    return got
 
 
 def runs_per_row(server: FakeCopyAI) -> Counter[str]:
@@ -49,7 +64,8 @@ async def test_every_row_runs_once_and_is_yielded_once(
     assert all(r.status == "COMPLETE" and r.ok for r in results)
     for result in results:
         assert result.input == {"topic": f"topic {result.row}", "n": str(result.row)}
-        assert result.run is not None and result.run.input == result.input
+        assert result.run is not None
+        assert result.run.input == result.input
         assert result.run.status is RunStatus.COMPLETE
     assert runs_per_row(server) == Counter({str(i): 1 for i in range(40)})
 
@@ -122,14 +138,15 @@ async def test_a_row_that_is_not_a_mapping_is_named(
 async def test_a_refused_start_ends_its_row_and_the_batch_goes_on(
     client: CopyAIClient, server: FakeCopyAI
 ) -> None:
-    server.inject(
-        Fault.status_code(422, error_code="REQUEST_INVALID"), method="POST", path="/run"
-    )
+    server.inject(Fault.status_code(422, error_code="REQUEST_INVALID"), method="POST", path="/run")
     results = await collect(client, rows(5), max_running=1)
     refused = [r for r in results if r.status == REFUSED]
-    assert len(refused) == 1 and refused[0].row == 0
-    assert refused[0].run is None and not refused[0].ok
-    assert refused[0].error is not None and "422" in refused[0].error
+    assert len(refused) == 1
+    assert refused[0].row == 0
+    assert refused[0].run is None
+    assert not refused[0].ok
+    assert refused[0].error is not None
+    assert "422" in refused[0].error
     assert sorted(r.row for r in results) == list(range(5))
     assert len(server.runs()) == 4
 
@@ -140,9 +157,7 @@ async def test_the_credit_limit_stops_new_starts_after_delivering_the_started(
     server.credit_limit = 6  # three runs of 2 credits
     delivered: list[BatchResult] = []
     with pytest.raises(BadRequestError) as caught:
-        async with client.run_batch(WF, rows(10), max_running=2) as batch:
-            async for result in batch:
-                delivered.append(result)
+        await collect(client, rows(10), max_running=2, into=delivered)
     assert caught.value.error_code == "WORKFLOW_CREDIT_LIMIT_REACHED"
     started = len(server.runs())
     assert started >= 1
@@ -291,9 +306,7 @@ async def test_skip_rows_is_the_truth_of_what_was_delivered(
     assert len(server.runs()) == 6  # delivered again from their runs, not run again
 
 
-async def test_the_journal_records_each_row(
-    client: CopyAIClient, tmp_path: Path
-) -> None:
+async def test_the_journal_records_each_row(client: CopyAIClient, tmp_path: Path) -> None:
     path = tmp_path / "batch.journal"
     await collect(client, rows(3), journal=path)
     with closing(sqlite3.connect(path)) as db:
@@ -334,14 +347,16 @@ async def test_rows_whose_runs_cannot_be_read_are_raised_together_at_the_end(
         if variables.get("n") == "2"
         else Schedule.polls(("PROCESSING", 1))
     )
+
+    def lose_row_2(result: BatchResult) -> None:
+        delivered.append(result.row)
+        if not lost:  # row 2's run disappears from the API
+            other = next(r for r in server.runs() if (r.input or {}).get("n") == "2")
+            lost.append(other.id)
+            server.delete_run(other.id)
+
     with pytest.raises(ExceptionGroup) as caught:
-        async with client.run_batch(WF, source, journal=path) as batch:
-            async for result in batch:
-                delivered.append(result.row)
-                if not lost:  # row 2's run disappears from the API
-                    other = next(r for r in server.runs() if (r.input or {}).get("n") == "2")
-                    lost.append(other.id)
-                    server.delete_run(other.id)
+        await collect(client, source, journal=path, each=lose_row_2)
     errors = caught.value.exceptions
     assert [type(e).__name__ for e in errors] == ["NotFoundError"]
     assert lost[0] in str(errors[0])
