@@ -276,10 +276,12 @@ class Batch(AsyncIterator[BatchResult]):
             try:
                 async with receive:
                     async for result in receive:
+                        run.count(result)
                         yield result
-                        # Taken: the row is done with (a crash now delivers it again).
+                        # The caller asks for more: it is done with this row (a crash
+                        # before this line hands the row out again).
                         journal.delivered(result.row)
-                        run.release(result)
+                        run.window.release()
                 await worker  # raises what ended the batch, if anything did
             finally:
                 await cancel_and_wait([worker])
@@ -319,8 +321,8 @@ class _Run:
         self.last_recorded = journal.last_row()  # rows past it have no record: no lookup
         self.feed_error: Exception | None = None
 
-    def release(self, result: BatchResult) -> None:
-        """A result was taken: count it and free its row's place in the window."""
+    def count(self, result: BatchResult) -> None:
+        """A result is handed out: count it."""
         counters = self.counters
         counters.running -= 1
         if result.run is None:
@@ -331,7 +333,6 @@ class _Run:
             counters.failed += 1
         if result.run is not None and result.run.credits is not None:
             counters.credits += result.run.credits
-        self.window.release()
 
     async def main(self) -> None:
         async with self.send:

@@ -72,9 +72,12 @@ async def test_every_row_runs_once_and_is_yielded_once(
 
 async def test_progress_counts_rows_and_credits(client: CopyAIClient) -> None:
     batch = client.run_batch(WF, rows(12), max_running=4)
+    seen = 0
     async with batch:
         async for _ in batch:
+            seen += 1
             progress = batch.progress
+            assert progress.delivered == progress.completed == seen  # counted as handed out
             assert progress.running <= 4
     final = batch.progress
     assert (final.read, final.completed, final.failed, final.running) == (12, 12, 0, 0)
