@@ -29,15 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
-
-if sys.version_info < (3, 11):  # pragma: no cover - the backport on Python 3.10
-    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._check import int_in, json_object
 from ._errors import (
     BadRequestError,
     BatchJournalError,
+    CopyAIError,
     StartUncertainError,
     UnprocessableEntityError,
 )
@@ -46,6 +44,9 @@ from ._journal import Journal, RowRecord
 from ._models import START_KEY, RunStatus, WorkflowRun
 from ._poll import _COALESCE, PollPolicy, Scheduler, _check_policy
 from ._tasks import cancel_and_wait
+
+if sys.version_info < (3, 11):  # pragma: no cover - the backport on Python 3.10
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 if TYPE_CHECKING:
     from ._client import CopyAIClient
@@ -381,6 +382,8 @@ class _Run:
                 async for index, row in _enumerate(rows):
                     self.counters.read += 1
                     plan = self._plan(index, row, settled)
+                    if isinstance(plan, _Wait) and self.batch._retry_failed:
+                        plan = await self._failed_again(plan)
                     if plan is None:
                         continue
                     if self.window.value == 0 and chunk:
@@ -436,6 +439,21 @@ class _Run:
         if run_id is not None:
             return _Wait(_Row(index, variables, record.attempt), run_id)
         return _Start(_Row(index, variables, record.attempt), dig)  # proved never started
+
+    async def _failed_again(self, plan: _Wait) -> _Wait | _Start:
+        """With ``retry_failed``, a run of an earlier pass whose end the journal lost (a
+        crash before its record was committed) is read first: if it failed, the row is
+        started again rather than delivered as failed."""
+        try:
+            run = await self.client.get_run(self.workflow_id, plan.run_id)
+        except CopyAIError:
+            return plan  # the wait reads it again, and raises what it must
+        if run.status is not RunStatus.FAILED:
+            return plan
+        row = plan.row
+        self.journal.ended(row.row, RunStatus.FAILED.value)
+        _, dig = _checked_row(row.row, row.input)
+        return _Start(_Row(row.row, row.input, row.attempt + 1), dig)
 
     def _send_chunk(self, chunk: list[_Start], starts: anyio.abc.TaskGroup) -> None:
         """Record the chunk's start keys durably, then start its rows."""

@@ -397,3 +397,21 @@ async def test_cancelled_with_starts_in_flight_then_resumed(
     assert sorted(r.row for r in results) == list(range(12))
     assert runs_per_row(server) == Counter({str(i): 1 for i in range(12)})
     assert server.stats.by_path[f"POST /api/workflow/{WF}/run"] == 12 + (12 - made)
+
+
+async def test_retry_failed_retries_a_failure_whose_record_a_crash_lost(
+    client: CopyAIClient, server: FakeCopyAI, tmp_path: Path
+) -> None:
+    server.schedule_for = lambda _wf, variables: (
+        Schedule.immediate(final="FAILED") if variables.get("n") == "0" else Schedule.immediate()
+    )
+    path = tmp_path / "batch.journal"
+    first = await collect(client, rows(2), journal=path)
+    assert sorted((r.row, r.status) for r in first) == [(0, "FAILED"), (1, "COMPLETE")]
+    with closing(sqlite3.connect(path)) as db:  # the crash lost row 0's end and delivery
+        db.execute("UPDATE rows SET status = NULL, delivered = 0 WHERE row = 0")
+        db.commit()
+    server.schedule_for = None
+    retried = await collect(client, rows(2), journal=path, retry_failed=True)
+    assert [(r.row, r.status, r.attempt) for r in retried] == [(0, "COMPLETE", 1)]
+    assert runs_per_row(server) == Counter({"0": 2, "1": 1})
