@@ -962,7 +962,13 @@ async def test_eight_processes_hold_one_rate_limit(
     run = server.add_runs(1)[0]
     processes, tasks, rate, seconds = 8, 4, 50, 30
     job = worker(
-        server, redis_server, namespace, job="load", rate=rate, seconds=seconds, tasks=tasks,
+        server,
+        redis_server,
+        namespace,
+        job="load",
+        rate=rate,
+        seconds=seconds,
+        tasks=tasks,
         run_id=run.id,
     )
     results = await run_workers([job] * processes)
