@@ -454,7 +454,7 @@ def read_output(path: str, *, drop_failed: bool, say: Any) -> Delivered:
         torn = whole < os.fstat(file.fileno()).st_size
         if torn:
             say(f"note: cut a torn last line off {path} (a write a crash cut short)")
-        if kept is not None:
+        if kept is not None and dropped:
             kept.flush()
             os.fsync(kept.fileno())
             kept.close()
