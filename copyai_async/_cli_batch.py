@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Container, Generator, Iterator
+from collections.abc import Callable, Container, Generator, Iterator
 from typing import IO, Any
 
 import anyio
@@ -301,7 +301,7 @@ def check_input(source: Source, rejects: str | None) -> Checked:
     each bad one to ``rejects`` (rewritten) when given."""
     checked = Checked()
     with contextlib.ExitStack() as stack:
-        out = None if rejects is None else stack.enter_context(open(rejects, "w"))
+        out = None if rejects is None else stack.enter_context(open(rejects, "w", encoding="utf-8"))
         for record in source.records():
             if record.row is not None:
                 checked.rows += 1
@@ -416,7 +416,7 @@ def _result_of(raw: bytes, path: str, number: int) -> dict[str, Any]:
     return result
 
 
-def read_output(path: str, *, drop_failed: bool, say: Any) -> Delivered:
+def read_output(path: str, *, drop_failed: bool, say: Callable[[str], None]) -> Delivered:
     """The rows OUTPUT holds. A last line without its newline (a write cut short by a
     crash) is cut off; with ``drop_failed``, OUTPUT is rewritten without its FAILED and
     REFUSED lines (a new file beside it, synced, then renamed over it).
