@@ -68,7 +68,7 @@ examples:
   copyai-async runs start WCFG-123 --var topic=otters --wait --timeout 300
   copyai-async runs wait WCFG-123 WRUN-1 WRUN-2 WRUN-3
   copyai-async runs wait WCFG-123 WRUN-1 --listen --public-url https://my.tunnel/hooks
-  copyai-async batch WCFG-123 leads.csv --out results.jsonl   (resume: the same again)
+  copyai-async batch WCFG-123 leads.csv --out results.jsonl
   copyai-async webhooks list
   copyai-async listen --public-url https://my.tunnel/hooks --workflow WCFG-123 --json
   copyai-async fake-server --port 8080 --latency 50
