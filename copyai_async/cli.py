@@ -5,7 +5,8 @@ Exit codes:
 ====  ==========================================================
 0     success (for ``runs wait``: every run COMPLETE)
 1     another API or network error (also a start whose answer was lost: the run may
-      have started; a hint names the ``runs find`` command that tells)
+      have started; a hint names the ``runs find`` command that tells); for ``batch``,
+      also a row that ended FAILED or REFUSED
 2     usage error (bad arguments, no API key)
 3     authentication failed (401/403)
 4     not found (404; ``runs find``: no run carries the start key)
@@ -67,14 +68,15 @@ examples:
   copyai-async runs start WCFG-123 --var topic=otters --wait --timeout 300
   copyai-async runs wait WCFG-123 WRUN-1 WRUN-2 WRUN-3
   copyai-async runs wait WCFG-123 WRUN-1 --listen --public-url https://my.tunnel/hooks
+  copyai-async batch WCFG-123 leads.csv --out results.jsonl
   copyai-async webhooks list
   copyai-async listen --public-url https://my.tunnel/hooks --workflow WCFG-123 --json
   copyai-async fake-server --port 8080 --latency 50
 
 The API key comes from --api-key or the COPYAI_API_KEY environment variable.
 Requests go through --proxy, else HTTPS_PROXY (NO_PROXY respected; never for loopback).
-exit codes: 0 ok, 1 API or network error, 2 usage, 3 authentication, 4 not found,
-5 run failed, 6 timeout, 130 interrupted.
+exit codes: 0 ok, 1 API or network error (batch: also a row FAILED or REFUSED),
+2 usage, 3 authentication, 4 not found, 5 run failed, 6 timeout, 130 interrupted.
 """
 
 STATUS_STYLE = {
@@ -342,10 +344,16 @@ _CLI_ADVICE = (
 )
 
 
-def _client(args: argparse.Namespace) -> CopyAIClient:
+def _client(args: argparse.Namespace, **options: Any) -> CopyAIClient:
+    """The client of a command, from the global options (and ``options``, e.g. the
+    ``rate_limit`` of ``batch``)."""
     try:
         return CopyAIClient(
-            args.api_key, base_url=args.base_url, allow_http=args.allow_http, proxy=args.proxy
+            args.api_key,
+            base_url=args.base_url,
+            allow_http=args.allow_http,
+            proxy=args.proxy,
+            **options,
         )
     except ValueError as error:  # a bad --proxy: in the command line's words
         raise UsageError(str(error).replace("proxy", "--proxy", 1)) from None
@@ -899,6 +907,10 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--json", action="store_true", help="one JSON object per event")
     _listen_options(listen)
     listen.set_defaults(handler=cmd_listen)
+
+    from ._cli_batch import add_parser as add_batch
+
+    add_batch(commands)
 
     from .testing.__main__ import EPILOG, add_options
 

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ._aitasker import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID
+from ._faults import DEFAULT_RANDOM_FAULTS, Fault
 from ._schedule import Schedule
 from ._server import (
     DEFAULT_API_KEY,
@@ -26,6 +27,24 @@ from ._webhooks import Deliveries
 
 # --schedule polls: one step per GET of the run.
 POLL_COUNTED = Schedule.polls(("NEW", 1), ("WAITING", 1), ("PROCESSING", 2))
+
+# --fault-kinds: the faults --fault-rate draws from, by name. The first nine are the
+# default (DEFAULT_RANDOM_FAULTS); "lost-" ones let the request take effect first (a
+# start makes its run), then lose the answer.
+FAULT_KINDS: dict[str, Fault] = {
+    "500": Fault.server_error(500),
+    "503-html": Fault.server_error(503, html=True),
+    "502-html": Fault.server_error(502, html=True),
+    "429": Fault.rate_limit("0"),
+    "429-bare": Fault.rate_limit(None),
+    "disconnect": Fault.disconnect(),
+    "truncate": Fault.truncate(),
+    "garbled": Fault.garbled("truncated"),
+    "garbled-html": Fault.garbled("html"),
+    "lost-500": Fault.server_error(500, after=True),
+    "lost-disconnect": Fault.disconnect(after=True),
+}
+DEFAULT_FAULT_KINDS = tuple(name for name, f in FAULT_KINDS.items() if f in DEFAULT_RANDOM_FAULTS)
 
 EPILOG = (
     "example: python -m copyai_async.testing --port 8080 --runs 500 --latency 50\n"
@@ -88,6 +107,25 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--latency", type=float, default=0.0, help="milliseconds added per answer")
     p.add_argument("--fault-rate", type=float, default=0.0, help="share of requests to fail, 0..1")
+    p.add_argument(
+        "--fault-kinds",
+        nargs="+",
+        choices=tuple(FAULT_KINDS),
+        default=DEFAULT_FAULT_KINDS,
+        metavar="KIND",
+        help="the faults --fault-rate draws from, each alike: 500, 503-html, 502-html, 429 "
+        "(Retry-After: 0), 429-bare, disconnect, truncate (half the body, then the line "
+        "drops), garbled, garbled-html (a 200 that cannot be read; the request took "
+        "effect), lost-500, lost-disconnect (the request takes effect, a start makes its "
+        "run, then the answer is lost) (default: the first nine)",
+    )
+    p.add_argument(
+        "--fault-methods",
+        nargs="+",
+        choices=("GET", "POST", "DELETE"),
+        metavar="METHOD",
+        help="the methods --fault-rate hits: GET, POST, DELETE (default: all)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for faults, ids and run durations")
     p.add_argument(
         "--keepalive-timeout",
@@ -151,6 +189,8 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         port=args.port,
         latency=args.latency / 1000.0,
         fault_rate=args.fault_rate,
+        faults=[FAULT_KINDS[name] for name in dict.fromkeys(args.fault_kinds)],
+        fault_methods=args.fault_methods,
         seed=args.seed,
         default_schedule=POLL_COUNTED if args.schedule == "polls" else Schedule.default(),
         keepalive_timeout=args.keepalive_timeout or None,
