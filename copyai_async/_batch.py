@@ -36,6 +36,7 @@ from ._errors import (
     BadRequestError,
     BatchJournalError,
     CopyAIError,
+    NotFoundError,
     StartUncertainError,
     UnprocessableEntityError,
 )
@@ -61,6 +62,7 @@ _INTENT_CHUNK = 64  # rows whose intents share one durable commit
 _SWEEP_MARGIN = 60.0  # seconds: clock skew allowed between this host and the server
 _SWEEP_PAGES = 1000  # pages of 100 runs, at most, to settle unsettled starts
 _PAGE = 100
+_COMMIT_EVERY = 0.5  # seconds between commits of the journal's hints when idle
 
 
 @attrs.frozen(kw_only=True)
@@ -317,10 +319,18 @@ class _Run:
                 coalesce=_COALESCE,
             ),
             open_ended=True,
+            on_failure=self._given_up,
         )
         self.metadata = batch._metadata
         self.last_recorded = journal.last_row()  # rows past it have no record: no lookup
         self.feed_error: Exception | None = None
+
+    def _given_up(self, run_id: str, _error: CopyAIError) -> None:
+        """A run could not be waited for (raised with the others at the end): its row
+        gives its place to the next row, and a later pass waits on it again."""
+        if self.in_flight.pop(run_id, None) is not None:
+            self.counters.running -= 1
+            self.window.release()
 
     def count(self, result: BatchResult) -> None:
         """A result is handed out: count it."""
@@ -341,13 +351,21 @@ class _Run:
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._feed, settled)
+                    group.start_soon(self._commit_hints)
                     await self._drive()
+                    group.cancel_scope.cancel()  # (the feeder is done: only hints are left)
             except BaseExceptionGroup as wrapped:
                 if len(wrapped.exceptions) != 1:
                     raise
                 raise wrapped.exceptions[0] from None  # (the task group's own wrapping)
         if self.feed_error is not None:
             raise self.feed_error
+
+    async def _commit_hints(self) -> None:
+        """Commit the journal's hints every so often, also while nothing else happens."""
+        while True:
+            await anyio.sleep(_COMMIT_EVERY)
+            self.journal.flush()
 
     async def _drive(self) -> None:
         """Hand each run seen ended to the caller, as its row's result; raise the runs
@@ -357,7 +375,8 @@ class _Run:
         except ExceptionGroup as group:
             raise ExceptionGroup(
                 f"{len(group.exceptions)} rows of the batch could not be waited for; run it "
-                "again with the same journal to wait on them again",
+                "again with the same journal to wait on them again (with retry_failed, "
+                "a row whose run the API no longer has is started again)",
                 list(group.exceptions),
             ) from None
 
@@ -404,7 +423,7 @@ class _Run:
                 if chunk:
                     self._send_chunk(chunk, starts)
         except Exception as exc:
-            self.feed_error = _single(exc)  # raised once the runs started are delivered
+            self.feed_error = _one_error(exc)  # raised once the runs started are delivered
         finally:
             self.scheduler.end_input()
 
@@ -441,15 +460,18 @@ class _Run:
         return _Start(_Row(index, variables, record.attempt), dig)  # proved never started
 
     async def _failed_again(self, plan: _Wait) -> _Wait | _Start:
-        """With ``retry_failed``, a run of an earlier pass whose end the journal lost (a
-        crash before its record was committed) is read first: if it failed, the row is
-        started again rather than delivered as failed."""
+        """With ``retry_failed``, a run of an earlier pass that the journal does not
+        know ended (a crash lost its record, or it could not be waited for) is read
+        first: if it failed, or the API no longer has it, the row is started again."""
         try:
             run = await self.client.get_run(self.workflow_id, plan.run_id)
+        except NotFoundError:
+            pass  # gone: start the row again
         except CopyAIError:
             return plan  # the wait reads it again, and raises what it must
-        if run.status is not RunStatus.FAILED:
-            return plan
+        else:
+            if run.status is not RunStatus.FAILED:
+                return plan
         row = plan.row
         self.journal.ended(row.row, RunStatus.FAILED.value)
         _, dig = _checked_row(row.row, row.input)
@@ -530,14 +552,25 @@ class _Run:
         return found
 
 
-def _single(exc: Exception) -> Exception:
-    """The one error inside task groups' wrapping, or the group itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        inner = exc.exceptions[0]
-        if not isinstance(inner, Exception):
-            break
-        exc = inner
+def _one_error(exc: Exception) -> Exception:
+    """What stopped the feeder, as one error: starts in flight together often fail alike
+    (every one of them meets the credit limit), and the task groups wrap them. Errors of
+    one kind (one type and error code) are the first of them; others stay a group."""
+    leaves = _leaves(exc)
+    first = leaves[0]
+    kinds = {(type(e), getattr(e, "error_code", None)) for e in leaves}
+    if len(kinds) == 1 and isinstance(first, Exception):
+        add_note = getattr(first, "add_note", None)  # (Python 3.11+)
+        if add_note is not None and len(leaves) > 1:
+            add_note(f"({len(leaves) - 1} more starts in flight failed alike)")
+        return first
     return exc
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 async def _enumerate(

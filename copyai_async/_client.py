@@ -877,7 +877,8 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             journal: the journal file, or ``None`` for none.
             max_running: rows started and not yet delivered, at most, 1 to 10,000.
             retry_failed: with a journal, run again (with new start keys) the rows an
-                earlier pass delivered ``FAILED`` or ``REFUSED``.
+                earlier pass saw end ``FAILED`` or ``REFUSED``, and those whose run the
+                API no longer has.
             policy: the poll timing (default :class:`PollPolicy()`).
             metadata: metadata for every run (each also gets its start key).
             skip_rows: the rows your own store already holds (``row in skip_rows``):
@@ -899,9 +900,15 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             BatchJournalError: while iterating, the journal is another workflow's, or
                 a row differs from the one it recorded.
             BadRequestError: while iterating, ``WORKFLOW_CREDIT_LIMIT_REACHED``: no more
-                rows are started; the runs started are delivered first.
-            CopyAIError: while iterating, any other failure; rerun with the journal to
-                resume.
+                rows are started; the runs started are delivered first. (Starts in
+                flight that fail alike are raised as one error, the first.)
+            ExceptionGroup: while iterating, after every other row is delivered, the
+                :class:`CopyAIError` of each row whose run could not be waited for (a
+                404, polls failing past ``policy.max_failed_polls``); their places go to
+                the next rows meanwhile. Run again with the journal to wait on them
+                again.
+            CopyAIError: while iterating, any other failure (after the runs started are
+                delivered); run again with the journal to resume.
         """
         return Batch(
             self,

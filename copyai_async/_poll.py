@@ -809,6 +809,8 @@ class Scheduler(Generic[R]):
             done; else the first is raised as itself, at once.
         open_ended: more runs may come with :meth:`add` while it runs; it ends once
             :meth:`end_input` was called and every run is done.
+        on_failure: called with each run's id and error as the run is given up on
+            (``grouped`` waits raise them all at the end; this tells of each at once).
     """
 
     def __init__(
@@ -821,6 +823,7 @@ class Scheduler(Generic[R]):
         changes: bool = False,
         grouped: bool = True,
         open_ended: bool = False,
+        on_failure: Callable[[str, CopyAIError], None] | None = None,
     ) -> None:
         hints = options.hints
         if hints is not None and not hints.listeners:
@@ -846,6 +849,7 @@ class Scheduler(Generic[R]):
         self._system_clock = isinstance(self.clock, SystemClock)
         self._quarter = options.policy.jitter / 4 if options.coalesce > 0 else 0.0
         self._open = open_ended
+        self._on_failure = on_failure
         self.total = 0
         self._add(targets)
 
@@ -960,6 +964,8 @@ class Scheduler(Generic[R]):
         if not self._grouped:
             raise error
         self.failures.append((track.order, error))
+        if self._on_failure is not None:
+            self._on_failure(track.poll.target.run_id, error)
 
     def _raise_failures(self) -> None:
         failures = self.failures

@@ -415,3 +415,70 @@ async def test_retry_failed_retries_a_failure_whose_record_a_crash_lost(
     retried = await collect(client, rows(2), journal=path, retry_failed=True)
     assert [(r.row, r.status, r.attempt) for r in retried] == [(0, "COMPLETE", 1)]
     assert runs_per_row(server) == Counter({"0": 2, "1": 1})
+
+
+async def test_rows_that_cannot_be_waited_for_give_their_places_to_the_next(
+    client: CopyAIClient, server: FakeCopyAI
+) -> None:
+    """With every place held by a run that cannot be read, the batch must go on."""
+    server.schedule_for = lambda _wf, variables: (
+        Schedule.polls(("PROCESSING", 50))
+        if int(variables["n"]) < 2
+        else Schedule.polls(("PROCESSING", 1))
+    )
+    delivered: list[int] = []
+
+    def lose_the_slow(result: BatchResult) -> None:
+        delivered.append(result.row)
+
+    async def _vanish_slow() -> None:
+        for _ in range(1000):  # rows 0 and 1 are being started
+            if len(server.runs()) >= 2:
+                break
+            await asyncio.sleep(0.005)
+        for run in list(server.runs()):
+            if int((run.input or {})["n"]) < 2:
+                server.delete_run(run.id)
+
+    source = rows(6)
+
+    async def feed() -> AsyncIterator[dict[str, Any]]:
+        for row in source:
+            if row["n"] == "2":  # rows 0 and 1 hold both places: their runs vanish
+                await _vanish_slow()
+            yield row
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await collect(client, feed(), max_running=2, each=lose_the_slow)
+    assert sorted(delivered) == [2, 3, 4, 5]
+    assert [type(e).__name__ for e in caught.value.exceptions] == ["NotFoundError"] * 2
+    assert "could not be waited for" in str(caught.value)
+
+
+async def test_many_starts_meeting_the_credit_limit_raise_one_error(
+    client: CopyAIClient, server: FakeCopyAI
+) -> None:
+    server.credit_limit = 10
+    with pytest.raises(BadRequestError) as caught:
+        await collect(client, rows(40), max_running=20)
+    assert caught.value.error_code == "WORKFLOW_CREDIT_LIMIT_REACHED"
+
+
+async def test_retry_failed_starts_again_a_row_whose_run_is_gone(
+    client: CopyAIClient, server: FakeCopyAI, tmp_path: Path
+) -> None:
+    path = tmp_path / "batch.journal"
+    journal = Journal(path, workflow_id=WF)
+    from copyai_async._batch import _checked_row
+
+    source = rows(2)
+    journal.intend((i, _checked_row(i, row)[1], 0) for i, row in enumerate(source))
+    run = await client.start_run(WF, source[0], start_key=journal.start_key(0, 0))
+    journal.started(0, run.id)
+    journal.close()
+    server.delete_run(run.id)  # the API no longer has row 0's run
+    results = await collect(client, source, journal=path, retry_failed=True)
+    assert sorted((r.row, r.status, r.attempt) for r in results) == [
+        (0, "COMPLETE", 1),
+        (1, "COMPLETE", 0),
+    ]
