@@ -17,7 +17,8 @@ program killed half-way resumes (or against Copy.ai: export only ``COPYAI_API_KE
 Run it again to resume: the rows RESULTS holds are not run again, and the journal beside
 it (``results.jsonl.journal``) makes sure that no row is started twice. With
 ``--retry-failed``, the FAILED and REFUSED lines are removed from RESULTS and their rows
-run again.
+run again. Exit status: 0 every row COMPLETE, 1 some FAILED or REFUSED, 2 an error (run
+again to go on), 130 Ctrl-C (the same).
 """
 
 from __future__ import annotations
