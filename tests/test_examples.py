@@ -38,6 +38,7 @@ COVERED = {
     "start_and_wait.py": "test_start_and_wait",
     "export_runs.py": "test_export_runs",
     "wait_many.py": "test_wait_many",
+    "bulk_runs.py": "test_bulk_runs",
     "fastapi_app.py": "test_fastapi_app",
     "summaries.py": "test_the_plugin_example_passes",
     "test_summaries.py": "test_the_plugin_example_passes",
@@ -158,6 +159,108 @@ def test_wait_many_reports_runs_it_could_not_start(fake_api: Any) -> None:
     assert done.returncode == 2
     assert "could not start 'otters'" in done.stderr
     assert "404" in done.stderr
+
+
+def _no_api(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment without COPYAI_ variables: bulk_runs.py then serves its own fake."""
+    env = dict(os.environ) if env is None else env
+    return {k: v for k, v in env.items() if not k.startswith("COPYAI_")}
+
+
+def _topics(path: Path, count: int) -> Path:
+    path.write_text("topic,tone\n" + "".join(f"topic {i},dry\n" for i in range(count)))
+    return path
+
+
+def _results(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_bulk_runs(tmp_path: Path) -> None:
+    topics, results = _topics(tmp_path / "topics.csv", 12), tmp_path / "results.jsonl"
+    done = run_example(_no_api(), "bulk_runs.py", WORKFLOW, str(topics), str(results))
+    assert done.returncode == 0, done.stderr
+    assert "fake Copy.ai in this process" in done.stderr
+    lines = _results(results)
+    assert sorted(r["row"] for r in lines) == list(range(12))  # each row once
+    assert {r["status"] for r in lines} == {"COMPLETE"}
+    assert all(r["input"] == {"topic": f"topic {r['row']}", "tone": "dry"} for r in lines)
+    assert all(r["run_id"].startswith("WRUN-") and r["credits"] == 2 for r in lines)
+    assert done.stdout == (
+        f"12 rows in {results}: 12 complete, 0 failed or refused; this run: 12 rows, 24 credits\n"
+    )
+    assert not list(tmp_path.glob("*.journal"))  # a fake in the process: nothing to resume
+
+    again = run_example(_no_api(), "bulk_runs.py", WORKFLOW, str(topics), str(results))
+    assert again.returncode == 0, again.stderr
+    assert "this run: 0 rows, 0 credits" in again.stdout
+    assert _results(results) == lines
+
+
+def test_bulk_runs_resumes_a_killed_batch(fake_api: Any, tmp_path: Path) -> None:
+    env = fake_api()
+    topics, results = _topics(tmp_path / "topics.csv", 40), tmp_path / "results.jsonl"
+    argv = [sys.executable, str(EXAMPLES / "bulk_runs.py"), WORKFLOW, str(topics), str(results)]
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (results.exists() and results.read_text().count("\n") >= 5):
+            assert first.poll() is None, "the batch ended before it was killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        first.kill()  # SIGKILL: no cleanup of any kind
+        first.wait(timeout=30)
+    written = results.read_text().count("\n")  # (a line a kill cut short runs again)
+    assert 5 <= written < 40, written
+
+    done = run_example(env, "bulk_runs.py", WORKFLOW, str(topics), str(results))
+    assert done.returncode == 0, done.stderr
+    assert f"this run: {40 - written} rows" in done.stdout
+    lines = _results(results)
+    assert sorted(r["row"] for r in lines) == list(range(40))
+    assert {r["status"] for r in lines} == {"COMPLETE"}
+    assert (tmp_path / "results.jsonl.journal").exists()
+    stats = f"{env['COPYAI_BASE_URL'].removesuffix('/api')}/_fake/stats"
+    with urllib.request.urlopen(stats, timeout=30) as resp:  # noqa: S310 - loopback http
+        assert json.load(resp)["runs_started"] == 40  # not one row started twice
+
+
+def test_bulk_runs_retries_failed_rows(tmp_path: Path) -> None:
+    topics, results = _topics(tmp_path / "topics.csv", 4), tmp_path / "results.jsonl"
+    complete = {"row": 0, "run_id": "WRUN-0", "status": "COMPLETE", "attempt": 0}
+    failed = {"row": 1, "run_id": "WRUN-1", "status": "FAILED", "attempt": 0}
+    refused = {"row": 2, "run_id": None, "status": "REFUSED", "error": "422", "attempt": 0}
+    # ... and row 3's line, cut short by a crash.
+    text = "".join(json.dumps(r) + "\n" for r in (complete, failed, refused)) + '{"row": 3, "st'
+    results.write_text(text)
+
+    done = run_example(_no_api(), "bulk_runs.py", WORKFLOW, str(topics), str(results))
+    assert done.returncode == 1  # the FAILED and REFUSED rows stay as they were
+    assert "4 rows in" in done.stdout
+    assert "2 failed or refused; this run: 1 rows" in done.stdout
+    assert [r["row"] for r in _results(results)] == [0, 1, 2, 3]
+
+    done = run_example(
+        _no_api(), "bulk_runs.py", WORKFLOW, str(topics), str(results), "--retry-failed"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "4 complete, 0 failed or refused; this run: 2 rows" in done.stdout
+    lines = _results(results)
+    assert lines[0] == complete  # kept as it was
+    assert sorted(r["row"] for r in lines) == [0, 1, 2, 3]
+    assert {r["status"] for r in lines} == {"COMPLETE"}
+
+
+def test_bulk_runs_names_a_bad_line(tmp_path: Path) -> None:
+    topics, results = tmp_path / "topics.csv", tmp_path / "results.jsonl"
+    topics.write_text("topic,tone\notters,dry\nseals,dry,extra\n")
+    done = run_example(_no_api(), "bulk_runs.py", WORKFLOW, str(topics), str(results))
+    assert done.returncode == 2
+    assert "error: line 3: not as many fields as the header" in done.stderr
+    assert "Traceback" not in done.stderr
+    # The row before it is delivered if it was started (rows start in chunks).
+    assert {r["row"] for r in _results(results)} <= {0}
 
 
 def _load_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
