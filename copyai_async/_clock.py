@@ -42,11 +42,11 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The event loop's clock (:func:`loop_time`: :func:`time.monotonic` in a normal
+    """The event loop's clock (``loop_time()``: :func:`time.monotonic` in a normal
     loop) and :func:`anyio.sleep`."""
 
     def monotonic(self) -> float:
-        """:func:`loop_time`."""
+        """The running event loop's time (``loop_time()``)."""
         return loop_time()
 
     async def sleep(self, seconds: float) -> None:
