@@ -36,6 +36,7 @@ from ._client import CopyAIClient
 from ._errors import BatchJournalError
 from .cli import (
     EXIT_ERROR,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
     Output,
@@ -783,8 +784,11 @@ async def _run(
 
 
 def _resumable(error: BaseException) -> bool:
-    """Whether running the same command again may go on (not a usage error)."""
-    return exit_code(error) != EXIT_USAGE and not isinstance(error, BatchJournalError)
+    """Whether running the same command again may go on (not a usage error, nor a
+    workflow that does not exist)."""
+    if isinstance(error, BatchJournalError):
+        return False
+    return exit_code(error) not in (EXIT_USAGE, EXIT_NOT_FOUND)
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

@@ -462,10 +462,12 @@ def test_api_errors_exit_with_their_code(
     argv += [workflow or srv.workflow_id, str(source), "--out", str(tmp_path / "out.jsonl")]
     assert main(argv) == code
     err = capsys.readouterr().err.splitlines()
-    assert err[-2] == (
+    stopped = (
         f"stopped: 0/2 rows in {tmp_path / 'out.jsonl'} (complete 0, failed 0, refused 0; "
-        "0 credits); resume with the same command"
+        "0 credits)"
     )
+    # A key fixed, the same command goes on; a workflow that does not exist, it cannot.
+    assert err[-2] == stopped + ("; resume with the same command" if code == 3 else "")
     assert err[-1].startswith("error: ")
 
 
