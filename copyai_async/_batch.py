@@ -19,10 +19,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from contextlib import aclosing
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -53,6 +62,8 @@ if TYPE_CHECKING:
     from ._client import CopyAIClient
 
 __all__ = ["REFUSED", "Batch", "BatchProgress", "BatchResult"]
+
+logger = logging.getLogger("copyai_async")
 
 REFUSED = "REFUSED"
 """The status of a row whose start the API refused (a 400 or 422): no run was made."""
@@ -157,6 +168,7 @@ class _Wait:
 
     row: _Row
     run_id: str
+    started_at: float  # its start key's time, on the server's clock
 
 
 @attrs.frozen
@@ -324,6 +336,8 @@ class _Run:
         self.metadata = batch._metadata
         self.last_recorded = journal.last_row()  # rows past it have no record: no lookup
         self.feed_error: Exception | None = None
+        self.alike = 0  # more starts that failed after the first
+        self._grace = batch._policy.not_found_grace
 
     def _given_up(self, run_id: str, _error: CopyAIError) -> None:
         """A run could not be waited for (raised with the others at the end): its row
@@ -347,6 +361,7 @@ class _Run:
 
     async def main(self) -> None:
         async with self.send:
+            await self._read_server_clock()
             settled = await self._settle(self.journal.unsettled())
             try:
                 async with anyio.create_task_group() as group:
@@ -357,9 +372,22 @@ class _Run:
             except BaseExceptionGroup as wrapped:
                 if len(wrapped.exceptions) != 1:
                     raise
-                raise wrapped.exceptions[0] from None  # (the task group's own wrapping)
+                error = wrapped.exceptions[0]  # (the task group's own wrapping)
+                if self.feed_error is not None and isinstance(error, ExceptionGroup):
+                    both = [self.feed_error, *error.exceptions]
+                    raise ExceptionGroup(error.message, both) from None
+                raise error from None
         if self.feed_error is not None:
             raise self.feed_error
+
+    async def _read_server_clock(self) -> None:
+        """Learn how far the server's clock is from this host's (one small page, which
+        also shows at once that the workflow exists): the journal records its start keys'
+        times on the server's clock, which a later pass compares with runs' ``createdAt``."""
+        _, headers = await self.client._page(self.workflow_id, 1, 1)
+        date = response_date(headers)
+        if date is not None:
+            self.journal.skew = date.timestamp() - time.time()
 
     async def _commit_hints(self) -> None:
         """Commit the journal's hints every so often, also while nothing else happens."""
@@ -392,13 +420,15 @@ class _Run:
     # -- the feeder ----------------------------------------------------------------------
 
     async def _feed(self, settled: dict[int, str]) -> None:
-        """Read the rows; start, wait on, or skip each as the journal says."""
+        """Read the rows; start, wait on, or skip each as the journal says. A start that
+        fails for good (the credit limit...) stops the reading; the starts in flight end
+        as they will, and the runs started are delivered before the error is raised."""
         rows = self.batch._rows
         one_by_one = isinstance(rows, AsyncIterable)  # (reading on may wait: send now)
         try:
-            async with anyio.create_task_group() as starts:
+            async with anyio.create_task_group() as starts, aclosing(_enumerate(rows)) as read:
                 chunk: list[_Start] = []
-                async for index, row in _enumerate(rows):
+                async for index, row in read:
                     self.counters.read += 1
                     plan = self._plan(index, row, settled)
                     if isinstance(plan, _Wait) and self.batch._retry_failed:
@@ -409,23 +439,34 @@ class _Run:
                         self._send_chunk(chunk, starts)  # its rows hold places already
                         chunk = []
                     await self.window.acquire()
+                    if self.feed_error is not None:  # a start failed for good meanwhile
+                        self.window.release()
+                        break
                     self.counters.running += 1
-                    if isinstance(plan, _Wait):
+                    if isinstance(plan, _Start):
+                        chunk.append(plan)
+                        if len(chunk) >= _INTENT_CHUNK or one_by_one:
+                            self._send_chunk(chunk, starts)
+                            chunk = []
+                    elif isinstance(plan, _Wait):
                         self._wait(plan.run_id, plan.row)
-                        continue
-                    if isinstance(plan, _Refused):
+                    else:
                         await self._refused(plan.row, plan.error)
-                        continue
-                    chunk.append(plan)
-                    if len(chunk) >= _INTENT_CHUNK or one_by_one:
-                        self._send_chunk(chunk, starts)
-                        chunk = []
-                if chunk:
+                if chunk and self.feed_error is None:
                     self._send_chunk(chunk, starts)
         except Exception as exc:
-            self.feed_error = _one_error(exc)  # raised once the runs started are delivered
+            self._stop(_one_error(exc))
         finally:
             self.scheduler.end_input()
+
+    def _stop(self, error: Exception) -> None:
+        """Start no more rows; ``error`` is raised once the runs started are delivered
+        (the first error, when starts in flight fail alike)."""
+        if self.feed_error is None:
+            self.feed_error = error
+            self.alike = 0
+        else:
+            self.alike += 1
 
     def _plan(
         self, index: int, row: Any, settled: dict[int, str]
@@ -434,18 +475,18 @@ class _Run:
         earlier pass delivered it)."""
         variables, dig = _checked_row(index, row)
         skip = self.batch._skip_rows
-        if skip is not None and index in skip:
-            self.counters.skipped += 1
-            return None
         record = self.journal.get(index) if index <= self.last_recorded else None
-        if record is None:
-            return _Start(_Row(index, variables, 0), dig)
-        if record.digest != dig:
+        if record is not None and record.digest != dig:
             raise BatchJournalError(
                 f"row {index} differs from the row the journal {self.journal.path} recorded "
                 "for it: the input changed since the batch began; give another journal "
                 "path to run another input"
             )
+        if skip is not None and index in skip:
+            self.counters.skipped += 1
+            return None
+        if record is None:
+            return _Start(_Row(index, variables, 0), dig)
         ended = record.status is not None
         if self.batch._retry_failed and ended and record.status != RunStatus.COMPLETE.value:
             return _Start(_Row(index, variables, record.attempt + 1), dig)
@@ -456,7 +497,7 @@ class _Run:
             return _Refused(_Row(index, variables, record.attempt), record.error or "")
         run_id = settled.get(index, record.run_id)
         if run_id is not None:
-            return _Wait(_Row(index, variables, record.attempt), run_id)
+            return _Wait(_Row(index, variables, record.attempt), run_id, record.key_at)
         return _Start(_Row(index, variables, record.attempt), dig)  # proved never started
 
     async def _failed_again(self, plan: _Wait) -> _Wait | _Start:
@@ -466,7 +507,8 @@ class _Run:
         try:
             run = await self.client.get_run(self.workflow_id, plan.run_id)
         except NotFoundError:
-            pass  # gone: start the row again
+            if self.journal.now() - plan.started_at < self._grace:
+                return plan  # a run this new may not be readable yet
         except CopyAIError:
             return plan  # the wait reads it again, and raises what it must
         else:
@@ -491,12 +533,22 @@ class _Run:
             run = await self.client._send_start(self.workflow_id, body, key)
         except (BadRequestError, UnprocessableEntityError) as exc:
             if exc.error_code == _CREDIT_LIMIT:
-                raise
+                self._give_up_start(exc)
+                return
             self.journal.ended(row.row, REFUSED, str(exc))
             await self._refused(row, str(exc))
             return
+        except CopyAIError as exc:  # (the row's start key stays: a later pass settles it)
+            self._give_up_start(exc)
+            return
         self.journal.started(row.row, run.id)
         self._wait(run.id, row)
+
+    def _give_up_start(self, error: CopyAIError) -> None:
+        """A start failed for good: its row gives up its place, and no more rows start."""
+        self._stop(error)
+        self.counters.running -= 1
+        self.window.release()
 
     async def _refused(self, row: _Row, error: str) -> None:
         await self.send.send(
@@ -517,11 +569,18 @@ class _Run:
             return {}
         journal = self.journal
         wanted = {journal.start_key(r.row, r.attempt): r.row for r in unsettled}
+        # A start sent just before the crash may still be on its way, or being acted on:
+        # give it the time a new run is given to appear before concluding it is not.
+        youngest = max(r.key_at for r in unsettled)
+        wait = youngest + self._grace - journal.now()
+        if wait > 0:
+            logger.info("waiting %.1f s for the starts of the last pass to settle", wait)
+            await self.client.clock.sleep(wait)
         since = min(r.key_at for r in unsettled) - _SWEEP_MARGIN
+        horizon = datetime.fromtimestamp(since, timezone.utc)
         found: dict[int, str] = {}
-        horizon: datetime | None = None
         for page_no in range(1, _SWEEP_PAGES + 1):
-            page, headers = await self.client._page(self.workflow_id, page_no, _PAGE)
+            page, _ = await self.client._page(self.workflow_id, page_no, _PAGE)
             for run in page.runs:
                 row = wanted.pop(run.start_key or "", None)
                 if row is not None:
@@ -529,10 +588,6 @@ class _Run:
                     journal.started(row, run.id)
             if not wanted or len(page.runs) < _PAGE:
                 break
-            if horizon is None:
-                date = response_date(headers)
-                skew = 0.0 if date is None else date.timestamp() - time.time()
-                horizon = datetime.fromtimestamp(since + skew, timezone.utc)
             if any(r.created_at is not None and r.created_at < horizon for r in page.runs):
                 break
         else:
@@ -575,7 +630,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 async def _enumerate(
     rows: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
-) -> AsyncIterator[tuple[int, Any]]:
+) -> AsyncGenerator[tuple[int, Any], None]:
     """The rows, numbered from 0, read one at a time (an async iterable is awaited)."""
     if isinstance(rows, AsyncIterable):
         index = 0

@@ -44,7 +44,7 @@ class RowRecord:
     row: int
     digest: str
     attempt: int
-    key_at: float  # wall-clock time (UNIX seconds) the intent was recorded
+    key_at: float  # when the intent was recorded, on the server's clock (UNIX seconds)
     run_id: str | None
     status: str | None
     error: str | None
@@ -62,27 +62,51 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str] | None, *, workflow_id: str) -> None:
         self.path = None if path is None else os.fspath(path)
         self.durable = self.path is not None
+        self.skew = 0.0  # seconds the server's clock is ahead of this host's
         try:
-            self._db = sqlite3.connect(self.path or _MEMORY, isolation_level=None)
+            # timeout=0: a journal another process holds is refused at once, not awaited
+            self._db = sqlite3.connect(self.path or _MEMORY, isolation_level=None, timeout=0)
         except sqlite3.Error as exc:
             raise BatchJournalError(f"cannot open the batch journal {self.path}: {exc}") from exc
         self._hints: list[tuple[str, tuple[Any, ...]]] = []
         self._flushed_at = time.monotonic()
         try:
+            self._lock()
             self._setup(workflow_id)
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            raise BatchJournalError(self._open_error(exc)) from exc
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise BatchJournalError(
-                f"{self.path} is not a batch journal ({exc}); give another --journal path"
+                f"{self.path} is not a batch journal ({exc}); give another journal path"
             ) from exc
         except BaseException:
             self._db.close()
             raise
 
+    def _lock(self) -> None:
+        """Hold the file for this pass alone: two passes of one batch at once would both
+        start the same rows. (SQLite's exclusive locking mode keeps the lock until the
+        connection closes; WAL then needs no shared memory.)"""
+        if not self.durable:
+            return
+        db = self._db
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("BEGIN EXCLUSIVE")
+        db.execute("COMMIT")
+
+    def _open_error(self, exc: sqlite3.OperationalError) -> str:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return (
+                f"the batch journal {self.path} is in use by another pass of the batch (a "
+                "process running it now): wait for it to end, or stop it, then run again"
+            )
+        return f"cannot use the batch journal {self.path}: {exc}"
+
     def _setup(self, workflow_id: str) -> None:
         db = self._db
-        if self.durable:
-            db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         db.execute(
@@ -167,7 +191,7 @@ class Journal:
     def intend(self, rows: Iterable[tuple[int, str, int]]) -> None:
         """Record that these rows (row, digest, attempt) are about to be started, durably:
         when this returns, a crash cannot lose them."""
-        now = time.time()
+        now = self.now()
         db = self._db
         try:
             db.execute("BEGIN")
@@ -202,7 +226,11 @@ class Journal:
 
     def not_started(self, row: int) -> None:
         """The row's start was proved never to have created a run: start it afresh."""
-        self._hint("UPDATE rows SET key_at = ? WHERE row = ?", (time.time(), row))
+        self._hint("UPDATE rows SET key_at = ? WHERE row = ?", (self.now(), row))
+
+    def now(self) -> float:
+        """The server's time now (UNIX seconds), as far as this host can tell."""
+        return time.time() + self.skew
 
     def _hint(self, sql: str, params: tuple[Any, ...]) -> None:
         self._hints.append((sql, params))

@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from copyai_async import (
@@ -477,8 +478,100 @@ async def test_retry_failed_starts_again_a_row_whose_run_is_gone(
     journal.started(0, run.id)
     journal.close()
     server.delete_run(run.id)  # the API no longer has row 0's run
+    # Just started, a 404 may only mean "not readable yet": the row is not restarted.
+    with pytest.raises(ExceptionGroup) as caught:
+        await collect(client, source, journal=path, retry_failed=True)
+    assert [type(e).__name__ for e in caught.value.exceptions] == ["NotFoundError"]
+    assert len(server.runs()) == 1  # row 1 ran; row 0 was not started again
+    with closing(sqlite3.connect(path)) as db:  # an hour later, the run is gone for good
+        db.execute("UPDATE rows SET key_at = key_at - 3600 WHERE row = 0")
+        db.commit()
     results = await collect(client, source, journal=path, retry_failed=True)
-    assert sorted((r.row, r.status, r.attempt) for r in results) == [
-        (0, "COMPLETE", 1),
-        (1, "COMPLETE", 0),
-    ]
+    assert [(r.row, r.status, r.attempt) for r in results] == [(0, "COMPLETE", 1)]
+    assert runs_per_row(server) == Counter({"0": 1, "1": 1})
+
+
+async def test_two_passes_cannot_use_one_journal_at_once(
+    client: CopyAIClient, server: FakeCopyAI, tmp_path: Path
+) -> None:
+    path = tmp_path / "batch.journal"
+    async with client.run_batch(WF, rows(30), journal=path, max_running=2) as first:
+        async for _ in first:
+            with pytest.raises(BatchJournalError, match="in use by another pass"):
+                await collect(client, rows(30), journal=path)
+            break
+    rest = await collect(client, rows(30), journal=path)
+    assert len(rest) == 30  # (the result in hand at the close comes again)
+    assert runs_per_row(server) == Counter({str(i): 1 for i in range(30)})
+
+
+async def test_a_changed_row_is_refused_even_when_skipped(
+    client: CopyAIClient, server: FakeCopyAI, tmp_path: Path
+) -> None:
+    """Rows shifted by an insert: the caller's store holds row 1, but row 1 is now
+    another row, which must not be taken as done."""
+    path = tmp_path / "batch.journal"
+    await collect(client, rows(3), journal=path)
+    shifted = [rows(3)[0], {"topic": "inserted", "n": "9"}, *rows(3)[1:]]
+    with pytest.raises(BatchJournalError, match="row 1 differs"):
+        await collect(client, shifted, journal=path, skip_rows={0, 1, 2})
+    assert len(server.runs()) == 3
+
+
+async def test_a_failed_start_lets_the_starts_in_flight_finish(
+    client: CopyAIClient, server: FakeCopyAI
+) -> None:
+    """The credit limit met by one start must not cancel the starts already sent:
+    their runs are delivered, then the error is raised."""
+    server.inject(  # the first start meets the limit at once...
+        Fault.status_code(400, error_code="WORKFLOW_CREDIT_LIMIT_REACHED"),
+        method="POST",
+        path="/run",
+    )
+    arrived: list[object] = []
+
+    def after_the_first(request: Any) -> bool:  # ...while the others are held
+        if request.method != "POST":
+            return False
+        arrived.append(request)
+        return len(arrived) > 1
+
+    release = server.hold(after_the_first)
+
+    async def release_soon() -> None:
+        await asyncio.sleep(0.3)
+        release.set()
+
+    delivered: list[BatchResult] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(release_soon)
+        with pytest.raises(BadRequestError):
+            await collect(client, rows(4), max_running=4, into=delivered)
+    assert len(server.runs()) == 3
+    assert sorted(r.row for r in delivered) == sorted(
+        int((run.input or {})["n"]) for run in server.runs()
+    )
+
+
+async def test_a_row_error_and_failed_waits_are_raised_together(
+    client: CopyAIClient, server: FakeCopyAI
+) -> None:
+    server.schedule_for = lambda _wf, variables: (
+        Schedule.polls(("PROCESSING", 50))
+        if variables.get("n") == "0"
+        else Schedule.polls(("PROCESSING", 1))
+    )
+
+    async def source() -> AsyncIterator[Any]:
+        yield rows(1)[0]
+        for _ in range(1000):
+            if server.runs():
+                break
+            await asyncio.sleep(0.005)
+        server.delete_run(server.runs()[0].id)  # row 0's run is gone: its wait fails
+        yield "not a row"
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await collect(client, source())
+    kinds = sorted(type(e).__name__ for e in caught.value.exceptions)
+    assert kinds == ["NotFoundError", "TypeError"]
