@@ -51,6 +51,11 @@ from .cli import (
     exit_code,
 )
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 if sys.version_info < (3, 11):  # pragma: no cover - the backport on Python 3.10
     from exceptiongroup import BaseExceptionGroup
 
@@ -69,7 +74,8 @@ its run ends: one JSON line per row, e.g.
   {"row": 17, "line": 19, "input": {...}, "run_id": "WRUN-...", "status": "COMPLETE",
    "output": {...}, "credits": 2, "attempt": 0}
 
-"row" counts the rows run from 0 (bad rows skipped); "line" is where the row starts in
+"row" numbers INPUT's rows from 0, bad rows included (so a row keeps its number when a
+bad row before it is fixed and the command run again); "line" is where the row starts in
 INPUT. A row whose start the API refused (400 or 422) has "status": "REFUSED",
 "run_id": null, "output": null and "error": the API's message.
 
@@ -290,11 +296,16 @@ def _jsonl_records(binary: IO[bytes]) -> Iterator[Record]:
 
 @attrs.define
 class Checked:
-    """What the first pass over INPUT found: the good rows, and the bad."""
+    """What the first pass over INPUT found: its rows, and which are bad."""
 
-    rows: int = 0
+    rows: int = 0  # every row, good or bad
     bad: int = 0
+    bad_rows: RowSet = attrs.Factory(lambda: RowSet())
     shown: list[str] = attrs.Factory(list)
+
+    @property
+    def good(self) -> int:
+        return self.rows - self.bad
 
 
 def check_input(source: Source, rejects: str | None) -> Checked:
@@ -304,9 +315,10 @@ def check_input(source: Source, rejects: str | None) -> Checked:
     with contextlib.ExitStack() as stack:
         out = None if rejects is None else stack.enter_context(open(rejects, "w", encoding="utf-8"))
         for record in source.records():
+            checked.rows += 1
             if record.row is not None:
-                checked.rows += 1
                 continue
+            checked.bad_rows.add(checked.rows - 1)
             checked.bad += 1
             if len(checked.shown) < SHOWN:
                 checked.shown.append(f"line {record.line}: {record.error}")
@@ -319,12 +331,13 @@ def check_input(source: Source, rejects: str | None) -> Checked:
 def _rows(
     source: Source, skip: Container[int], lines_of: dict[int, int], skip_bad: bool
 ) -> Generator[dict[str, Any], None, None]:
-    """The good rows of INPUT, for the batch; notes the line of each row it will yield
-    (each row not in ``skip``) in ``lines_of``, until the row is written."""
-    row = 0
-    for record in source.records():
+    """Every row of INPUT, for the batch, numbered as they come, bad rows too (so that a
+    row keeps its number when a bad row before it is fixed): a bad row is an empty
+    placeholder, and ``skip`` holds its number. Notes the line of each row to be run."""
+    for row, record in enumerate(source.records()):
         if record.row is None:
             if skip_bad:
+                yield {}  # (in skip: neither run nor checked)
                 continue
             raise UsageError(
                 f"{source.name} changed while the batch ran: line {record.line} is bad now "
@@ -333,7 +346,16 @@ def _rows(
         if row not in skip:
             lines_of[row] = record.line
         yield record.row
-        row += 1
+
+
+class _Either(Container[int]):
+    """Rows in either of two containers."""
+
+    def __init__(self, first: Container[int], second: Container[int]) -> None:
+        self._first, self._second = first, second
+
+    def __contains__(self, row: object) -> bool:
+        return row in self._first or row in self._second
 
 
 # -- OUTPUT ---------------------------------------------------------------------------
@@ -398,7 +420,7 @@ class Delivered:
             self.shown.append(f"row {row} (line {result.get('line')}): {status}{said}")
 
 
-def _result_of(raw: bytes, path: str, number: int) -> dict[str, Any]:
+def _result_of(raw: bytes, path: str, number: int, rows: int) -> dict[str, Any]:
     try:
         result = json.loads(raw)
     except ValueError:
@@ -414,16 +436,23 @@ def _result_of(raw: bytes, path: str, number: int) -> dict[str, Any]:
             f"{path} line {number} is not a result line of a batch; give another --out "
             "(or move that file away)"
         )
+    if result["row"] >= rows:
+        raise UsageError(
+            f"{path} line {number} holds row {result['row']}, but INPUT has only {rows} "
+            "rows: is it the output of another input? give another --out"
+        )
     return result
 
 
-def read_output(path: str, *, drop_failed: bool, say: Callable[[str], None]) -> Delivered:
+def read_output(
+    path: str, *, rows: int, drop_failed: bool, say: Callable[[str], None]
+) -> Delivered:
     """The rows OUTPUT holds. A last line without its newline (a write cut short by a
     crash) is cut off; with ``drop_failed``, OUTPUT is rewritten without its FAILED and
     REFUSED lines (a new file beside it, synced, then renamed over it).
 
     Raises:
-        UsageError: a line that is not a batch's result.
+        UsageError: a line that is not a batch's result, or of a row past ``rows``.
     """
     delivered = Delivered()
     try:
@@ -444,7 +473,7 @@ def read_output(path: str, *, drop_failed: bool, say: Callable[[str], None]) -> 
         for number, raw in enumerate(file, 1):
             if not raw.endswith(b"\n"):
                 break  # torn: cut off below
-            result = _result_of(raw, path, number)
+            result = _result_of(raw, path, number, rows)
             whole += len(raw)
             if kept is not None:
                 if result["status"] != "COMPLETE":
@@ -639,17 +668,51 @@ class _Plan:
     delivered: Delivered
 
 
+def _paths(args: argparse.Namespace) -> tuple[str, str, str]:
+    """OUTPUT, the journal and the rejects file."""
+    output = args.out
+    return output, args.journal or f"{output}.journal", args.rejects or f"{output}.rejects.jsonl"
+
+
+class _Lock:
+    """This batch, held by this process alone while it runs: an advisory lock on a file
+    beside the journal (``JOURNAL.lock``), taken before OUTPUT is read or cut. Two runs
+    of one command at once would each cut the other's lines. (Where the OS has no
+    ``flock``, the journal's own lock still keeps rows from starting twice.)"""
+
+    def __init__(self, journal: str, output: str) -> None:
+        self.path = f"{journal}.lock"
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        if fcntl is None:  # pragma: no cover - Windows
+            return
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise UsageError(
+                f"{output} is being written by another run of this batch now (it holds "
+                f"{self.path}): wait for it to end, or stop it"
+            ) from None
+
+    def close(self) -> None:
+        self._file.close()  # (releases the lock)
+
+
 def _plan(args: argparse.Namespace, source: Source) -> _Plan | None:
     """Check INPUT and read OUTPUT back (cut a torn line, drop failed lines); ``None``
     when INPUT has bad rows (listed on stderr)."""
-    output = args.out
-    journal = args.journal or f"{output}.journal"
-    rejects = args.rejects or f"{output}.rejects.jsonl"
+    output, journal, rejects = _paths(args)
     for other, what in ((output, "--out"), (journal, "--journal"), (rejects, "--rejects")):
         if source.same_file(other):
             raise UsageError(f"{what} must not be INPUT itself")
-    if os.path.abspath(journal) == os.path.abspath(output):
-        raise UsageError("--journal must not be OUTPUT itself")
+    paths = {"--out": output, "--journal": journal}
+    if args.skip_bad_rows:
+        paths["--rejects"] = rejects
+    seen: dict[str, str] = {}
+    for what, path in paths.items():
+        other = seen.setdefault(os.path.abspath(path), what)
+        if other != what:
+            raise UsageError(f"{what} must not be the same file as {other}")
     checked = check_input(source, rejects if args.skip_bad_rows else None)
     if checked.bad and not args.skip_bad_rows:
         _say(
@@ -663,12 +726,7 @@ def _plan(args: argparse.Namespace, source: Source) -> _Plan | None:
         return None
     if checked.bad:
         _say(f"skipped {checked.bad} bad rows of {source.name}: see {rejects}")
-    delivered = read_output(output, drop_failed=args.retry_failed, say=_say)
-    if delivered.last_row >= checked.rows:
-        raise UsageError(
-            f"{output} holds row {delivered.last_row}, but {source.name} has only "
-            f"{checked.rows} rows: is it the output of another input? give another --out"
-        )
+    delivered = read_output(output, rows=checked.rows, drop_failed=args.retry_failed, say=_say)
     return _Plan(source, output, journal, checked, delivered)
 
 
@@ -680,11 +738,12 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
     if args.rejects and not args.skip_bad_rows:
         raise UsageError("--rejects goes with --skip-bad-rows")
     source = Source(args.input, args.format)
-    with contextlib.closing(source):
+    output, journal, _ = _paths(args)
+    with contextlib.closing(source), contextlib.closing(_Lock(journal, output)):
         plan = _plan(args, source)
         if plan is None:
             return EXIT_USAGE
-        delivered, total = plan.delivered, plan.checked.rows
+        delivered, total = plan.delivered, plan.checked.good
         board = BatchBoard(
             Output(as_json=False, stream=sys.stderr),
             total=total,
@@ -740,14 +799,15 @@ async def _run(
     their exit status returned."""
     delivered = plan.delivered
     lines_of: dict[int, int] = {}
-    rows = _rows(plan.source, delivered.rows, lines_of, args.skip_bad_rows)
+    skip = _Either(delivered.rows, plan.checked.bad_rows)
+    rows = _rows(plan.source, skip, lines_of, args.skip_bad_rows)
     batch = client.run_batch(
         args.workflow_id,
         rows,
         journal=plan.journal,
         max_running=args.max_running,
         retry_failed=args.retry_failed,
-        skip_rows=delivered.rows,
+        skip_rows=skip,
     )
     try:
         with board, contextlib.closing(_OutputFile(plan.output)) as output:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import pytest
 
 from copyai_async import START_KEY, CopyAIClient
-from copyai_async._cli_batch import RowSet
+from copyai_async._cli_batch import RowSet, _Lock
 from copyai_async.cli import main
 from copyai_async.testing import DEFAULT_RANDOM_FAULTS, FakeCopyAI, FakeRun, Fault, Schedule
 
@@ -280,12 +280,13 @@ def test_skip_bad_rows_into_the_rejects_file(
     assert batch(api, str(source), "--out", str(out), "--skip-bad-rows") == 0
     assert _lines(rejects) == expected
     assert f"skipped 2 bad rows of {source}: see {rejects}" in capsys.readouterr().err
-    # The good rows are numbered among themselves; each keeps its line.
+    # Rows are numbered as they come in INPUT, bad rows too (a row keeps its number
+    # when a bad row before it is fixed); each has its line.
     by_row = _by_row(out)
     assert [(r, by_row[r]["line"], by_row[r]["input"]["topic"]) for r in sorted(by_row)] == [
         (0, 2, "t0"),
-        (1, 4, "t2"),
-        (2, 6, "t3"),
+        (2, 4, "t2"),
+        (4, 6, "t3"),
     ]
     # Run again: nothing starts, and the rejects file is written afresh, not added to.
     posts = api.posts()
@@ -605,7 +606,18 @@ def test_rate_limit_spaces_the_requests(api: ThreadedServer, tmp_path: Path) -> 
     [
         (["--out", "-"], "--out must be a file"),
         (["--out", "o.jsonl", "--rejects", "r.jsonl"], "--rejects goes with --skip-bad-rows"),
-        (["--out", "o.jsonl", "--journal", "o.jsonl"], "--journal must not be OUTPUT itself"),
+        (
+            ["--out", "o.jsonl", "--journal", "o.jsonl"],
+            "--journal must not be the same file as --out",
+        ),
+        (
+            ["--out", "o.jsonl", "--skip-bad-rows", "--rejects", "o.jsonl.journal"],
+            "--rejects must not be the same file as --journal",
+        ),
+        (
+            ["--out", "o.jsonl", "--skip-bad-rows", "--rejects", "./o.jsonl"],
+            "--rejects must not be the same file as --out",
+        ),
     ],
 )
 def test_usage_errors(
@@ -648,7 +660,7 @@ def test_input_and_output_are_read_a_row_at_a_time(tmp_path: Path) -> None:
     try:
         source = Source(str(source_path), None)
         assert check_input(source, None).rows == count
-        delivered = read_output(str(out), drop_failed=False, say=print)
+        delivered = read_output(str(out), rows=count, drop_failed=False, say=print)
         assert delivered.count == count // 2
         lines_of: dict[int, int] = {}
         read = 0
@@ -801,3 +813,56 @@ def test_killed_again_and_again_each_row_runs_and_is_written_once(tmp_path: Path
         assert result["line"] == row + 2
         assert result["run_id"] == run_of[str(row)], f"seed {seed}: {result}"
     assert sorted(r["row"] for r in results) == list(range(CRASH_ROWS))
+
+
+def test_a_bad_row_fixed_later_runs_and_the_others_keep_their_numbers(
+    api: ThreadedServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "rows.csv"
+    source.write_text("topic\nt0\nt1,oops\nt2\nt3\n")
+    out = tmp_path / "out.jsonl"
+    assert batch(api, str(source), "--out", str(out), "--skip-bad-rows") == 0
+    source.write_text("topic\nt0\nt1\nt2\nt3\n")  # the bad row fixed
+    assert batch(api, str(source), "--out", str(out), "--skip-bad-rows") == 0
+    by_row = _by_row(out)
+    assert {r: by_row[r]["input"]["topic"] for r in by_row} == {0: "t0", 1: "t1", 2: "t2", 3: "t3"}
+    topics = sorted((run.input or {})["topic"] for run in api.runs())
+    assert topics == ["t0", "t1", "t2", "t3"]  # each row once: none ran again
+
+
+def test_an_inserted_row_is_refused_not_taken_as_done(
+    api: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _csv(tmp_path / "rows.csv", ["topic"], [["a"], ["c"], ["d"]])
+    out = tmp_path / "out.jsonl"
+    assert batch(api, str(source), "--out", str(out)) == 0
+    _csv(source, ["topic"], [["a"], ["b"], ["c"], ["d"]])
+    assert batch(api, str(source), "--out", str(out)) == 2
+    assert "row 1 differs" in capsys.readouterr().err
+    assert sorted((run.input or {})["topic"] for run in api.runs()) == ["a", "c", "d"]
+
+
+def test_a_second_run_of_the_same_command_at_once_is_refused(
+    api: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _topics(tmp_path / "rows.csv", 3)
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"row": 0, "status": "COMPLETE"}\n{"row": 1, "sta')  # being written
+    held = _Lock(f"{out}.journal", str(out))  # another run of the command holds the batch
+    try:
+        assert batch(api, str(source), "--out", str(out)) == 2
+    finally:
+        held.close()
+    assert "being written by another run of this batch" in capsys.readouterr().err
+    assert out.read_text().endswith('"sta')  # its line in progress was left alone
+    assert api.posts() == 0
+
+
+def test_an_output_row_past_the_input_is_refused_without_allocating_it(
+    api: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _topics(tmp_path / "rows.csv", 3)
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"row": 10**11, "status": "COMPLETE"}) + "\n")
+    assert batch(api, str(source), "--out", str(out)) == 2
+    assert f"holds row {10**11}, but INPUT has only 3 rows" in capsys.readouterr().err
