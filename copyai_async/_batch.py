@@ -118,6 +118,9 @@ class BatchProgress:
         failed: rows delivered ``FAILED`` by this pass.
         refused: rows delivered ``REFUSED`` by this pass.
         credits: credits used by the runs delivered by this pass (as the API reports).
+        settling: rows an earlier pass may or may not have started, being looked up
+            before anything starts (a start sent just before a crash is given
+            ``policy.not_found_grace`` to appear first); 0 once settled.
     """
 
     read: int = 0
@@ -127,6 +130,7 @@ class BatchProgress:
     failed: int = 0
     refused: int = 0
     credits: int = 0
+    settling: int = 0
 
     @property
     def delivered(self) -> int:
@@ -143,6 +147,7 @@ class _Counters:
     failed: int = 0
     refused: int = 0
     credits: int = 0
+    settling: int = 0
 
 
 @attrs.frozen
@@ -362,7 +367,10 @@ class _Run:
     async def main(self) -> None:
         async with self.send:
             await self._read_server_clock()
-            settled = await self._settle(self.journal.unsettled())
+            unsettled = self.journal.unsettled()
+            self.counters.settling = len(unsettled)
+            settled = await self._settle(unsettled)
+            self.counters.settling = 0
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._feed, settled)

@@ -34,6 +34,7 @@ import attrs
 from ._batch import REFUSED, Batch, BatchProgress, BatchResult
 from ._client import CopyAIClient
 from ._errors import BatchJournalError
+from ._poll import PollPolicy
 from .cli import (
     EXIT_ERROR,
     EXIT_NOT_FOUND,
@@ -555,6 +556,7 @@ class BatchBoard:
         self.began = time.monotonic()
         self.first = delivered.count
         self.running = 0
+        self.settling = 0
         self._progress: Any = None
         self._task: Any = None
 
@@ -592,6 +594,11 @@ class BatchBoard:
     def counts(self) -> str:
         """Rows by status, the rate of this run, its ETA and the credits, on one line."""
         d = self.delivered
+        if self.settling:
+            return (
+                f"looking up {self.settling} starts of the last run (a start sent just "
+                f"before it stopped is given {PollPolicy().not_found_grace:g} s to appear)"
+            )
         elapsed = max(time.monotonic() - self.began, 1e-9)
         rate = (d.count - self.first) / elapsed
         parts = [
@@ -609,6 +616,7 @@ class BatchBoard:
     def show(self, progress: BatchProgress | None) -> None:
         """Update the view (``progress``: the batch's counters now, if it runs)."""
         self.running = 0 if progress is None else progress.running
+        self.settling = 0 if progress is None else progress.settling
         if self._progress is not None:
             self._progress.update(self._task, completed=self.delivered.count, counts=self.counts())
         else:

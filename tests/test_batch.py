@@ -95,10 +95,9 @@ async def test_rows_are_read_lazily(client: CopyAIClient) -> None:
             yield {"n": str(i)}
 
     async with client.run_batch(WF, source(), max_running=5) as batch:
-        async for result in batch:
-            assert result.row == 0 or result.row < 10
+        async for _ in batch:
             break
-    assert len(read) <= 5 + 2  # the window, and the row waiting for a place
+    assert 5 <= len(read) <= 5 + 2  # the window, and the row waiting for a place
 
 
 async def test_async_iterable_rows(client: CopyAIClient, server: FakeCopyAI) -> None:

@@ -85,6 +85,7 @@ def test_version_and_public_surface() -> None:
         [
             "DEFAULT_BASE_URL",
             "MAX_PAGE_SIZE",
+            "REFUSED",
             "START_KEY",
             "APIConnectionError",
             "APIError",
@@ -92,6 +93,10 @@ def test_version_and_public_surface() -> None:
             "APITimeoutError",
             "AuthenticationError",
             "BadRequestError",
+            "Batch",
+            "BatchJournalError",
+            "BatchProgress",
+            "BatchResult",
             "ClientClosedError",
             "Clock",
             "ConfigurationError",
