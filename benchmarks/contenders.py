@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import aiohttp
@@ -217,6 +217,138 @@ async def events_ours(url: str, arg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- bulk runs: a workflow over every row ---------------------------------------------------
+
+
+def _rows(arg: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The input, read lazily as ``run_batch`` reads a file: one small row each, whose
+    ``seconds`` (drawn uniformly within ``finish``) say when its run finishes (the server
+    runs with ``--finish-from seconds``)."""
+    import random
+
+    rng = random.Random(arg["seed"])
+    low, high = arg["finish"]
+    return ({"topic": f"row {i}", "seconds": rng.uniform(low, high)} for i in range(arg["rows"]))
+
+
+async def _listening(client: CopyAIClient, stack: contextlib.AsyncExitStack) -> Any:
+    listener = await stack.enter_async_context(client.listen())
+    await listener.register(WORKFLOW)
+    return listener
+
+
+def _timing_journal() -> dict[str, float]:
+    """Make the batches of this process use a journal whose calls are timed; returns the
+    totals, filled in as it runs: CPU of the event loop's thread and wall seconds spent
+    in the journal, its durable commits (one each ``intend``) and hint commits."""
+    from copyai_async import _batch
+    from copyai_async._journal import Journal
+
+    totals = {"cpu_s": 0.0, "wall_s": 0.0, "intents": 0.0, "hint_commits": 0.0}
+    depth = [0]
+
+    def timed(name: str) -> Callable[..., Any]:
+        method = getattr(Journal, name)
+
+        def call(self: Journal, *args: Any, **kwargs: Any) -> Any:
+            if name == "intend":
+                totals["intents"] += 1
+            elif name == "flush" and self._hints:
+                totals["hint_commits"] += 1
+            if depth[0]:  # inside a timed call already (a hint that flushes)
+                return method(self, *args, **kwargs)
+            depth[0] += 1
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                totals["wall_s"] += time.perf_counter() - wall
+                totals["cpu_s"] += time.thread_time() - cpu
+                depth[0] -= 1
+
+        return call
+
+    calls = ("__init__", "get", "unsettled", "intend", "started", "ended", "delivered")
+    timing = type("TimedJournal", (Journal,), {n: timed(n) for n in (*calls, "flush", "close")})
+    # The batch builds its journal by this name: a benchmark-only swap, in its own process.
+    _batch.Journal = timing  # type: ignore[attr-defined,assignment]
+    return totals
+
+
+async def batch_ours(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    """``run_batch`` over ``rows`` rows with a client-wide ``rate_limit``: with a journal
+    file (``journal``: its path) or none, polling alone or with a listener (``listen``);
+    with the time spent in the journal's calls measured (``time_journal``)."""
+    rows, results, ok = arg["rows"], 0, 0
+    seen: set[int] = set()
+    journal_time = _timing_journal() if arg.get("time_journal") else None
+    async with (
+        CopyAIClient(KEY, base_url=url, rate_limit=arg["rate"]) as client,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        listener = await _listening(client, stack) if arg["listen"] else None
+        batch = client.run_batch(
+            WORKFLOW, _rows(arg), journal=arg["journal"], max_running=arg["max_running"]
+        )
+        async with batch:
+            async for result in batch:
+                results += 1
+                ok += result.ok
+                seen.add(result.row)
+        events = listener.stats.accepted if listener is not None else 0
+    once = len(seen) == results == rows
+    return {"results": results, "ok": ok, "once": once, "events": events, "journal": journal_time}
+
+
+async def batch_gather(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    """What a careful user writes by hand: ``start_and_wait`` for every row, gathered, at
+    most ``max_running`` at once (a semaphore), on the same rate-limited client (with a
+    listener, when ``listen``); no journal (a crash loses track of every run in flight)."""
+    rows = arg["rows"]
+    window = asyncio.Semaphore(arg["max_running"])
+    async with (
+        CopyAIClient(KEY, base_url=url, rate_limit=arg["rate"]) as client,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        listener = await _listening(client, stack) if arg["listen"] else None
+
+        async def one(row: dict[str, Any]) -> bool:
+            async with window:
+                run = await client.start_and_wait(WORKFLOW, row, raise_on_failure=False)
+            return run.status.value == "COMPLETE"
+
+        done = await asyncio.gather(*(one(row) for row in _rows(arg)))
+        events = listener.stats.accepted if listener is not None else 0
+    return {"results": len(done), "ok": sum(done), "once": len(done) == rows, "events": events}
+
+
+async def journal_alone(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    """The journal alone, driven through a batch's calls for ``rows`` rows: each row read
+    (``get``), its intent recorded with those of its ``chunk`` (one durable commit), its
+    start key taken, then ``started``, ``ended`` and ``delivered``. ``chunk=1`` is what a
+    batch at a full window writes (each freed place reads one row, whose intent goes
+    alone), 64 what it writes while its window fills. Timed alone, CPU and wall (the
+    wall includes the fsyncs: the event loop waits on them)."""
+    from copyai_async._journal import Journal
+
+    rows, chunk, digest = arg["rows"], arg["chunk"], "0" * 16
+    journal = Journal(arg["path"], workflow_id=WORKFLOW)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for first in range(0, rows, chunk):
+        block = range(first, min(rows, first + chunk))
+        for row in block:
+            journal.get(row)
+        journal.intend((row, digest, 0) for row in block)
+        for row in block:
+            journal.started(row, f"run-{journal.start_key(row, 0)}")
+        for row in block:
+            journal.ended(row, "COMPLETE")
+        for row in block:
+            journal.delivered(row)
+    journal.close()
+    return {"job_wall_s": time.perf_counter() - wall, "job_cpu_s": time.process_time() - cpu}
+
+
 # -- one wait, end to end ---------------------------------------------------------------
 
 TINY = PollPolicy(initial=0.0001, multiplier=1.0, max_interval=0.0001, jitter=0)
@@ -264,4 +396,6 @@ CONTENDERS: dict[str, dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]
     "rate": {"ours": wait_ours_rate},
     "events": {"polling": events_ours, "webhooks": events_ours},
     "single": {"ours": single_ours, "aiohttp": single_aiohttp, "httpx": single_httpx},
+    "batch": {"ours": batch_ours, "gather": batch_gather},
+    "journal": {"ours": journal_alone},
 }

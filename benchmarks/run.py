@@ -2,8 +2,8 @@
 
 One command (after ``pip install -e ".[bench]"``)::
 
-    python benchmarks/run.py            # the full run, about 50 minutes
-    python benchmarks/run.py --quick    # smaller sizes, under a minute
+    python benchmarks/run.py            # the full run, about 90 minutes
+    python benchmarks/run.py --quick    # smaller sizes, a few minutes
 
 The fake Copy.ai server runs in a separate process; every measurement runs in a fresh
 process of its own (so peak RSS and CPU seconds are that contender's alone), after a
@@ -32,6 +32,15 @@ warm-up, and is repeated; figures are medians with min and max. Scenarios:
    after each change): detection p50/p99/max after each run finishes, polls (GETs of a
    run) per run, and each run yielded once; with webhooks also with 30% of deliveries
    dropped, and with 30% duplicated and 30% reordered.
+8. batch: ``run_batch`` over N rows (runs finishing 1 to 4 s after their start) on a
+   client with ``rate_limit=R``, against ``start_and_wait`` for every row gathered
+   behind a semaphore of the same window: wall time against the floor ``rows / R``,
+   requests per row (the server's counters), peak RSS, CPU; with a journal file and
+   without, polling and with a webhook listener; once with a window (``max_running``)
+   of 1,000, where the rate is the bottleneck, and once with the default 100, where the
+   window is. And the journal alone (``Journal`` driven through a batch's calls for
+   10,000 rows): CPU and wall per row, and the fsyncs (counted with strace, if it is
+   installed and allowed).
 
 Output: a table with ratios (ours ÷ baseline), ``benchmarks/results/bench.json`` with
 every figure, and a chart (``benchmarks/results/streaming.png``; matplotlib, from the
@@ -47,6 +56,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,6 +72,18 @@ from contenders import CONTENDERS
 RESULTS = Path(__file__).parent / "results"
 PREFETCH = 6  # copyai_async's default, for the ideal streaming time at 50 ms
 
+# The batch scenario's contenders: (contender, with a journal file, with a listener).
+BATCH_VARIANTS: dict[str, tuple[str, bool, bool]] = {
+    "ours": ("ours", True, False),
+    "ours-nojournal": ("ours", False, False),
+    "ours-listen": ("ours", True, True),
+    "gather": ("gather", False, False),
+    "gather-listen": ("gather", False, True),
+}
+BATCH_RATE_BOUND = ("ours", "ours-nojournal", "ours-listen", "gather")
+BATCH_WINDOW = ("ours", "ours-listen", "gather", "gather-listen")
+JOURNAL_CHUNKS = (1, 64)  # rows whose intents share a commit: a full window's, a filling one's
+
 
 def plan(mode: str) -> dict[str, Any]:
     """Sizes and repeats for ``full``, ``quick`` and ``tiny`` (the test suite's)."""
@@ -74,6 +96,11 @@ def plan(mode: str) -> dict[str, Any]:
             "import": 2,
             "events": (20, (0.1, 0.5), 1.0),
             "client": {"warm": [(0, 1_000, 2)], "cold": (1_000, 2), "latency": [(50, 1_000, 1)]},
+            "batch": {
+                "runs": [(40, 100.0, 1_000, 1, BATCH_RATE_BOUND), (20, 100.0, 5, 1, BATCH_WINDOW)],
+                "journal": (500, 1),
+                "finish": (0.1, 0.5),
+            },
         }
     if mode == "quick":
         return {
@@ -87,6 +114,15 @@ def plan(mode: str) -> dict[str, Any]:
                 "warm": [(0, 10_000, 5)],
                 "cold": (1_000, 3),
                 "latency": [(50, 1_000, 3), (50, 10_000, 2)],
+            },
+            "batch": {
+                # 2,000 rows through a window of 1,000: it fills, as in the full run.
+                "runs": [
+                    (2_000, 400.0, 1_000, 1, BATCH_RATE_BOUND),
+                    (300, 200.0, 100, 1, BATCH_WINDOW),
+                ],
+                "journal": (10_000, 3),
+                "finish": (1.0, 4.0),
             },
         }
     return {
@@ -112,6 +148,18 @@ def plan(mode: str) -> dict[str, Any]:
             "warm": [(0, 10_000, 5), (0, 100_000, 5), (0, 1_000_000, 3)],
             "cold": (1_000, 5),
             "latency": [(50, 1_000, 5), (50, 10_000, 5), (50, 100_000, 3)],
+        },
+        # (rows, rate_limit, max_running, repeats, variants), runs finishing within
+        # `finish` seconds of their start (each row's own draw, uniform). With a window of
+        # 1,000 the rate is the bottleneck; with the default window of 100, the window is.
+        # journal: (rows, repeats) of the journal alone.
+        "batch": {
+            "runs": [
+                (10_000, 200.0, 1_000, 3, BATCH_RATE_BOUND),
+                (2_000, 200.0, 100, 3, BATCH_WINDOW),
+            ],
+            "journal": (10_000, 5),
+            "finish": (1.0, 4.0),
         },
     }
 
@@ -147,19 +195,50 @@ def child_main(spec: dict[str, Any]) -> None:
     print(json.dumps(result))
 
 
-def measure(scenario: str, contender: str, url: str, arg: Any) -> dict[str, Any]:
+def measure(
+    scenario: str, contender: str, url: str, arg: Any, *, fsyncs: str | None = None
+) -> dict[str, Any]:
+    """One measurement in a process of its own. ``fsyncs``: a file to count the process's
+    fsync and fdatasync calls in, with strace (see :func:`fsync_counter`)."""
     spec = {"scenario": scenario, "contender": contender, "url": url, "arg": arg}
+    cmd = [sys.executable, __file__, "--child", "-"]
+    if fsyncs is not None:
+        cmd = [*STRACE_FSYNCS, "-o", fsyncs, *cmd]
     # The spec goes on stdin: 10,000 run ids are too long for one argument.
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", "-"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    out = subprocess.run(cmd, input=json.dumps(spec), capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{scenario}/{contender} failed:\n{out.stderr[-2000:]}")
-    return dict(json.loads(out.stdout))
+    result = dict(json.loads(out.stdout.splitlines()[-1]))
+    if fsyncs is not None:
+        result["fsyncs"] = sum(
+            int(fields[3])
+            for fields in map(str.split, Path(fsyncs).read_text().splitlines())
+            if fields and fields[-1] in ("fsync", "fdatasync") and len(fields) >= 5
+        )
+    return result
+
+
+# strace, counting (-c) only the calls that wait for the disk; seccomp-bpf stops the
+# process at those calls alone, so the rest runs at full speed.
+STRACE_FSYNCS = ["strace", "-f", "-qq", "--seccomp-bpf", "-c", "-e", "trace=fsync,fdatasync"]
+
+
+def fsync_counter() -> bool:
+    """Whether strace can count fsyncs here (installed, and allowed to trace)."""
+    if shutil.which("strace") is None:
+        return False
+    done = subprocess.run(
+        [*STRACE_FSYNCS, "-o", os.devnull, sys.executable, "-c", "pass"],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def fake_stats(url: str) -> dict[str, Any]:
+    base = url.rsplit("/api", 1)[0]
+    with urllib.request.urlopen(f"{base}/_fake/stats", timeout=10) as resp:  # noqa: S310
+        return dict(json.load(resp))
 
 
 def server_requests(url: str) -> int:
@@ -467,6 +546,169 @@ def run_events(
     return rows
 
 
+def run_batch(steps: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Bulk runs: ``run_batch`` against the loop a careful user writes, on one rate limit."""
+    counting = fsync_counter()
+    finish = steps["finish"]
+    rows_out = [
+        _batch_step(*step, finish=finish, count_fsyncs=counting and i == 0, log=log)
+        for i, step in enumerate(steps["runs"])
+    ]
+    rows, repeats = steps["journal"]
+    journal: dict[str, Any] = {"rows": rows, "repeats": repeats, "patterns": []}
+    for durable in (True, False):
+        for chunk in JOURNAL_CHUNKS:
+            got: list[dict[str, Any]] = []
+            fsyncs = None
+            with tempfile.TemporaryDirectory() as tmp:
+                for i in range(repeats + (1 if counting and durable else 0)):
+                    path = os.path.join(tmp, f"{i}.journal") if durable else None
+                    arg = {"rows": rows, "chunk": chunk, "path": path}
+                    if i == repeats:  # once more, counted (strace slows each fsync)
+                        trace = os.path.join(tmp, "fsyncs")
+                        fsyncs = measure("journal", "ours", "", arg, fsyncs=trace)["fsyncs"]
+                    else:
+                        got.append(measure("journal", "ours", "", arg))
+            pattern: dict[str, Any] = {
+                "file": durable,
+                "chunk": chunk,
+                "cpu_us_per_row": summary([g["job_cpu_s"] / rows * 1e6 for g in got]),
+                "wall_us_per_row": summary([g["job_wall_s"] / rows * 1e6 for g in got]),
+                "fsyncs": fsyncs,
+            }
+            journal["patterns"].append(pattern)
+            log(
+                f"journal alone, {'file' if durable else 'memory'}, intents {chunk} at a time: "
+                f"{pattern['cpu_us_per_row']['median']:.1f} us CPU, "
+                f"{pattern['wall_us_per_row']['median']:.1f} us wall per row"
+                + (f", {fsyncs:,} fsyncs" if fsyncs is not None else "")
+            )
+    return {"steps": rows_out, "journal": journal, "finish_between_s": finish}
+
+
+def _batch_step(
+    rows: int,
+    rate: float,
+    max_running: int,
+    repeats: int,
+    variants: tuple[str, ...],
+    *,
+    finish: tuple[float, float],
+    count_fsyncs: bool,
+    log: Any,
+) -> dict[str, Any]:
+    samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    base = {"rows": rows, "rate": rate, "max_running": max_running, "finish": finish}
+
+    def once(
+        variant: str,
+        seed: int,
+        fsyncs: str | None = None,
+        *,
+        rows: int = rows,
+        time_journal: bool = False,
+    ) -> dict[str, Any]:
+        contender, durable, listen = BATCH_VARIANTS[variant]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "batch.journal") if durable else None
+            with fake_server("--finish-from", "seconds", "--webhook-delay", "0.005", "0.02") as url:
+                arg = {**base, "rows": rows, "seed": seed, "journal": path, "listen": listen}
+                arg["time_journal"] = time_journal
+                result = measure("batch", contender, url, arg, fsyncs=fsyncs)
+                stats = fake_stats(url)
+            if path is not None:
+                result["journal_bytes"] = os.path.getsize(path)
+        if not (result["once"] and result["results"] == result["ok"] == rows):
+            raise RuntimeError(f"batch/{variant}: {result['results']} of {rows} rows, not once")
+        wall = result["wall_s"]
+        result.update(
+            requests_per_row=stats["requests"] / rows,
+            gets_per_row=stats["run_gets"] / rows,
+            starts_per_row=stats["runs_started"] / rows,
+            over_floor=wall / (rows / rate),
+            rate_used=stats["requests"] / (rate * wall),
+            max_per_second=stats["max_per_second"],
+        )
+        return result
+
+    once(variants[0], -1, rows=min(rows, 20))  # warm-up: imports, the page cache
+    for seed in range(repeats):
+        for variant in variants:  # interleaved: a drift in the machine's load hits all alike
+            samples[variant].append(once(variant, seed))
+    step: dict[str, Any] = {
+        "rows": rows,
+        "rate_limit": rate,
+        "max_running": max_running,
+        "repeats": repeats,
+        "contenders": list(variants),
+        "floor_s": rows / rate,
+        # Little's law: at most max_running rows in flight, each for at least its run's
+        # mean duration.
+        "window_floor_s": rows * sum(finish) / 2 / max_running,
+    }
+    for variant, got in samples.items():
+        step[variant] = {
+            key: summary([g[key] for g in got])
+            for key in (
+                "wall_s",
+                "over_floor",
+                "requests_per_row",
+                "gets_per_row",
+                "starts_per_row",
+                "rate_used",
+                "max_per_second",
+                "cpu_s",
+                "cpu_after_imports_s",
+                "peak_rss_mb",
+                "rss_above_imports_mb",
+            )
+        }
+        step[variant]["cpu_us_per_row"] = summary(
+            [g["cpu_after_imports_s"] / rows * 1e6 for g in got]
+        )
+        if BATCH_VARIANTS[variant][1]:
+            step[variant]["journal_bytes_per_row"] = summary(
+                [g["journal_bytes"] / rows for g in got]
+            )
+    if "ours" in variants and "ours-nojournal" in variants:
+        # The journal's cost in the batch, from the medians of the two.
+        step["journal_cpu_us_per_row"] = (
+            step["ours"]["cpu_us_per_row"]["median"]
+            - step["ours-nojournal"]["cpu_us_per_row"]["median"]
+        )
+    if "ours" in variants and "ours-nojournal" in variants:
+        # Once more, with the journal's calls timed inside the batch (the difference of
+        # two processes' CPU above is noisy), and once under strace to count fsyncs.
+        inside = once("ours", repeats, time_journal=True)["journal"]
+        step["journal_in_batch"] = {
+            "cpu_us_per_row": inside["cpu_s"] / rows * 1e6,
+            "wall_us_per_row": inside["wall_s"] / rows * 1e6,
+            "intent_commits_per_row": inside["intents"] / rows,
+            "hint_commits_per_row": inside["hint_commits"] / rows,
+        }
+        if count_fsyncs:
+            with tempfile.TemporaryDirectory() as tmp:
+                traced = once("ours", repeats, os.path.join(tmp, "fsyncs"))
+            step["journal_in_batch"]["fsyncs_per_row"] = traced["fsyncs"] / rows
+    step["ratios"] = {
+        f"{ours}/{base_}": {
+            key: step[ours][key]["median"] / step[base_][key]["median"]
+            for key in ("wall_s", "requests_per_row", "cpu_s", "peak_rss_mb")
+        }
+        for ours, base_ in (("ours", "gather"), ("ours-listen", "gather-listen"))
+        if ours in variants and base_ in variants
+    }
+    log(
+        f"batch {rows:,} rows, rate_limit={rate:g}, max_running={max_running:,}: "
+        + ", ".join(
+            f"{v} {step[v]['wall_s']['median']:.1f} s "
+            f"{step[v]['requests_per_row']['median']:.2f} req/row"
+            for v in variants
+        )
+    )
+    return step
+
+
 # -- report -----------------------------------------------------------------------------
 
 
@@ -570,7 +812,72 @@ def report(results: dict[str, Any]) -> str:
                 f"{row['max_s']:>6.1f} s  {row['polls_per_run']:.2f} polls/run  "
                 f"CPU {row['cpu_s']:.2f} s"
             )
+    if "batch" in results:
+        lines.extend(_batch_report(results["batch"]))
     return "\n".join(lines)
+
+
+def _batch_report(batch: dict[str, Any]) -> list[str]:
+    low, high = batch["finish_between_s"]
+    lines = [
+        f"\nbulk runs (run_batch), runs finishing {low:g}-{high:g} s after their start; "
+        "floor = rows / rate_limit (the starts alone)"
+    ]
+    for step in batch["steps"]:
+        lines.append(
+            f"{step['rows']:,} rows, rate_limit={step['rate_limit']:g}/s, max_running="
+            f"{step['max_running']:,}: floor {step['floor_s']:.1f} s, the window's floor "
+            f"(rows x mean run / max_running) {step['window_floor_s']:.1f} s"
+        )
+        lines.append(
+            f"  {'':<15} {'wall s':>24} {'x floor':>8} {'req/row':>8} {'GETs/row':>9} "
+            f"{'rate used':>10} {'max/s':>6} {'CPU us/row':>11} {'peak RSS MB':>24}"
+        )
+        for name in step["contenders"]:
+            got = step[name]
+            lines.append(
+                f"  {name:<15} {_cell(got['wall_s'], '{:.1f}'):>24} "
+                f"{got['over_floor']['median']:>8.2f} {got['requests_per_row']['median']:>8.2f} "
+                f"{got['gets_per_row']['median']:>9.2f} {got['rate_used']['median']:>10.2f} "
+                f"{got['max_per_second']['median']:>6.0f} "
+                f"{got['cpu_us_per_row']['median']:>11,.0f} "
+                f"{_cell(got['peak_rss_mb'], '{:.1f}'):>24}"
+            )
+        for pair, ratio in step["ratios"].items():
+            lines.append(
+                f"  {pair}: wall {ratio['wall_s']:.2f}x  requests {ratio['requests_per_row']:.2f}x"
+                f"  CPU {ratio['cpu_s']:.2f}x  peak RSS {ratio['peak_rss_mb']:.2f}x"
+            )
+        if "journal_in_batch" in step:
+            inside = step["journal_in_batch"]
+            per_row = step["ours"]["journal_bytes_per_row"]["median"]
+            lines.append(
+                f"  the journal in the batch: {step['journal_cpu_us_per_row']:+,.0f} us CPU per "
+                f"row (ours - ours-nojournal, medians); timed in its calls (one batch): "
+                f"{inside['cpu_us_per_row']:.0f} us CPU, {inside['wall_us_per_row']:.0f} us "
+                f"wall per row"
+            )
+            line = (
+                f"  commits per row: {inside['intent_commits_per_row']:.2f} durable (intents), "
+                f"{inside['hint_commits_per_row']:.2f} of hints; {per_row:.0f} bytes per row "
+                "on disk"
+            )
+            if "fsyncs_per_row" in inside:
+                line += f"; {inside['fsyncs_per_row']:.2f} fsyncs per row"
+            lines.append(line)
+    journal = batch["journal"]
+    lines.append(f"the journal alone, {journal['rows']:,} rows (medians of {journal['repeats']}):")
+    for pattern in journal["patterns"]:
+        where = "file  " if pattern["file"] else "memory"
+        line = (
+            f"  {where} intents {pattern['chunk']:>2} at a time: "
+            f"{_cell(pattern['cpu_us_per_row'], '{:.1f}')} us CPU, "
+            f"{_cell(pattern['wall_us_per_row'], '{:.1f}')} us wall per row"
+        )
+        if pattern["fsyncs"] is not None:
+            line += f", {pattern['fsyncs']:,} fsyncs"
+        lines.append(line)
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> str:
@@ -633,7 +940,7 @@ def chart(results: dict[str, Any], path: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
+    size.add_argument("--quick", action="store_true", help="smaller sizes, a few minutes")
     size.add_argument("--tiny", action="store_true", help="tiny sizes: checks the harness")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
     parser.add_argument(
@@ -642,7 +949,8 @@ def main() -> int:
     parser.add_argument(
         "--only",
         metavar="SCENARIOS",
-        help="run only these scenarios, comma-separated (stream,wait,single,rate,import,events)",
+        help="run only these scenarios, comma-separated "
+        "(stream,wait,single,rate,import,client,events,batch)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -693,6 +1001,8 @@ def main() -> int:
         results["client"] = run_client(steps["client"], log)
     if "events" in wanted:
         results["events"] = run_events(*steps["events"], log)
+    if "batch" in wanted:
+        results["batch"] = run_batch(steps["batch"], log)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print()

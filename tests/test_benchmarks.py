@@ -35,7 +35,16 @@ def _tiny(script: Path, out: Path, *options: str) -> subprocess.CompletedProcess
 def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     done = _tiny(HARNESS, tmp_path)
     results = json.loads((tmp_path / "bench.json").read_text())
-    assert set(results) >= {"stream", "wait", "single", "rate", "import", "events", "machine"}
+    assert set(results) >= {
+        "stream",
+        "wait",
+        "single",
+        "rate",
+        "import",
+        "events",
+        "batch",
+        "machine",
+    }
     (stream,) = results["stream"]
     assert stream["contenders"][:2] == ["ours", "aiohttp"]
     assert stream["ours"]["runs_per_s"]["median"] > 0
@@ -52,6 +61,32 @@ def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert webhooks["events_accepted"] > 0
     assert dropped["webhooks_dropped"] > 0
     assert repeated["runs"] == 20  # every run ended, each yielded once (or the harness fails)
+    # Bulk runs: every row yielded once (or the harness fails), started once, read once at
+    # least; the listener needs no more GETs than polling.
+    batch = results["batch"]
+    rate_bound, window = batch["steps"]
+    assert rate_bound["contenders"] == ["ours", "ours-nojournal", "ours-listen", "gather"]
+    for step in (rate_bound, window):
+        for name in step["contenders"]:
+            assert step[name]["starts_per_row"]["median"] == 1.0
+            assert step[name]["requests_per_row"]["median"] >= 2.0
+            assert step[name]["over_floor"]["median"] >= 1.0
+    gets = {name: window[name]["gets_per_row"]["median"] for name in window["contenders"]}
+    assert gets["ours-listen"] <= gets["ours"]
+    assert rate_bound["ours"]["journal_bytes_per_row"]["median"] > 0
+    assert set(rate_bound["ratios"]) == {"ours/gather"}
+    assert set(window["ratios"]) == {"ours/gather", "ours-listen/gather-listen"}
+    patterns = batch["journal"]["patterns"]
+    assert [(p["file"], p["chunk"]) for p in patterns] == [
+        (True, 1),
+        (True, 64),
+        (False, 1),
+        (False, 64),
+    ]
+    if patterns[0]["fsyncs"] is not None:  # strace was there to count them
+        assert patterns[0]["fsyncs"] >= batch["journal"]["rows"]  # one intent a commit
+        assert patterns[1]["fsyncs"] < patterns[0]["fsyncs"]
+    assert "bulk runs (run_batch)" in done.stdout
 
 
 def test_reliability_experiments_run_on_tiny_sizes(tmp_path: Path) -> None:
