@@ -212,8 +212,13 @@ class FakeWebhooks:
 
     async def idle(self) -> None:
         """Return once every delivery under way has been made."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while True:
+            # (a task that is done may still be in the set until its callback runs:
+            # waiting on it again would spin the loop)
+            under_way = [task for task in self._tasks if not task.done()]
+            if not under_way:
+                return
+            await asyncio.gather(*under_way, return_exceptions=True)
 
     # -- runs changing -------------------------------------------------------------------
 
