@@ -217,6 +217,57 @@ async def events_ours(url: str, arg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- waits that learn how long runs take -----------------------------------------------------
+
+
+async def adaptive_ours(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    """Start ``warm`` runs lasting ``learn`` seconds (each its own draw) and wait on each,
+    then ``runs`` more lasting ``then`` seconds, one started every ``spacing`` s, each
+    awaited by its own ``start_and_wait``. With ``adaptive``, the second lot is placed on
+    what the first taught. The policy is the default scaled by ``scale`` (a time scale:
+    runs of 20-40 s measured at 0.1 as runs of 2-4 s with every interval a tenth).
+    Returns the second lot's detection delays and the server's run GETs for it."""
+    import random
+
+    rng = random.Random(arg["seed"])
+    scale = arg["scale"]
+    policy = PollPolicy(
+        initial=1.0 * scale,
+        max_interval=10.0 * scale,
+        adaptive=arg["adaptive"],
+    )
+    latencies: list[float] = []
+    stats_url = url.rsplit("/api", 1)[0] + "/_fake/stats"
+
+    async with CopyAIClient(KEY, base_url=url) as client, aiohttp.ClientSession() as plain:
+
+        async def run_gets() -> int:
+            async with plain.get(stats_url) as resp:
+                return int((await resp.json())["run_gets"])
+
+        async def one(bounds: tuple[float, float], delay: float, record: bool) -> None:
+            seconds = rng.uniform(*bounds)
+            await asyncio.sleep(delay)
+            run = await client.start_and_wait(WORKFLOW, {"seconds": seconds}, policy=policy)
+            seen = time.time()
+            assert run.created_at is not None
+            if record:
+                latencies.append(seen - (run.created_at.timestamp() + seconds))
+
+        spacing = arg["spacing"]
+        await asyncio.gather(*(one(arg["learn"], i * spacing, False) for i in range(arg["warm"])))
+        before = await run_gets()
+        await asyncio.gather(*(one(arg["then"], i * spacing, True) for i in range(arg["runs"])))
+        gets = await run_gets() - before
+        learned = client.durations(WORKFLOW)
+    return {
+        "latencies": latencies,
+        "gets": gets,
+        "schedule": list(learned.schedule),
+        "observed": learned.observed,
+    }
+
+
 # -- bulk runs: a workflow over every row ---------------------------------------------------
 
 
@@ -395,6 +446,7 @@ CONTENDERS: dict[str, dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]
     },
     "rate": {"ours": wait_ours_rate},
     "events": {"polling": events_ours, "webhooks": events_ours},
+    "adaptive": {"learning": adaptive_ours, "plain": adaptive_ours},
     "single": {"ours": single_ours, "aiohttp": single_aiohttp, "httpx": single_httpx},
     "batch": {"ours": batch_ours, "gather": batch_gather},
     "journal": {"ours": journal_alone},

@@ -85,6 +85,21 @@ BATCH_WINDOW = ("ours", "ours-listen", "gather", "gather-listen")
 JOURNAL_CHUNKS = (1, 64)  # rows whose intents share a commit: a full window's, a filling one's
 
 
+# Waits that learn: (label, runs learned from, runs measured, their durations while
+# learning, then, the policy's time scale, repeats). "after 40 runs seen, on 200 runs".
+ADAPTIVE_QUICK = [
+    ("2.0-2.6 s", 40, 200, (2.0, 2.6), (2.0, 2.6), 1.0, 3),
+    ("3x slower", 40, 200, (2.0, 2.6), (6.0, 7.8), 1.0, 3),
+    ("20-40 s, at 1/10 time", 40, 200, (2.0, 4.0), (2.0, 4.0), 0.1, 3),
+]
+ADAPTIVE_FULL = [
+    ("2.0-2.6 s", 40, 200, (2.0, 2.6), (2.0, 2.6), 1.0, 5),
+    ("3x slower", 40, 200, (2.0, 2.6), (6.0, 7.8), 1.0, 5),
+    ("20-40 s", 40, 200, (20.0, 40.0), (20.0, 40.0), 1.0, 3),
+]
+ADAPTIVE_VARIANTS = ("learning", "plain")
+
+
 def plan(mode: str) -> dict[str, Any]:
     """Sizes and repeats for ``full``, ``quick`` and ``tiny`` (the test suite's)."""
     if mode == "tiny":
@@ -95,6 +110,7 @@ def plan(mode: str) -> dict[str, Any]:
             "rate": (30, (0.1, 0.5), 50.0),
             "import": 2,
             "events": (20, (0.1, 0.5), 1.0),
+            "adaptive": [("tiny", 25, 20, (0.2, 0.3), (0.2, 0.3), 1.0, 1)],
             "client": {"warm": [(0, 1_000, 2)], "cold": (1_000, 2), "latency": [(50, 1_000, 1)]},
             "batch": {
                 "runs": [(40, 100.0, 1_000, 1, BATCH_RATE_BOUND), (20, 100.0, 5, 1, BATCH_WINDOW)],
@@ -110,6 +126,7 @@ def plan(mode: str) -> dict[str, Any]:
             "rate": (300, (0.5, 3.0), 100.0),
             "import": 5,
             "events": (300, (1.0, 5.0), 5.0),
+            "adaptive": ADAPTIVE_QUICK,
             "client": {
                 "warm": [(0, 10_000, 5)],
                 "cold": (1_000, 3),
@@ -143,6 +160,7 @@ def plan(mode: str) -> dict[str, Any]:
         "import": 15,
         # (runs, finish between, safety interval: None for the default, 30 s)
         "events": (2_000, (1.0, 20.0), None),
+        "adaptive": ADAPTIVE_FULL,
         # (latency ms, runs, repeats); cold: (runs, fresh processes)
         "client": {
             "warm": [(0, 10_000, 5), (0, 100_000, 5), (0, 1_000_000, 3)],
@@ -173,6 +191,66 @@ def contenders_of(scenario: str) -> list[str]:
 
 
 # -- one measurement, in a process of its own -------------------------------------------
+
+
+def run_adaptive(steps: list[tuple[Any, ...]], log: Any) -> list[dict[str, Any]]:
+    """Waits that learn against the same waits with ``adaptive=False``: each repeat runs
+    both, alternating, each on a fresh server in its own process."""
+    rows = []
+    for label, warm, runs, learn, then, scale, repeats in steps:
+        got: dict[str, list[dict[str, Any]]] = {v: [] for v in ADAPTIVE_VARIANTS}
+        for repeat in range(repeats):
+            for variant in ADAPTIVE_VARIANTS:
+                with fake_server("--finish-from", "seconds") as url:
+                    arg = {
+                        "warm": warm,
+                        "runs": runs,
+                        "learn": learn,
+                        "then": then,
+                        "scale": scale,
+                        "spacing": 0.01,
+                        "seed": repeat,
+                        "adaptive": variant == "learning",
+                    }
+                    result = measure("adaptive", variant, url, arg)
+                latencies = sorted(result["latencies"])
+                if len(latencies) != runs:
+                    raise RuntimeError(f"adaptive/{variant}: {len(latencies)} of {runs} runs")
+                got[variant].append(
+                    {
+                        "gets_per_run": result["gets"] / runs,
+                        "p50_s": statistics.median(latencies),
+                        "p99_s": latencies[min(runs - 1, int(runs * 0.99))],
+                        "max_s": latencies[-1],
+                        "cpu_s": result["cpu_s"],
+                        "schedule": result["schedule"],
+                    }
+                )
+        row: dict[str, Any] = {
+            "label": label,
+            "learned_from": warm,
+            "runs": runs,
+            "learn_s": learn,
+            "then_s": then,
+            "scale": scale,
+            "repeats": repeats,
+        }
+        for variant, samples in got.items():
+            row[variant] = {
+                key: summary([s[key] for s in samples])
+                for key in ("gets_per_run", "p50_s", "p99_s", "max_s", "cpu_s")
+            }
+        row["schedule"] = got["learning"][-1]["schedule"]
+        for key in ("gets_per_run", "p50_s", "p99_s"):
+            base = row["plain"][key]["median"]
+            row[f"{key}_ratio"] = row["learning"][key]["median"] / base if base else None
+        rows.append(row)
+        log(
+            f"adaptive, {label}: GETs/run {row['learning']['gets_per_run']['median']:.2f} vs "
+            f"{row['plain']['gets_per_run']['median']:.2f}, p99 "
+            f"{row['learning']['p99_s']['median']:.2f} vs {row['plain']['p99_s']['median']:.2f} s"
+        )
+    return rows
 
 
 def child_main(spec: dict[str, Any]) -> None:
@@ -812,9 +890,38 @@ def report(results: dict[str, Any]) -> str:
                 f"{row['max_s']:>6.1f} s  {row['polls_per_run']:.2f} polls/run  "
                 f"CPU {row['cpu_s']:.2f} s"
             )
+    if "adaptive" in results:
+        lines.extend(_adaptive_report(results["adaptive"]))
     if "batch" in results:
         lines.extend(_batch_report(results["batch"]))
     return "\n".join(lines)
+
+
+def _adaptive_report(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "\nwaits that learn (adaptive) against adaptive=False: start_and_wait of each run, "
+        "after learning from the first lot; medians (min-max)"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['label']:<24} ({row['learned_from']} learned, then {row['runs']} runs of "
+            f"{row['then_s'][0]:g}-{row['then_s'][1]:g} s)"
+        )
+        for key, fmt, name in (
+            ("gets_per_run", "{:.2f}", "GETs/run"),
+            ("p50_s", "{:.3f}", "detect p50 s"),
+            ("p99_s", "{:.3f}", "detect p99 s"),
+        ):
+            ratio = row[f"{key}_ratio"]
+            lines.append(
+                f"  {name:<14} learning {_cell(row['learning'][key], fmt):>22}  plain "
+                f"{_cell(row['plain'][key], fmt):>22}  -> "
+                + ("-" if ratio is None else f"{ratio:.2f}x")
+            )
+        lines.append(
+            "  schedule (s after start): " + ", ".join(f"{a:.2f}" for a in row["schedule"])
+        )
+    return lines
 
 
 def _batch_report(batch: dict[str, Any]) -> list[str]:
@@ -950,7 +1057,7 @@ def main() -> int:
         "--only",
         metavar="SCENARIOS",
         help="run only these scenarios, comma-separated "
-        "(stream,wait,single,rate,import,client,events,batch)",
+        "(stream,wait,single,rate,import,client,events,adaptive,batch)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1001,6 +1108,8 @@ def main() -> int:
         results["client"] = run_client(steps["client"], log)
     if "events" in wanted:
         results["events"] = run_events(*steps["events"], log)
+    if "adaptive" in wanted:
+        results["adaptive"] = run_adaptive(steps["adaptive"], log)
     if "batch" in wanted:
         results["batch"] = run_batch(steps["batch"], log)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from ._batch import REFUSED, Batch, BatchProgress, BatchResult
 from ._client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, CopyAIClient
 from ._clock import Clock, SystemClock
 from ._coordination import RedisCoordination
+from ._durations import Durations
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -58,6 +59,7 @@ __all__ = [
     "ConfigurationError",
     "CopyAIClient",
     "CopyAIError",
+    "Durations",
     "EventLoopError",
     "InvalidResponseError",
     "NotFoundError",

@@ -22,6 +22,7 @@ from ._budget import Budget
 from ._check import api_base_url, int_in, is_loopback, positive
 from ._clock import Clock, SystemClock
 from ._coordination import RedisCoordination, SharedLink
+from ._durations import Durations
 from ._errors import StartUncertainError
 from ._http import (
     OutcomeUnknown,
@@ -35,7 +36,7 @@ from ._http import (
 )
 from ._loop import LoopBinding
 from ._once import AtMostOnce, Lookup, LookupInconclusive, Unsettled
-from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter
+from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter, _check_policy
 from ._proxy import choose_proxy
 from ._version import version
 
@@ -237,7 +238,10 @@ class BaseClient(Generic[_R]):
             root_hint=root_hint,
         )
         self._waiter: Waiter[_R] = Waiter(
-            kind=kind, budget=budget, hints=None if link is None else link.hints
+            kind=kind,
+            budget=budget,
+            hints=None if link is None else link.hints,
+            durations=None if link is None else link.durations,
         )
         self.coordination: RedisCoordination | None = coordinator
         self._owns_coordination = isinstance(coordination, str)
@@ -393,6 +397,35 @@ class BaseClient(Generic[_R]):
     def _target(self, workflow_id: str, run_id: str) -> Callable[[PollPolicy], Target[_R]]:
         make = self._targets(workflow_id, [run_id])
         return lambda policy: make(policy)[0]
+
+    def durations(self, workflow_id: str, *, policy: PollPolicy | None = None) -> Durations:
+        """What this client's waits have learned of the workflow's run durations.
+
+        Each wait that sees a run end from a known start (this client started it, or the
+        run's ``createdAt`` dates it) teaches how long it took, as an interval: last read
+        unfinished, first read finished. From the latest 200 of a workflow the client
+        estimates how its run durations spread; once 20 are in, new waits of a policy
+        with ``adaptive`` on (the default) poll where runs end, not on the fixed backoff
+        (see :class:`PollPolicy`). What is learned lives in this client only (with a
+        :class:`RedisCoordination`, every process sharing it learns from all); nothing
+        is written anywhere.
+
+        Args:
+            workflow_id: the workflow.
+            policy: the policy whose schedule to show (default :class:`PollPolicy()`).
+
+        Returns:
+            A :class:`Durations`: how many runs were seen, whether waits use it, the
+            learned median, 90th and 99th percentiles, and the ages at which a new wait
+            polls.
+
+        Raises:
+            TypeError: ``workflow_id`` is not a string, or ``policy`` not a PollPolicy.
+        """
+        if not isinstance(workflow_id, str):
+            raise TypeError(f"workflow_id must be a str, got {type(workflow_id).__name__}")
+        checked = _check_policy(policy)
+        return self._waiter.durations.summary(workflow_id, checked)
 
     async def wait_for_run(
         self,

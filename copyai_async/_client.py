@@ -101,6 +101,7 @@ COPYAI_RUNS: RunKind[WorkflowRun] = RunKind(
     is_terminal=lambda run: run.is_terminal,
     is_failed=lambda run: run.status is RunStatus.FAILED,
     is_unknown=lambda run: run.status is RunStatus.UNKNOWN,
+    created_at=lambda run: None if run.created_at is None else run.created_at.timestamp(),
 )
 """How the poller reads a Copy.ai run: COMPLETE and FAILED end it, FAILED is failure."""
 

@@ -15,7 +15,9 @@ durations Redis hands out.
 
 Webhook events accepted by a listener of any process are published on a channel; every
 client's waits take them as hints, exactly like their own listener's (a wait still ends
-only on a GET). A lost message makes a wait poll at ``PollPolicy.safety_interval``.
+only on a GET). A lost message makes a wait poll at ``PollPolicy.safety_interval``. What
+a client's waits learn of run durations (``PollPolicy.adaptive``) goes out on the same
+channel, and every client learns it as its own; a lost message is one run less learned.
 
 When Redis cannot be reached, nothing is raised: a WARNING is logged once, each process
 keeps its own limits (as without coordination) and polls without shared events, and
@@ -62,6 +64,7 @@ import anyio
 from ._budget import Allowance, Budget, SharedUnavailable
 from ._check import positive
 from ._clock import Clock, SystemClock
+from ._durations import DurationBook
 from ._poll import RunHints
 from ._redis import RedisGateway, import_redis
 
@@ -184,8 +187,9 @@ class RedisCoordination:
 
     Each process applies the values it was given to the shared counters, so give every
     process the same ones. Webhook events a listener accepts in any process reach the
-    waits of every client (each still verifies with one GET). Redis's clock is used,
-    never a host's.
+    waits of every client (each still verifies with one GET), and what any client's
+    waits learn of run durations (``PollPolicy.adaptive``) is learned by all. Redis's
+    clock is used, never a host's.
 
     If Redis cannot be reached, API calls go on: a WARNING is logged once, each process
     falls back to its own limits, and Redis is tried again with backoff (from 0.5 s up
@@ -428,6 +432,9 @@ class SharedLink:
         # The client's hints: this link passes their events on (relay) and brings the
         # other processes' in; built here, so that neither is wired up after the fact.
         self.hints = RunHints(clock, relay=self.publish)
+        # What the client's waits learn of run durations, passed on and brought in the
+        # same way.
+        self.durations = DurationBook(relay=self.publish_duration)
         self._max_in_flight = max_in_flight
         self._spacing_us = round(1e6 / rate_limit) if rate_limit else 0
         self._lease_ms = math.ceil(lease_ttl * 1000)
@@ -546,11 +553,23 @@ class SharedLink:
         channel = self.channel
         self._spawn(self._quietly(lambda redis: redis.publish(channel, message)))
 
+    def publish_duration(self, workflow_id: str, low: float, high: float) -> None:
+        """Tell the other processes' waits how long a run of the workflow took (in the
+        background; unsent, they learn from their own waits)."""
+        if self._closed or not self.gateway.ready():
+            return
+        message = json.dumps({"o": self.origin, "d": workflow_id, "l": low, "h": high})
+        channel = self.channel
+        self._spawn(self._quietly(lambda redis: redis.publish(channel, message)))
+
     def _take(self, data: Any) -> None:
         try:
             message = json.loads(data)
-            origin, run_id, workflow_id = message["o"], message["r"], message["w"]
-            final = message["f"]
+            origin = message["o"]
+            if "d" in message:
+                self._take_duration(origin, message["d"], message["l"], message["h"])
+                return
+            run_id, workflow_id, final = message["r"], message["w"], message["f"]
         except (ValueError, TypeError, KeyError) as exc:
             logger.debug("ignored a malformed message on %s: %s", self.channel, exc)
             return
@@ -565,6 +584,20 @@ class SharedLink:
             final=final,
             relayed=True,
         )
+
+    def _take_duration(self, origin: Any, workflow_id: Any, low: Any, high: Any) -> None:
+        """Another process's wait saw a run of ``workflow_id`` end between ``low`` and
+        ``high`` seconds after its start."""
+        if origin == self.origin:
+            return  # learned here already
+        numbers = all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            for x in (low, high)
+        )
+        if not isinstance(workflow_id, str) or not numbers:
+            logger.debug("ignored a malformed message on %s", self.channel)
+            return
+        self.durations.observe(workflow_id, float(low), float(high), relayed=True)
 
     def start(self) -> None:
         """Start following the other processes' events (idempotent; in the loop)."""

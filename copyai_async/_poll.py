@@ -47,6 +47,7 @@ import logging
 import math
 import random
 import sys
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Any, Generic, TypeVar
@@ -55,8 +56,9 @@ import anyio
 import attrs
 
 from ._budget import DEADLINE, Budget, DeadlineExceeded
-from ._check import int_in, number, positive
+from ._check import boolean, int_in, number, positive
 from ._clock import Clock, SystemClock
+from ._durations import DurationBook, Plan
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -109,6 +111,13 @@ def _finite_positive(name: str) -> Callable[[Any, Any, float], None]:
     return check
 
 
+def _boolean(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        boolean(name, value)
+
+    return check
+
+
 def _rechecks(value: Any) -> tuple[float, ...]:
     """``rechecks`` as a tuple of seconds, checked."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
@@ -157,6 +166,16 @@ class PollPolicy:
             1.5 and 3.5 s after that reading, then only on its schedule; so one
             delivery, forged or not, costs a wait at most ``1 + len(rechecks)`` polls,
             and never moves its scheduled polls. At most 10; ``()`` for none.
+        adaptive: learn how long each workflow's runs take, and once 20 of its runs
+            have been seen end, place the polls of a new wait on what was learned:
+            few polls, most runs seen ended within a small delay (see
+            :meth:`CopyAIClient.durations <copyai_async.CopyAIClient.durations>`). No gap
+            between polls ever exceeds ``max_interval``; past the bulk of the learned
+            durations, none exceeds this backoff's gap at that age either, so a run
+            slower than most (or a workflow that got slower) is polled at least as
+            often as without learning. Runs are aged from their start (this client
+            started them) or their ``createdAt`` (read against this machine's clock).
+            ``False``: every wait follows the backoff above.
 
     Raises:
         ValueError: a non-positive or non-finite value, ``multiplier < 1``,
@@ -174,6 +193,7 @@ class PollPolicy:
         default=30.0, validator=_finite_positive("safety_interval")
     )
     rechecks: tuple[float, ...] = attrs.field(default=(0.5, 1.0, 2.0), converter=_rechecks)
+    adaptive: bool = attrs.field(default=True, validator=_boolean("adaptive"))
 
     def __attrs_post_init__(self) -> None:
         if self.multiplier < 1:
@@ -215,6 +235,8 @@ class RunKind(Generic[R]):
         is_failed: whether a terminal run failed.
         is_unknown: whether the status is one the API does not document.
         failure_detail: why a failed run failed, if the API says (for error messages).
+        created_at: when the run was created, in Unix seconds, if the API says (to age
+            runs this client did not start, for :class:`PollPolicy`'s ``adaptive``).
     """
 
     status: Callable[[R], str]
@@ -222,6 +244,7 @@ class RunKind(Generic[R]):
     is_failed: Callable[[R], bool]
     is_unknown: Callable[[R], bool]
     failure_detail: Callable[[R], str | None] = lambda _run: None
+    created_at: Callable[[R], float | None] = lambda _run: None
 
 
 @attrs.frozen(kw_only=True)
@@ -479,6 +502,9 @@ def _warn_unknown(target: Target[Any], kind: RunKind[Any], run: Any) -> None:
     )
 
 
+_SKEW = 2.0  # seconds a run's createdAt may be ahead of this machine's clock
+_OLDEST = 86_400.0  # seconds: a run older than this when first read is not aged
+
 FINAL_LOOK = 1.0
 """Seconds before a wait's deadline at which it polls once more (a quarter of the time it
 was given, if that is less), unless it read the run at most that long before: a
@@ -510,10 +536,15 @@ class RunPoll(Generic[R]):
         now: the clock's time as the wait begins.
         deadline: the wait's deadline on the clock, or ``None``.
         time_limit: the timeout, in seconds, for messages (``None``: no timeout).
+        durations: what the client learned of run durations, to place polls by and to
+            tell how long this run took (``None``: the policy's backoff alone).
+        wall: the machine's clock in Unix seconds, to age a run by its ``createdAt``
+            (``None``: only runs this client started are aged).
     """
 
     # One per run waited on (10,000 for a wait on 10,000 runs): kept small.
     __slots__ = (
+        "_book",
         "_checking",
         "_claim_open",
         "_event_at",
@@ -522,12 +553,16 @@ class RunPoll(Generic[R]):
         "_hints",
         "_lead",
         "_looked",
+        "_low",
+        "_origin",
         "_quiet_until",
         "_read_at",
         "_rng",
         "_scheduled_at",
+        "_sent_at",
         "_since_event",
         "_time_limit",
+        "_wall",
         "_warned",
         "attempt",
         "failures",
@@ -550,6 +585,8 @@ class RunPoll(Generic[R]):
         now: float,
         deadline: float | None,
         time_limit: float | None,
+        durations: DurationBook | None = None,
+        wall: Callable[[], float] | None = None,
     ) -> None:
         self.target = target
         self.kind = kind
@@ -557,6 +594,15 @@ class RunPoll(Generic[R]):
         self._rng = rng
         self._hints = hints
         self._time_limit = time_limit
+        # Learning: the run's start on the clock (None: not known yet), and the latest
+        # age at which it was seen unfinished (None: none that says anything).
+        self._book = durations if policy.adaptive else None
+        self._wall = wall
+        self._origin = target.started_at if self._book is not None else None
+        self._low: float | None = None
+        if self._origin is not None and now - self._origin <= policy.initial:
+            self._low = 0.0  # started moments ago: unfinished at its start
+        self._sent_at = now
         self.last: R | None = None
         """The latest reading of the run (``None``: never read)."""
         self.attempt = 0
@@ -579,6 +625,8 @@ class RunPoll(Generic[R]):
             self._scheduled_at += hints.first_poll_in(target, policy)
             if hints.claims_final(target.run_id):
                 self._since_event, self._claim_open = 0, True
+        if self._scheduled_at == now and self._since_event is None:
+            self._scheduled_at += self._planned_first(now)
         self._final_at = math.inf
         self._lead = 0.0
         if deadline is not None:
@@ -600,12 +648,51 @@ class RunPoll(Generic[R]):
             at = self._final_at
         return max(at, self._quiet_until)
 
-    def _pause(self) -> float:
+    def _plan(self) -> Plan | None:
+        """Where to poll by what was learned (``None``: not ready, or the run's start
+        is not known: the policy's backoff)."""
+        book, origin = self._book, self._origin
+        if book is None or origin is None:
+            return None
+        model = book.model(self.target.workflow_id)
+        return None if model is None else model.plan(self.policy)
+
+    def _planned_first(self, now: float) -> float:
+        """Seconds to the first poll of a new wait: at once, unless what was learned
+        says the run (started moments ago) cannot have ended yet."""
+        plan = self._plan()
+        if plan is None or self._origin is None:
+            return 0.0
+        first = plan.first(now - self._origin, self._rng)
+        return 0.0 if first is None else first
+
+    def _pause(self, now: float) -> float:
         """The schedule's next interval, jittered."""
         hints = self._hints
         if hints is not None and hints.watching(self.target.workflow_id, self.policy):
             return self.policy.safety_delay(self.attempt, self._rng)
+        plan = self._plan()
+        if plan is not None and self._origin is not None:
+            return plan.gap(now - self._origin, self._rng)
         return self.policy.delay(self.attempt, self._rng)
+
+    def _learn(self, run: R, now: float, finished: bool) -> None:
+        """Note what this reading says of the run's duration (see :mod:`._durations`)."""
+        book = self._book
+        if book is None:
+            return
+        if self._origin is None:
+            created = self.kind.created_at(run) if self._wall is not None else None
+            age = None if created is None or self._wall is None else self._wall() - created
+            if age is None or not -_SKEW <= age <= _OLDEST:
+                self._book = None  # its start is not known: nothing to learn or plan by
+                return
+            self._origin = now - max(age, 0.0)
+        if finished:
+            if self._low is not None:
+                book.observe(self.target.workflow_id, self._low, now - self._origin)
+        else:
+            self._low = max(0.0, self._sent_at - self._origin)
 
     # -- what happened -----------------------------------------------------------------
 
@@ -630,6 +717,7 @@ class RunPoll(Generic[R]):
         if self._since_event is not None:
             self._since_event += 1
         self._checking = self._claim_open
+        self._sent_at = now
         self.in_flight = True
 
     def read(self, run: R, now: float) -> bool:
@@ -638,6 +726,7 @@ class RunPoll(Generic[R]):
         self.failures, self.last_failure = 0, None
         self.last, self._read_at = run, now
         finished = self.kind.is_terminal(run)
+        self._learn(run, now, finished)
         # It checks the event it went out after, unless another came while it was out
         # (this reading may be older than that one).
         checking = self._checking and self._since_event != 0
@@ -683,7 +772,7 @@ class RunPoll(Generic[R]):
         before ``not_before`` (a Retry-After holds for every source, whichever asked)."""
         self._quiet_until = now + not_before
         if self._for_schedule:
-            self._scheduled_at = now + max(self._pause(), not_before)
+            self._scheduled_at = now + max(self._pause(now), not_before)
             self.attempt += 1
         since, rechecks = self._since_event, self.policy.rechecks
         if since == 0:
@@ -760,6 +849,10 @@ class WaitOptions:
             begins: polls alone).
         closing: resolved when the client closes: the wait then ends with
             :class:`ClientClosedError`.
+        durations: what the client learned of run durations (``None``: nothing is
+            learned, every wait follows the policy's backoff).
+        wall: the machine's clock in Unix seconds, to age runs by their ``createdAt``
+            (``None``: only runs the client started are aged).
     """
 
     policy: PollPolicy
@@ -771,6 +864,8 @@ class WaitOptions:
     coalesce: float = 0.0
     hints: RunHints | None = None
     closing: asyncio.Future[None] | None = None
+    durations: DurationBook | None = None
+    wall: Callable[[], float] | None = None
 
 
 @attrs.define(eq=False)
@@ -881,6 +976,8 @@ class Scheduler(Generic[R]):
                 now=now,
                 deadline=options.deadline,
                 time_limit=options.time_limit,
+                durations=options.durations,
+                wall=options.wall,
             )
             track = _Track(poll=state, order=order, entry=next(self._sequence))
             if hints is not None:
@@ -1155,6 +1252,10 @@ class Waiter(Generic[R]):
     Args:
         kind: what the API's runs look like to the poller.
         budget: the client's budget: its clock, and the future resolved when it closes.
+        hints: what webhook events say (shared with Redis coordination's; by default
+            the client's own).
+        durations: what waits learn of run durations (shared with Redis
+            coordination's; by default the client's own).
         started_memory: how many recently started runs to remember for the 404 grace.
     """
 
@@ -1164,6 +1265,7 @@ class Waiter(Generic[R]):
         kind: RunKind[R],
         budget: Budget,
         hints: RunHints | None = None,
+        durations: DurationBook | None = None,
         started_memory: int = 10_000,
     ) -> None:
         self.kind = kind
@@ -1173,6 +1275,9 @@ class Waiter(Generic[R]):
         self._started: dict[str, float] = {}
         self._memory = started_memory
         self.hints = hints if hints is not None else RunHints(self.clock)
+        self.durations = durations if durations is not None else DurationBook()
+        # createdAt is wall time: it ages runs only where the clock is the real one.
+        self._wall = time.time if isinstance(self.clock, SystemClock) else None
 
     def note_started(self, key: str) -> None:
         """Remember that this client started the run ``key`` now (for the 404 grace)."""
@@ -1224,6 +1329,8 @@ class Waiter(Generic[R]):
             coalesce=coalesce,
             hints=self.hints,
             closing=self.budget.closing_future(),
+            durations=self.durations if policy.adaptive else None,
+            wall=self._wall,
         )
 
     async def wait(

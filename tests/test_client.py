@@ -102,6 +102,7 @@ def test_version_and_public_surface() -> None:
             "ConfigurationError",
             "CopyAIClient",
             "CopyAIError",
+            "Durations",
             "EventLoopError",
             "InvalidResponseError",
             "NotFoundError",

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import json
 import logging
 import math
 import re
@@ -1076,3 +1077,60 @@ async def test_redis_killed_and_restarted_fails_no_api_call(
         assert len(messages) == 1, result["logs"]
         assert "is unavailable" in messages[0]
         assert result["available"]  # shared again once Redis was back
+
+
+async def test_what_one_client_learns_of_durations_every_client_learns(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    schedule = Schedule.seconds(("PROCESSING", 0.3), spread=0.2)
+    async with FakeCopyAI(default_schedule=schedule) as server:
+        coordination = RedisCoordination(redis_server.url, namespace=namespace)
+        other = RedisCoordination(redis_server.url, namespace=f"{namespace}-other")
+        async with (
+            coordination,
+            other,
+            client_for(server, coordination) as teaching,
+            client_for(server, coordination) as learning,
+            client_for(server, other) as elsewhere,
+        ):
+            await asyncio.gather(
+                *(teaching.start_and_wait(server.workflow_id, {"n": n}) for n in range(25))
+            )
+            taught = teaching.durations(server.workflow_id)
+            assert taught.observed == 25
+            assert taught.ready
+
+            async def learned() -> bool:
+                return learning.durations(server.workflow_id).observed == 25
+
+            await polled(learned)
+            shared = learning.durations(server.workflow_id)
+            assert shared.ready
+            assert shared.schedule
+            assert shared.p50 == pytest.approx(taught.p50, rel=0.1)
+            # Another namespace shares nothing.
+            assert elsewhere.durations(server.workflow_id).observed == 0
+
+
+async def test_malformed_duration_messages_are_ignored(
+    redis_server: RedisServer, namespace: str, raw_redis: redis.asyncio.Redis, server: FakeCopyAI
+) -> None:
+    coordination = RedisCoordination(redis_server.url, namespace=namespace)
+    async with coordination, client_for(server, coordination) as client:
+        link = client._transport.budget.shared
+        assert isinstance(link, coordination_module.SharedLink)
+        for message in (
+            {"o": "x", "d": 42, "l": 1.0, "h": 2.0},
+            {"o": "x", "d": "WCFG-1", "l": "1", "h": 2.0},
+            {"o": "x", "d": "WCFG-1", "l": 1.0, "h": float("inf")},
+            {"o": "x", "d": "WCFG-1", "l": True, "h": 2.0},
+            {"o": "x", "d": "WCFG-1", "l": 3.0, "h": 2.0},
+            {"o": "x", "d": "WCFG-1"},
+        ):
+            await raw_redis.publish(link.channel, json.dumps(message))
+        await raw_redis.publish(link.channel, json.dumps({"o": "x", "d": "WCFG-1", "l": 1, "h": 2}))
+
+        async def one_learned() -> bool:
+            return client.durations("WCFG-1").observed == 1
+
+        await polled(one_learned)

@@ -127,6 +127,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             is_failed=lambda run: run.status.lower() in failed,
             is_unknown=lambda run: run.status.lower() not in DEFAULT_RUNNING_STATUSES | terminal,
             failure_detail=lambda run: run.error_message,
+            created_at=lambda run: run.created_at.timestamp(),
         )
         super().__init__(
             secret=credential(

@@ -1,0 +1,488 @@
+"""What waits learn: how long each workflow's runs take, and where to poll them.
+
+Every wait that sees a run end from a known start (this client started it, or the run's
+``createdAt`` dates it) records one *observation*: an interval, since nobody saw the
+moment itself. The run was last read unfinished ``low`` seconds after its start and
+first read finished ``high`` seconds after it, so its duration lies in ``(low, high]``.
+
+A workflow's latest :data:`WINDOW` observations make its *estimate*: the distribution of
+durations that best explains those intervals (the nonparametric maximum-likelihood
+estimate for interval-censored data, found by the EM iteration of Turnbull, on a
+geometric grid of bins), mixed with a little mass spread evenly over every duration
+seen (:data:`_FLOOR`), so that no duration is ever ruled out. The lognormal that best
+explains the intervals gives the shape inside the spans no interval splits (EM keeps the
+shape it starts from there): a plain backoff that saw runs end "between 1 and 2.5 s" in
+five cases of six and "between 2.5 and 4.75 s" in the sixth learns that they cluster just
+below 2.5 s, not that they spread evenly from 1 s.
+
+From the estimate, a :class:`Plan`: the ages (seconds since a run's start) at which a
+new wait polls. It is chosen by dynamic programming over the grid to minimise the
+expected number of polls plus the expected delay in seeing the end, one poll being worth
+:data:`TRADE` of the median duration. No gap exceeds the policy's ``max_interval``, and
+beyond the bulk of the estimate (its 90th percentile) none exceeds the gap the plain
+backoff would leave at that age either, so runs slower than most are polled at least as
+often as without learning. Past the plan's last age (a run slower than any seen), the
+plain backoff's gaps go on.
+
+Nothing here does I/O or reads a clock: :class:`~copyai_async._poll.RunPoll` reports
+observations and asks the plan for its next gap.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import math
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._poll import PollPolicy
+
+__all__ = [
+    "READY",
+    "WINDOW",
+    "DurationBook",
+    "DurationModel",
+    "Durations",
+    "Plan",
+    "plain_next",
+]
+
+WINDOW = 200
+"""Observations an estimate is made from: a workflow's latest."""
+
+READY = 20
+"""Observations of a workflow before new waits place their polls by them."""
+
+TRADE = 0.08
+"""One poll is worth this share of the median duration in delay (0.12 s for runs of 2.3 s,
+1.5 s for runs of 30 s): the plan spends a poll where it saves more delay than that."""
+
+EXPLORE = 0.1
+"""The share of new waits whose first poll looks at a random age before the plan's first."""
+
+MAX_WORKFLOWS = 1_000
+"""Workflows a book keeps (the least recently observed is forgotten first)."""
+
+_FLOOR = 0.02  # share of the estimate spread evenly over (0, longest seen]
+_MIN_SPREAD = 0.05  # the least spread of log-durations the lognormal start may have
+_SIGNIFICANT = 1e-3  # a better log-likelihood by less than this is no reason to move
+_BULK = 0.9  # beyond this quantile, gaps are no longer than the plain backoff's
+_RATIO = 1.025  # each bin is this much longer than the one before...
+_MAX_BINS = 160  # ...unless that would take more bins than this
+_ROUNDS = 30  # EM iterations per estimate
+_REBUILD = 0.25  # a new estimate once this share of the window is new
+_MAX_DURATION = 30 * 86_400.0  # seconds; a longer "duration" is a clock gone wrong
+
+
+@attrs.frozen
+class Durations:
+    """What waits have learned of one workflow's run durations (``client.durations()``).
+
+    Attributes:
+        workflow_id: the workflow.
+        observed: runs seen end from a known start (by this client's waits, and with a
+            :class:`~copyai_async.RedisCoordination`, by those of every process sharing
+            it), since the client was made.
+        window: how many of the latest of those the estimate is made from (at most 200).
+        ready: whether new waits place their polls by it (20 observations or more, and
+            the policy's ``adaptive`` on).
+        p50: the median duration, in seconds (``None``: nothing observed).
+        p90: the 90th percentile.
+        p99: the 99th percentile.
+        schedule: the ages, in seconds after a run's start, at which a new wait of the
+            default policy polls it (empty until ``ready``); past the last, the plain
+            backoff's gaps go on.
+    """
+
+    workflow_id: str
+    observed: int
+    window: int
+    ready: bool
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    schedule: tuple[float, ...]
+
+
+class _Estimate:
+    """A distribution of durations on a grid of bins: bin ``k`` is ``(edges[k],
+    edges[k + 1]]`` and holds ``masses[k]`` (the masses sum to 1)."""
+
+    __slots__ = ("edges", "masses")
+
+    def __init__(self, edges: list[float], masses: list[float]) -> None:
+        self.edges = edges
+        self.masses = masses
+
+    @classmethod
+    def fit(cls, observations: collections.deque[tuple[float, float]]) -> _Estimate:
+        """The estimate that best explains the intervals: EM from the lognormal that
+        best explains them (which shapes the mass inside the spans no observation
+        splits: EM keeps the shape it starts from within them)."""
+        edges = _grid(min(high for _, high in observations), max(h for _, h in observations))
+        bins = len(edges) - 1
+        span = edges[-1]
+        floor = [_FLOOR * (edges[k + 1] - edges[k]) / span for k in range(bins)]
+        mu, sigma = _lognormal(observations)
+        below = [0.0, *(_normal_below((math.log(edge) - mu) / sigma) for edge in edges[1:])]
+        total = below[-1] or 1.0
+        masses = [(1 - _FLOOR) * (below[k + 1] - below[k]) / total + floor[k] for k in range(bins)]
+        covers = [_cover(edges, low, high) for low, high in observations]
+        share = (1.0 - _FLOOR) / len(covers)
+        for _ in range(_ROUNDS):
+            prefix = [0.0]
+            for mass in masses:
+                prefix.append(prefix[-1] + mass)
+            # Each interval's weight spread over its bins in proportion to their mass: a
+            # difference array sums every interval's 1 / (its mass) per bin at once.
+            weight = [0.0] * (bins + 1)
+            for first, last in covers:
+                held = prefix[last + 1] - prefix[first]
+                if held > 0:
+                    weight[first] += 1.0 / held
+                    weight[last + 1] -= 1.0 / held
+            running = 0.0
+            for k in range(bins):
+                running += weight[k]
+                masses[k] = share * masses[k] * running + floor[k]
+            total = sum(masses)
+            masses = [mass / total for mass in masses]
+        return cls(edges, masses)
+
+    def share_below(self, duration: float) -> float:
+        """The share of runs that end within ``duration`` seconds."""
+        edges, masses = self.edges, self.masses
+        k = bisect.bisect_right(edges, duration) - 1
+        if k >= len(masses):
+            return 1.0
+        return sum(masses[:k]) + masses[k] * (duration - edges[k]) / (edges[k + 1] - edges[k])
+
+    def quantile(self, q: float) -> float:
+        """The duration below which a share ``q`` of runs end."""
+        seen = 0.0
+        edges = self.edges
+        for k, mass in enumerate(self.masses):
+            if seen + mass >= q and mass > 0:
+                return edges[k] + (edges[k + 1] - edges[k]) * (q - seen) / mass
+            seen += mass
+        return edges[-1]
+
+
+def _normal_below(x: float) -> float:
+    """The standard normal distribution's share below ``x``."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _log_likelihood(bounds: list[tuple[float | None, float]], mu: float, sigma: float) -> float:
+    """How well a lognormal explains the intervals, given as the logs of their ends
+    (``None``: from 0): their log-likelihood."""
+    scale = 1.0 / (math.sqrt(2.0) * sigma)
+    erfc, log = math.erfc, math.log
+    total = 0.0
+    for log_low, log_high in bounds:
+        b = (log_high - mu) * scale
+        if log_low is None:
+            held = 0.5 * erfc(-b)
+        else:
+            a = (log_low - mu) * scale
+            # In the upper tail, differences of erfc keep their digits.
+            held = 0.5 * (erfc(a) - erfc(b)) if a > 0 else 0.5 * (erfc(-b) - erfc(-a))
+        total += log(held) if held > 1e-300 else -690.0
+    return total
+
+
+def _lognormal(observations: collections.deque[tuple[float, float]]) -> tuple[float, float]:
+    """The lognormal (the mean and spread of the log-duration) that best explains the
+    intervals, its spread no less than :data:`_MIN_SPREAD`: a pattern search from the
+    intervals' upper ends.
+
+    Where the intervals cannot tell (all of them "between 1 and 2.5 s"), it stays near
+    its start: the upper ends, so that such runs are first looked at late rather than
+    early (fewer polls; the waits that look early, :data:`EXPLORE`, correct it). It
+    also leans against a bias of the first runs learned: of runs started together, the
+    short ones end, and are learned, first."""
+    bounds = [(math.log(low) if low > 0 else None, math.log(high)) for low, high in observations]
+    uppers = sorted(high for _, high in bounds)
+    mu = uppers[len(uppers) // 2]
+    sigma = max(_MIN_SPREAD, math.sqrt(sum((x - mu) ** 2 for x in uppers) / len(uppers)))
+    best = _log_likelihood(bounds, mu, sigma)
+    step_mu, step_sigma = 0.25, 0.5  # in log-duration, and in the log of the spread
+    while step_mu > 2e-3:
+        moved = False
+        for d_mu, d_log_sigma in ((step_mu, 0), (-step_mu, 0), (0, step_sigma), (0, -step_sigma)):
+            cand_mu = mu + d_mu
+            cand_sigma = max(_MIN_SPREAD, sigma * math.exp(d_log_sigma))
+            value = _log_likelihood(bounds, cand_mu, cand_sigma)
+            if value > best + _SIGNIFICANT:
+                best, mu, sigma, moved = value, cand_mu, cand_sigma, True
+        if not moved:
+            step_mu, step_sigma = step_mu / 2, step_sigma / 2
+    return mu, sigma
+
+
+def _cover(edges: list[float], low: float, high: float) -> tuple[int, int]:
+    """The first and last bins an interval covers: those more than half inside it (so
+    that intervals meeting at a point share no bin), else the one holding its middle."""
+    first = bisect.bisect_right(edges, low) - 1
+    if low > (edges[first] + edges[first + 1]) / 2:
+        first += 1
+    last = max(0, bisect.bisect_left(edges, high) - 1)
+    if high < (edges[last] + edges[last + 1]) / 2:
+        last -= 1
+    if first > last:
+        first = last = max(0, bisect.bisect_left(edges, (low + high) / 2) - 1)
+    return first, last
+
+
+def _grid(shortest: float, longest: float) -> list[float]:
+    """Bin edges: 0, then from a quarter of the shortest run's bound up past the longest
+    in geometric steps (``_RATIO``, coarser if that would take over ``_MAX_BINS``)."""
+    start = max(shortest / 4, 1e-3)
+    top = max(longest, start * _RATIO)
+    ratio = max(_RATIO, (top / start) ** (1 / _MAX_BINS))
+    count = max(1, math.ceil(math.log(top / start) / math.log(ratio)))
+    return [0.0, *(start * ratio**k for k in range(count)), top * (1 + 1e-9)]
+
+
+def plain_next(policy: PollPolicy, age: float) -> float:
+    """The first age after ``age`` at which the plain backoff polls (before jitter)."""
+    point, attempt = 0.0, 0
+    while point <= age:
+        gap = policy.interval(attempt)
+        if gap >= policy.max_interval:
+            return point + math.floor((age - point) / gap + 1) * gap
+        point += gap
+        attempt += 1
+    return point
+
+
+def _plain_ages(policy: PollPolicy, until: float) -> list[float]:
+    """The plain backoff's poll ages (no jitter) from 0 to the first past ``until``."""
+    ages = [0.0]
+    while ages[-1] < until:
+        ages.append(plain_next(policy, ages[-1]))
+    return ages
+
+
+def _expected_polls(estimate: _Estimate, ages: list[float]) -> float:
+    """How many polls a wait at ``ages`` makes on average, if runs last as estimated:
+    the first, and each next one a run is still unfinished for."""
+    return 1.0 + sum(1.0 - estimate.share_below(age) for age in ages[:-1])
+
+
+def _best_ages(estimate: _Estimate, policy: PollPolicy, worth: float) -> list[float]:
+    """The poll ages that minimise the expected polls plus the expected delay (in units
+    of ``worth`` seconds), by dynamic programming over the estimate's bin edges; no gap
+    longer than ``max_interval``, and none past the bulk ending after the backoff's
+    next poll."""
+    edges, masses = estimate.edges, estimate.masses
+    count = len(masses)
+    # Prefix sums: mass up to edge i, and mass times bin middle up to edge i.
+    mass_to, moment_to = [0.0], [0.0]
+    for k, mass in enumerate(masses):
+        mass_to.append(mass_to[-1] + mass)
+        moment_to.append(moment_to[-1] + mass * (edges[k] + edges[k + 1]) / 2)
+    value = 1.0 / worth  # per second of delay
+    bulk = estimate.quantile(_BULK)
+
+    def reach(age: float) -> float:
+        longest = policy.max_interval
+        return longest if age <= bulk else min(longest, plain_next(policy, age) - age)
+
+    # cost[i]: the least expected cost from a poll at edge i (unnormalised: it counts
+    # only runs still unfinished there); after[i]: the next poll's edge.
+    cost = [math.inf] * (count + 1)
+    after = [count] * (count + 1)
+    cost[count] = 0.0
+    for i in range(count - 1, -1, -1):
+        here, alive = edges[i], 1.0 - mass_to[i]
+        limit = reach(here)
+        best, best_j = math.inf, i + 1
+        j = i + 1
+        while j <= count and (edges[j] - here <= limit or j == i + 1):
+            gathered = mass_to[j] - mass_to[i]
+            delay = edges[j] * gathered - (moment_to[j] - moment_to[i])
+            total = alive + value * delay + cost[j]
+            if total < best:
+                best, best_j = total, j
+            j += 1
+        cost[i], after[i] = best, best_j
+    ages: list[float] = []
+    here, i = 0.0, 0
+    while i < count:
+        i = after[i]
+        while edges[i] - here > reach(here) * (1 + 1e-9):
+            here += reach(here)  # a bin wider than the longest gap: crossed in steps
+            ages.append(here)
+        here = edges[i]
+        ages.append(here)
+    return ages
+
+
+class Plan:
+    """The ages (seconds after a run's start) at which a wait polls, for one policy.
+
+    Args:
+        ages: the poll ages, increasing.
+        policy: the policy whose backoff goes on past the last age.
+    """
+
+    __slots__ = ("ages", "policy", "spacing")
+
+    def __init__(self, ages: tuple[float, ...], policy: PollPolicy, spacing: float) -> None:
+        self.ages = ages
+        self.policy = policy
+        self.spacing = spacing
+        """The shortest gap worth a poll: a planned age closer than this to the last
+        poll is skipped (plans are rebuilt as runs end, and may move a little)."""
+
+    @classmethod
+    def build(cls, estimate: _Estimate, policy: PollPolicy) -> Plan:
+        """The poll ages that minimise expected polls plus delay (see the module), one
+        poll being worth :data:`TRADE` of the median; worth more, if need be, until the
+        plan expects no more polls than the plain backoff would on the same estimate."""
+        worth = TRADE * max(estimate.quantile(0.5), 1e-3)
+        budget = _expected_polls(estimate, _plain_ages(policy, estimate.edges[-1]))
+        ages = _best_ages(estimate, policy, worth)
+        for _ in range(8):
+            if _expected_polls(estimate, ages) <= budget:
+                break
+            worth *= 1.5
+            ages = _best_ages(estimate, policy, worth)
+        return cls(tuple(ages), policy, worth)
+
+    def first(self, age: float, rng: random.Random) -> float | None:
+        """Seconds from ``age`` to a first poll; ``None``: poll at once (the run may have
+        ended already).
+
+        One wait in ten (:data:`EXPLORE`) looks first at a random age before the planned
+        one: without such looks, runs that end before the first poll would only say
+        "before it", and a workflow that got faster would never be seen to."""
+        ages = self.ages
+        if not ages or age >= ages[0]:
+            return None
+        ahead = ages[0] - age
+        if rng.random() < EXPLORE:
+            return ahead * rng.random()
+        return ahead * (1.0 + self.policy.jitter * (rng.random() - 0.5))
+
+    def gap(self, age: float, rng: random.Random) -> float:
+        """Seconds from a poll at ``age`` to the next: to the next planned age, or past
+        the last, to the next age at which the plain backoff polls (so that a run slower
+        than any seen is seen end no later than without learning); jittered as the
+        policy says."""
+        policy = self.policy
+        soonest = age + self.spacing
+        i = bisect.bisect_right(self.ages, soonest)
+        if i < len(self.ages):
+            gap = min(self.ages[i] - age, policy.max_interval)
+        else:
+            gap = plain_next(policy, soonest) - age
+        return gap * (1.0 + policy.jitter * (rng.random() - 0.5))
+
+
+class DurationModel:
+    """One workflow's observations, its estimate and plans (rebuilt as news comes)."""
+
+    __slots__ = ("_estimate", "_fresh", "_plans", "observations", "observed")
+
+    def __init__(self) -> None:
+        self.observations: collections.deque[tuple[float, float]] = collections.deque(maxlen=WINDOW)
+        self.observed = 0
+        self._estimate: _Estimate | None = None
+        self._fresh = 0  # observations since the estimate was made
+        self._plans: dict[PollPolicy, Plan] = {}
+
+    def observe(self, low: float, high: float) -> None:
+        """A run ended between ``low`` and ``high`` seconds after its start."""
+        self.observations.append((low, high))
+        self.observed += 1
+        self._fresh += 1
+
+    def estimate(self) -> _Estimate | None:
+        """The estimate from the latest observations (``None``: none yet); made again
+        once a quarter of the window is new."""
+        if not self.observations:
+            return None
+        if self._estimate is None or self._fresh >= max(1, len(self.observations) * _REBUILD):
+            self._estimate = _Estimate.fit(self.observations)
+            self._fresh = 0
+            self._plans.clear()
+        return self._estimate
+
+    def plan(self, policy: PollPolicy) -> Plan | None:
+        """Where a new wait of ``policy`` polls (``None``: not ready, poll as plain)."""
+        if len(self.observations) < READY:
+            return None
+        estimate = self.estimate()
+        assert estimate is not None
+        plan = self._plans.get(policy)
+        if plan is None:
+            if len(self._plans) >= 8:
+                self._plans.clear()
+            plan = self._plans[policy] = Plan.build(estimate, policy)
+        return plan
+
+    def summary(self, workflow_id: str, policy: PollPolicy) -> Durations:
+        estimate = self.estimate()
+        plan = self.plan(policy) if policy.adaptive else None
+        return Durations(
+            workflow_id=workflow_id,
+            observed=self.observed,
+            window=len(self.observations),
+            ready=plan is not None,
+            p50=None if estimate is None else estimate.quantile(0.5),
+            p90=None if estimate is None else estimate.quantile(0.9),
+            p99=None if estimate is None else estimate.quantile(0.99),
+            schedule=() if plan is None else plan.ages,
+        )
+
+
+class DurationBook:
+    """The models of a client's workflows: fed by its waits (and, with a relay, those of
+    other processes), read by its new waits.
+
+    Args:
+        relay: passes this process's observations on to other processes (Redis).
+    """
+
+    def __init__(self, *, relay: Callable[[str, float, float], None] | None = None) -> None:
+        self._models: collections.OrderedDict[str, DurationModel] = collections.OrderedDict()
+        self.relay = relay
+
+    def observe(self, workflow_id: str, low: float, high: float, *, relayed: bool = False) -> None:
+        """A run of the workflow ended between ``low`` and ``high`` seconds after its
+        start. Nonsense (a negative, reversed or absurd interval) is ignored."""
+        if not (0.0 <= low < high <= _MAX_DURATION):
+            return
+        model = self._models.pop(workflow_id, None) or DurationModel()
+        self._models[workflow_id] = model
+        if len(self._models) > MAX_WORKFLOWS:
+            self._models.popitem(last=False)
+        model.observe(low, high)
+        if not relayed and self.relay is not None:
+            self.relay(workflow_id, low, high)
+
+    def model(self, workflow_id: str) -> DurationModel | None:
+        """The workflow's model, if any run of it was observed."""
+        return self._models.get(workflow_id)
+
+    def summary(self, workflow_id: str, policy: PollPolicy) -> Durations:
+        model = self._models.get(workflow_id)
+        if model is None:
+            return Durations(
+                workflow_id=workflow_id,
+                observed=0,
+                window=0,
+                ready=False,
+                p50=None,
+                p90=None,
+                p99=None,
+                schedule=(),
+            )
+        return model.summary(workflow_id, policy)
