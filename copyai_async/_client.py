@@ -283,6 +283,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             idempotent=True,
             parse=parse,
             what="workflow",
+            decode=WIRE.decode_page,
         )
 
     def iter_runs(
