@@ -47,6 +47,17 @@ if TYPE_CHECKING:
 
     from ._structs import Envelope
 
+# Pages decoded into msgspec Structs, when the fast extra is installed (as orjson is for
+# every other body: see copyai_async._http.loads). Imported with the package, as orjson
+# is: a few milliseconds, which would otherwise fall on the first listing.
+_decode_typed_page: Callable[[bytes], Envelope | None] | None
+_ENVELOPE: type[Envelope] | None
+try:
+    from ._structs import Envelope as _ENVELOPE
+    from ._structs import decode_page as _decode_typed_page
+except ImportError:  # pragma: no cover - depends on the environment
+    _ENVELOPE = _decode_typed_page = None
+
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
     from exceptiongroup import ExceptionGroup
 
@@ -385,10 +396,6 @@ class WireFormat:
     fast: bool = True
     _built: cattrs.Converter | None = attrs.field(init=False, default=None)
     _warned: bool = attrs.field(init=False, default=False)
-    _typed_decoder: Callable[[bytes], Envelope | None] | None = attrs.field(
-        init=False, default=None
-    )
-    _typed_checked: bool = attrs.field(init=False, default=False)
 
     @property
     def _conv(self) -> cattrs.Converter:
@@ -406,17 +413,10 @@ class WireFormat:
         Only the fast, tolerant format takes Structs: they keep no unknown keys for
         the strict twin to refuse, and the converter takes dicts.
         """
-        if not self._typed_checked:
-            self._typed_checked = True
-            if self.fast and not self.strict:
-                try:
-                    from ._structs import decode_page
-                except ImportError:  # pragma: no cover - depends on the environment
-                    pass
-                else:
-                    self._typed_decoder = decode_page
-        decoder = self._typed_decoder
-        return None if decoder is None else decoder(raw)
+        decode = _decode_typed_page
+        if decode is None or not self.fast or self.strict:
+            return None
+        return decode(raw)
 
     def unwrap(self, body: Any) -> Any:
         """Return the ``data`` of a ``{"status": "success", "data": ...}`` envelope.
@@ -580,11 +580,8 @@ class WireFormat:
     def page(self, body: Any, *, workflow_id: str, page: int, size: int) -> RunPage:
         """Parse the answer of ``GET /workflow/{id}/run?page=&size=``: decoded JSON, or
         the Structs of :meth:`decode_page`."""
-        if self._typed_decoder is not None and not isinstance(body, (dict, list)):
-            from ._structs import Envelope
-
-            if type(body) is Envelope:
-                return self._typed_page(body, workflow_id=workflow_id, page=page, size=size)
+        if type(body) is _ENVELOPE:
+            return self._typed_page(body, workflow_id=workflow_id, page=page, size=size)
         data = self.unwrap(body)
         if not isinstance(data, dict):
             raise WireError(
