@@ -199,7 +199,7 @@ def _all_outcomes(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
     }
     with monkeypatch.context() as patch:  # the builder as a model with validators has it
         patch.setattr(convert, "_BUILD_RUN", None)
-        patch.setattr(convert, "_RUN_SETTERS", None)
+        patch.setattr(convert, "_RUN_DRAFT", None)
         got["msgspec, no slot builder"] = _page_outcome(_msgspec, WIRE, raw)
         got["stdlib, no slot builder"] = _page_outcome(_stdlib, WIRE, raw)
     return got
