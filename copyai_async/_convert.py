@@ -22,6 +22,12 @@ spells them:
 Runs of the common shape are built directly (``WireFormat._fast_run``), without cattrs;
 any other body goes through the converter, which stays the one statement of the rules:
 the fast path only ever agrees with it (tests compare the two on generated bodies).
+When msgspec is installed (the ``fast`` extra), a listing's body is decoded straight into
+Structs (:mod:`copyai_async._structs`: where the fields are, and their JSON types) and
+its runs are built from them by the same rules (``WireFormat._typed_page``); a body the
+Structs do not take exactly as the standard library would read it is decoded as JSON
+and goes the dicts' way, and a run of another shape goes through the converter (tests
+hold every decoder to one answer on bodies mutated byte by byte).
 
 Failures raise :class:`WireError` naming the JSON path (``$.data.data[3].credits``); the
 client turns it into :class:`~copyai_async.InvalidResponseError` with the request's
@@ -601,6 +607,8 @@ class WireFormat:
         """Parse the answer of ``GET /workflow/{id}/run?page=&size=``: decoded JSON, or
         the Structs of :meth:`decode_page`."""
         if type(body) is _ENVELOPE:
+            if self.strict or not self.fast:
+                raise TypeError("only the fast, tolerant format reads Structs; decode as JSON")
             return self._typed_page(body, workflow_id=workflow_id, page=page, size=size)
         data = self.unwrap(body)
         if not isinstance(data, dict):
@@ -628,6 +636,7 @@ class WireFormat:
         return RunPage(runs=tuple(built), total=total, page=page, size=size)
 
     def _dict_runs(self, items: list[Any], workflow_id: str, unset: Any) -> Iterator[WorkflowRun]:
+        """The runs of a typed page one by one as dicts: for a model without a draft."""
         for i, item in enumerate(items):
             raw = _run_dict(item, unset)
             run = self._fast_run(raw, workflow_id)

@@ -63,7 +63,9 @@ class _SeenRuns:
 
     def __init__(self, window: int) -> None:
         self._window = window
-        self._order: deque[tuple[list[str], list[datetime]]] = deque()
+        # Each remembered page: its ids, their createdAt values, and whether those are
+        # sorted newest first (checked by check_order; then no comparison is repeated).
+        self._order: deque[tuple[list[str], list[datetime], bool]] = deque()
         self._remembered = 0
         self._recent: set[str] = set()
         self._undated: set[str] = set()  # no createdAt: never forgotten
@@ -109,12 +111,15 @@ class _SeenRuns:
         runs: Sequence[WorkflowRun],
         ids: list[str] | None = None,
         created: list[datetime] | None = None,
+        *,
+        newest_first: bool = False,
     ) -> list[WorkflowRun]:
         """The runs of a page not yielded before (each classified, then all added):
         :meth:`classify` and :meth:`add` run by run, in bulk when no run can be a
         repeat (the usual page), which is the same outcome for a fraction of the cost.
         ``ids`` and ``created``: the page's ids, and its ``createdAt`` values that are
-        not ``None`` (computed here if not given)."""
+        not ``None`` (computed here if not given); ``newest_first``: those are known
+        to be sorted newest first."""
         if ids is None:
             ids = [run.id for run in runs]
         if created is None:
@@ -123,12 +128,16 @@ class _SeenRuns:
         if (
             self._recent.isdisjoint(ids)
             and (not self._undated or self._undated.isdisjoint(ids))
-            and (horizon is None or not created or max(created) < horizon)
+            and (
+                horizon is None
+                or not created
+                or (created[0] if newest_first else max(created)) < horizon
+            )
         ):
-            self.add_all(runs, ids, created)
+            self.add_all(runs, ids, created, newest_first=newest_first)
             return list(runs)
         fresh = [run for run in runs if self.classify(run) == NEW]
-        self.add_all(fresh)
+        self.add_all(fresh, newest_first=newest_first)
         return fresh
 
     def add(self, run: WorkflowRun) -> None:
@@ -139,9 +148,11 @@ class _SeenRuns:
         runs: Sequence[WorkflowRun],
         ids: list[str] | None = None,
         created: list[datetime] | None = None,
+        *,
+        newest_first: bool = False,
     ) -> None:
         """Remember ``runs`` as yielded; forget the oldest pages past the window.
-        ``ids`` and ``created``: as for :meth:`take`."""
+        ``ids``, ``created`` and ``newest_first``: as for :meth:`take`."""
         if ids is None:
             ids = [run.id for run in runs]
         if created is None:
@@ -152,7 +163,7 @@ class _SeenRuns:
         if not ids:
             return
         self._recent.update(ids)
-        self._order.append((ids, created))
+        self._order.append((ids, created, newest_first or len(created) == 1))
         self._remembered += len(ids)
         if self.exact:
             return
@@ -160,19 +171,20 @@ class _SeenRuns:
         while order and self._remembered - len(order[0][0]) >= self._window:
             self._forget(*order.popleft())
 
-    def _forget(self, ids: list[str], created: list[datetime]) -> None:
+    def _forget(self, ids: list[str], created: list[datetime], newest_first: bool) -> None:
         """Forget a page's ids; its oldest runs may move the horizon back."""
         self._remembered -= len(ids)
         self._recent.difference_update(ids)
-        oldest = min(created)
+        oldest = created[-1] if newest_first else min(created)
         horizon = self._horizon
         if horizon is None or oldest <= horizon:
-            at = created.index(oldest)
-            at_oldest = (
-                {ids[at]}
-                if created.count(oldest) == 1
-                else {run_id for run_id, c in zip(ids, created, strict=True) if c == oldest}
-            )
+            if newest_first:  # the runs created then are the last ones
+                first = len(created) - 1
+                while first and created[first - 1] == oldest:
+                    first -= 1
+                at_oldest = set(ids[first:])
+            else:
+                at_oldest = {run_id for run_id, c in zip(ids, created, strict=True) if c == oldest}
             if horizon is not None and oldest == horizon:
                 self._horizon_ids |= at_oldest
             else:
@@ -459,8 +471,9 @@ class _PageReader:
         runs = page.runs
         ids = [run.id for run in runs]
         created = _dated(runs)
-        self._seen.check_order(runs, created)
-        fresh = self._seen.take(runs, ids, created)
+        seen = self._seen
+        seen.check_order(runs, created)
+        fresh = seen.take(runs, ids, created, newest_first=not seen.exact)
         duplicates = len(runs) - len(fresh)
         full = len(runs) >= self._page_size
         self._check_stale(ids, page_no, full)

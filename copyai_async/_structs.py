@@ -1,7 +1,7 @@
 """A page of runs decoded straight into msgspec Structs (the ``fast`` extra).
 
-Imported only by :meth:`WireFormat.decode_page <copyai_async._convert.WireFormat>`, and
-only when msgspec is installed; the core never needs it. The Structs say where the
+Imported by :mod:`copyai_async._convert` when msgspec is installed (as orjson is by
+:mod:`copyai_async._http`); the core works without it. The Structs say where the
 fields of a page are and which JSON types they may have; what the values mean (the run's
 id from ``workflowRunId``, numeric strings, timestamps, statuses) is left to
 :mod:`copyai_async._convert`, which builds the runs from them. So ``createdAt`` and
@@ -15,7 +15,10 @@ would; for every other body it answers ``None`` and the caller decodes it the us
   field, an integer past Python's limit, a lone surrogate), any value of another JSON
   type than the Structs say (a run that is not an object, ``credits`` as a float), an
   error envelope without ``data``: ``None``;
-- nested deeper than msgspec follows: ``None`` (never its ``RecursionError``);
+- nested deeper than msgspec follows: ``None`` (never its ``RecursionError``). msgspec
+  follows one level more than the standard library (on Python 3.13, 9,998 levels
+  against 9,997): a body nested exactly that deep is the one body read here that the
+  standard library would refuse;
 - msgspec skips unknown fields without reading them as closely as it reads the rest:
   it lets invalid UTF-8 and integers of any length through there. A body that is not
   ASCII and not valid UTF-8, or that holds a longer digit run than Python converts to
