@@ -284,6 +284,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             idempotent=True,
             parse=parse,
             what="workflow",
+            decode=WIRE.decode_page,
         )
 
     def iter_runs(

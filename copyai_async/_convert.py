@@ -22,6 +22,12 @@ spells them:
 Runs of the common shape are built directly (``WireFormat._fast_run``), without cattrs;
 any other body goes through the converter, which stays the one statement of the rules:
 the fast path only ever agrees with it (tests compare the two on generated bodies).
+When msgspec is installed (the ``fast`` extra), a listing's body is decoded straight into
+Structs (:mod:`copyai_async._structs`: where the fields are, and their JSON types) and
+its runs are built from them by the same rules (``WireFormat._typed_page``); a body the
+Structs do not take exactly as the standard library would read it is decoded as JSON
+and goes the dicts' way, and a run of another shape goes through the converter (tests
+hold every decoder to one answer on bodies mutated byte by byte).
 
 Failures raise :class:`WireError` naming the JSON path (``$.data.data[3].credits``); the
 client turns it into :class:`~copyai_async.InvalidResponseError` with the request's
@@ -43,6 +49,20 @@ from ._models import RunPage, RunStatus, WorkflowRun
 
 if TYPE_CHECKING:
     import cattrs
+    from msgspec import UnsetType
+
+    from ._structs import Envelope
+
+# Pages decoded into msgspec Structs, when the fast extra is installed (as orjson is for
+# every other body: see copyai_async._http.loads). Imported with the package, as orjson
+# is: a few milliseconds, which would otherwise fall on the first listing.
+_decode_typed_page: Callable[[bytes], Envelope | None] | None
+_ENVELOPE: type[Envelope] | None
+try:
+    from ._structs import Envelope as _ENVELOPE
+    from ._structs import decode_page as _decode_typed_page
+except ImportError:  # pragma: no cover - depends on the environment
+    _ENVELOPE = _decode_typed_page = None
 
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
     from exceptiongroup import ExceptionGroup
@@ -272,25 +292,68 @@ def _slot_builder(cls: type) -> Callable[..., Any] | None:
     directly (half the cost of the keyword ``__init__`` of a frozen attrs class), or
     ``None`` when that would skip something ``__init__`` does (a validator, a
     converter, ``__attrs_post_init__``) or the class has no slots. Every field is given,
-    so defaults play no part."""
+    so defaults play no part.
+
+    The function is generated with one call per slot written out, as attrs generates
+    ``__init__``: a loop over the setters costs a third more per object.
+    """
     fields = attrs.fields(cls)
     if "__slots__" not in cls.__dict__ or hasattr(cls, "__attrs_post_init__"):
         return None
     if any(f.validator is not None or f.converter is not None for f in fields):
         return None
-    setters = [cls.__dict__[f.name].__set__ for f in fields]
-    new = object.__new__
-
-    def build(*values: Any) -> Any:
-        obj: Any = new(cls)
-        for setter, value in zip(setters, values, strict=True):
-            setter(obj, value)
-        return obj
-
+    names: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    args = [f"v{i}" for i in range(len(fields))]
+    lines = [f"def build({', '.join(args)}):", "    obj = new(cls)"]
+    for i, field in enumerate(fields):
+        names[f"set{i}"] = cls.__dict__[field.name].__set__
+        lines.append(f"    set{i}(obj, v{i})")
+    lines.append("    return obj")
+    exec(compile("\n".join(lines), f"<{cls.__name__} builder>", "exec"), names)  # noqa: S102
+    build: Callable[..., Any] = names["build"]
     return build
 
 
 _BUILD_RUN = _slot_builder(WorkflowRun)
+_RUN_FIELDS = (
+    "id",
+    "workflow_id",
+    "status",
+    "raw_status",
+    "input",
+    "output",
+    "metadata",
+    "created_at",
+    "credits",
+)
+
+
+def _draft_class(cls: type, names: tuple[str, ...]) -> type | None:
+    """A plain class with the slots of ``cls`` (an attrs class with a slot builder and
+    the fields ``names``, in order), or ``None``.
+
+    A page loop builds each run as one of these, with plain attribute stores (a third
+    of the cost of calling the slots' setters), and then makes it a ``cls`` by
+    assigning ``__class__``, which CPython allows between two classes of one layout:
+    the run is then a ``cls`` like any other. Tried once here; ``None`` if the model has
+    other fields, no slot builder, or this Python refuses the assignment.
+    """
+    if _slot_builder(cls) is None or tuple(f.name for f in attrs.fields(cls)) != names:
+        return None
+    draft = type(f"_{cls.__name__}Draft", (), {"__slots__": cls.__dict__["__slots__"]})
+    probe: Any = object.__new__(draft)
+    try:
+        for name in names:
+            setattr(probe, name, name)
+        probe.__class__ = cls
+    except TypeError:  # pragma: no cover - a layout this Python will not swap
+        return None
+    if type(probe) is not cls or any(getattr(probe, name) != name for name in names):
+        return None  # pragma: no cover - as above
+    return draft
+
+
+_RUN_DRAFT = _draft_class(WorkflowRun, _RUN_FIELDS)
 _WIRE_NAMES: dict[type, dict[str, str]] = {WorkflowRun: _RUN_RENAMES}
 
 
@@ -366,6 +429,20 @@ class WireFormat:
         if self._built is None:
             self._built = make_converter(strict=self.strict)
         return self._built
+
+    def decode_page(self, raw: bytes) -> Envelope | None:
+        """The body of a listing decoded into msgspec Structs, when msgspec is installed
+        (the ``fast`` extra) and the body is one it decodes exactly as the standard
+        library would; ``None`` for any other body (decode it with
+        :func:`copyai_async._http.loads` and give that to :meth:`page`). Never raises.
+
+        Only the fast, tolerant format takes Structs: they keep no unknown keys for
+        the strict twin to refuse, and the converter takes dicts.
+        """
+        decode = _decode_typed_page
+        if decode is None or not self.fast or self.strict:
+            return None
+        return decode(raw)
 
     def unwrap(self, body: Any) -> Any:
         """Return the ``data`` of a ``{"status": "success", "data": ...}`` envelope.
@@ -527,7 +604,12 @@ class WireFormat:
         return self._structure_run(self._prepare_run(run, "$.data", workflow_id), "$.data")
 
     def page(self, body: Any, *, workflow_id: str, page: int, size: int) -> RunPage:
-        """Parse the answer of ``GET /workflow/{id}/run?page=&size=``."""
+        """Parse the answer of ``GET /workflow/{id}/run?page=&size=``: decoded JSON, or
+        the Structs of :meth:`decode_page`."""
+        if type(body) is _ENVELOPE:
+            if self.strict or not self.fast:
+                raise TypeError("only the fast, tolerant format reads Structs; decode as JSON")
+            return self._typed_page(body, workflow_id=workflow_id, page=page, size=size)
         data = self.unwrap(body)
         if not isinstance(data, dict):
             raise WireError(
@@ -552,6 +634,111 @@ class WireFormat:
                 run = self._structure_run(self._prepare_run(item, where, workflow_id), where)
             built.append(run)
         return RunPage(runs=tuple(built), total=total, page=page, size=size)
+
+    def _dict_runs(self, items: list[Any], workflow_id: str, unset: Any) -> Iterator[WorkflowRun]:
+        """The runs of a typed page one by one as dicts: for a model without a draft."""
+        for i, item in enumerate(items):
+            raw = _run_dict(item, unset)
+            run = self._fast_run(raw, workflow_id)
+            if run is None:
+                where = f"$.data.data[{i}]"
+                run = self._structure_run(self._prepare_run(raw, where, workflow_id), where)
+            yield run
+
+    def _typed_page(self, body: Envelope, *, workflow_id: str, page: int, size: int) -> RunPage:
+        """:meth:`page` for a body decoded into Structs: the same rules, on attributes.
+
+        The checks are those of :meth:`_fast_run`, written out for the Structs (which
+        hold only the JSON types it takes, so fewer of them). A run they do not cover
+        goes the converter's way, as a dict of the fields it was sent with.
+        """
+        status = body.status
+        if isinstance(status, str) and status.lower() == "error":
+            code = body.error_code
+            raise ErrorEnvelope(code if isinstance(code, str) else None, body.details)
+        data = body.data
+        raw_total = data.total
+        try:
+            total = None if raw_total is None else _structure_int(raw_total, int)
+        except ValueError as exc:
+            raise WireError("$.data.total", str(exc)) from exc
+        from msgspec import UNSET
+
+        items = data.data
+        draft = _RUN_DRAFT
+        if draft is None:
+            return RunPage(
+                runs=tuple(self._dict_runs(items, workflow_id, UNSET)),
+                total=total,
+                page=page,
+                size=size,
+            )
+        new = object.__new__
+        cls = WorkflowRun
+        by_value = _STATUS_BY_VALUE
+        unknown = RunStatus.UNKNOWN
+        fromiso = _fromisoformat
+        utc = timezone.utc
+        int_re = _INT_RE.fullmatch
+        built: list[WorkflowRun] = []
+        append = built.append
+        for i, item in enumerate(items):
+            run_id: str | UnsetType | None = item.id
+            if run_id is UNSET:
+                run_id = item.workflow_run_id
+            created: Any = item.created_at
+            credits: Any = item.credits
+            try:
+                if run_id is None:
+                    raise ValueError  # no id: the converter says so
+                if created is not None:
+                    created = fromiso(created)
+                    if created.tzinfo is None:
+                        created = created.replace(tzinfo=utc)
+                if type(credits) is str:
+                    if not int_re(credits.strip()):
+                        raise ValueError
+                    credits = int(credits)
+            except ValueError:
+                # Not of the common shape: the converter decides, and words the error.
+                where = f"$.data.data[{i}]"
+                raw = _run_dict(item, UNSET)
+                append(self._structure_run(self._prepare_run(raw, where, workflow_id), where))
+                continue
+            workflow = item.workflow_id
+            raw_status = item.status
+            run: Any = new(draft)  # see _draft_class
+            run.id = run_id
+            run.workflow_id = workflow_id if workflow is None else workflow
+            run.status = unknown if raw_status is None else by_value.get(raw_status, unknown)
+            run.raw_status = raw_status
+            run.input = item.input
+            run.output = item.output
+            run.metadata = item.metadata
+            run.created_at = created
+            run.credits = credits
+            run.__class__ = cls
+            append(run)
+        return RunPage(runs=tuple(built), total=total, page=page, size=size)
+
+
+def _run_dict(item: Any, unset: Any) -> dict[str, Any]:
+    """A run's Struct as the dict it was sent as, for the converter (unknown keys, which
+    the tolerant converter ignores, are not kept; a field sent as null, or not sent,
+    means the same to it, except ``id``)."""
+    raw: dict[str, Any] = {
+        "workflowRunId": item.workflow_run_id,
+        "workflowId": item.workflow_id,
+        "status": item.status,
+        "input": item.input,
+        "output": item.output,
+        "metadata": item.metadata,
+        "createdAt": item.created_at,
+        "credits": item.credits,
+    }
+    if item.id is not unset:
+        raw["id"] = item.id
+    return raw
 
 
 WIRE = WireFormat()

@@ -540,6 +540,8 @@ class _Call:
     body: bytes | None
     headers: Mapping[str, str] = attrs.field(repr=False)  # they hold the credential
     what: str | None = None  # what the path names, for a 404's message
+    # Decodes a 2xx body its own way (a page into Structs), or answers None: then loads().
+    decode: Callable[[bytes], Any] | None = attrs.field(default=None, repr=False)
 
 
 class Transport:
@@ -721,6 +723,7 @@ class Transport:
         idempotent: bool,
         first_attempt: int = 1,
         what: str | None = None,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> _T:
         """Send one logical request, retrying as the rules say; return ``parse(answer)``.
 
@@ -738,6 +741,10 @@ class Transport:
                 ``max_retries`` bounds every attempt of the request.
             what: what the path names, for the message of the API's 404 ("no such
                 webhook"); ``None``: the message says only that it was not found.
+            decode: decodes a 2xx body before :func:`loads` is tried (into a typed
+                shape ``parse`` knows), or answers ``None`` to leave it to
+                :func:`loads`. It must raise nothing: a body it cannot decode exactly as
+                :func:`loads` would is one it leaves to :func:`loads`.
 
         Raises:
             ClientClosedError: the client or its borrowed session is closed.
@@ -750,7 +757,7 @@ class Transport:
             OutcomeUnknown: a request that is not idempotent was sent and its answer was
                 lost (only when ``idempotent`` is false).
         """
-        call = self._call(method, segments, params, json_body, what)
+        call = self._call(method, segments, params, json_body, what, decode)
         policy = self._policies[idempotent]
         # The time this request, retries included, may wait on shared limits (Redis).
         allowance = self.budget.allowance()
@@ -770,6 +777,7 @@ class Transport:
         params: Mapping[str, str] | None,
         json_body: Any,
         what: str | None,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> _Call:
         url = self.url(segments)
         if params:
@@ -787,6 +795,7 @@ class Transport:
             body=body,
             headers=headers,
             what=what,
+            decode=decode,
         )
 
     def _time_left(self) -> float | None:
@@ -950,6 +959,10 @@ class Transport:
     def _decode(self, exchange: Exchange, call: _Call, suffix: str) -> Any:
         """A 2xx body decoded; one that is not JSON is InvalidResponseError."""
         raw = exchange.body
+        if call.decode is not None:
+            typed = call.decode(raw)
+            if typed is not None:
+                return typed
         try:
             return loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -27,7 +27,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -50,11 +57,16 @@ FetchPage = Callable[[int, int], Coroutine[Any, Any, RunPage]]
 
 
 class _SeenRuns:
-    """Which runs were yielded, in memory bounded by ``window`` ids (see module docstring)."""
+    """Which runs were yielded, in memory bounded by about ``window`` ids (see module
+    docstring). Runs are remembered and forgotten a page at a time (a page more at
+    most): the page's ids, and its oldest ``createdAt`` with the ids created then."""
 
     def __init__(self, window: int) -> None:
         self._window = window
-        self._order: deque[tuple[str, datetime]] = deque()
+        # Each remembered page: its ids, their createdAt values, and whether those are
+        # sorted newest first (checked by check_order; then no comparison is repeated).
+        self._order: deque[tuple[list[str], list[datetime], bool]] = deque()
+        self._remembered = 0
         self._recent: set[str] = set()
         self._undated: set[str] = set()  # no createdAt: never forgotten
         self._horizon: datetime | None = None
@@ -64,19 +76,21 @@ class _SeenRuns:
     def __len__(self) -> int:
         return len(self._recent) + len(self._undated) + len(self._horizon_ids)
 
-    def check_order(self, runs: tuple[WorkflowRun, ...]) -> None:
-        """Switch to exact mode if a page is not sorted newest first."""
+    def check_order(
+        self, runs: Sequence[WorkflowRun], created: list[datetime] | None = None
+    ) -> None:
+        """Switch to exact mode if a page is not sorted newest first.
+
+        ``created``: the page's ``createdAt`` values that are not ``None``, in order
+        (computed here if not given)."""
         if self.exact:
             return
-        previous: datetime | None = None
-        for run in runs:
-            created = run.created_at
-            if created is None:
-                continue
-            if previous is not None and created > previous:
-                self.exact = True
-                return
-            previous = created
+        if created is None:
+            created = _dated(runs)
+        # Sorting a sorted list only compares neighbours, in C; a stable sort keeps
+        # ties in place, so the list equals its sorted self exactly when it is sorted.
+        if created != sorted(created, reverse=True):
+            self.exact = True
 
     def classify(self, run: WorkflowRun) -> int:
         """``NEW`` (never yielded), ``SEEN`` (yielded: its id is known) or ``NEWER``
@@ -92,51 +106,94 @@ class _SeenRuns:
             return SEEN if run_id in self._horizon_ids else NEW
         return NEWER
 
-    def take(self, runs: tuple[WorkflowRun, ...]) -> list[WorkflowRun]:
+    def take(
+        self,
+        runs: Sequence[WorkflowRun],
+        ids: list[str] | None = None,
+        created: list[datetime] | None = None,
+        *,
+        newest_first: bool = False,
+    ) -> list[WorkflowRun]:
         """The runs of a page not yielded before (each classified, then all added):
         :meth:`classify` and :meth:`add` run by run, in bulk when no run can be a
-        repeat (the usual page), which is the same outcome for a fraction of the cost."""
-        ids = [run.id for run in runs]
+        repeat (the usual page), which is the same outcome for a fraction of the cost.
+        ``ids`` and ``created``: the page's ids, and its ``createdAt`` values that are
+        not ``None`` (computed here if not given); ``newest_first``: those are known
+        to be sorted newest first."""
+        if ids is None:
+            ids = [run.id for run in runs]
+        if created is None:
+            created = _dated(runs)
         horizon = self._horizon
         if (
             self._recent.isdisjoint(ids)
             and (not self._undated or self._undated.isdisjoint(ids))
             and (
                 horizon is None
-                or all(run.created_at is None or run.created_at < horizon for run in runs)
+                or not created
+                or (created[0] if newest_first else max(created)) < horizon
             )
         ):
-            fresh = list(runs)
-        else:
-            fresh = [run for run in runs if self.classify(run) == NEW]
-        self.add_all(fresh)
+            self.add_all(runs, ids, created, newest_first=newest_first)
+            return list(runs)
+        fresh = [run for run in runs if self.classify(run) == NEW]
+        self.add_all(fresh, newest_first=newest_first)
         return fresh
 
     def add(self, run: WorkflowRun) -> None:
         self.add_all((run,))
 
-    def add_all(self, runs: Iterable[WorkflowRun]) -> None:
-        """Remember ``runs`` as yielded; forget the oldest past the window."""
-        order, recent = self._order, self._recent
-        for run in runs:
-            created = run.created_at
-            if created is None:
-                self._undated.add(run.id)
-            else:
-                recent.add(run.id)
-                order.append((run.id, created))
+    def add_all(
+        self,
+        runs: Sequence[WorkflowRun],
+        ids: list[str] | None = None,
+        created: list[datetime] | None = None,
+        *,
+        newest_first: bool = False,
+    ) -> None:
+        """Remember ``runs`` as yielded; forget the oldest pages past the window.
+        ``ids``, ``created`` and ``newest_first``: as for :meth:`take`."""
+        if ids is None:
+            ids = [run.id for run in runs]
+        if created is None:
+            created = _dated(runs)
+        if len(created) < len(ids):  # some have no createdAt: never forgotten
+            self._undated.update(run.id for run in runs if run.created_at is None)
+            ids = [run.id for run in runs if run.created_at is not None]
+        if not ids:
+            return
+        self._recent.update(ids)
+        self._order.append((ids, created, newest_first or len(created) == 1))
+        self._remembered += len(ids)
         if self.exact:
             return
+        order = self._order
+        while order and self._remembered - len(order[0][0]) >= self._window:
+            self._forget(*order.popleft())
+
+    def _forget(self, ids: list[str], created: list[datetime], newest_first: bool) -> None:
+        """Forget a page's ids; its oldest runs may move the horizon back."""
+        self._remembered -= len(ids)
+        self._recent.difference_update(ids)
+        oldest = created[-1] if newest_first else min(created)
         horizon = self._horizon
-        for _ in range(len(order) - self._window):
-            old_id, old_created = order.popleft()
-            recent.discard(old_id)
-            if horizon is None or old_created < horizon:
-                horizon = old_created
-                self._horizon_ids = {old_id}
-            elif old_created == horizon:
-                self._horizon_ids.add(old_id)
-        self._horizon = horizon
+        if horizon is None or oldest <= horizon:
+            if newest_first:  # the runs created then are the last ones
+                first = len(created) - 1
+                while first and created[first - 1] == oldest:
+                    first -= 1
+                at_oldest = set(ids[first:])
+            else:
+                at_oldest = {run_id for run_id, c in zip(ids, created, strict=True) if c == oldest}
+            if horizon is not None and oldest == horizon:
+                self._horizon_ids |= at_oldest
+            else:
+                self._horizon, self._horizon_ids = oldest, at_oldest
+
+
+def _dated(runs: Iterable[WorkflowRun]) -> list[datetime]:
+    """The runs' ``createdAt`` values that are not ``None``, in order."""
+    return [c for run in runs if (c := run.created_at) is not None]
 
 
 class RunPaginator:
@@ -302,8 +359,9 @@ class _Flights:
         task = self._tasks[page_no]
         # Wait *on* the task rather than awaiting it: a cancellation of the caller then
         # stays the caller's own (anyio recognises its CancelledError), and aclose()
-        # cancels the request.
-        await asyncio.wait((task,))
+        # cancels the request. A page prefetched while the caller worked is done already.
+        if not task.done():
+            await asyncio.wait((task,))
         del self._tasks[page_no]
         return task.result()
 
@@ -349,7 +407,7 @@ class _PageReader:
         self._stale = 0
         self._believe_total = True  # until a full page arrives past where total says runs end
         self._previous: RunPage | None = None
-        self._previous_ids: tuple[str, ...] = ()
+        self._previous_ids: list[str] = []
 
     async def pages(self, start_page: int) -> AsyncGenerator[RunPage, None]:
         """The pages from ``start_page`` on, each holding only runs not yielded before."""
@@ -410,23 +468,26 @@ class _PageReader:
     def _take(self, page: RunPage, page_no: int) -> tuple[list[WorkflowRun], int, bool]:
         """The page's runs not yielded before (within ``max_items``), how many it held
         that were, and whether more pages are wanted after it."""
-        self._seen.check_order(page.runs)
-        fresh = self._seen.take(page.runs)
-        duplicates = len(page.runs) - len(fresh)
-        full = len(page.runs) >= self._page_size
-        self._check_stale(page, page_no, full)
+        runs = page.runs
+        ids = [run.id for run in runs]
+        created = _dated(runs)
+        seen = self._seen
+        seen.check_order(runs, created)
+        fresh = seen.take(runs, ids, created, newest_first=not seen.exact)
+        duplicates = len(runs) - len(fresh)
+        full = len(runs) >= self._page_size
+        self._check_stale(ids, page_no, full)
         if self._max_items is not None and self._yielded + len(fresh) >= self._max_items:
             fresh = fresh[: self._max_items - self._yielded]
             full = False  # nothing more is wanted
         self._yielded += len(fresh)
         return fresh, duplicates, full
 
-    def _check_stale(self, page: RunPage, page_no: int, full: bool) -> None:
+    def _check_stale(self, ids: list[str], page_no: int, full: bool) -> None:
         """Count full pages that repeat the page before run for run; raise at
         :data:`MAX_STALE_PAGES` of them (a server that ignores ``page``). Inserts can
         push known runs back into view for a few pages, but never the same ids page
         after page."""
-        ids = tuple(run.id for run in page.runs)
         if full and ids == self._previous_ids:
             self._stale += 1
             if self._stale >= MAX_STALE_PAGES:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+_BUILT: str | None
+try:  # a two-line module: imported with the package, not by the first client
+    from ._build_version import __version__ as _BUILT
+except ImportError:  # pragma: no cover - a source tree that was never built
+    _BUILT = None
+
 
 @lru_cache(maxsize=1)
 def version() -> str:
     """The installed version of copyai-async (``0+unknown`` from a bare source tree)."""
-    try:
-        from ._build_version import __version__
-
-        return __version__
-    except ImportError:  # pragma: no cover - a source tree that was never built
-        pass
+    if _BUILT is not None:
+        return _BUILT
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as read
 

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import copyai_async._convert as convert
 import copyai_async._http as http
 from copyai_async import CopyAIClient, CopyAIError, WorkflowRun
 from copyai_async._convert import WIRE, ErrorEnvelope, WireError, parse_datetime
@@ -121,9 +122,12 @@ def _bodies(schemas: dict[str, dict[str, Any]]) -> st.SearchStrategy[tuple[str, 
 
 def _decode(kind: str, body: Any) -> Any:
     """The client's own decode path, from bytes: ``loads``, then the wire format."""
-    data = http.loads(json.dumps(body).encode())
+    raw = json.dumps(body).encode()
     if kind == "list":
+        typed = WIRE.decode_page(raw)  # msgspec's Structs, when it is installed
+        data = http.loads(raw) if typed is None else typed
         return WIRE.page(data, workflow_id="WCFG-1", page=1, size=10)
+    data = http.loads(raw)
     if kind == "get":
         return WIRE.run(data, workflow_id="WCFG-1")
     return WIRE.started_run(data, workflow_id="WCFG-1", start_variables={"a": 1})
@@ -172,9 +176,15 @@ SLOW = settings(
 )
 
 
-@pytest.fixture(params=["orjson", "stdlib"])
+@pytest.fixture(params=["msgspec", "orjson", "stdlib"])
 def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both decoders: exactness must not depend on the optional extra."""
+    """Every decoder: exactness must not depend on the optional extra. ``msgspec``
+    decodes listings (into Structs) and orjson every other body; ``orjson`` decodes
+    them all; ``stdlib``, the standard library alone."""
+    if request.param != "msgspec":
+        monkeypatch.setattr(convert, "_decode_typed_page", None)
+    elif convert._decode_typed_page is None:  # in the test extra: its third must not vanish
+        pytest.fail("msgspec is not installed; install the test extra (it brings msgspec)")
     if request.param == "stdlib":
         monkeypatch.setattr(http, "_fast_loads", None)
     elif http._fast_loads is None:  # it is in the test extra: its half must not vanish
@@ -273,6 +283,63 @@ async def test_hostile_bodies_through_the_client(decoder: str, body: str, outcom
             with pytest.raises(CopyAIError) as info:
                 await client.get_run(server.workflow_id, "WRUN-1")
             assert f"GET /api/workflow/{server.workflow_id}/run/WRUN-1" in str(info.value)
+
+
+def _listing(run: str, extra: str = "") -> str:
+    return '{"status":"success","data":{"total":1,"data":[' + run + "]}" + extra + "}"
+
+
+@pytest.mark.parametrize(
+    ("body", "outcome"),
+    [
+        (_listing('{"id":"WRUN-1","output":' + _nested(100_000) + "}"), "error"),
+        (_listing('{"id":"WRUN-1","toolKey":' + "[" * 100_000 + "]" * 100_000 + "}"), "error"),
+        (_listing('{"id":"WRUN-1","output":' + _nested(400) + "}"), "ok"),
+        (_listing('{"id":"WRUN-1","credits":1e400}'), "error"),
+        (_listing('{"id":"WRUN-1","credits":' + "9" * 5000 + "}"), "error"),
+        (_listing('{"id":"WRUN-1","credits":' + "9" * 400 + "}"), "ok"),
+        (_listing('{"id":"WRUN-1","input":{"n":NaN}}'), "ok"),
+        (_listing('{"id":"WRUN-1"}', ',"x":' + "9" * 5000), "error"),
+        (_listing('{"id":"WRUN-1","createdAt":"2016-12-31T23:59:60Z"}'), "ok"),
+    ],
+    ids=[
+        "deep-100000",
+        "deep-skipped",
+        "deep-400",
+        "1e400",
+        "5000-digits",
+        "400-digits",
+        "nan",
+        "5000-digits-skipped",
+        "leap",
+    ],
+)
+async def test_hostile_listings_through_the_client(decoder: str, body: str, outcome: str) -> None:
+    async with (
+        FakeCopyAI() as server,
+        CopyAIClient(
+            server.api_key, base_url=server.url, max_retries=1, backoff_base=0.001
+        ) as client,
+    ):
+        server.inject(*[Fault.raw(body, content_type="application/json")] * 2)
+        if outcome == "ok":
+            page = await client.list_runs(server.workflow_id)
+            assert [run.id for run in page.runs] == ["WRUN-1"]
+        else:
+            with pytest.raises(CopyAIError) as info:
+                await client.list_runs(server.workflow_id)
+            assert f"GET /api/workflow/{server.workflow_id}/run" in str(info.value)
+
+
+async def test_a_listing_with_invalid_utf8_in_an_unknown_field_is_an_error(decoder: str) -> None:
+    body = _listing('{"id":"WRUN-1","toolKey":"?"}').encode().replace(b"?", b"\xff")
+    async with (
+        FakeCopyAI() as server,
+        CopyAIClient(server.api_key, base_url=server.url, max_retries=0) as client,
+    ):
+        server.inject(Fault.raw(body, content_type="application/json"))
+        with pytest.raises(CopyAIError, match="not JSON"):
+            await client.list_runs(server.workflow_id)
 
 
 async def test_a_total_past_the_float_range_pages_normally() -> None:
