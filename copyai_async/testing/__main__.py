@@ -11,6 +11,7 @@ import random
 import signal
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 
 from ._aitasker import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID
@@ -222,7 +223,11 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         rng = random.Random(args.seed)
         listing = []
         started = time.time()
-        for fake in server.add_runs(args.runs, args.workflow, schedule=Schedule.immediate()):
+        # Runs that finish MIN..MAX s from now were started now (their createdAt says
+        # so, as the API's would: waits age runs by it); others a second apart.
+        apart = timedelta(microseconds=1) if args.finish_between else timedelta(seconds=1)
+        made = server.add_runs(args.runs, args.workflow, apart=apart, schedule=Schedule.immediate())
+        for fake in made:
             finishes = 0.0
             # reschedule, not an assignment: a listener then hears of the finish on time.
             if args.finish_between:

@@ -408,12 +408,19 @@ class FakeCopyAI:
         self._webhooks.run_added(run)
         return run
 
-    def add_runs(self, count: int, workflow_id: str | None = None, **kw: Any) -> list[FakeRun]:
-        """Add ``count`` runs with creation times one second apart, oldest first."""
-        base = datetime.now(timezone.utc) - timedelta(seconds=count)
+    def add_runs(
+        self,
+        count: int,
+        workflow_id: str | None = None,
+        *,
+        apart: timedelta = timedelta(seconds=1),
+        **kw: Any,
+    ) -> list[FakeRun]:
+        """Add ``count`` runs with creation times ``apart`` (one second), oldest first,
+        the newest created now."""
+        base = datetime.now(timezone.utc) - apart * count
         return [
-            self.add_run(workflow_id, created_at=base + timedelta(seconds=i), **kw)
-            for i in range(count)
+            self.add_run(workflow_id, created_at=base + apart * (i + 1), **kw) for i in range(count)
         ]
 
     def runs(self, workflow_id: str | None = None) -> list[FakeRun]:
