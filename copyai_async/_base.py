@@ -379,8 +379,9 @@ class BaseClient(Generic[_R]):
         """Read one run; each API's client implements this."""
         raise NotImplementedError  # each API's client reads one run its own way
 
-    def _note_started(self, workflow_id: str, run_id: str) -> None:
-        self._waiter.note_started(f"{workflow_id}\0{run_id}")
+    def _note_started(self, workflow_id: str, run_id: str, created_at: datetime | None) -> None:
+        created = None if created_at is None else created_at.timestamp()
+        self._waiter.note_started(f"{workflow_id}\0{run_id}", created_at=created)
 
     def _targets(
         self, workflow_id: str, run_ids: list[str]

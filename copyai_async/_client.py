@@ -428,7 +428,7 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             start_key=key,
             find=lambda key, sent: self._find_lost_start(workflow_id, key, sent),
         )
-        self._note_started(workflow_id, run.id)
+        self._note_started(workflow_id, run.id, run.created_at)
         return run
 
     def _start_key(

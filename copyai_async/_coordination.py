@@ -553,12 +553,14 @@ class SharedLink:
         channel = self.channel
         self._spawn(self._quietly(lambda redis: redis.publish(channel, message)))
 
-    def publish_duration(self, workflow_id: str, low: float, high: float) -> None:
+    def publish_duration(
+        self, workflow_id: str, low: float, high: float, run_id: str | None
+    ) -> None:
         """Tell the other processes' waits how long a run of the workflow took (in the
         background; unsent, they learn from their own waits)."""
         if self._closed or not self.gateway.ready():
             return
-        message = json.dumps({"o": self.origin, "d": workflow_id, "l": low, "h": high})
+        message = json.dumps({"o": self.origin, "d": workflow_id, "l": low, "h": high, "r": run_id})
         channel = self.channel
         self._spawn(self._quietly(lambda redis: redis.publish(channel, message)))
 
@@ -567,10 +569,12 @@ class SharedLink:
             message = json.loads(data)
             origin = message["o"]
             if "d" in message:
-                self._take_duration(origin, message["d"], message["l"], message["h"])
+                self._take_duration(
+                    origin, message["d"], message["l"], message["h"], message.get("r")
+                )
                 return
             run_id, workflow_id, final = message["r"], message["w"], message["f"]
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, ArithmeticError, AttributeError) as exc:
             logger.debug("ignored a malformed message on %s: %s", self.channel, exc)
             return
         if origin == self.origin:
@@ -585,19 +589,25 @@ class SharedLink:
             relayed=True,
         )
 
-    def _take_duration(self, origin: Any, workflow_id: Any, low: Any, high: Any) -> None:
+    def _take_duration(
+        self, origin: Any, workflow_id: Any, low: Any, high: Any, run_id: Any
+    ) -> None:
         """Another process's wait saw a run of ``workflow_id`` end between ``low`` and
         ``high`` seconds after its start."""
         if origin == self.origin:
             return  # learned here already
         numbers = all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= 1e12
             for x in (low, high)
         )
-        if not isinstance(workflow_id, str) or not numbers:
+        if (
+            not isinstance(workflow_id, str)
+            or not numbers
+            or not (run_id is None or isinstance(run_id, str))
+        ):
             logger.debug("ignored a malformed message on %s", self.channel)
             return
-        self.durations.observe(workflow_id, float(low), float(high), relayed=True)
+        self.durations.observe(workflow_id, float(low), float(high), run_id=run_id, relayed=True)
 
     def start(self) -> None:
         """Start following the other processes' events (idempotent; in the loop)."""

@@ -18,11 +18,12 @@ below 2.5 s, not that they spread evenly from 1 s.
 From the estimate, a :class:`Plan`: the ages (seconds since a run's start) at which a
 new wait polls. It is chosen by dynamic programming over the grid to minimise the
 expected number of polls plus the expected delay in seeing the end, one poll being worth
-:data:`TRADE` of the median duration. No gap exceeds the policy's ``max_interval``, and
-beyond the bulk of the estimate (its 90th percentile) none exceeds the gap the plain
-backoff would leave at that age either, so runs slower than most are polled at least as
-often as without learning. Past the plan's last age (a run slower than any seen), the
-plain backoff's gaps go on.
+:data:`TRADE` of the median duration (or more, until the plan expects no more polls than
+the plain backoff would; if none does, there is no plan). No gap exceeds the policy's
+``max_interval``, and past the guard (the shortest 5% of the estimate) no poll comes
+after the plain backoff's next one: before it, the plan may skip the backoff's early
+looks; after it, a run is seen end no later than without learning, whatever it became
+(a workflow that got slower). Past the plan's last age, the plain backoff's polls go on.
 
 Nothing here does I/O or reads a clock: :class:`~copyai_async._poll.RunPoll` reports
 observations and asks the plan for its next gap.
@@ -32,9 +33,11 @@ from __future__ import annotations
 
 import bisect
 import collections
+import functools
+import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import attrs
@@ -59,8 +62,8 @@ READY = 20
 """Observations of a workflow before new waits place their polls by them."""
 
 TRADE = 0.08
-"""One poll is worth this share of the median duration in delay (0.12 s for runs of 2.3 s,
-1.5 s for runs of 30 s): the plan spends a poll where it saves more delay than that."""
+"""One poll is worth this share of the median duration in delay (0.18 s for runs of 2.3 s,
+2.4 s for runs of 30 s): the plan spends a poll where it saves more delay than that."""
 
 EXPLORE = 0.1
 """The share of new waits whose first poll looks at a random age before the plan's first."""
@@ -71,7 +74,9 @@ MAX_WORKFLOWS = 1_000
 _FLOOR = 0.02  # share of the estimate spread evenly over (0, longest seen]
 _MIN_SPREAD = 0.05  # the least spread of log-durations the lognormal start may have
 _SIGNIFICANT = 1e-3  # a better log-likelihood by less than this is no reason to move
-_BULK = 0.9  # beyond this quantile, gaps are no longer than the plain backoff's
+_GUARD = 0.05  # past this quantile, no poll comes after the plain backoff's next one
+_HORIZON = 0.99  # a plan ends at this share of the runs seen (past it, the backoff's polls)
+_MAX_AGES = 2_000  # a plan's ages, at most (past them, the plain backoff's polls)
 _RATIO = 1.025  # each bin is this much longer than the one before...
 _MAX_BINS = 160  # ...unless that would take more bins than this
 _ROUNDS = 30  # EM iterations per estimate
@@ -113,11 +118,17 @@ class _Estimate:
     """A distribution of durations on a grid of bins: bin ``k`` is ``(edges[k],
     edges[k + 1]]`` and holds ``masses[k]`` (the masses sum to 1)."""
 
-    __slots__ = ("edges", "masses")
+    __slots__ = ("edges", "mass_to", "masses", "moment_to")
 
     def __init__(self, edges: list[float], masses: list[float]) -> None:
         self.edges = edges
         self.masses = masses
+        # Prefix sums: the mass up to edge i, and the mass times its bin's middle.
+        self.mass_to = [0.0]
+        self.moment_to = [0.0]
+        for k, mass in enumerate(masses):
+            self.mass_to.append(self.mass_to[-1] + mass)
+            self.moment_to.append(self.moment_to[-1] + mass * (edges[k] + edges[k + 1]) / 2)
 
     @classmethod
     def fit(cls, observations: collections.deque[tuple[float, float]]) -> _Estimate:
@@ -154,13 +165,27 @@ class _Estimate:
             masses = [mass / total for mass in masses]
         return cls(edges, masses)
 
+    def split(self, cuts: Iterable[float]) -> _Estimate:
+        """The same estimate on a grid with edges at ``cuts`` too (each bin cut is split
+        in proportion to its lengths)."""
+        edges, masses = list(self.edges), list(self.masses)
+        for cut in sorted(set(cuts)):
+            k = bisect.bisect_right(edges, cut) - 1
+            if not 0 <= k < len(masses) or cut - edges[k] < 1e-9 or edges[k + 1] - cut < 1e-9:
+                continue
+            share = (cut - edges[k]) / (edges[k + 1] - edges[k])
+            edges.insert(k + 1, cut)
+            masses[k : k + 1] = [masses[k] * share, masses[k] * (1 - share)]
+        return _Estimate(edges, masses)
+
     def share_below(self, duration: float) -> float:
         """The share of runs that end within ``duration`` seconds."""
         edges, masses = self.edges, self.masses
         k = bisect.bisect_right(edges, duration) - 1
         if k >= len(masses):
             return 1.0
-        return sum(masses[:k]) + masses[k] * (duration - edges[k]) / (edges[k + 1] - edges[k])
+        inside = (duration - edges[k]) / (edges[k + 1] - edges[k])
+        return self.mass_to[k] + masses[k] * inside
 
     def quantile(self, q: float) -> float:
         """The duration below which a share ``q`` of runs end."""
@@ -249,50 +274,70 @@ def _grid(shortest: float, longest: float) -> list[float]:
     return [0.0, *(start * ratio**k for k in range(count)), top * (1 + 1e-9)]
 
 
+@functools.lru_cache(maxsize=64)
+def _plain_points(policy: PollPolicy) -> tuple[tuple[float, ...], float]:
+    """The plain backoff's poll ages (no jitter) until its gap stops growing, and that
+    last gap, which it keeps from there on."""
+    points, attempt = [0.0], 0
+    gap = policy.interval(0)
+    while attempt < 200 and gap < policy.max_interval:
+        points.append(points[-1] + gap)
+        attempt += 1
+        gap = policy.interval(attempt)
+    return tuple(points), gap
+
+
 def plain_next(policy: PollPolicy, age: float) -> float:
     """The first age after ``age`` at which the plain backoff polls (before jitter)."""
-    point, attempt = 0.0, 0
-    while point <= age:
-        gap = policy.interval(attempt)
-        if gap >= policy.max_interval:
-            return point + math.floor((age - point) / gap + 1) * gap
-        point += gap
-        attempt += 1
-    return point
+    points, gap = _plain_points(policy)
+    if age < points[-1]:
+        return points[bisect.bisect_right(points, age)]
+    after = points[-1] + (math.floor((age - points[-1]) / gap) + 1) * gap
+    while after <= age:  # (float rounding)
+        after += gap
+    return after
 
 
-def _plain_ages(policy: PollPolicy, until: float) -> list[float]:
-    """The plain backoff's poll ages (no jitter) from 0 to the first past ``until``."""
-    ages = [0.0]
-    while ages[-1] < until:
-        ages.append(plain_next(policy, ages[-1]))
-    return ages
-
-
-def _expected_polls(estimate: _Estimate, ages: list[float]) -> float:
+def _expected_polls(estimate: _Estimate, ages: Iterable[float]) -> float:
     """How many polls a wait at ``ages`` makes on average, if runs last as estimated:
     the first, and each next one a run is still unfinished for."""
-    return 1.0 + sum(1.0 - estimate.share_below(age) for age in ages[:-1])
+    total = 1.0
+    for age in ages:
+        alive = 1.0 - estimate.share_below(age)
+        if alive <= 1e-9:
+            break
+        total += alive
+    return total
 
 
-def _best_ages(estimate: _Estimate, policy: PollPolicy, worth: float) -> list[float]:
+def _plain_ages(policy: PollPolicy, until: float) -> Iterator[float]:
+    """The plain backoff's poll ages after 0, up to the first past ``until`` (at most
+    :data:`_MAX_AGES`)."""
+    age = 0.0
+    for _ in range(_MAX_AGES):
+        age = plain_next(policy, age)
+        yield age
+        if age >= until:
+            return
+
+
+def _best_ages(
+    estimate: _Estimate, policy: PollPolicy, worth: float, guard: float, horizon: float
+) -> list[float]:
     """The poll ages that minimise the expected polls plus the expected delay (in units
-    of ``worth`` seconds), by dynamic programming over the estimate's bin edges; no gap
-    longer than ``max_interval``, and none past the bulk ending after the backoff's
-    next poll."""
+    of ``worth`` seconds), by dynamic programming over the estimate's bin edges: no gap
+    longer than ``max_interval``, and past the guard (the shortest learned durations)
+    no poll after the one the plain backoff would make next; up to the horizon (the
+    longest learned durations but the rarest 1%), past which the backoff goes on."""
     edges, masses = estimate.edges, estimate.masses
     count = len(masses)
-    # Prefix sums: mass up to edge i, and mass times bin middle up to edge i.
-    mass_to, moment_to = [0.0], [0.0]
-    for k, mass in enumerate(masses):
-        mass_to.append(mass_to[-1] + mass)
-        moment_to.append(moment_to[-1] + mass * (edges[k] + edges[k + 1]) / 2)
+    mass_to, moment_to = estimate.mass_to, estimate.moment_to
     value = 1.0 / worth  # per second of delay
-    bulk = estimate.quantile(_BULK)
 
     def reach(age: float) -> float:
-        longest = policy.max_interval
-        return longest if age <= bulk else min(longest, plain_next(policy, age) - age)
+        # The backoff's first look past the guard, or past this age: a run that ends
+        # past the guard must not be seen after the backoff would see it.
+        return min(policy.max_interval, plain_next(policy, max(age, guard)) - age)
 
     # cost[i]: the least expected cost from a poll at edge i (unnormalised: it counts
     # only runs still unfinished there); after[i]: the next poll's edge.
@@ -316,12 +361,16 @@ def _best_ages(estimate: _Estimate, policy: PollPolicy, worth: float) -> list[fl
     here, i = 0.0, 0
     while i < count:
         i = after[i]
-        while edges[i] - here > reach(here) * (1 + 1e-9):
-            here += reach(here)  # a bin wider than the longest gap: crossed in steps
+        step = reach(here)
+        while edges[i] - here > step * (1 + 1e-9):
+            here += step  # a bin wider than the longest gap: crossed in steps
             ages.append(here)
+            step = reach(here)
         here = edges[i]
         ages.append(here)
-    return ages
+        if here >= horizon or len(ages) >= _MAX_AGES:
+            break  # past them, the backoff's polls
+    return ages[:_MAX_AGES]
 
 
 class Plan:
@@ -330,31 +379,46 @@ class Plan:
     Args:
         ages: the poll ages, increasing.
         policy: the policy whose backoff goes on past the last age.
+        spacing: the shortest gap worth a poll: a planned age closer than this to the
+            last poll is skipped (plans are rebuilt as runs end, and may move a little).
+        guard: the age past which no poll comes after the plain backoff's next one.
     """
 
-    __slots__ = ("ages", "policy", "spacing")
+    __slots__ = ("ages", "guard", "policy", "spacing")
 
-    def __init__(self, ages: tuple[float, ...], policy: PollPolicy, spacing: float) -> None:
+    def __init__(
+        self, ages: tuple[float, ...], policy: PollPolicy, spacing: float, guard: float = 0.0
+    ) -> None:
         self.ages = ages
         self.policy = policy
         self.spacing = spacing
-        """The shortest gap worth a poll: a planned age closer than this to the last
-        poll is skipped (plans are rebuilt as runs end, and may move a little)."""
+        self.guard = guard
 
     @classmethod
-    def build(cls, estimate: _Estimate, policy: PollPolicy) -> Plan:
+    def build(cls, estimate: _Estimate, policy: PollPolicy, horizon: float) -> Plan | None:
         """The poll ages that minimise expected polls plus delay (see the module), one
         poll being worth :data:`TRADE` of the median; worth more, if need be, until the
-        plan expects no more polls than the plain backoff would on the same estimate."""
-        worth = TRADE * max(estimate.quantile(0.5), 1e-3)
-        budget = _expected_polls(estimate, _plain_ages(policy, estimate.edges[-1]))
-        ages = _best_ages(estimate, policy, worth)
+        plan expects no more polls than the plain backoff would on the same estimate
+        (``None`` if no such plan is found: then the backoff it is). It ends at
+        ``horizon`` (the longest durations seen, but for the rarest 1%)."""
+        median = max(estimate.quantile(0.5), 1e-3)
+        worth = TRADE * median
+        spacing = min(worth / 2, policy.max_interval / 10)
+        plain = list(_plain_ages(policy, estimate.edges[-1]))
+        budget = _expected_polls(estimate, [0.0, *plain])
+        # The backoff's own ages are edges too: past the guard, a poll may be due at one.
+        guard = estimate.quantile(_GUARD)
+        # The backoff's own looks are edges too: past the guard a poll may be due at
+        # one, and before it, none may be more than max_interval apart.
+        estimate = estimate.split(age for age in plain if age <= horizon)
+        if len(estimate.masses) > _MAX_BINS * 4:
+            return None  # the backoff's looks alone outnumber what the grid can hold
         for _ in range(8):
-            if _expected_polls(estimate, ages) <= budget:
-                break
+            ages = _best_ages(estimate, policy, worth, guard, horizon)
+            if ages and _expected_polls(estimate, ages[:-1]) <= budget:
+                return cls(tuple(ages), policy, spacing, guard)
             worth *= 1.5
-            ages = _best_ages(estimate, policy, worth)
-        return cls(tuple(ages), policy, worth)
+        return None
 
     def first(self, age: float, rng: random.Random) -> float | None:
         """Seconds from ``age`` to a first poll; ``None``: poll at once (the run may have
@@ -374,35 +438,44 @@ class Plan:
     def gap(self, age: float, rng: random.Random) -> float:
         """Seconds from a poll at ``age`` to the next: to the next planned age, or past
         the last, to the next age at which the plain backoff polls (so that a run slower
-        than any seen is seen end no later than without learning); jittered as the
-        policy says."""
+        than any seen is seen end no later than without learning); never more than
+        ``max_interval``, and jittered as the policy says."""
         policy = self.policy
-        soonest = age + self.spacing
-        i = bisect.bisect_right(self.ages, soonest)
-        if i < len(self.ages):
-            gap = min(self.ages[i] - age, policy.max_interval)
-        else:
-            gap = plain_next(policy, soonest) - age
+        limit = plain_next(policy, max(age, self.guard))
+        i = bisect.bisect_right(self.ages, age + self.spacing)
+        following = min(self.ages[i], limit) if i < len(self.ages) else limit
+        gap = min(following - age, policy.max_interval)
         return gap * (1.0 + policy.jitter * (rng.random() - 0.5))
 
 
 class DurationModel:
     """One workflow's observations, its estimate and plans (rebuilt as news comes)."""
 
-    __slots__ = ("_estimate", "_fresh", "_plans", "observations", "observed")
+    __slots__ = ("_estimate", "_fresh", "_plans", "_recent", "observations", "observed")
 
     def __init__(self) -> None:
         self.observations: collections.deque[tuple[float, float]] = collections.deque(maxlen=WINDOW)
         self.observed = 0
         self._estimate: _Estimate | None = None
         self._fresh = 0  # observations since the estimate was made
-        self._plans: dict[PollPolicy, Plan] = {}
+        self._plans: dict[PollPolicy, Plan | None] = {}
+        # The runs observed lately: a run seen end by two waits (or two processes) is
+        # learned once.
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
 
-    def observe(self, low: float, high: float) -> None:
-        """A run ended between ``low`` and ``high`` seconds after its start."""
+    def observe(self, low: float, high: float, run_id: str | None = None) -> bool:
+        """A run ended between ``low`` and ``high`` seconds after its start. Returns
+        False if that run was learned already."""
+        if run_id is not None:
+            if run_id in self._recent:
+                return False
+            self._recent[run_id] = None
+            if len(self._recent) > 2 * WINDOW:
+                self._recent.popitem(last=False)
         self.observations.append((low, high))
         self.observed += 1
         self._fresh += 1
+        return True
 
     def estimate(self) -> _Estimate | None:
         """The estimate from the latest observations (``None``: none yet); made again
@@ -420,13 +493,15 @@ class DurationModel:
         if len(self.observations) < READY:
             return None
         estimate = self.estimate()
-        assert estimate is not None
-        plan = self._plans.get(policy)
-        if plan is None:
+        if estimate is None:  # pragma: no cover - observations were checked above
+            return None
+        if policy not in self._plans:
             if len(self._plans) >= 8:
                 self._plans.clear()
-            plan = self._plans[policy] = Plan.build(estimate, policy)
-        return plan
+            highs = sorted(high for _, high in self.observations)
+            horizon = highs[min(len(highs) - 1, int(len(highs) * _HORIZON))]
+            self._plans[policy] = Plan.build(estimate, policy, horizon)
+        return self._plans[policy]
 
     def summary(self, workflow_id: str, policy: PollPolicy) -> Durations:
         estimate = self.estimate()
@@ -448,25 +523,36 @@ class DurationBook:
     other processes), read by its new waits.
 
     Args:
-        relay: passes this process's observations on to other processes (Redis).
+        relay: passes this process's observations on to other processes (Redis):
+            called with the workflow, the interval and the run's id.
     """
 
-    def __init__(self, *, relay: Callable[[str, float, float], None] | None = None) -> None:
+    def __init__(
+        self, *, relay: Callable[[str, float, float, str | None], None] | None = None
+    ) -> None:
         self._models: collections.OrderedDict[str, DurationModel] = collections.OrderedDict()
         self.relay = relay
 
-    def observe(self, workflow_id: str, low: float, high: float, *, relayed: bool = False) -> None:
+    def observe(
+        self,
+        workflow_id: str,
+        low: float,
+        high: float,
+        *,
+        run_id: str | None = None,
+        relayed: bool = False,
+    ) -> None:
         """A run of the workflow ended between ``low`` and ``high`` seconds after its
-        start. Nonsense (a negative, reversed or absurd interval) is ignored."""
+        start. Nonsense (a negative, reversed or absurd interval) is ignored, and so is
+        a run learned already."""
         if not (0.0 <= low < high <= _MAX_DURATION):
             return
         model = self._models.pop(workflow_id, None) or DurationModel()
         self._models[workflow_id] = model
         if len(self._models) > MAX_WORKFLOWS:
             self._models.popitem(last=False)
-        model.observe(low, high)
-        if not relayed and self.relay is not None:
-            self.relay(workflow_id, low, high)
+        if model.observe(low, high, run_id) and not relayed and self.relay is not None:
+            self.relay(workflow_id, low, high, run_id)
 
     def model(self, workflow_id: str) -> DurationModel | None:
         """The workflow's model, if any run of it was observed."""

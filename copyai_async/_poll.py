@@ -57,7 +57,7 @@ import attrs
 
 from ._budget import DEADLINE, Budget, DeadlineExceeded
 from ._check import boolean, int_in, number, positive
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, loop_time
 from ._durations import DurationBook, Plan
 from ._errors import (
     APIConnectionError,
@@ -171,9 +171,9 @@ class PollPolicy:
             few polls, most runs seen ended within a small delay (see
             :meth:`CopyAIClient.durations <copyai_async.CopyAIClient.durations>`). No gap
             between polls ever exceeds ``max_interval``; past the bulk of the learned
-            durations, none exceeds this backoff's gap at that age either, so a run
-            slower than most (or a workflow that got slower) is polled at least as
-            often as without learning. Runs are aged from their start (this client
+            durations, no poll comes after the one this backoff would make next, so a
+            run slower than most (or a workflow that got slower) is seen end no later
+            than without learning. Runs are aged from their start (this client
             started them) or their ``createdAt`` (read against this machine's clock).
             ``False``: every wait follows the backoff above.
 
@@ -595,7 +595,9 @@ class RunPoll(Generic[R]):
         self._hints = hints
         self._time_limit = time_limit
         # Learning: the run's start on the clock (None: not known yet), and the latest
-        # age at which it was seen unfinished (None: none that says anything).
+        # age at which it was seen unfinished. Only a wait that began while the run was
+        # young teaches (None: this one does not): of runs first seen at an older age,
+        # only the long ones would be seen unfinished, and the estimate would lean long.
         self._book = durations if policy.adaptive else None
         self._wall = wall
         self._origin = target.started_at if self._book is not None else None
@@ -688,11 +690,15 @@ class RunPoll(Generic[R]):
                 self._book = None  # its start is not known: nothing to learn or plan by
                 return
             self._origin = now - max(age, 0.0)
+            if self._sent_at - self._origin <= self.policy.initial:
+                self._low = 0.0  # first read young: this wait teaches
+        if self._low is None:
+            return
         if finished:
-            if self._low is not None:
-                book.observe(self.target.workflow_id, self._low, now - self._origin)
+            target = self.target
+            book.observe(target.workflow_id, self._low, now - self._origin, run_id=target.run_id)
         else:
-            self._low = max(0.0, self._sent_at - self._origin)
+            self._low = max(self._low, self._sent_at - self._origin)
 
     # -- what happened -----------------------------------------------------------------
 
@@ -1276,15 +1282,35 @@ class Waiter(Generic[R]):
         self._memory = started_memory
         self.hints = hints if hints is not None else RunHints(self.clock)
         self.durations = durations if durations is not None else DurationBook()
-        # createdAt is wall time: it ages runs only where the clock is the real one.
-        self._wall = time.time if isinstance(self.clock, SystemClock) else None
+        # How far the server's createdAt is behind this machine's clock (its skew, plus
+        # the quickest answer to a start): the least of the latest starts' gaps.
+        self._behind: collections.deque[float] = collections.deque(maxlen=50)
+        self._skew = 0.0
 
-    def note_started(self, key: str) -> None:
-        """Remember that this client started the run ``key`` now (for the 404 grace)."""
+    def note_started(self, key: str, *, created_at: float | None = None) -> None:
+        """Remember that this client started the run ``key`` now (for the 404 grace,
+        and to age it); ``created_at``: its ``createdAt``, in Unix seconds, if known (to
+        age by their ``createdAt`` runs it did not start, on this machine's clock)."""
         self._started.pop(key, None)
         self._started[key] = self.clock.monotonic()
         while len(self._started) > self._memory:
             del self._started[next(iter(self._started))]
+        if created_at is not None and math.isfinite(created_at):
+            self._behind.append(time.time() - created_at)
+            self._skew = min(self._behind)
+
+    def _wall(self) -> Callable[[], float] | None:
+        """This machine's clock in Unix seconds, put on the server's ``createdAt`` clock
+        (``None`` where time is virtual: a FakeClock, or a loop whose time is not the
+        monotonic clock's)."""
+        if not isinstance(self.clock, SystemClock):
+            return None
+        if abs(loop_time() - time.monotonic()) > 1.0:
+            return None  # virtual loop time (looptime): wall time means nothing to it
+        return self._server_time
+
+    def _server_time(self) -> float:
+        return time.time() - self._skew
 
     def target(
         self,
@@ -1330,7 +1356,7 @@ class Waiter(Generic[R]):
             hints=self.hints,
             closing=self.budget.closing_future(),
             durations=self.durations if policy.adaptive else None,
-            wall=self._wall,
+            wall=self._wall(),
         )
 
     async def wait(

@@ -11,6 +11,7 @@ import itertools
 import math
 import random
 import statistics
+import time
 from typing import Any
 
 import pytest
@@ -102,9 +103,9 @@ def test_a_two_humped_workflow_is_polled_at_both_humps() -> None:
     assert plan is not None
     assert any(2.0 <= a <= 2.6 for a in plan.ages)
     assert any(20.0 <= a <= 24.6 for a in plan.ages)
-    assert not any(4.0 <= a <= 14.0 for a in plan.ages[1:-1] if a - 2.6 < 10.0) or all(
-        b - a <= POLICY.max_interval for a, b in zip(plan.ages, plan.ages[1:], strict=False)
-    )
+    # Between the humps, the backoff's own looks (4.75, 8.125, 13.19 s) and no more.
+    between = [a for a in plan.ages if 3.0 <= a <= 19.0]
+    assert between == pytest.approx([4.75, 8.125, 13.1875])
 
 
 def test_the_window_keeps_the_latest_runs() -> None:
@@ -142,7 +143,7 @@ def test_observations_are_relayed_unless_relayed_here() -> None:
     book = DurationBook(relay=lambda *args: sent.append(args))
     book.observe("WCFG-1", 1.0, 2.0)
     book.observe("WCFG-1", 1.5, 2.5, relayed=True)
-    assert sent == [("WCFG-1", 1.0, 2.0)]
+    assert sent == [("WCFG-1", 1.0, 2.0, None)]
     assert book.summary("WCFG-1", POLICY).observed == 2
 
 
@@ -176,15 +177,20 @@ def test_no_gap_exceeds_max_interval_nor_past_the_bulk_the_backoffs_next_poll(
     assert plan.ages[-1] >= max(h for _, h in model.observations) * (1 - 1e-6)
 
 
-def test_past_the_plan_the_backoff_goes_on() -> None:
-    plan = Plan((2.0, 2.3, 2.6), PollPolicy(jitter=0.0), spacing=0.05)
+def test_past_the_guard_and_the_plan_the_backoff_goes_on() -> None:
+    plan = Plan((2.0, 2.3, 2.6), PollPolicy(jitter=0.0), spacing=0.05, guard=2.0)
     rng = random.Random(1)
-    assert plan.gap(2.3, rng) == pytest.approx(0.3)
+    assert plan.gap(2.0, rng) == pytest.approx(0.3)
+    # Past the guard, never after the backoff's next look (at 2.5 s).
+    assert plan.gap(2.3, rng) == pytest.approx(0.2)
+    assert plan.gap(2.28, rng) == pytest.approx(0.22)
     # Past the plan, the backoff's own polls: 4.75, 8.125, 13.19, 20.78, 30.78, ...
     assert plan.gap(2.6, rng) == pytest.approx(4.75 - 2.6)
     assert plan.gap(4.75, rng) == pytest.approx(8.125 - 4.75)
     assert plan.gap(100.0, rng) == pytest.approx(100.78125 - 100.0)
-    assert plan.gap(2.28, rng) == pytest.approx(0.32)  # 2.3 is too close to be worth it
+    # Before the guard, a planned age closer than the spacing is skipped.
+    early = Plan((2.0, 2.03, 2.6), PollPolicy(jitter=0.0), spacing=0.05, guard=20.0)
+    assert early.gap(2.0, rng) == pytest.approx(0.6)
 
 
 def test_plain_next_follows_the_backoff() -> None:
@@ -350,7 +356,7 @@ def test_a_live_listener_still_sets_the_pace() -> None:
 
 
 async def waits(
-    adaptive: bool, *, learn: tuple[float, float], then: tuple[float, float]
+    adaptive: bool, *, learn: tuple[float, float], then: tuple[float, float], seed: int = 5
 ) -> tuple[float, list[float], Durations]:
     """40 waits to learn from, then 60 more: their GETs per run and detection delays."""
     clock = FakeClock()
@@ -364,6 +370,7 @@ async def waits(
     policy = PollPolicy(adaptive=adaptive)
     delays: list[float] = []
     async with server, CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
+        client._waiter.rng.seed(seed)  # the jitter, and which waits look early
         for n in range(40):
             await client.start_and_wait(server.workflow_id, {"n": n}, policy=policy)
         middle = (then[0] + then[1]) / 2
@@ -440,3 +447,134 @@ def test_the_window_is_bounded() -> None:
         model.observe(1.0, 2.0)
     assert len(model.observations) == WINDOW
     assert isinstance(model.observations, collections.deque)
+
+
+# -- the edges of learning ------------------------------------------------------------------
+
+
+def simulate(plan: Plan | None, policy: PollPolicy, duration: float) -> float:
+    """When a wait started with the run sees it end (jitter 0, never looking early)."""
+    rng = random.Random(0)
+    if plan is None:
+        age = 0.0
+        while age < duration:
+            age = plain_next(policy, age)
+        return age
+    age = plan.ages[0]
+    while age < duration:
+        age += plan.gap(age, rng)
+    return age
+
+
+@pytest.mark.parametrize(
+    "learned_from",
+    [
+        [(2.0, 2.6, 200)],
+        [(20.0, 40.0, 200)],
+        [(54.0, 66.0, 200)],
+        [(135.0, 165.0, 200)],
+        [(270.0, 330.0, 200)],
+        [(1.8, 2.2, 170), (36.0, 44.0, 30)],  # fast failures and slow successes
+    ],
+)
+@pytest.mark.parametrize("slower", [1.0, 3.0])
+def test_no_run_past_the_guard_is_seen_later_than_by_the_backoff(
+    learned_from: list[tuple[float, float, int]], slower: float
+) -> None:
+    policy = PollPolicy(jitter=0.0)
+    model = DurationModel()
+    durations = [d for low, high, n in learned_from for d in uniform(low, high, n)]
+    random.Random(2).shuffle(durations)
+    top = max(durations) * 1.2
+    points = [i * top / 2000 for i in range(2001)]
+    for duration in durations:
+        model.observe(*observed(duration, points))
+    plan = model.plan(policy)
+    estimate = model.estimate()
+    assert plan is not None
+    assert estimate is not None
+    guard = estimate.quantile(0.05)
+    ages = [0.0, *plan.ages]
+    assert all(b - a <= policy.max_interval + 1e-9 for a, b in zip(ages, ages[1:], strict=False))
+    for duration in (d * slower for d in durations[:100]):
+        seen = simulate(plan, policy, duration)
+        seen_plainly = simulate(None, policy, duration)
+        if duration > guard:
+            assert seen <= seen_plainly + 1e-6, (duration, seen, seen_plainly)
+        assert seen - duration <= policy.max_interval + 1e-6
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        PollPolicy(initial=0.3, max_interval=0.3),
+        PollPolicy(initial=1.3, max_interval=1.3),
+        PollPolicy(initial=0.1, max_interval=3.0),
+        PollPolicy(initial=0.7, multiplier=1.1),
+        PollPolicy(initial=1.0, multiplier=1.0),
+    ],
+)
+@pytest.mark.parametrize("middle", [10.0, 64.5, 1034.0])
+def test_plans_of_any_policy_are_made_quickly(policy: PollPolicy, middle: float) -> None:
+    model = DurationModel()
+    points = [i * middle / 400 for i in range(800)]
+    for duration in uniform(middle * 0.9, middle * 1.1, 25):
+        model.observe(*observed(duration, points))
+    began = time.perf_counter()
+    plan = model.plan(policy)
+    assert time.perf_counter() - began < 2.0
+    assert plan is None or len(plan.ages) <= 2_000
+    for age in (0.0, middle * 0.95, middle * 3, 9.3, 9.1, 64.5, 1034.0):
+        following = plain_next(policy, age)
+        assert age < following <= age + policy.max_interval + 1e-9
+
+
+def test_a_run_of_a_month_costs_no_more_than_a_plan_of_bounded_size() -> None:
+    model = DurationModel()
+    points = [i * 0.05 for i in range(200)]
+    for duration in uniform(2.0, 2.6, 199):
+        model.observe(*observed(duration, points))
+    model.observe(29 * 86_400.0 - 10, 29 * 86_400.0)
+    began = time.perf_counter()
+    plan = model.plan(POLICY)
+    assert time.perf_counter() - began < 1.0
+    assert plan is not None
+    assert len(plan.ages) <= 2_000
+
+
+def test_a_run_is_learned_once_however_many_waits_saw_it() -> None:
+    sent: list[object] = []
+    book = DurationBook(relay=lambda *args: sent.append(args))
+    book.observe("WCFG-1", 1.0, 2.0, run_id="WRUN-1")
+    book.observe("WCFG-1", 1.1, 2.1, run_id="WRUN-1")
+    book.observe("WCFG-1", 1.1, 2.1, run_id="WRUN-1", relayed=True)
+    assert book.summary("WCFG-1", POLICY).observed == 1
+    assert sent == [("WCFG-1", 1.0, 2.0, "WRUN-1")]
+
+
+def test_a_wait_begun_on_an_old_run_teaches_nothing() -> None:
+    book = ready_book()
+    model = book.model("WCFG-1")
+    assert model is not None
+    before = model.observed
+    state = run_state(book, started_at=0.0, now=30.0)  # started 30 s before the wait
+    state.sent(30.0)
+    state.read(a_run("PROCESSING"), 30.01)
+    later = state.due()
+    state.sent(later)
+    assert state.read(a_run("COMPLETE"), later + 0.01)
+    assert model.observed == before
+
+
+def test_runs_started_elsewhere_are_aged_on_the_servers_clock() -> None:
+    from copyai_async._budget import Budget
+    from copyai_async._poll import Waiter
+
+    waiter = Waiter(
+        kind=COPYAI_RUNS, budget=Budget(clock=FakeClock(), max_concurrency=1, rate_limit=None)
+    )
+    now = time.time()
+    # The server's clock is 30 s behind this machine's; starts answer in 10 to 50 ms.
+    for lag in (0.05, 0.01, 0.03):
+        waiter.note_started(f"WCFG-1\0WRUN-{lag}", created_at=now - 30.0 - lag)
+    assert waiter._skew == pytest.approx(30.01, abs=0.01)

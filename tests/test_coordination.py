@@ -1126,11 +1126,24 @@ async def test_malformed_duration_messages_are_ignored(
             {"o": "x", "d": "WCFG-1", "l": True, "h": 2.0},
             {"o": "x", "d": "WCFG-1", "l": 3.0, "h": 2.0},
             {"o": "x", "d": "WCFG-1"},
+            {"o": "x", "d": "WCFG-1", "l": 0, "h": 10**400},
+            {"o": "x", "d": "WCFG-1", "l": 0, "h": 2, "r": 7},
         ):
             await raw_redis.publish(link.channel, json.dumps(message))
-        await raw_redis.publish(link.channel, json.dumps({"o": "x", "d": "WCFG-1", "l": 1, "h": 2}))
+        await raw_redis.publish(
+            link.channel, json.dumps({"o": "x", "d": "WCFG-1", "l": 1, "h": 2, "r": "WRUN-1"})
+        )
+        # The same run told again (another process saw it end too) is learned once.
+        await raw_redis.publish(
+            link.channel, json.dumps({"o": "y", "d": "WCFG-1", "l": 1, "h": 2, "r": "WRUN-1"})
+        )
+        await raw_redis.publish(
+            link.channel, json.dumps({"o": "x", "d": "WCFG-2", "l": 1, "h": 2, "r": "WRUN-2"})
+        )
 
-        async def one_learned() -> bool:
-            return client.durations("WCFG-1").observed == 1
+        async def last_learned() -> bool:
+            return client.durations("WCFG-2").observed == 1
 
-        await polled(one_learned)
+        await polled(last_learned)
+        assert client.durations("WCFG-1").observed == 1
+        assert coordination.available  # no message took Redis for down

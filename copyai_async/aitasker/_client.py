@@ -214,7 +214,7 @@ class AITaskerClient(BaseClient[AITaskerRun]):
             find=None,
             what="workspace or workflow",
         )
-        self._note_started(run.workflow_id, run.id)
+        self._note_started(run.workflow_id, run.id, run.created_at)
         return run
 
     _run_label = "aitasker run"
