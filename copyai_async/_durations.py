@@ -34,7 +34,6 @@ from __future__ import annotations
 import bisect
 import collections
 import functools
-import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
