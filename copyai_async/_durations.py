@@ -93,14 +93,15 @@ class Durations:
             :class:`~copyai_async.RedisCoordination`, by those of every process sharing
             it), since the client was made.
         window: how many of the latest of those the estimate is made from (at most 200).
-        ready: whether new waits place their polls by it (20 observations or more, and
-            the policy's ``adaptive`` on).
+        ready: whether new waits place their polls by it (20 observations or more, the
+            policy's ``adaptive`` on, and a schedule that expects no more polls than
+            the policy's backoff).
         p50: the median duration, in seconds (``None``: nothing observed).
         p90: the 90th percentile.
         p99: the 99th percentile.
         schedule: the ages, in seconds after a run's start, at which a new wait of the
-            default policy polls it (empty until ``ready``); past the last, the plain
-            backoff's gaps go on.
+            policy asked about polls it (empty until ``ready``); past the last, the
+            policy's backoff goes on.
     """
 
     workflow_id: str

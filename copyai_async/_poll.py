@@ -170,12 +170,14 @@ class PollPolicy:
             have been seen end, place the polls of a new wait on what was learned:
             few polls, most runs seen ended within a small delay (see
             :meth:`CopyAIClient.durations <copyai_async.CopyAIClient.durations>`). No gap
-            between polls ever exceeds ``max_interval``; past the bulk of the learned
-            durations, no poll comes after the one this backoff would make next, so a
-            run slower than most (or a workflow that got slower) is seen end no later
-            than without learning. Runs are aged from their start (this client
-            started them) or their ``createdAt`` (read against this machine's clock).
-            ``False``: every wait follows the backoff above.
+            between polls ever exceeds ``max_interval``, and once a run is older than
+            the shortest 5% of the learned durations, no poll comes after the one this
+            backoff would make next: the learned schedule skips the backoff's early
+            looks and adds looks where runs end, so a run that ends later (a workflow
+            that got slower) is seen end no later than without learning. Runs are aged
+            from their start (this client started them) or their ``createdAt`` (on
+            this machine's clock, corrected by what this client's starts showed of the
+            server's). ``False``: every wait follows the backoff above.
 
     Raises:
         ValueError: a non-positive or non-finite value, ``multiplier < 1``,
