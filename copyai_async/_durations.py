@@ -76,6 +76,7 @@ _SIGNIFICANT = 1e-3  # a better log-likelihood by less than this is no reason to
 _GUARD = 0.05  # past this quantile, no poll comes after the plain backoff's next one
 _HORIZON = 0.99  # a plan ends at this share of the runs seen (past it, the backoff's polls)
 _MAX_AGES = 2_000  # a plan's ages, at most (past them, the plain backoff's polls)
+_MIN_GAP = 0.1  # seconds: the shortest gap between two polls of a plan
 _RATIO = 1.025  # each bin is this much longer than the one before...
 _MAX_BINS = 160  # ...unless that would take more bins than this
 _ROUNDS = 30  # EM iterations per estimate
@@ -380,18 +381,23 @@ class Plan:
         ages: the poll ages, increasing.
         policy: the policy whose backoff goes on past the last age.
         spacing: the shortest gap worth a poll: a planned age closer than this to the
-            last poll is skipped (plans are rebuilt as runs end, and may move a little).
+            last poll is skipped (plans are rebuilt as runs end, and may move a
+            little). No gap is ever under 0.1 s (half of ``max_interval``, if less): a
+            look of the backoff closer than that to the last poll counts as made.
         guard: the age past which no poll comes after the plain backoff's next one.
     """
 
-    __slots__ = ("ages", "guard", "policy", "spacing")
+    __slots__ = ("ages", "guard", "least", "policy", "spacing")
 
     def __init__(
         self, ages: tuple[float, ...], policy: PollPolicy, spacing: float, guard: float = 0.0
     ) -> None:
         self.ages = ages
         self.policy = policy
-        self.spacing = spacing
+        # The least gap: a tenth of a second (or half max_interval), more than the
+        # scheduler may move a poll early, so that each poll moves the next one on.
+        self.least = min(_MIN_GAP, policy.max_interval / 2)
+        self.spacing = max(spacing, self.least)
         self.guard = guard
 
     @classmethod
@@ -442,6 +448,8 @@ class Plan:
         ``max_interval``, and jittered as the policy says."""
         policy = self.policy
         limit = plain_next(policy, max(age, self.guard))
+        if limit < age + self.least:  # a look that close to this one is this one
+            limit = plain_next(policy, age + self.least)
         i = bisect.bisect_right(self.ages, age + self.spacing)
         following = min(self.ages[i], limit) if i < len(self.ages) else limit
         gap = min(following - age, policy.max_interval)

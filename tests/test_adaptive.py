@@ -578,3 +578,30 @@ def test_runs_started_elsewhere_are_aged_on_the_servers_clock() -> None:
     for lag in (0.05, 0.01, 0.03):
         waiter.note_started(f"WCFG-1\0WRUN-{lag}", created_at=now - 30.0 - lag)
     assert waiter._skew == pytest.approx(30.01, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("policy", "low", "high"),
+    [
+        (POLICY, 2.0, 2.6),
+        (POLICY, 20.0, 40.0),
+        (PollPolicy(initial=0.01, max_interval=0.04), 0.2, 0.3),
+    ],
+)
+def test_every_gap_moves_the_next_poll_past_what_the_scheduler_may_send_early(
+    policy: PollPolicy, low: float, high: float
+) -> None:
+    # The scheduler sends a poll up to 50 ms early (and a quarter of its jitter's
+    # spread); were a gap shorter, a poll sent early would make the next one due at
+    # once, again and again, without time passing (seen on looptime's virtual clock).
+    model = DurationModel()
+    points = [i * high / 1000 for i in range(3000)]
+    for duration in uniform(low, high, 200):
+        model.observe(*observed(duration, points))
+    plan = model.plan(policy)
+    assert plan is not None
+    rng = random.Random(3)
+    least = min(0.1, policy.max_interval / 2) * (1 - policy.jitter / 2)
+    ages = [*plan.ages, *(a - 0.03 for a in plan.ages), *(a * 3 for a in plan.ages)]
+    for age in [*ages, *(plain_next(policy, a) - 0.01 for a in ages), 1e4]:
+        assert plan.gap(age, rng) >= least - 1e-12
