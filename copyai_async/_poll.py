@@ -169,7 +169,7 @@ class PollPolicy:
         adaptive: learn how long each workflow's runs take, and once 20 of its runs
             have been seen end, place the polls of a new wait on what was learned:
             few polls, most runs seen ended within a small delay (see
-            :meth:`CopyAIClient.durations <copyai_async.CopyAIClient.durations>`). No gap
+            ``client.durations(workflow_id)``). No gap
             between polls ever exceeds ``max_interval``, and once a run is older than
             the shortest 5% of the learned durations, no poll comes after the one this
             backoff would make next: the learned schedule skips the backoff's early
@@ -177,7 +177,7 @@ class PollPolicy:
             that got slower) is seen end no later than without learning. Runs are aged
             from their start (this client started them) or their ``createdAt`` (on
             this machine's clock, corrected by what this client's starts showed of the
-            server's). ``False``: every wait follows the backoff above.
+            server's). Turned off, every wait follows the backoff above.
 
     Raises:
         ValueError: a non-positive or non-finite value, ``multiplier < 1``,
