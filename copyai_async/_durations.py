@@ -441,15 +441,21 @@ class Plan:
             return ahead * rng.random()
         return ahead * (1.0 + self.policy.jitter * (rng.random() - 0.5))
 
-    def gap(self, age: float, rng: random.Random) -> float:
+    def gap(self, age: float, rng: random.Random, elapsed: float | None = None) -> float:
         """Seconds from a poll at ``age`` to the next: to the next planned age, or past
-        the last, to the next age at which the plain backoff polls (so that a run slower
-        than any seen is seen end no later than without learning); never more than
-        ``max_interval``, and jittered as the policy says."""
+        the last, to the next look of the plain backoff (so that a run slower than any
+        seen is seen end no later than without learning); never more than
+        ``max_interval``, and jittered as the policy says.
+
+        ``elapsed``: seconds since the wait began (default: ``age``, a wait begun with
+        the run). The backoff's looks are counted from there, as the backoff counts
+        them."""
         policy = self.policy
-        limit = plain_next(policy, max(age, self.guard))
+        began = 0.0 if elapsed is None else age - elapsed  # the run's age at the begin
+        since = age - began
+        limit = began + plain_next(policy, max(since, self.guard - began))
         if limit < age + self.least:  # a look that close to this one is this one
-            limit = plain_next(policy, age + self.least)
+            limit = began + plain_next(policy, since + self.least)
         i = bisect.bisect_right(self.ages, age + self.spacing)
         following = min(self.ages[i], limit) if i < len(self.ages) else limit
         gap = min(following - age, policy.max_interval)

@@ -188,6 +188,10 @@ def test_past_the_guard_and_the_plan_the_backoff_goes_on() -> None:
     assert plan.gap(2.6, rng) == pytest.approx(4.75 - 2.6)
     assert plan.gap(4.75, rng) == pytest.approx(8.125 - 4.75)
     assert plan.gap(100.0, rng) == pytest.approx(100.78125 - 100.0)
+    # A wait begun 0.5 s after the run: the backoff's looks count from the wait's begin
+    # (0, 1, 2.5, 4.75 s into it: the run's ages 0.5, 1.5, 3.0, 5.25).
+    assert plan.gap(2.6, rng, elapsed=2.1) == pytest.approx(3.0 - 2.6)
+    assert plan.gap(3.0, rng, elapsed=2.5) == pytest.approx(5.25 - 3.0)
     # Before the guard, a planned age closer than the spacing is skipped.
     early = Plan((2.0, 2.03, 2.6), PollPolicy(jitter=0.0), spacing=0.05, guard=20.0)
     assert early.gap(2.0, rng) == pytest.approx(0.6)
