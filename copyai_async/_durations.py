@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import collections
 import functools
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -73,10 +74,11 @@ MAX_WORKFLOWS = 1_000
 _FLOOR = 0.02  # share of the estimate spread evenly over (0, longest seen]
 _MIN_SPREAD = 0.05  # the least spread of log-durations the lognormal start may have
 _SIGNIFICANT = 1e-3  # a better log-likelihood by less than this is no reason to move
-_GUARD = 0.05  # past this quantile, no poll comes after the plain backoff's next one
+_GUARD = 0.05  # past this share of the runs seen, no poll comes after the backoff's next one
 _HORIZON = 0.99  # a plan ends at this share of the runs seen (past it, the backoff's polls)
 _MAX_AGES = 2_000  # a plan's ages, at most (past them, the plain backoff's polls)
 _MIN_GAP = 0.1  # seconds: the shortest gap between two polls of a plan
+_MAX_ALIVE = 10_000  # runs being waited for that a model keeps (the latest seen)
 _RATIO = 1.025  # each bin is this much longer than the one before...
 _MAX_BINS = 160  # ...unless that would take more bins than this
 _ROUNDS = 30  # EM iterations per estimate
@@ -132,19 +134,29 @@ class _Estimate:
             self.moment_to.append(self.moment_to[-1] + mass * (edges[k] + edges[k + 1]) / 2)
 
     @classmethod
-    def fit(cls, observations: collections.deque[tuple[float, float]]) -> _Estimate:
+    def fit(
+        cls, observations: collections.deque[tuple[float, float]], alive: Iterable[float] = ()
+    ) -> _Estimate:
         """The estimate that best explains the intervals: EM from the lognormal that
         best explains them (which shapes the mass inside the spans no observation
-        splits: EM keeps the shape it starts from within them)."""
-        edges = _grid(min(high for _, high in observations), max(h for _, h in observations))
+        splits: EM keeps the shape it starts from within them).
+
+        ``alive``: the ages at which runs still being waited for were last seen
+        unfinished. Each says "longer than this" (a right-censored interval): without
+        them, the first runs learned of a lot started together would be its shortest
+        only, and the estimate would lean short."""
+        censored = [(low, math.inf) for low in alive if low > 0]
+        longest = max([high for _, high in observations] + [low * 1.05 for low, _ in censored])
+        intervals = [*observations, *censored]
+        edges = _grid(min(high for _, high in observations), longest)
         bins = len(edges) - 1
         span = edges[-1]
         floor = [_FLOOR * (edges[k + 1] - edges[k]) / span for k in range(bins)]
-        mu, sigma = _lognormal(observations)
+        mu, sigma = _lognormal(intervals)
         below = [0.0, *(_normal_below((math.log(edge) - mu) / sigma) for edge in edges[1:])]
         total = below[-1] or 1.0
         masses = [(1 - _FLOOR) * (below[k + 1] - below[k]) / total + floor[k] for k in range(bins)]
-        covers = [_cover(edges, low, high) for low, high in observations]
+        covers = [_cover(edges, low, high) for low, high in intervals]
         share = (1.0 - _FLOOR) / len(covers)
         for _ in range(_ROUNDS):
             prefix = [0.0]
@@ -222,7 +234,7 @@ def _log_likelihood(bounds: list[tuple[float | None, float]], mu: float, sigma: 
     return total
 
 
-def _lognormal(observations: collections.deque[tuple[float, float]]) -> tuple[float, float]:
+def _lognormal(observations: list[tuple[float, float]]) -> tuple[float, float]:
     """The lognormal (the mean and spread of the log-duration) that best explains the
     intervals, its spread no less than :data:`_MIN_SPREAD`: a pattern search from the
     intervals' upper ends.
@@ -233,7 +245,7 @@ def _lognormal(observations: collections.deque[tuple[float, float]]) -> tuple[fl
     also leans against a bias of the first runs learned: of runs started together, the
     short ones end, and are learned, first."""
     bounds = [(math.log(low) if low > 0 else None, math.log(high)) for low, high in observations]
-    uppers = sorted(high for _, high in bounds)
+    uppers = sorted(high for _, high in bounds if high < math.inf)
     mu = uppers[len(uppers) // 2]
     sigma = max(_MIN_SPREAD, math.sqrt(sum((x - mu) ** 2 for x in uppers) / len(uppers)))
     best = _log_likelihood(bounds, mu, sigma)
@@ -257,7 +269,7 @@ def _cover(edges: list[float], low: float, high: float) -> tuple[int, int]:
     first = bisect.bisect_right(edges, low) - 1
     if low > (edges[first] + edges[first + 1]) / 2:
         first += 1
-    last = max(0, bisect.bisect_left(edges, high) - 1)
+    last = min(len(edges) - 2, max(0, bisect.bisect_left(edges, high) - 1))
     if high < (edges[last] + edges[last + 1]) / 2:
         last -= 1
     if first > last:
@@ -401,19 +413,21 @@ class Plan:
         self.guard = guard
 
     @classmethod
-    def build(cls, estimate: _Estimate, policy: PollPolicy, horizon: float) -> Plan | None:
+    def build(
+        cls, estimate: _Estimate, policy: PollPolicy, guard: float, horizon: float
+    ) -> Plan | None:
         """The poll ages that minimise expected polls plus delay (see the module), one
         poll being worth :data:`TRADE` of the median; worth more, if need be, until the
         plan expects no more polls than the plain backoff would on the same estimate
-        (``None`` if no such plan is found: then the backoff it is). It ends at
-        ``horizon`` (the longest durations seen, but for the rarest 1%)."""
+        (``None`` if no such plan is found: then the backoff it is). Past ``guard``
+        (the shortest runs seen), no poll comes after the backoff's next one; the plan
+        ends at ``horizon`` (the longest runs seen, but for the rarest 1%)."""
         median = max(estimate.quantile(0.5), 1e-3)
         worth = TRADE * median
         spacing = min(worth / 2, policy.max_interval / 10)
         plain = list(_plain_ages(policy, estimate.edges[-1]))
         budget = _expected_polls(estimate, [0.0, *plain])
         # The backoff's own ages are edges too: past the guard, a poll may be due at one.
-        guard = estimate.quantile(_GUARD)
         # The backoff's own looks are edges too: past the guard a poll may be due at
         # one, and before it, none may be more than max_interval apart.
         estimate = estimate.split(age for age in plain if age <= horizon)
@@ -465,7 +479,7 @@ class Plan:
 class DurationModel:
     """One workflow's observations, its estimate and plans (rebuilt as news comes)."""
 
-    __slots__ = ("_estimate", "_fresh", "_plans", "_recent", "observations", "observed")
+    __slots__ = ("_alive", "_estimate", "_fresh", "_plans", "_recent", "observations", "observed")
 
     def __init__(self) -> None:
         self.observations: collections.deque[tuple[float, float]] = collections.deque(maxlen=WINDOW)
@@ -476,11 +490,21 @@ class DurationModel:
         # The runs observed lately: a run seen end by two waits (or two processes) is
         # learned once.
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Runs being waited for: the latest age each was seen unfinished at.
+        self._alive: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def alive(self, run_id: str, low: float) -> None:
+        """A run being waited for was seen unfinished ``low`` seconds after its start."""
+        self._alive.pop(run_id, None)
+        self._alive[run_id] = low
+        if len(self._alive) > _MAX_ALIVE:
+            self._alive.popitem(last=False)
 
     def observe(self, low: float, high: float, run_id: str | None = None) -> bool:
         """A run ended between ``low`` and ``high`` seconds after its start. Returns
         False if that run was learned already."""
         if run_id is not None:
+            self._alive.pop(run_id, None)
             if run_id in self._recent:
                 return False
             self._recent[run_id] = None
@@ -497,7 +521,8 @@ class DurationModel:
         if not self.observations:
             return None
         if self._estimate is None or self._fresh >= max(1, len(self.observations) * _REBUILD):
-            self._estimate = _Estimate.fit(self.observations)
+            alive = list(itertools.islice(reversed(self._alive.values()), WINDOW))
+            self._estimate = _Estimate.fit(self.observations, alive)
             self._fresh = 0
             self._plans.clear()
         return self._estimate
@@ -512,9 +537,12 @@ class DurationModel:
         if policy not in self._plans:
             if len(self._plans) >= 8:
                 self._plans.clear()
+            # The guard and the horizon from what runs were seen end by: the 5th and
+            # the 99th percentiles of their upper bounds.
             highs = sorted(high for _, high in self.observations)
+            guard = highs[int(len(highs) * _GUARD)]
             horizon = highs[min(len(highs) - 1, int(len(highs) * _HORIZON))]
-            self._plans[policy] = Plan.build(estimate, policy, horizon)
+            self._plans[policy] = Plan.build(estimate, policy, guard, horizon)
         return self._plans[policy]
 
     def summary(self, workflow_id: str, policy: PollPolicy) -> Durations:
@@ -567,6 +595,16 @@ class DurationBook:
             self._models.popitem(last=False)
         if model.observe(low, high, run_id) and not relayed and self.relay is not None:
             self.relay(workflow_id, low, high, run_id)
+
+    def alive(self, workflow_id: str, run_id: str, low: float) -> None:
+        """A run of the workflow, waited for, was seen unfinished ``low`` seconds after
+        its start (what the next estimate counts as "longer than that")."""
+        model = self._models.get(workflow_id)
+        if model is None:
+            model = self._models[workflow_id] = DurationModel()
+            if len(self._models) > MAX_WORKFLOWS:
+                self._models.popitem(last=False)
+        model.alive(run_id, low)
 
     def model(self, workflow_id: str) -> DurationModel | None:
         """The workflow's model, if any run of it was observed."""

@@ -701,6 +701,7 @@ class RunPoll(Generic[R]):
             book.observe(target.workflow_id, self._low, now - self._origin, run_id=target.run_id)
         else:
             self._low = max(self._low, self._sent_at - self._origin)
+            book.alive(self.target.workflow_id, self.target.run_id, self._low)
 
     # -- what happened -----------------------------------------------------------------
 
