@@ -546,6 +546,7 @@ class RunPoll(Generic[R]):
 
     # One per run waited on (10,000 for a wait on 10,000 runs): kept small.
     __slots__ = (
+        "_begin",
         "_book",
         "_checking",
         "_claim_open",
@@ -557,6 +558,7 @@ class RunPoll(Generic[R]):
         "_looked",
         "_low",
         "_origin",
+        "_placed",
         "_quiet_until",
         "_read_at",
         "_rng",
@@ -607,6 +609,13 @@ class RunPoll(Generic[R]):
         if self._origin is not None and now - self._origin <= policy.initial:
             self._low = 0.0  # started moments ago: unfinished at its start
         self._sent_at = now
+        self._begin = now
+        # A wait keeps the schedule it began with: one begun before its workflow's runs
+        # were learned polls on the backoff to the end (it paid for the early looks
+        # already, and a lot started together would otherwise follow a schedule
+        # learned from its own first, shortest, runs).
+        model = None if self._book is None else self._book.model(target.workflow_id)
+        self._placed = model is not None and model.plan(policy) is not None
         self.last: R | None = None
         """The latest reading of the run (``None``: never read)."""
         self.attempt = 0
@@ -656,7 +665,7 @@ class RunPoll(Generic[R]):
         """Where to poll by what was learned (``None``: not ready, or the run's start
         is not known: the policy's backoff)."""
         book, origin = self._book, self._origin
-        if book is None or origin is None:
+        if book is None or origin is None or not self._placed:
             return None
         model = book.model(self.target.workflow_id)
         return None if model is None else model.plan(self.policy)
@@ -677,7 +686,7 @@ class RunPoll(Generic[R]):
             return self.policy.safety_delay(self.attempt, self._rng)
         plan = self._plan()
         if plan is not None and self._origin is not None:
-            return plan.gap(now - self._origin, self._rng)
+            return plan.gap(now - self._origin, self._rng, elapsed=now - self._begin)
         return self.policy.delay(self.attempt, self._rng)
 
     def _learn(self, run: R, now: float, finished: bool) -> None:

@@ -609,3 +609,20 @@ def test_every_gap_moves_the_next_poll_past_what_the_scheduler_may_send_early(
     ages = [*plan.ages, *(a - 0.03 for a in plan.ages), *(a * 3 for a in plan.ages)]
     for age in [*ages, *(plain_next(policy, a) - 0.01 for a in ages), 1e4]:
         assert plan.gap(age, rng) >= least - 1e-12
+
+
+def test_a_wait_begun_before_runs_were_learned_keeps_the_backoff() -> None:
+    book = DurationBook()
+    points = [i * 0.05 for i in range(200)]
+    durations = uniform(2.0, 2.6, READY)
+    for duration in durations[:-1]:
+        book.observe("WCFG-1", *observed(duration, points))
+    state = run_state(book, started_at=0.0, policy=PollPolicy(jitter=0.0))
+    assert state.due() == 0.0  # nothing learned yet: at once
+    book.observe("WCFG-1", *observed(durations[-1], points))  # now it is
+    model = book.model("WCFG-1")
+    assert model is not None
+    assert model.plan(PollPolicy(jitter=0.0)) is not None
+    state.sent(0.0)
+    state.read(a_run("PROCESSING"), 0.01)
+    assert state.due() == pytest.approx(1.01)  # the backoff's second look, not the plan's
