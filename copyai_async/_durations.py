@@ -5,8 +5,9 @@ Every wait that sees a run end from a known start (this client started it, or th
 moment itself. The run was last read unfinished ``low`` seconds after its start and
 first read finished ``high`` seconds after it, so its duration lies in ``(low, high]``.
 
-A workflow's latest :data:`WINDOW` observations make its *estimate*: the distribution of
-durations that best explains those intervals (the nonparametric maximum-likelihood
+A workflow's latest :data:`WINDOW` observations, with the runs still being waited for
+(each "longer than its age when last seen unfinished"), make its *estimate*: the
+distribution of durations that best explains those intervals (the nonparametric maximum-likelihood
 estimate for interval-censored data, found by the EM iteration of Turnbull, on a
 geometric grid of bins), mixed with a little mass spread evenly over every duration
 seen (:data:`_FLOOR`), so that no duration is ever ruled out. The lognormal that best
@@ -20,10 +21,11 @@ new wait polls. It is chosen by dynamic programming over the grid to minimise th
 expected number of polls plus the expected delay in seeing the end, one poll being worth
 :data:`TRADE` of the median duration (or more, until the plan expects no more polls than
 the plain backoff would; if none does, there is no plan). No gap exceeds the policy's
-``max_interval``, and past the guard (the shortest 5% of the estimate) no poll comes
-after the plain backoff's next one: before it, the plan may skip the backoff's early
+``max_interval``, and past the guard (the shortest 5% of the runs seen end) no poll
+comes after the plain backoff's next one (counted from the wait's begin): before it, the plan may skip the backoff's early
 looks; after it, a run is seen end no later than without learning, whatever it became
 (a workflow that got slower). Past the plan's last age, the plain backoff's polls go on.
+A wait uses a plan only if one was ready when it began.
 
 Nothing here does I/O or reads a clock: :class:`~copyai_async._poll.RunPoll` reports
 observations and asks the plan for its next gap.
