@@ -22,10 +22,11 @@ expected number of polls plus the expected delay in seeing the end, one poll bei
 :data:`TRADE` of the median duration (or more, until the plan expects no more polls than
 the plain backoff would; if none does, there is no plan). No gap exceeds the policy's
 ``max_interval``, and past the guard (the shortest 5% of the runs seen end) no poll
-comes after the plain backoff's next one (counted from the wait's begin): before it, the plan may skip the backoff's early
-looks; after it, a run is seen end no later than without learning, whatever it became
-(a workflow that got slower). Past the plan's last age, the plain backoff's polls go on.
-A wait uses a plan only if one was ready when it began.
+comes after the plain backoff's next one (counted from the wait's begin): before it,
+the plan may skip the backoff's early looks; after it, a run is seen end no later than
+without learning, whatever it became (a workflow that got slower). Past the plan's last
+age, the plain backoff's polls go on. A wait uses a plan only if one was ready when it
+began.
 
 Nothing here does I/O or reads a clock: :class:`~copyai_async._poll.RunPoll` reports
 observations and asks the plan for its next gap.
