@@ -592,38 +592,27 @@ class DurationBook:
         a run learned already."""
         if not (0.0 <= low < high <= _MAX_DURATION):
             return
-        model = self._models.pop(workflow_id, None) or DurationModel()
-        self._models[workflow_id] = model
-        if len(self._models) > MAX_WORKFLOWS:
-            self._models.popitem(last=False)
+        model = self._touch(workflow_id)
         if model.observe(low, high, run_id) and not relayed and self.relay is not None:
             self.relay(workflow_id, low, high, run_id)
 
     def alive(self, workflow_id: str, run_id: str, low: float) -> None:
         """A run of the workflow, waited for, was seen unfinished ``low`` seconds after
         its start (what the next estimate counts as "longer than that")."""
-        model = self._models.get(workflow_id)
-        if model is None:
-            model = self._models[workflow_id] = DurationModel()
-            if len(self._models) > MAX_WORKFLOWS:
-                self._models.popitem(last=False)
-        model.alive(run_id, low)
+        self._touch(workflow_id).alive(run_id, low)
+
+    def _touch(self, workflow_id: str) -> DurationModel:
+        """The workflow's model (made if new), now the most recently used."""
+        model = self._models.pop(workflow_id, None) or DurationModel()
+        self._models[workflow_id] = model
+        if len(self._models) > MAX_WORKFLOWS:
+            self._models.popitem(last=False)
+        return model
 
     def model(self, workflow_id: str) -> DurationModel | None:
         """The workflow's model, if any run of it was observed."""
         return self._models.get(workflow_id)
 
     def summary(self, workflow_id: str, policy: PollPolicy) -> Durations:
-        model = self._models.get(workflow_id)
-        if model is None:
-            return Durations(
-                workflow_id=workflow_id,
-                observed=0,
-                window=0,
-                ready=False,
-                p50=None,
-                p90=None,
-                p99=None,
-                schedule=(),
-            )
+        model = self._models.get(workflow_id) or DurationModel()
         return model.summary(workflow_id, policy)
