@@ -178,6 +178,11 @@ class PollPolicy:
             from their start (this client started them) or their ``createdAt`` (on
             this machine's clock, corrected by what this client's starts showed of the
             server's). Turned off, every wait follows the backoff above.
+        sweep: let a wait on many runs of one workflow read the newest pages of the
+            workflow's listing (``GET /workflow/{id}/run?size=100``), where one page
+            answers for up to 100 of its runs, instead of reading each run on its own,
+            wherever that costs fewer requests (see "Sweeps" in the waiting guide).
+            Off, every run is read on its own.
 
     Raises:
         ValueError: a non-positive or non-finite value, ``multiplier < 1``,
@@ -196,6 +201,7 @@ class PollPolicy:
     )
     rechecks: tuple[float, ...] = attrs.field(default=(0.5, 1.0, 2.0), converter=_rechecks)
     adaptive: bool = attrs.field(default=True, validator=_boolean("adaptive"))
+    sweep: bool = attrs.field(default=True, validator=_boolean("sweep"))
 
     def __attrs_post_init__(self) -> None:
         if self.multiplier < 1:
