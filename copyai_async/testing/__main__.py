@@ -16,6 +16,7 @@ from typing import Any
 
 from ._aitasker import AITASKER_WORKFLOW_ID, AITASKER_WORKSPACE_ID
 from ._faults import DEFAULT_RANDOM_FAULTS, Fault
+from ._quirks import Quirks
 from ._schedule import Schedule
 from ._server import (
     DEFAULT_API_KEY,
@@ -142,6 +143,12 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="send each listing page from its first encoding (benchmarks of the client)",
     )
     p.add_argument(
+        "--bare-listing",
+        action="store_true",
+        help="send listing items without status, input and output (the documentation's "
+        "second shape; Quirks(bare_listing=True)); a run read on its own keeps them",
+    )
+    p.add_argument(
         "--schedule",
         choices=("seconds", "polls"),
         default="seconds",
@@ -197,6 +204,7 @@ def _build(args: argparse.Namespace) -> FakeCopyAI:
         keepalive_timeout=args.keepalive_timeout or None,
         compress_min_size=None if args.no_gzip else DEFAULT_COMPRESS_MIN_SIZE,
         cache_pages=args.cache_pages,
+        quirks=Quirks(bare_listing=args.bare_listing),
         deliveries=Deliveries(
             shape=args.webhook_shape,
             delay=tuple(args.webhook_delay),

@@ -46,6 +46,10 @@ class Quirks:
         omit_output_on_get: leave ``output`` out of a run read on its own (``GET
             /workflow/{id}/run/{run_id}``), as the published definition's schema of that
             endpoint does; the listing still carries it.
+        bare_listing: send listing items (``GET /workflow/{id}/run``) in the documentation's
+            second shape, the schema's "success" example: no ``status``, ``input`` or
+            ``output``, only ``metadata``, ``createdAt``, the ids and ``credits``. A run read
+            on its own (``GET /workflow/{id}/run/{run_id}``) still carries all three.
         extra_fields: add undocumented fields (``error``, ``toolKey``).
         full_start_answer: answer a start with ``id``, ``url``, ``status``,
             ``workflowRunId`` and ``workflowId`` rather than ``id`` alone.
@@ -64,6 +68,7 @@ class Quirks:
     omit_created_at: bool = False
     omit_credits: bool = False
     omit_output_on_get: bool = False
+    bare_listing: bool = False
     extra_fields: bool = False
     full_start_answer: bool = False
     errors_as_200: bool = False
@@ -90,11 +95,12 @@ def render_run(
     """A run as the API sends it, with the quirks applied (``single``: read on its own)."""
     q = quirks
     out: dict[str, Any] = {}
-    if not q.omit_status:
+    bare = q.bare_listing and not single
+    if not (q.omit_status or bare):
         out["status"] = status
-    if not q.omit_input:
+    if not (q.omit_input or bare):
         out["input"] = run.input
-    if status == "COMPLETE" and not (single and q.omit_output_on_get):
+    if status == "COMPLETE" and not bare and not (single and q.omit_output_on_get):
         out["output"] = (
             dict(run.schedule.output)
             if run.schedule.output is not None
