@@ -20,6 +20,8 @@ import pytest
 from copyai_async import START_KEY, CopyAIClient, NotFoundError, RunStatus
 from copyai_async._convert import WIRE, WireError, WireFormat
 from copyai_async.testing import (
+    AITASKER_WORKFLOW_ID,
+    AITASKER_WORKSPACE_ID,
     DEFAULT_COMPRESS_MIN_SIZE,
     FakeClock,
     FakeCopyAI,
@@ -447,6 +449,93 @@ async def test_stats_endpoint(client: CopyAIClient, server: FakeCopyAI) -> None:
         status, body = await _raw(server, "GET", "/../_fake/stats", key=None)
         assert status == 200
     assert body["faults"] == 0
+
+
+BARE_ITEM_KEYS = {"metadata", "createdAt", "id", "workflowRunId", "workflowId", "credits"}
+
+
+async def test_bare_listing_leaves_status_input_output_out_of_listing_items_only(
+    server: FakeCopyAI,
+) -> None:
+    wf = server.workflow_id
+    done = server.add_run(schedule=Schedule.immediate(), input={"topic": "otters"})
+    busy = server.add_run(schedule=Schedule.polls(("PROCESSING", 100)))
+    # The default: the documentation's first listing shape, status, input and output in.
+    _status, body = await _raw(server, "GET", f"/workflow/{wf}/run")
+    items = body["data"]["data"]
+    assert [(i["id"], i["status"], i["input"]) for i in items] == [
+        (busy.id, "PROCESSING", {}),
+        (done.id, "COMPLETE", {"topic": "otters"}),
+    ]
+    assert "output" in items[1]
+    # Bare: the schema's "success" example, in the listing alone.
+    server.quirks = Quirks(bare_listing=True)
+    status, body = await _raw(server, "GET", f"/workflow/{wf}/run")
+    assert status == 200
+    items = body["data"]["data"]
+    assert [i["id"] for i in items] == [busy.id, done.id]
+    assert [set(i) for i in items] == [BARE_ITEM_KEYS, BARE_ITEM_KEYS]
+    assert body["data"]["total"] == 2
+    assert len(STRICT.page(body, workflow_id=wf, page=1, size=10).runs) == 2
+    # A run read on its own keeps all three.
+    _status, body = await _raw(server, "GET", f"/workflow/{wf}/run/{done.id}")
+    assert body["data"]["status"] == "COMPLETE"
+    assert body["data"]["input"] == {"topic": "otters"}
+    assert body["data"]["output"] == {"result": "Generated text for 1 input(s)"}
+    _status, body = await _raw(server, "GET", f"/workflow/{wf}/run/{busy.id}")
+    assert (body["data"]["status"], body["data"]["input"]) == ("PROCESSING", {})
+    assert "output" not in body["data"]
+    # Listings did not count as reads of the runs (polls schedules move on GETs only).
+    assert busy.polls == 1
+
+
+def test_bare_listing_from_the_command_line() -> None:
+    from copyai_async.testing.__main__ import _build, _parser
+
+    assert _build(_parser().parse_args([])).quirks == Quirks()
+    assert _build(_parser().parse_args(["--bare-listing"])).quirks == Quirks(bare_listing=True)
+
+
+async def test_requests_counted_by_kind(server: FakeCopyAI) -> None:
+    wf = server.workflow_id
+    fake = server.add_run(schedule=Schedule.immediate())
+    server.add_aitasker_run()
+    api = {"x-copy-ai-api-key": server.api_key}
+    aitasker = {"Authorization": f"Bearer {server.api_key}"}
+    root = server.aitasker_url  # the server's root, outside /api
+    requests: list[tuple[str, str, dict[str, str], int]] = [
+        *[("POST", f"/api/workflow/{wf}/run", api, 200)] * 2,
+        *[("GET", f"/api/workflow/{wf}/run/{fake.id}", api, 200)] * 3,
+        ("GET", f"/api/workflow/{wf}/run/WRUN-missing", api, 404),
+        ("GET", f"/api/workflow/{wf}/run?page=1&size=100", api, 200),
+        ("GET", "/api/webhook", api, 200),
+        ("GET", "/api/webhook/WH-missing", api, 404),
+        (
+            "GET",
+            f"/api/v1/workspaces/{AITASKER_WORKSPACE_ID}/workflows/{AITASKER_WORKFLOW_ID}/runs",
+            aitasker,
+            200,
+        ),
+        ("POST", f"/api/workflow/{wf}/run/{fake.id}", api, 405),
+        ("GET", "/elsewhere", api, 404),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for method, path, headers, expected_status in requests:
+            payload = {"startVariables": {}} if method == "POST" else None
+            async with session.request(method, root + path, headers=headers, json=payload) as resp:
+                assert resp.status == expected_status, (method, path)
+    status, body = await _raw(server, "GET", "/../_fake/stats", key=None)
+    assert status == 200
+    expected = {"start": 2, "get": 4, "list": 1, "webhook": 2, "aitasker": 1, "other": 2}
+    assert server.stats.by_kind == expected  # the stats request itself is not counted
+    assert body["by_kind"] == expected
+    assert body["run_gets"] == 4  # reads of one run, the listing left out
+    assert body["requests"] == sum(expected.values())
+    server.reset_stats()
+    assert not server.stats.by_kind
+    _status, body = await _raw(server, "GET", "/../_fake/stats", key=None)
+    assert body["by_kind"] == dict.fromkeys(expected, 0)
+    assert body["run_gets"] == body["requests"] == 0
 
 
 async def test_url_before_start_is_an_error() -> None:

@@ -97,6 +97,15 @@ class ServerStats:
         max_in_flight: the most handled at once.
         faults: faults injected.
         by_path: requests per ``"METHOD /path"``.
+        by_kind: API requests per kind (the fake's own ``/_fake/...`` endpoints are not
+            counted, so the kinds add up to the API requests): ``"start"`` (``POST
+            /workflow/{id}/run``), ``"get"`` (``GET /workflow/{id}/run/{run_id}``, one
+            run), ``"list"`` (``GET /workflow/{id}/run``, a page of the listing),
+            ``"webhook"`` (the ``/webhook`` endpoints), ``"aitasker"`` (``/api/v1/...``)
+            and ``"other"`` (anything else, e.g. a path outside ``/api``). ``GET
+            /_fake/stats`` sends them as ``by_kind`` (every kind, zeros included), and
+            its ``run_gets`` is ``by_kind["get"]``: reads of one run, listings not
+            included.
         max_per_second: the most requests that arrived within any one second.
         runs_started: runs created by ``POST /workflow/{id}/run`` (seeded runs not counted).
         webhooks_sent: webhook deliveries made (duplicates included).
@@ -111,6 +120,7 @@ class ServerStats:
     max_in_flight: int = 0
     faults: int = 0
     by_path: Counter[str] = attrs.field(factory=Counter)
+    by_kind: Counter[str] = attrs.field(factory=Counter)
     max_per_second: int = 0
     runs_started: int = 0
     webhooks_sent: int = 0
@@ -119,6 +129,32 @@ class ServerStats:
     webhooks_duplicated: int = 0
     webhooks_reordered: int = 0
     _window: deque[float] = attrs.field(factory=deque, repr=False)
+
+
+REQUEST_KINDS = ("start", "get", "list", "webhook", "aitasker", "other")
+"""The kinds :attr:`ServerStats.by_kind` counts requests by."""
+
+_KIND_OF_ROUTE = {
+    ("POST", "/api/workflow/{workflow_id}/run"): "start",
+    ("GET", "/api/workflow/{workflow_id}/run/{run_id}"): "get",
+    ("GET", "/api/workflow/{workflow_id}/run"): "list",
+}
+
+
+def _request_kind(request: web.Request) -> str | None:
+    """The kind of API request ``request`` is (see :attr:`ServerStats.by_kind`); ``None``
+    for the fake's own ``/_fake/...`` endpoints, which are not counted."""
+    path = request.path
+    if path.startswith("/_fake/"):
+        return None
+    if path.startswith("/api/v1/"):
+        return "aitasker"
+    if path == "/api/webhook" or path.startswith("/api/webhook/"):
+        return "webhook"
+    # The route's pattern, not the path: ids are opaque segments and may hold anything.
+    resource = request.match_info.route.resource
+    canonical = resource.canonical if resource is not None else path
+    return _KIND_OF_ROUTE.get((request.method, canonical), "other")
 
 
 def _check_keepalive(value: float | None) -> float:
@@ -198,9 +234,10 @@ class FakeCopyAI:
     made, to test a receiver.
 
     Its own endpoints, outside ``/api``, need no key and meet no fault: ``GET
-    /_fake/stats`` (the counters) and ``GET /_fake/runs/{run_id}`` (a run's status,
-    schedule and, for ``unit="seconds"``, ``finishes_at`` in Unix time), for scripts and
-    tests that drive it from another process.
+    /_fake/stats`` (the counters, with requests by kind; see :class:`ServerStats`) and
+    ``GET /_fake/runs/{run_id}`` (a run's status, schedule and, for ``unit="seconds"``,
+    ``finishes_at`` in Unix time), for scripts and tests that drive it from another
+    process.
 
     Attributes you may change while it runs: ``latency``, ``quirks``, ``fault_rate``,
     ``default_schedule``, ``schedule_for``, ``credit_limit``, ``api_key``,
@@ -643,6 +680,9 @@ class FakeCopyAI:
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         stats.by_path[f"{request.method} {request.path}"] += 1
+        kind = _request_kind(request)
+        if kind is not None:
+            stats.by_kind[kind] += 1
         body = await request.read()
         # The fake's own endpoints (its stats) are not the API: never faulted.
         fault = None if request.path.startswith("/_fake/") else self._pick_fault(request)
@@ -745,9 +785,8 @@ class FakeCopyAI:
                 "max_in_flight": stats.max_in_flight,
                 "max_per_second": stats.max_per_second,
                 "runs_started": stats.runs_started,
-                "run_gets": sum(
-                    n for path, n in stats.by_path.items() if path.startswith("GET /api/workflow/")
-                ),
+                "run_gets": stats.by_kind["get"],
+                "by_kind": {kind: stats.by_kind[kind] for kind in REQUEST_KINDS},
                 "webhooks_sent": stats.webhooks_sent,
                 "webhooks_failed": stats.webhooks_failed,
                 "webhooks_dropped": stats.webhooks_dropped,
