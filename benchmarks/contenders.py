@@ -176,6 +176,37 @@ async def wait_httpx(url: str, finishes: dict[str, float]) -> dict[str, Any]:
         return await _gather_loops(status, finishes)
 
 
+# -- waiting by listing sweeps ----------------------------------------------------------
+
+
+async def sweep_ours(url: str, arg: dict[str, Any]) -> dict[str, Any]:
+    """``wait_for_runs`` on every run of ``finishes`` with ``PollPolicy(sweep=...)``: the
+    detection latency of each run (from its finish, on the server's Unix clock), and how
+    often the wait yielded runs (each must come once). A deadline well past the last
+    finish ends a wait that would never end (the wait then raises)."""
+    finishes: dict[str, float] = arg["finishes"]
+    policy = PollPolicy(sweep=arg["sweep"])
+    latencies: list[float] = []
+    seen: set[str] = set()
+    yielded = strangers = 0
+    async with CopyAIClient(KEY, base_url=url) as client:
+        async for run in client.wait_for_runs(
+            WORKFLOW, list(finishes), policy=policy, timeout=arg["timeout"]
+        ):
+            yielded += 1
+            if run.id not in finishes:
+                strangers += 1
+                continue
+            latencies.append(time.time() - finishes[run.id])
+            seen.add(run.id)
+    return {
+        "latencies": latencies,
+        "yielded": yielded,
+        "distinct": len(seen),
+        "strangers": strangers,
+    }
+
+
 # -- waiting with webhook events ---------------------------------------------------------
 
 
@@ -445,6 +476,7 @@ CONTENDERS: dict[str, dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]
         "aiohttp-1s": wait_aiohttp_1s,
     },
     "rate": {"ours": wait_ours_rate},
+    "sweep": {"sweep": sweep_ours, "get_only": sweep_ours},
     "events": {"polling": events_ours, "webhooks": events_ours},
     "adaptive": {"learning": adaptive_ours, "plain": adaptive_ours},
     "single": {"ours": single_ours, "aiohttp": single_aiohttp, "httpx": single_httpx},
