@@ -43,6 +43,7 @@ def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
         "import",
         "events",
         "batch",
+        "sweep",
         "machine",
     }
     (stream,) = results["stream"]
@@ -87,6 +88,25 @@ def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
         assert patterns[0]["fsyncs"] >= batch["journal"]["rows"]  # one intent a commit
         assert patterns[1]["fsyncs"] < patterns[0]["fsyncs"]
     assert "bulk runs (run_batch)" in done.stdout
+    # Listing sweeps against reading each run: every run yielded once (or the harness
+    # fails), each variant's requests counted by kind, with and without status in the
+    # listing.
+    with_status, bare = results["sweep"]
+    assert (with_status["listing"], bare["listing"]) == ("status", "bare")
+    for row in (with_status, bare):
+        assert row["variants"] == ["sweep", "get_only"]
+        assert row["get_only"]["lists_per_run"]["median"] == 0.0  # never a page
+        for name in row["variants"]:
+            got = row[name]
+            # A wait reads runs and pages, nothing else (one repeat: medians add up).
+            assert got["requests_per_run"]["median"] == pytest.approx(
+                got["gets_per_run"]["median"] + got["lists_per_run"]["median"]
+            )
+            assert got["requests_per_run"]["median"] > 0
+            assert got["p99_s"]["median"] >= got["p50_s"]["median"]
+        assert set(row["ratios"]) >= {"requests_per_run", "p99_s", "wall_s", "cpu_s"}
+        assert isinstance(row["target_met"], bool)
+    assert "waiting by listing sweeps" in done.stdout
 
 
 def test_reliability_experiments_run_on_tiny_sizes(tmp_path: Path) -> None:
