@@ -38,6 +38,7 @@ from ._loop import LoopBinding
 from ._once import AtMostOnce, Lookup, LookupInconclusive, Unsettled
 from ._poll import DEFAULT_CONCURRENCY, PollPolicy, RunKind, Target, Waiter, _check_policy
 from ._proxy import choose_proxy
+from ._sweep import Listing
 from ._version import version
 
 __all__ = ["BaseClient", "LookupInconclusive"]
@@ -191,6 +192,7 @@ class BaseClient(Generic[_R]):
         auth_hint: str = "check the API key (api_key= or the COPYAI_API_KEY variable)",
         credential: str = "API key",
         root_hint: str = "",
+        listing: Listing[_R] | None = None,
     ) -> None:
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise TypeError(
@@ -242,6 +244,7 @@ class BaseClient(Generic[_R]):
             budget=budget,
             hints=None if link is None else link.hints,
             durations=None if link is None else link.durations,
+            listing=listing,
         )
         self.coordination: RedisCoordination | None = coordinator
         self._owns_coordination = isinstance(coordination, str)

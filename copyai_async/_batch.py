@@ -334,6 +334,7 @@ class _Run:
                 None,
                 concurrency=min(batch._max_running, 1000),
                 coalesce=_COALESCE,
+                sweep=True,
             ),
             open_ended=True,
             on_failure=self._given_up,

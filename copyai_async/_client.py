@@ -28,6 +28,7 @@ from ._models import START_KEY, RunPage, RunStatus, WorkflowRun
 from ._once import AtMostOnce, Lookup, Unsettled
 from ._paginate import DEFAULT_PREFETCH, RunPaginator
 from ._poll import PollPolicy, RunKind, bounded, check_timeout
+from ._sweep import Listing, Usable
 
 if TYPE_CHECKING:
     # Imported where used: webhooks cost a tenth of the package's import otherwise.
@@ -104,6 +105,16 @@ COPYAI_RUNS: RunKind[WorkflowRun] = RunKind(
     created_at=lambda run: None if run.created_at is None else run.created_at.timestamp(),
 )
 """How the poller reads a Copy.ai run: COMPLETE and FAILED end it, FAILED is failure."""
+
+
+def _listed_usable(run: WorkflowRun) -> Usable:
+    """What a run in the listing is good for: a listing without ``status`` says nothing;
+    a finished run without its ``output`` is read on its own before a wait ends."""
+    if run.raw_status is None:
+        return Usable.NO_STATUS
+    if run.is_terminal and run.output is None:
+        return Usable.VERIFY
+    return Usable.YES
 
 
 class CopyAIClient(BaseClient[WorkflowRun]):
@@ -220,6 +231,12 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             proxy=proxy,
             trust_env=trust_env,
             root_hint=f"Copy.ai's API root is {DEFAULT_BASE_URL}",
+            listing=Listing(
+                read_page=self._listed,
+                run_id=lambda run: run.id,
+                usable=_listed_usable,
+                created_at=lambda run: run.created_at,
+            ),
         )
 
     # -- endpoints ---------------------------------------------------------------------
@@ -286,6 +303,13 @@ class CopyAIClient(BaseClient[WorkflowRun]):
             what="workflow",
             decode=WIRE.decode_page,
         )
+
+    async def _listed(
+        self, workflow_id: str, page: int, size: int
+    ) -> tuple[tuple[WorkflowRun, ...], int | None]:
+        """One page of runs as sweeps read it: the runs and ``total``."""
+        listed = (await self._page(workflow_id, page, size))[0]
+        return listed.runs, listed.total
 
     def iter_runs(
         self,

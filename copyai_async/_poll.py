@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import heapq
 import inspect
 import itertools
@@ -50,7 +51,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import anyio
 import attrs
@@ -72,6 +73,7 @@ from ._errors import (
     RunFailedError,
     ServerError,
 )
+from ._sweep import PAGE_SIZE, Listing, Sweep
 from ._tasks import cancel_and_wait
 
 if sys.version_info < (3, 11):  # pragma: no cover - version-dependent
@@ -572,6 +574,7 @@ class RunPoll(Generic[R]):
         "_sent_at",
         "_since_event",
         "_time_limit",
+        "_unsend",
         "_wall",
         "_warned",
         "attempt",
@@ -652,6 +655,7 @@ class RunPoll(Generic[R]):
             self._lead = min(FINAL_LOOK, max(0.0, deadline - now) / 4)
             self._final_at = deadline - self._lead
         self._looked = False  # the final look went out
+        self._unsend: tuple[bool, float | None, int | None, float] = (False, None, None, now)
         # What the poll in flight is for (set when it goes out).
         self._for_schedule = False
         self._checking = False  # it checks an event that said the run finished
@@ -729,10 +733,14 @@ class RunPoll(Generic[R]):
         self._event_at = now
         return True
 
-    def sent(self, now: float) -> None:
-        """A poll of the run goes out now (perhaps a little before it is due)."""
+    def sent(self, now: float, *, early: bool = True) -> bool:
+        """A poll of the run goes out now. Returns whether it stands for the schedule's
+        poll. ``early``: it was sent a little before it was due, to go with others, and
+        stands for the poll that was due (a sweep's page is not: it stands for the
+        schedule's poll only if that was due by now)."""
+        self._unsend = (self._looked, self._event_at, self._since_event, self._sent_at)
         due = self.due()
-        reach = max(now, due)
+        reach = max(now, due) if early else now
         final = due >= self._final_at
         self._looked = self._looked or final
         self._for_schedule = final or self._scheduled_at <= reach
@@ -743,6 +751,24 @@ class RunPoll(Generic[R]):
         self._checking = self._claim_open
         self._sent_at = now
         self.in_flight = True
+        return self._for_schedule
+
+    def unsent(self) -> None:
+        """The poll that went out did not read the run after all (a page of the
+        listing did not show it): as if it had not gone out, due as it was."""
+        self._looked, self._event_at, self._since_event, self._sent_at = self._unsend
+        self._for_schedule = self._checking = False
+        self.in_flight = False
+
+    def urgent(self) -> bool:
+        """Whether its next poll is one an event asks for (or a re-check after one, or a
+        read a page of the listing asked for), not the schedule's."""
+        return self._event_at is not None
+
+    def verify(self, now: float) -> None:
+        """A page of the listing said the run finished but did not show all a read of it
+        would (its output): it is read on its own at once."""
+        self._event_at = now if self._event_at is None else min(self._event_at, now)
 
     def read(self, run: R, now: float) -> bool:
         """The poll read the run. Returns True if it is finished: the wait is over."""
@@ -877,6 +903,8 @@ class WaitOptions:
             learned, every wait follows the policy's backoff).
         wall: the machine's clock in Unix seconds, to age runs by their ``createdAt``
             (``None``: only runs the client started are aged).
+        listing: how to read the runs' listing, for sweeps (``None``, or the policy's
+            ``sweep`` off: each run is read on its own).
     """
 
     policy: PollPolicy
@@ -890,6 +918,7 @@ class WaitOptions:
     closing: asyncio.Future[None] | None = None
     durations: DurationBook | None = None
     wall: Callable[[], float] | None = None
+    listing: Listing[Any] | None = None
 
 
 @attrs.define(eq=False)
@@ -899,6 +928,39 @@ class _Track(Generic[R]):
     poll: RunPoll[R]
     order: int  # its place among the runs given (errors are raised in this order)
     entry: int = -1  # the sequence number of its live heap entry (older ones are stale)
+
+
+@attrs.define(eq=False)
+class _Swept(Generic[R]):
+    """A workflow's sweeps in one wait: the decisions (a :class:`Sweep`), and the runs
+    they read: parked until the next sweep, or held by the one in flight (with whether
+    the poll it stands for is the schedule's)."""
+
+    sweep: Sweep[R]
+    parked: dict[str, _Track[R]] = attrs.Factory(dict)
+    held: dict[str, tuple[_Track[R], bool]] = attrs.Factory(dict)
+    queue: list[int] = attrs.Factory(list)  # pages to send
+    out: int = 0  # pages in flight
+    failed: set[int] = attrs.Factory(set)  # pages of this sweep that failed
+    looked_again: bool = False  # runs it did not find were looked for once more
+    saved: int = 0  # scheduled polls this sweep's readings stood for
+    spent: int = 0  # pages this sweep asked for
+    first_due: float = math.inf  # the earliest due scheduled poll of the parked runs
+    first_urgent: float = math.inf  # the earliest poll an event asks for
+    entry: int = -1  # the sequence number of its timer's live heap entry
+    timer_at: float = math.inf
+
+
+@attrs.frozen
+class _PageRead(Generic[R]):
+    """A page request in flight."""
+
+    swept: _Swept[R]
+    page: int
+
+
+# A run read, whether its status changed, and whether it is finished.
+_Reading: TypeAlias = tuple[R, bool, bool]
 
 
 class Scheduler(Generic[R]):
@@ -954,13 +1016,13 @@ class Scheduler(Generic[R]):
         self._on_status = on_status
         self._changes = changes
         self._grouped = grouped
-        self.heap: list[tuple[float, int, _Track[R]]] = []
+        self.heap: list[tuple[float, int, _Track[R] | _Swept[R]]] = []
         self.pending = 0  # tracks with a live heap entry
-        self.running: dict[asyncio.Task[R], _Track[R]] = {}
-        self.finished: list[asyncio.Task[R]] = []  # polls that ended since the last look
+        self.running: dict[asyncio.Task[Any], _Track[R] | _PageRead[R]] = {}
+        self.finished: list[asyncio.Task[Any]] = []  # requests that ended since the last look
         self.failures: list[tuple[int, CopyAIError]] = []
-        # Only the heap, the polls in flight and (with hints) this map hold a track: a
-        # run seen terminal is let go at once, so memory follows the runs still pending.
+        # Only the heap, the polls in flight, the sweeps and (with hints) this map hold a
+        # track: a run seen terminal is let go at once, so memory follows the runs pending.
         self._by_run: dict[str, _Track[R]] = {}
         self._sequence = itertools.count()
         self._wakeup: asyncio.Future[None] | None = None
@@ -970,6 +1032,12 @@ class Scheduler(Generic[R]):
         self._open = open_ended
         self._on_failure = on_failure
         self.total = 0
+        # Sweeps of the listing, per workflow (none without a listing or with the
+        # policy's sweep off); ``parked``: tracks they hold, out of the heap.
+        self._listing = options.listing if options.policy.sweep else None
+        self._sweeps: dict[str, _Swept[R]] = {}
+        self._sending: list[_Swept[R]] = []  # sweeps with pages to send
+        self.parked = 0
         self._add(targets)
 
     def add(self, targets: Iterable[Target[R]]) -> None:
@@ -1007,6 +1075,8 @@ class Scheduler(Generic[R]):
             if hints is not None:
                 self._by_run[target.run_id] = track
                 hints.subscribe(target.run_id, self._on_hint)
+            if self._listing is not None:
+                self._swept(target.workflow_id).sweep.add(target.run_id)
             heap.append((state.due(), track.entry, track))
             added += 1
         self.pending += added
@@ -1023,7 +1093,7 @@ class Scheduler(Generic[R]):
         if closing is not None:
             closing.add_done_callback(self._wake)
         try:
-            while self.pending or self.running or self._open:
+            while self.pending or self.running or self._open or self.parked:
                 now = clock.monotonic()
                 late = deadline is not None and now >= deadline
                 if late and not self.finished:
@@ -1038,48 +1108,50 @@ class Scheduler(Generic[R]):
                     )
                 done, self.finished = self.finished, []
                 for task in done:
-                    reading = self._settle(task)
-                    if reading is None:
-                        continue
-                    run, changed, finished = reading
-                    if changed and on_status is not None:
-                        result = on_status(run)
-                        if inspect.isawaitable(result):
-                            await result
-                    if changed if changes else finished:
-                        yield run
+                    for run, changed, finished in self._settle(task):
+                        if changed and on_status is not None:
+                            result = on_status(run)
+                            if inspect.isawaitable(result):
+                                await result
+                        if changed if changes else finished:
+                            yield run
         finally:
             if closing is not None:
                 closing.remove_done_callback(self._wake)
             await self._aclose()
         self._raise_failures()
 
-    def _settle(self, task: asyncio.Task[R]) -> tuple[R, bool, bool] | None:
-        """A poll ended: feed its outcome to the run's state. Returns the reading, whether
-        its status changed, and whether the run is finished (``None``: no reading)."""
-        track = self.running.pop(task)
-        state = track.poll
+    def _settle(self, task: asyncio.Task[Any]) -> list[_Reading[R]]:
+        """A request ended: feed its outcome to the states of the runs it read. Returns
+        the readings: each run, whether its status changed, whether it is finished."""
+        item = self.running.pop(task)
+        if isinstance(item, _PageRead):
+            return self._settle_page(item, task)
         error = task.exception()
         now = self.clock.monotonic()
         if error is None:
-            run = task.result()
-            last = state.last
-            changed = last is None or self.kind.status(last) != self.kind.status(run)
-            finished = state.read(run, now)
-            if finished:
-                self._done_with(track)
-            else:
-                self._push(track)
-            return run, changed, finished
+            return [self._reading(item, task.result(), now)]
         if not isinstance(error, (CopyAIError, DeadlineExceeded)):
             raise error
-        failure = state.failed(error, now)
+        failure = item.poll.failed(error, now)
         if failure is None:
-            self._push(track)  # polled again when its state says
+            self._push(item)  # polled again when its state says
         else:
+            self._done_with(item)
+            self._fail(item, failure)
+        return []
+
+    def _reading(self, track: _Track[R], run: R, now: float) -> _Reading[R]:
+        """The run was read (on its own, or on a page of the listing)."""
+        state = track.poll
+        last = state.last
+        changed = last is None or self.kind.status(last) != self.kind.status(run)
+        finished = state.read(run, now)
+        if finished:
             self._done_with(track)
-            self._fail(track, failure)
-        return None
+        else:
+            self._requeue(track, now)
+        return run, changed, finished
 
     def _fail(self, track: _Track[R], error: CopyAIError) -> None:
         if not self._grouped:
@@ -1099,10 +1171,16 @@ class Scheduler(Generic[R]):
 
     async def _expire(self, now: float) -> None:
         """Time is up: cancel the polls in flight; every run not seen finished fails."""
-        late = [*self.running.values(), *(e[2] for e in self.heap if e[1] == e[2].entry)]
+        late = [t for t in self.running.values() if isinstance(t, _Track)]
+        late += [e[2] for e in self.heap if isinstance(e[2], _Track) and e[1] == e[2].entry]
+        for swept in self._sweeps.values():
+            late += [*swept.parked.values(), *(track for track, _ in swept.held.values())]
+            swept.parked.clear()
+            swept.held.clear()
+        late.sort(key=lambda track: track.order)
         await self._cancel_running()
         self.heap.clear()
-        self.pending = 0
+        self.pending = self.parked = 0
         for track in late:
             self._fail(track, track.poll.expired(now))
 
@@ -1115,10 +1193,16 @@ class Scheduler(Generic[R]):
         track.entry = next(self._sequence)
         heapq.heappush(self.heap, (track.poll.due(), track.entry, track))
 
-    def _slack(self, track: _Track[R]) -> float:
-        if not self._quarter:
+    def _requeue(self, track: _Track[R], now: float) -> None:
+        """A run read unfinished: parked for the next sweep if one stands for its next
+        poll, else on the heap."""
+        if not self._park(track, now):
+            self._push(track)
+
+    def _slack(self, item: _Track[R] | _Swept[R]) -> float:
+        if not self._quarter or isinstance(item, _Swept):
             return 0.0
-        interval = self.options.policy.interval(track.poll.attempt)
+        interval = self.options.policy.interval(item.poll.attempt)
         return min(self.options.coalesce, self._quarter * interval)
 
     def _drop_stale(self) -> None:
@@ -1127,33 +1211,249 @@ class Scheduler(Generic[R]):
             heapq.heappop(heap)  # the run was made due again, or is done
 
     def _launch(self, now: float) -> None:
-        """Send every poll due by now (and those due within their slack), up to the cap."""
+        """Send the pages of the sweeps in flight, then every poll due by now (and those
+        due within their slack), up to the cap."""
         heap, running = self.heap, self.running
         deadline, clock = self.options.deadline, self.clock
         concurrency = self.options.concurrency
+        self._send_pages()
         self._drop_stale()
         while heap and heap[0][0] <= now + self._slack(heap[0][2]):
             if len(running) >= concurrency:
                 return
-            _, _, track = heapq.heappop(heap)
-            track.entry = -1
+            _, _, item = heapq.heappop(heap)
+            item.entry = -1
+            if isinstance(item, _Swept):
+                self._begin_sweep(item, now)
+                self._send_pages()
+                self._drop_stale()
+                continue
             self.pending -= 1
-            track.poll.sent(now)
-            target = track.poll.target
+            if self._park(item, now):
+                self._drop_stale()
+                continue
+            item.poll.sent(now)
+            target = item.poll.target
             task = self._loop.create_task(
                 bounded(target.fetch, deadline, clock),
                 name=f"copyai_async.poll[{target.run_id}]",
             )
             task.add_done_callback(self._on_done)
-            running[task] = track
+            running[task] = item
             self._drop_stale()
 
     def _done_with(self, track: _Track[R]) -> None:
-        """A run is finished or failed: no more events for it."""
+        """A run is finished or failed: no more events or sweeps for it."""
+        run_id = track.poll.target.run_id
         if self.hints is not None:
-            run_id = track.poll.target.run_id
             self._by_run.pop(run_id, None)
             self.hints.unsubscribe(run_id, self._on_hint)
+        swept = self._sweeps.get(track.poll.target.workflow_id)
+        if swept is not None:
+            swept.sweep.forget(run_id)
+
+    # -- sweeps of the listing (see ._sweep) ---------------------------------------------
+
+    def _swept(self, workflow_id: str) -> _Swept[R]:
+        swept = self._sweeps.get(workflow_id)
+        if swept is None:
+            listing = self._listing
+            assert listing is not None  # (only called with a listing)
+            policy = self.options.policy
+            sweep = Sweep(
+                workflow_id,
+                listing=listing,
+                floor=policy.initial,
+                carry=policy.max_interval / policy.initial,
+                jitter=policy.jitter,
+                rng=self.options.rng,
+            )
+            swept = self._sweeps[workflow_id] = _Swept(sweep=sweep)
+        return swept
+
+    def _park(self, track: _Track[R], now: float) -> bool:
+        """Leave the run's next poll to its workflow's next sweep, if sweeps read it and
+        either its next poll is the schedule's own (a sweep comes by then) or a sweep is
+        due now. Returns whether it was parked."""
+        swept = self._sweeps.get(track.poll.target.workflow_id)
+        if swept is None:
+            return False
+        sweep, run_id = swept.sweep, track.poll.target.run_id
+        if not (sweep.active() and sweep.wants(run_id)):
+            return False
+        poll = track.poll
+        swept.parked[run_id] = track
+        self.parked += 1
+        self._note_due(swept, poll)
+        if not sweep.in_flight:
+            self._time_sweep(swept)
+        return True
+
+    @staticmethod
+    def _note_due(swept: _Swept[R], poll: RunPoll[R]) -> None:
+        """A parked run's next poll: the schedule's (any sweep until then stands for it),
+        or a first look, or one an event asks for (a sweep goes for it then)."""
+        if poll.urgent() or poll.last is None:
+            swept.first_urgent = min(swept.first_urgent, poll.due())
+        else:
+            swept.first_due = min(swept.first_due, poll.due())
+
+    def _time_sweep(self, swept: _Swept[R]) -> None:
+        """Put the workflow's next sweep on the heap (if it moved earlier)."""
+        at = min(swept.sweep.next_at(swept.first_due), swept.first_urgent)
+        if swept.entry >= 0 and swept.timer_at <= at:
+            return
+        swept.entry, swept.timer_at = next(self._sequence), at
+        heapq.heappush(self.heap, (at, swept.entry, swept))
+
+    def _release(self, swept: _Swept[R]) -> None:
+        """Sweeps no longer read the parked runs: back to the heap."""
+        for track in swept.parked.values():
+            self._push(track)
+        self.parked -= len(swept.parked)
+        swept.parked.clear()
+        swept.first_due = swept.first_urgent = math.inf
+
+    def _begin_sweep(self, swept: _Swept[R], now: float) -> None:
+        """The sweep's time came: choose its pages, and hold the parked runs they show."""
+        swept.timer_at = math.inf
+        sweep = swept.sweep
+        if not sweep.active():
+            self._release(swept)
+            return
+        parked = swept.parked
+        due = [run_id for run_id, track in parked.items() if track.poll.due() <= now]
+        pages = sweep.begin(now, due)
+        plan = set(pages)
+        swept.first_due = swept.first_urgent = math.inf
+        for run_id, track in list(parked.items()):
+            if sweep.page_of(run_id) in plan or (pages and sweep.unsought(run_id)):
+                del parked[run_id]
+                swept.held[run_id] = (track, track.poll.sent(now, early=False))
+            else:
+                self._note_due(swept, track.poll)
+        if not pages:
+            self._time_sweep(swept)
+            return
+        swept.queue = pages if sweep.probed else pages[:1]
+        self._sending.append(swept)
+
+    def _send_pages(self) -> None:
+        """Send the pages the sweeps ask for, within the cap."""
+        running, cap = self.running, self.options.concurrency
+        listing = self._listing
+        while self._sending and len(running) < cap:
+            swept = self._sending[0]
+            if not swept.queue:
+                self._sending.pop(0)
+                continue
+            assert listing is not None  # (sweeps exist only with a listing)
+            page = swept.queue.pop(0)
+            workflow_id = swept.sweep.workflow_id
+            task = self._loop.create_task(
+                bounded(
+                    functools.partial(listing.read_page, workflow_id, page, PAGE_SIZE),
+                    self.options.deadline,
+                    self.clock,
+                ),
+                name=f"copyai_async.sweep[{workflow_id}:{page}]",
+            )
+            task.add_done_callback(self._on_done)
+            running[task] = _PageRead(swept, page)
+            swept.out += 1
+            swept.spent += 1
+
+    def _settle_page(self, read: _PageRead[R], task: asyncio.Task[Any]) -> list[_Reading[R]]:
+        """A page came back (or failed): the readings of the runs the sweep held on it."""
+        swept, sweep = read.swept, read.swept.sweep
+        swept.out -= 1
+        error = task.exception()
+        now = self.clock.monotonic()
+        readings: list[_Reading[R]] = []
+        if error is None:
+            runs, total = task.result()
+            answer = sweep.answer(read.page, runs, total)
+            if answer.refused is not None:
+                swept.queue.clear()
+                logger.info("%s: its runs are read one by one from now on", answer.refused)
+            elif answer.more:
+                swept.queue.extend(answer.more)
+                self._sending.append(swept)
+            for run_id, run, verify in answer.found:
+                held = swept.held.pop(run_id, None)
+                if held is None:
+                    continue  # not looked for by this sweep (read on its own meanwhile)
+                track, scheduled = held
+                self.parked -= 1
+                if verify:  # read on its own, at once, before its wait may end
+                    sweep.leave(run_id)
+                    track.poll.unsent()
+                    track.poll.verify(now)
+                    self._push(track)
+                    continue
+                swept.saved += scheduled
+                readings.append(self._reading(track, run, now))
+        elif not isinstance(error, (CopyAIError, DeadlineExceeded)):
+            raise error
+        else:
+            swept.queue.clear()
+            swept.failed.add(read.page)
+            passing = isinstance(error, DeadlineExceeded) or transient(error)
+            why = sweep.failed(passing=passing, why=str(error))
+            if why is not None:
+                logger.info("%s: its runs are read one by one from now on", why)
+        if not swept.out and not swept.queue and not self._look_again(swept):
+            self._end_sweep(swept)
+        return readings
+
+    def _look_again(self, swept: _Swept[R]) -> bool:
+        """Runs created while the sweep was out push the runs it looks for onto later
+        pages, perhaps past a page read already: as the paginator reads such a page
+        again, the sweep reads the pages where the latest ``total`` puts the runs it
+        did not find, once. Returns whether it did."""
+        sweep = swept.sweep
+        if swept.looked_again or swept.failed or not sweep.active():
+            return False
+        pages = sorted(
+            {sweep.page_of(run_id) for run_id in swept.held if not sweep.unsought(run_id)}
+        )
+        if not pages:
+            return False
+        swept.looked_again = True
+        swept.queue = pages
+        self._sending.append(swept)
+        self._send_pages()
+        return True
+
+    def _end_sweep(self, swept: _Swept[R]) -> None:
+        """The sweep is over: the runs it looked for and did not find are read on their
+        own, due as they were; those on a page that failed (or, if one did, never seen)
+        wait for the next sweep, which is timed now."""
+        sweep = swept.sweep
+        missed = []
+        for run_id, (track, _) in swept.held.items():
+            track.poll.unsent()
+            failed = swept.failed and (
+                sweep.unsought(run_id) or sweep.page_of(run_id) in swept.failed
+            )
+            if failed and sweep.active():
+                swept.parked[run_id] = track
+            else:
+                missed.append(run_id)
+                self.parked -= 1
+                self._push(track)
+        swept.held.clear()
+        swept.failed.clear()
+        swept.looked_again = False
+        sweep.end(missed, saved=swept.saved, spent=swept.spent)
+        swept.saved = swept.spent = 0
+        if not sweep.active():
+            self._release(swept)
+        elif swept.parked:
+            swept.first_due = swept.first_urgent = math.inf
+            for track in swept.parked.values():
+                self._note_due(swept, track.poll)
+            self._time_sweep(swept)
 
     # -- waking up -----------------------------------------------------------------------
 
@@ -1162,14 +1462,20 @@ class Scheduler(Generic[R]):
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
-    def _on_done(self, task: asyncio.Task[R]) -> None:
+    def _on_done(self, task: asyncio.Task[Any]) -> None:
         self.finished.append(task)
         self._wake()
 
     def _on_hint(self, run_id: str) -> None:
-        """An event says the run finished: due at once, unless a poll of it is out."""
+        """An event says the run finished: due at once, unless a poll of it is out (a
+        parked run: its workflow's sweep is, for the pages of such runs)."""
         track = self._by_run.get(run_id)
-        if track is not None and track.poll.hint(self.clock.monotonic()):
+        if track is None:
+            return
+        swept = self._sweeps.get(track.poll.target.workflow_id)
+        if swept is not None and swept.parked.pop(run_id, None) is not None:
+            self.parked -= 1  # (parked again, as due now, when the heap gives it)
+        if track.poll.hint(self.clock.monotonic()):
             self._push(track)
             self._wake()
 
@@ -1280,6 +1586,8 @@ class Waiter(Generic[R]):
             the client's own).
         durations: what waits learn of run durations (shared with Redis
             coordination's; by default the client's own).
+        listing: how to read the API's listing, for sweeps of waits on many runs
+            (``None``: the API has none fit for it).
         started_memory: how many recently started runs to remember for the 404 grace.
     """
 
@@ -1290,9 +1598,11 @@ class Waiter(Generic[R]):
         budget: Budget,
         hints: RunHints | None = None,
         durations: DurationBook | None = None,
+        listing: Listing[R] | None = None,
         started_memory: int = 10_000,
     ) -> None:
         self.kind = kind
+        self.listing = listing
         self.budget = budget
         self.clock = budget.clock
         self.rng = random.Random()
@@ -1361,8 +1671,10 @@ class Waiter(Generic[R]):
         deadline: float | None = None,
         concurrency: int = 1,
         coalesce: float = 0.0,
+        sweep: bool = False,
     ) -> WaitOptions:
-        """The options of a wait that begins now (in the running loop)."""
+        """The options of a wait that begins now (in the running loop); ``sweep``: a
+        wait on many runs, which may read the listing (as the policy allows)."""
         return WaitOptions(
             policy=policy,
             clock=self.clock,
@@ -1375,6 +1687,7 @@ class Waiter(Generic[R]):
             closing=self.budget.closing_future(),
             durations=self.durations if policy.adaptive else None,
             wall=self._wall(),
+            listing=self.listing if sweep else None,
         )
 
     async def wait(
@@ -1454,7 +1767,9 @@ class Waiter(Generic[R]):
             lambda: Scheduler(
                 targets,
                 kind=self.kind,
-                options=self.options(checked, checked_timeout, concurrency=cap, coalesce=_COALESCE),
+                options=self.options(
+                    checked, checked_timeout, concurrency=cap, coalesce=_COALESCE, sweep=True
+                ),
                 on_status=on_status,
             ).runs()
         )

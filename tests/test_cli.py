@@ -713,12 +713,12 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "started 40 runs" in out
     assert "streamed 40 runs with iter_runs" in out
-    summary = dict(line.rsplit(None, 1) for line in out.splitlines()[-11:])
+    summary = dict(line.rsplit(None, 1) for line in out.splitlines()[-13:])
     assert summary["runs"] == "40"
-    # The same wait with a webhook listener: fewer requests, seen finished sooner.
-    assert float(summary["webhooks requests per run"]) < float(summary["polling requests per run"])
-    assert float(summary["webhooks detection p50 s"]) < float(summary["polling detection p50 s"])
-    assert "polling only and then with a webhook listener" in out
+    # The same wait by sweeps: fewer requests; with a webhook listener: seen sooner.
+    assert float(summary["sweeps requests per run"]) < float(summary["one by one requests per run"])
+    assert float(summary["webhooks detection p50 s"]) < float(summary["one by one detection p50 s"])
+    assert "each run read on its own, sweeps of the listing" in out
     assert int(summary["complete"]) + int(summary["failed"]) == 40
     assert int(summary["faults injected"]) > 0  # retried: every run still came back
     progress = _progress_lines(out)

@@ -125,13 +125,18 @@ async def test_schedule_by_time_uses_server_clock() -> None:
     ]
 
 
-async def test_schedule_by_polls_and_listing_does_not_count(
+async def test_schedule_by_polls_counts_reads_and_listings_that_show_the_status(
     client: CopyAIClient, server: FakeCopyAI
 ) -> None:
-    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 2)), input={"a": 1})
+    fake = server.add_run(schedule=Schedule.polls(("PROCESSING", 3)), input={"a": 1})
+    server.quirks = Quirks(bare_listing=True)  # shows no status: not a read
     for _ in range(3):
-        assert (await client.list_runs(server.workflow_id)).runs[0].status is RunStatus.PROCESSING
+        assert (await client.list_runs(server.workflow_id)).runs[0].status is RunStatus.UNKNOWN
+    server.quirks = Quirks()
+    assert (await client.list_runs(server.workflow_id)).runs[0].status is RunStatus.PROCESSING
+    assert (fake.polls, fake.listed) == (0, 1)
     statuses = [(await client.get_run(server.workflow_id, fake.id)) for _ in range(3)]
+    assert fake.polls == 3
     assert [r.status for r in statuses] == [
         RunStatus.PROCESSING,
         RunStatus.PROCESSING,

@@ -45,7 +45,9 @@ from copyai_async.testing import FakeClock, FakeCopyAI, Fault, Schedule
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
 
-FAST = PollPolicy(initial=0.001, multiplier=2.0, max_interval=0.004, jitter=0.0)
+# Waits on many runs here read each run on its own (sweep=False): these tests are about
+# the per-run polls; reading the listing instead is tests/test_sweep.py's.
+FAST = PollPolicy(initial=0.001, multiplier=2.0, max_interval=0.004, jitter=0.0, sweep=False)
 LIFECYCLE = Schedule.polls(("NEW", 1), ("WAITING", 1), ("PROCESSING", 2), ("RETRYING", 1))
 
 
@@ -629,7 +631,7 @@ async def test_many_runs_send_polls_due_close_together_at_once(
     # sends the earliest 50 ms late, with every poll due up to 50 ms after that.
     server.clock = clock.monotonic
     fakes = [server.add_run(schedule=Schedule.polls(("PROCESSING", 1))) for _ in range(60)]
-    policy = PollPolicy(initial=1.0, multiplier=1.0, max_interval=1.0, jitter=0.5)
+    policy = PollPolicy(initial=1.0, multiplier=1.0, max_interval=1.0, jitter=0.5, sweep=False)
     async with CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
         start = clock.monotonic()
         done = [
@@ -859,7 +861,12 @@ async def test_budget_pause_holds_every_request() -> None:
 async def test_rate_limit_over_real_requests(server: FakeCopyAI) -> None:
     ids = [server.add_run(schedule=Schedule.immediate()).id for _ in range(40)]
     async with CopyAIClient(server.api_key, base_url=server.url, rate_limit=200) as paced:
-        got = [r async for r in paced.wait_for_runs(server.workflow_id, ids, concurrency=16)]
+        got = [
+            r
+            async for r in paced.wait_for_runs(
+                server.workflow_id, ids, concurrency=16, policy=PollPolicy(sweep=False)
+            )
+        ]
     assert len(got) == 40
     arrivals = sorted(r.received_at for r in server.requests)
     assert arrivals[-1] - arrivals[0] >= 39 / 200 * 0.95
@@ -1085,7 +1092,7 @@ async def test_the_deadline_during_failures_carries_the_last_reading(
 
 async def test_watch_and_many_runs_miss_polls_too(server: FakeCopyAI, clock: FakeClock) -> None:
     fakes = [server.add_run(schedule=Schedule.polls(("PROCESSING", 2))) for _ in range(5)]
-    policy = PollPolicy(initial=1.0, max_interval=1.0, jitter=0.0)
+    policy = PollPolicy(initial=1.0, max_interval=1.0, jitter=0.0, sweep=False)
     async with _no_retries(server, clock) as client:
         for fake in fakes:
             server.inject(Fault.garbled("truncated"), Fault.server_error(503), path=fake.id)
@@ -1108,7 +1115,7 @@ async def test_watch_and_many_runs_miss_polls_too(server: FakeCopyAI, clock: Fak
 async def test_many_runs_give_up_on_one_run_only(server: FakeCopyAI, clock: FakeClock) -> None:
     good = [server.add_run(schedule=Schedule.polls(("PROCESSING", 2))).id for _ in range(4)]
     bad = server.add_run(schedule=Schedule.polls(("PROCESSING", 2))).id
-    policy = PollPolicy(initial=1.0, max_interval=1.0, jitter=0.0, max_failed_polls=2)
+    policy = PollPolicy(initial=1.0, max_interval=1.0, jitter=0.0, max_failed_polls=2, sweep=False)
     async with _no_retries(server, clock) as client:
         server.inject(*[Fault.server_error(500)] * 3, path=bad)
         got: list[str] = []

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -83,7 +84,8 @@ async def test_streaming_10000_runs_through_faults() -> None:
     assert clock.sleeps  # and were retried
 
 
-async def test_waiting_on_1000_runs_through_faults() -> None:
+@pytest.mark.parametrize("sweep", [True, False])
+async def test_waiting_on_1000_runs_through_faults(sweep: bool) -> None:
     server = FakeCopyAI(fault_rate=0.18, faults=MIX, seed=7)
     fakes = [
         server.add_run(
@@ -105,11 +107,16 @@ async def test_waiting_on_1000_runs_through_faults() -> None:
         ) as client,
     ):
         got = [
-            run async for run in client.wait_for_runs(server.workflow_id, list(truth), policy=FAST)
+            run
+            async for run in client.wait_for_runs(
+                server.workflow_id, list(truth), policy=attrs.evolve(FAST, sweep=sweep)
+            )
         ]
     assert sorted(r.id for r in got) == sorted(truth)
     assert all(r.status.value == truth[r.id] for r in got)
-    assert server.stats.faults > 50
+    # Sweeps read pages of 100 runs (and a FAILED run on its own): far fewer requests.
+    assert server.stats.faults > (10 if sweep else 50)
+    assert (server.stats.by_kind["list"] > 0) is sweep
 
 
 async def test_chaos_no_wait_is_ended_by_one_bad_answer() -> None:

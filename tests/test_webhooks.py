@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 from aiohttp import web
 
@@ -501,7 +502,11 @@ async def test_start_and_wait_ends_on_the_event_with_one_get(
         assert len(gets) == 1  # no poll before the event; one to verify it
 
 
-async def test_wait_for_runs_costs_one_get_per_run(live: tuple[FakeCopyAI, CopyAIClient]) -> None:
+@pytest.mark.parametrize("sweep", [False, True])
+async def test_wait_for_runs_costs_at_most_one_read_per_run(
+    live: tuple[FakeCopyAI, CopyAIClient], sweep: bool
+) -> None:
+    # Each event is verified by a GET, or (sweeps) by a page for the runs it shows.
     server, client = live
     async with client.listen() as listener:
         await listener.register(server.workflow_id)
@@ -510,11 +515,17 @@ async def test_wait_for_runs_costs_one_get_per_run(live: tuple[FakeCopyAI, CopyA
         seen = [
             r.id
             async for r in client.wait_for_runs(
-                server.workflow_id, [r.id for r in runs], policy=FAST, timeout=10
+                server.workflow_id,
+                [r.id for r in runs],
+                policy=attrs.evolve(FAST, sweep=sweep),
+                timeout=10,
             )
         ]
         assert sorted(seen) == sorted(r.id for r in runs)
-        assert server.stats.requests == 30
+        if sweep:
+            assert server.stats.requests == server.stats.by_kind["list"] < 30
+        else:
+            assert server.stats.requests == server.stats.by_kind["get"] == 30
 
 
 async def test_without_a_listener_waits_poll_as_before(
@@ -651,8 +662,9 @@ async def test_a_wait_looks_once_more_before_it_times_out(
         assert _get_times(server, run.id) == [pytest.approx(7.0)]
 
 
+@pytest.mark.parametrize("sweep", [False, True])
 async def test_many_waits_look_once_more_before_they_time_out(
-    live: tuple[FakeCopyAI, CopyAIClient],
+    live: tuple[FakeCopyAI, CopyAIClient], sweep: bool
 ) -> None:
     # The same for wait_for_runs, on the real clock: a 2 s timeout, so the final look
     # goes out a quarter of it (0.5 s) before the deadline.
@@ -662,10 +674,13 @@ async def test_many_waits_look_once_more_before_they_time_out(
         await listener.register(server.workflow_id)
         ids = [(await client.start_run(server.workflow_id, {})).id for _ in range(5)]
         server.reset_stats()
-        seen = [r async for r in client.wait_for_runs(server.workflow_id, ids, timeout=2.0)]
+        policy = PollPolicy(sweep=sweep)
+        waited = client.wait_for_runs(server.workflow_id, ids, timeout=2.0, policy=policy)
+        seen = [r async for r in waited]
         assert sorted(r.id for r in seen) == sorted(ids)
         assert all(r.status is RunStatus.COMPLETE for r in seen)
-        assert server.stats.requests == 5  # the final looks only
+        # The final looks only: one each, or one page for all five.
+        assert server.stats.requests == (1 if sweep else 5)
 
 
 async def test_a_timeout_reports_a_fresh_status(

@@ -43,8 +43,10 @@ class Schedule:
     Each step is ``(status, duration)``; after the last step the run is ``final``.
     Durations are seconds since the run was created (``unit="seconds"``, on the server's
     clock), as in production, where runs finish with time whether or not anyone looks;
-    or GETs of the run (``unit="polls"``: the first GET shows the first step), for tests
-    that want a run to change exactly when it is read.
+    or reads of the run (``unit="polls"``: the first read shows the first step), for
+    tests that want a run to change exactly when it is read. A read is a GET of the run,
+    or a page of the listing that shows it with its status (waits on many runs read
+    pages: see "Sweeps" in the waiting guide).
 
     :meth:`default` is the fake server's default: NEW for 0.3 s, WAITING for 0.5 s and
     PROCESSING for 1.7 s, each duration drawn anew for every run within ``spread=0.6``
@@ -99,9 +101,10 @@ class Schedule:
     def polls(
         cls, *steps: tuple[str, float], final: str = "COMPLETE", spread: float = 0.0, **kw: Any
     ) -> Schedule:
-        """Steps measured in GETs of the run, e.g. ``Schedule.polls(("NEW", 1), ("WAITING",
-        1), ("PROCESSING", 2))``: NEW on the first GET, WAITING on the second, PROCESSING
-        on the next two, COMPLETE from the fifth."""
+        """Steps measured in reads of the run, e.g. ``Schedule.polls(("NEW", 1),
+        ("WAITING", 1), ("PROCESSING", 2))``: NEW on the first read, WAITING on the
+        second, PROCESSING on the next two, COMPLETE from the fifth. A read is a GET of
+        the run, or a listing page that shows it with its status."""
         return cls(steps=steps, final=final, unit="polls", spread=spread, **kw)
 
     @classmethod
@@ -150,6 +153,7 @@ class FakeRun:
     created_mono: float
     schedule: Schedule
     polls: int = 0
+    listed: int = 0  # listing pages that showed it with its status
     emitted: str | None = None  # the last webhook event phase sent: "started" or "final"
 
     @property
@@ -163,5 +167,5 @@ class FakeRun:
     def status(self, now: float) -> str:
         """The run's status at server-clock time ``now`` (not counting a new poll)."""
         if self.schedule.unit == "polls":
-            return self.schedule.status_at(self.polls)
+            return self.schedule.status_at(self.polls + self.listed)
         return self.schedule.status_at(now - self.created_mono)

@@ -860,10 +860,16 @@ class FakeCopyAI:
         total = len(runs) if self.report_total is None else self.report_total(len(runs))
         if total is not None:
             data["total"] = str(total) if self.quirks.numbers_as_strings else total
-        data["data"] = [render_run(r, r.status(now), self.quirks) for r in chunk]
+        statuses = [r.status(now) for r in chunk]
+        data["data"] = [
+            render_run(r, status, self.quirks) for r, status in zip(chunk, statuses, strict=True)
+        ]
         if self._webhooks.hooks:
-            for r in chunk:
-                self._webhooks.observe(r, r.status(now))
+            for r, status in zip(chunk, statuses, strict=True):
+                self._webhooks.observe(r, status)
+        if not (self.quirks.bare_listing or self.quirks.omit_status):
+            for r in chunk:  # read with its status: a run that moves on when read does
+                r.listed += 1
         return ok_response(data)
 
     async def _start_run(self, request: web.Request) -> web.Response:
