@@ -741,7 +741,7 @@ class RunPoll(Generic[R]):
         self._unsend = (self._looked, self._event_at, self._since_event, self._sent_at)
         due = self.due()
         reach = max(now, due) if early else now
-        final = due >= self._final_at
+        final = due >= self._final_at and reach >= self._final_at
         self._looked = self._looked or final
         self._for_schedule = final or self._scheduled_at <= reach
         if self._event_at is not None and self._event_at <= reach:
@@ -753,12 +753,16 @@ class RunPoll(Generic[R]):
         self.in_flight = True
         return self._for_schedule
 
-    def unsent(self) -> None:
+    def unsent(self, now: float) -> None:
         """The poll that went out did not read the run after all (a page of the
-        listing did not show it): as if it had not gone out, due as it was."""
+        listing did not show it): as if it had not gone out, due as it was (and at
+        once, if an event came meanwhile)."""
+        hinted = self._since_event == 0  # (hint() while it was out; sent() counts from 1)
         self._looked, self._event_at, self._since_event, self._sent_at = self._unsend
         self._for_schedule = self._checking = False
         self.in_flight = False
+        if hinted:
+            self._since_event, self._event_at = 0, now
 
     def urgent(self) -> bool:
         """Whether its next poll is one an event asks for (or a re-check after one, or a
@@ -943,6 +947,7 @@ class _Swept(Generic[R]):
     out: int = 0  # pages in flight
     failed: set[int] = attrs.Factory(set)  # pages of this sweep that failed
     looked_again: bool = False  # runs it did not find were looked for once more
+    missed: set[str] = attrs.Factory(set)  # runs the latest sweep missed: read on their own
     saved: int = 0  # scheduled polls this sweep's readings stood for
     spent: int = 0  # pages this sweep asked for
     first_due: float = math.inf  # the earliest due scheduled poll of the parked runs
@@ -1272,13 +1277,16 @@ class Scheduler(Generic[R]):
         return swept
 
     def _park(self, track: _Track[R], now: float) -> bool:
-        """Leave the run's next poll to its workflow's next sweep, if sweeps read it and
-        either its next poll is the schedule's own (a sweep comes by then) or a sweep is
-        due now. Returns whether it was parked."""
+        """Leave the run's next poll to its workflow's sweeps, if they read it (and the
+        latest did not miss it: that run is read on its own once). The sweep timer
+        follows its due time. Returns whether it was parked."""
         swept = self._sweeps.get(track.poll.target.workflow_id)
         if swept is None:
             return False
         sweep, run_id = swept.sweep, track.poll.target.run_id
+        if run_id in swept.missed:
+            swept.missed.discard(run_id)
+            return False
         if not (sweep.active() and sweep.wants(run_id)):
             return False
         poll = track.poll
@@ -1327,7 +1335,11 @@ class Scheduler(Generic[R]):
         plan = set(pages)
         swept.first_due = swept.first_urgent = math.inf
         for run_id, track in list(parked.items()):
-            if sweep.page_of(run_id) in plan or (pages and sweep.unsought(run_id)):
+            if not sweep.wants(run_id) or (not pages and track.poll.due() <= now):
+                del parked[run_id]  # (too deep now: read on its own)
+                self.parked -= 1
+                self._push(track)
+            elif sweep.page_of(run_id) in plan or (pages and sweep.unsought(run_id)):
                 del parked[run_id]
                 swept.held[run_id] = (track, track.poll.sent(now, early=False))
             else:
@@ -1387,7 +1399,7 @@ class Scheduler(Generic[R]):
                 self.parked -= 1
                 if verify:  # read on its own, at once, before its wait may end
                     sweep.leave(run_id)
-                    track.poll.unsent()
+                    track.poll.unsent(now)
                     track.poll.verify(now)
                     self._push(track)
                     continue
@@ -1412,7 +1424,7 @@ class Scheduler(Generic[R]):
         again, the sweep reads the pages where the latest ``total`` puts the runs it
         did not find, once. Returns whether it did."""
         sweep = swept.sweep
-        if swept.looked_again or swept.failed or not sweep.active():
+        if swept.looked_again or swept.failed or not sweep.active() or not sweep.moved:
             return False
         pages = sorted(
             {sweep.page_of(run_id) for run_id in swept.held if not sweep.unsought(run_id)}
@@ -1431,8 +1443,9 @@ class Scheduler(Generic[R]):
         wait for the next sweep, which is timed now."""
         sweep = swept.sweep
         missed = []
+        now = self.clock.monotonic()
         for run_id, (track, _) in swept.held.items():
-            track.poll.unsent()
+            track.poll.unsent(now)
             failed = swept.failed and (
                 sweep.unsought(run_id) or sweep.page_of(run_id) in swept.failed
             )
@@ -1440,6 +1453,7 @@ class Scheduler(Generic[R]):
                 swept.parked[run_id] = track
             else:
                 missed.append(run_id)
+                swept.missed.add(run_id)
                 self.parked -= 1
                 self._push(track)
         swept.held.clear()
@@ -1451,8 +1465,13 @@ class Scheduler(Generic[R]):
             self._release(swept)
         elif swept.parked:
             swept.first_due = swept.first_urgent = math.inf
-            for track in swept.parked.values():
-                self._note_due(swept, track.poll)
+            for run_id, track in list(swept.parked.items()):
+                if sweep.wants(run_id):
+                    self._note_due(swept, track.poll)
+                else:  # (given up on while the sweep was out: read on its own)
+                    del swept.parked[run_id]
+                    self.parked -= 1
+                    self._push(track)
             self._time_sweep(swept)
 
     # -- waking up -----------------------------------------------------------------------

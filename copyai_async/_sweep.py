@@ -12,9 +12,12 @@ place counted from the *oldest* run does not move as runs are created: a run see
 position ``i`` of a listing of ``total`` runs stays at ``total - 1 - i`` from the end,
 and is looked for next at the position that gives under the latest ``total`` (runs
 added to the wait since then are assumed newer still). Runs never seen in the listing
-are looked for at its head. A run a sweep looked for and did not find
-(:data:`MISSES` sweeps in a row), or that sits deeper than :func:`depth` pages, is read
-on its own for the rest of the wait.
+are looked for at its head. Runs created while a sweep is out may push a run past the
+page it was looked for on: as the paginator reads such a page again, the sweep reads
+once more the pages where the latest ``total`` puts the runs it did not find, if a page
+showed that ``total`` moved; a run still not found is read on its own once. A run a
+sweep looked for and did not find (:data:`MISSES` sweeps in a row), or that sits deeper
+than :func:`depth` pages, is read on its own for the rest of the wait.
 
 What a sweep costs. Reading a page costs one request; a run read from it whose
 scheduled poll was due saves the one request the wait would have sent for it. A sweep
@@ -23,8 +26,10 @@ the savings of earlier sweeps cover them, every other page that holds runs waite
 so while pages are full, every run is read about once per ``initial`` at a fraction of
 the requests, and as runs finish and pages thin out, the savings keep reading them that
 often for up to :data:`CARRY` more sweeps' worth of pages, after which the pages are read
-only as the runs' own schedules fall due. Over a wait, sweeps never spend more requests
-than they save, apart from the first page of a listing that cannot be used.
+only as the runs' own schedules fall due. Pages read for runs that are not due are paid
+for by what earlier sweeps saved; the other pages are those that look for runs not seen
+in the listing yet (the first of them alone, first), and those read again for runs
+pushed past them (see above).
 
 When the listing cannot stand for a GET. A listing may leave ``status`` (and ``input``,
 ``output``) out of its items: the first page read shows it, and the workflow's runs
@@ -209,6 +214,8 @@ class Sweep(Generic[R]):
         self._last = -math.inf  # when the latest sweep began
         self._gap = floor
         self._pages = 0  # pages holding runs read by sweeps, at the end of the latest
+        self._begin_total = 0
+        self.moved = False  # a page of the sweep in flight showed runs were created
         self._failures = 0
         # The sweep in flight: the pages still to send after the first, the runs it
         # looks for that were never seen, and the deepest page asked for.
@@ -295,6 +302,8 @@ class Sweep(Generic[R]):
         are read on their own from now on."""
         regular = now >= self._last + self._gap
         self._last = now
+        self._begin_total = self._total
+        self.moved = False
         self._gap = self.floor * (1.0 + self.jitter * (self._rng.random() - 0.5))
         counts: collections.Counter[int] = collections.Counter()
         bound = self._bound()
@@ -334,6 +343,7 @@ class Sweep(Generic[R]):
             return Answer(found=[], more=[], refused=self._refuse("is not newest first", True))
         self._added = 0
         if total is not None:
+            self.moved = self.moved or total != self._begin_total
             self._total = total
         found: list[tuple[str, R, bool]] = []
         sought = 0

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import anyio
 import attrs
 import pytest
 
@@ -26,6 +27,7 @@ from copyai_async import (
     ServerError,
     WorkflowRun,
 )
+from copyai_async._poll import RunHints, RunKind, RunPoll, Scheduler, Target, WaitOptions
 from copyai_async._sweep import (
     CARRY,
     DENSITY,
@@ -595,3 +597,183 @@ async def test_a_batch_sweeps_too(tmp_path: Any) -> None:
     assert all(r.ok for r in results)
     assert server.stats.by_kind["list"] > 0
     assert server.stats.by_kind["get"] < 150  # fewer than one GET a run
+
+
+# -- the scheduler's glue, on a listing in memory ---------------------------------------------
+
+
+class World:
+    """A workflow in memory, newest first: runs finish at a time on the clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.runs: list[Run] = []
+        self.by_id: dict[str, Run] = {}  # (a GET still finds a run the listing dropped)
+        self.gets: collections.Counter[str] = collections.Counter()
+        self.pages = 0
+
+    def create(self, run_id: str | None = None, finish: float = float("inf")) -> None:
+        number = len(self.runs)
+        run = {"id": run_id or f"O{number}", "created": number, "finish": finish}
+        self.runs.insert(0, run)
+        self.by_id[run["id"]] = run
+
+    def view(self, run: Run) -> Run:
+        done = self.clock.monotonic() >= run["finish"]
+        status = "COMPLETE" if done else "PROCESSING"
+        return {
+            "id": run["id"],
+            "created": run["created"],
+            "status": status,
+            "output": done or None,
+        }
+
+    async def get(self, _wf: str, run_id: str) -> Run:
+        self.gets[run_id] += 1
+        return self.view(self.by_id[run_id])
+
+    async def page(self, _wf: str, page: int, size: int) -> tuple[list[Run], int]:
+        self.pages += 1
+        start = (page - 1) * size
+        return [self.view(run) for run in self.runs[start : start + size]], len(self.runs)
+
+
+KIND: RunKind[Run] = RunKind(
+    status=lambda run: run["status"],
+    is_terminal=lambda run: run["status"] == "COMPLETE",
+    is_failed=lambda _run: False,
+    is_unknown=lambda _run: False,
+)
+
+
+def scheduler(world: World, ids: list[str], hints: RunHints | None = None) -> Scheduler[Run]:
+    options = WaitOptions(
+        policy=PollPolicy(adaptive=False),
+        clock=world.clock,
+        rng=random.Random(1),
+        concurrency=16,
+        coalesce=0.05,
+        hints=hints,
+        listing=attrs.evolve(listing(), read_page=world.page),
+    )
+    targets = [Target(workflow_id="WF", run_id=run_id, read=world.get) for run_id in ids]
+    return Scheduler(targets, kind=KIND, options=options, open_ended=True)
+
+
+@pytest.mark.parametrize("hinted", [False, True])
+async def test_runs_pushed_too_deep_while_parked_are_read_on_their_own(hinted: bool) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    world.create("A", finish=5)
+    world.create("B", finish=5)
+    world.create("X", finish=5)  # (not waited on)
+    hints = RunHints(clock) if hinted else None
+    if hints is not None:
+        hints.attach()
+    waits = scheduler(world, ["A", "B"], hints)
+    seen: dict[str, float] = {}
+
+    async def consume() -> None:
+        async for run in waits.runs():
+            seen[run["id"]] = clock.monotonic()
+
+    async def produce() -> None:
+        while clock.monotonic() < 1.5:
+            await clock.sleep(0.1)
+        for _ in range(700):  # others push A and B past the pages a wait on 4 runs reads
+            world.create()
+        world.create("C", finish=20)
+        world.create("D", finish=20)
+        waits.add([Target(workflow_id="WF", run_id=r, read=world.get) for r in ("C", "D")])
+        waits.end_input()
+        if hints is not None:
+            while clock.monotonic() < 2.0:
+                await clock.sleep(0.05)
+            hints.hint("A", "WF", final=True)  # an event, as A's page crosses the bound
+
+    with anyio.fail_after(10):  # (real seconds: a scheduler that spins never yields)
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume)
+            group.start_soon(produce)
+    assert set(seen) == {"A", "B", "C", "D"}
+    assert seen["A"] < 12
+    assert seen["B"] < 12
+    assert world.gets["A"] >= 1
+    assert world.gets["B"] >= 1
+    assert world.gets["C"] == world.gets["D"] == 0
+    assert waits.parked == waits.pending == 0
+
+
+async def test_a_run_the_listing_stops_showing_is_read_on_its_own() -> None:
+    clock = FakeClock()
+    world = World(clock)
+    for number in range(5):
+        world.create(f"R{number}", finish=8 if number == 0 else 9)
+    waits = scheduler(world, [f"R{number}" for number in range(5)])
+    waits.end_input()
+    seen: dict[str, float] = {}
+
+    async def hide() -> None:
+        while clock.monotonic() < 3:
+            await clock.sleep(0.1)
+        world.runs = [run for run in world.runs if run["id"] != "R0"]  # deleted, say
+
+    async def consume() -> None:
+        async for run in waits.runs():
+            seen[run["id"]] = clock.monotonic()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(consume)
+        group.start_soon(hide)
+    assert set(seen) == {f"R{number}" for number in range(5)}
+    assert seen["R0"] < 8 + 10 + 1  # at most the backoff's gap late
+    assert world.gets["R0"] >= 1
+    assert sum(world.gets.values()) == world.gets["R0"]
+
+
+def test_a_page_read_long_before_the_deadline_is_not_the_final_look() -> None:
+    clock = FakeClock()
+    policy = PollPolicy(initial=30, max_interval=30, jitter=0, adaptive=False)
+    target = Target(workflow_id="WF", run_id="R", read=World(clock).get)
+    poll = RunPoll(
+        target,
+        kind=KIND,
+        policy=policy,
+        rng=random.Random(1),
+        hints=None,
+        now=0.0,
+        deadline=20.0,
+        time_limit=20.0,
+    )
+    poll.sent(0.0)
+    poll.read({"id": "R", "status": "PROCESSING"}, 0.0)
+    assert poll.due() == 19.0  # the final look: the schedule's next poll is past the deadline
+    assert not poll.sent(14.0, early=False)  # a sweep's page, seconds before it
+    poll.read({"id": "R", "status": "PROCESSING"}, 14.0)
+    assert poll.due() == 19.0  # the final look still goes
+    assert poll.sent(19.0, early=False)
+    poll.read({"id": "R", "status": "PROCESSING"}, 19.0)
+    assert poll.due() > 20.0
+
+
+def test_an_event_while_a_page_is_out_is_kept_if_the_page_does_not_show_the_run() -> None:
+    clock = FakeClock()
+    policy = PollPolicy(initial=30, max_interval=30, jitter=0, adaptive=False)
+    target = Target(workflow_id="WF", run_id="R", read=World(clock).get)
+    poll = RunPoll(
+        target,
+        kind=KIND,
+        policy=policy,
+        rng=random.Random(1),
+        hints=None,
+        now=0.0,
+        deadline=None,
+        time_limit=None,
+    )
+    poll.sent(0.0)
+    poll.read({"id": "R", "status": "PROCESSING"}, 0.0)
+    poll.sent(30.0, early=False)
+    assert not poll.hint(31.0)  # the page is out: nothing goes now
+    poll.unsent(32.0)  # the page did not show it
+    assert poll.urgent()
+    assert poll.due() == 30.0  # its scheduled poll, still owed (and the event asks too)
