@@ -537,6 +537,13 @@ class BaseClient(Generic[_R]):
         With a webhook listener running, events make runs due at once and the pace
         between events is ``policy.safety_interval``, as for :meth:`wait_for_run`.
 
+        Where the API has a listing fit for it (Copy.ai's), the wait reads the newest
+        pages of the workflow's listing, each showing up to 100 of its runs, instead of
+        each run on its own, wherever that costs fewer requests: about once per
+        ``policy.initial`` while pages are full (see "Sweeps" in the waiting guide). A
+        listing without ``status`` costs one request, and the runs are read one by one.
+        ``PollPolicy(sweep=False)`` turns it off.
+
         A run that cannot be polled (a 404 outside the grace window, a failure after
         retries, or the ``timeout``) does not stop the others: once every other run has
         been yielded, those errors are raised together as an ``ExceptionGroup`` of

@@ -49,6 +49,7 @@ from .cli import (
     _one_line,
     _positive_float,
     _severity,
+    _sweep_option,
     exit_code,
 )
 
@@ -816,6 +817,7 @@ async def _run(
         max_running=args.max_running,
         retry_failed=args.retry_failed,
         skip_rows=skip,
+        policy=PollPolicy(sweep=args.sweep),
     )
     try:
         with board, contextlib.closing(_OutputFile(plan.output)) as output:
@@ -953,4 +955,5 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "event lands (checked with one GET); webhooks are deleted on exit",
     )
     _listen_options(batch)
+    _sweep_option(batch)
     batch.set_defaults(handler=cmd_batch)

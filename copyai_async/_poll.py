@@ -100,6 +100,9 @@ DEFAULT_CONCURRENCY = 16
 """Polls of one ``wait_for_runs`` in flight at once, by default."""
 
 _COALESCE = 0.05  # seconds: the most a poll of many runs is moved to go with others
+# Seconds a due time is met early rather than slept for: a loop's clock may not move by
+# less (looptime's virtual time rounds), and a sleep that moves no time would spin.
+_EARLY = 1e-3
 
 MAX_CONCURRENCY = 1_000
 MAX_FAILED_POLLS = 1_000_000
@@ -1223,7 +1226,7 @@ class Scheduler(Generic[R]):
         concurrency = self.options.concurrency
         self._send_pages()
         self._drop_stale()
-        while heap and heap[0][0] <= now + self._slack(heap[0][2]):
+        while heap and heap[0][0] <= now + self._slack(heap[0][2]) + _EARLY:
             if len(running) >= concurrency:
                 return
             _, _, item = heapq.heappop(heap)
@@ -1521,7 +1524,7 @@ class Scheduler(Generic[R]):
             return  # (a close while the consumer held a yield wakes nothing: look first)
         until = self._next_wake()
         delay = None if until is None else until - self.clock.monotonic()
-        if delay is not None and delay <= 0:
+        if delay is not None and delay <= _EARLY:
             await anyio.lowlevel.checkpoint()
             return
         self._wakeup = self._loop.create_future()

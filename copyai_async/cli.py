@@ -453,7 +453,11 @@ async def _wait(client: CopyAIClient, args: argparse.Namespace, out: Output, ids
     with StatusBoard(out, len(ids), "Waiting") as board:
         try:
             async for run in client.wait_for_runs(
-                args.workflow_id, ids, timeout=args.timeout, on_status=board.seen
+                args.workflow_id,
+                ids,
+                timeout=args.timeout,
+                on_status=board.seen,
+                policy=PollPolicy(sweep=args.sweep),
             ):
                 board.finished(run)
                 if run.status is RunStatus.FAILED:
@@ -744,6 +748,16 @@ def cmd_fake_server(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _sweep_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-sweep",
+        dest="sweep",
+        action="store_false",
+        help="read each run on its own, not pages of the workflow's listing (one page "
+        "shows up to 100 runs; see PollPolicy(sweep=...))",
+    )
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -868,6 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lands (checked with one GET); webhooks are deleted on exit",
     )
     _listen_options(wait)
+    _sweep_option(wait)
     wait.set_defaults(handler=cmd_wait)
 
     hooks = commands.add_parser("webhooks", help="list, create, get and delete webhooks")

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -497,6 +498,20 @@ def test_wait_many(api: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> N
     assert {r["status"] for r in rows} == {"COMPLETE"}
     assert cli(api, "runs", "wait", api.server.workflow_id, *ids) == 0
     assert capsys.readouterr().out.splitlines()[-1].split()[2:5] == ["4/4", "done", "complete"]
+
+
+def test_wait_many_reads_pages_unless_told_not_to(api: ThreadedServer) -> None:
+    ids = api.call(lambda: [api.server.add_run().id for _ in range(5)])
+    counts = []
+    for flag in ([], ["--no-sweep"]):
+        api.call(api.server.reset_stats)
+        assert cli(api, "runs", "wait", api.server.workflow_id, *ids, "--json", *flag) == 0
+        counts.append(api.call(lambda: Counter(api.server.stats.by_kind)))
+    swept, alone = counts
+    assert swept["list"] >= 1
+    assert swept["get"] == 0
+    assert alone["list"] == 0
+    assert alone["get"] >= 5
 
 
 _PROGRESS = re.compile(r"\s*\d+\.\d s  (\d+)/(\d+) done  (.*)")
