@@ -1259,6 +1259,7 @@ class Scheduler(Generic[R]):
         swept = self._sweeps.get(track.poll.target.workflow_id)
         if swept is not None:
             swept.sweep.forget(run_id)
+            swept.missed.discard(run_id)
 
     # -- sweeps of the listing (see ._sweep) ---------------------------------------------
 
@@ -1317,6 +1318,12 @@ class Scheduler(Generic[R]):
         swept.entry, swept.timer_at = next(self._sequence), at
         heapq.heappush(self.heap, (at, swept.entry, swept))
 
+    def _unpark(self, swept: _Swept[R], run_id: str, track: _Track[R]) -> None:
+        """Sweeps no longer read this parked run: back to the heap."""
+        del swept.parked[run_id]
+        self.parked -= 1
+        self._push(track)
+
     def _release(self, swept: _Swept[R]) -> None:
         """Sweeps no longer read the parked runs: back to the heap."""
         for track in swept.parked.values():
@@ -1339,9 +1346,7 @@ class Scheduler(Generic[R]):
         swept.first_due = swept.first_urgent = math.inf
         for run_id, track in list(parked.items()):
             if not sweep.wants(run_id) or (not pages and track.poll.due() <= now):
-                del parked[run_id]  # (too deep now: read on its own)
-                self.parked -= 1
-                self._push(track)
+                self._unpark(swept, run_id, track)  # (too deep now: read on its own)
             elif sweep.page_of(run_id) in plan or (pages and sweep.unsought(run_id)):
                 del parked[run_id]
                 swept.held[run_id] = (track, track.poll.sent(now, early=False))
@@ -1472,9 +1477,7 @@ class Scheduler(Generic[R]):
                 if sweep.wants(run_id):
                     self._note_due(swept, track.poll)
                 else:  # (given up on while the sweep was out: read on its own)
-                    del swept.parked[run_id]
-                    self.parked -= 1
-                    self._push(track)
+                    self._unpark(swept, run_id, track)
             self._time_sweep(swept)
 
     # -- waking up -----------------------------------------------------------------------

@@ -514,8 +514,20 @@ async def test_a_listing_too_busy_to_follow_costs_no_more_than_reading_each_run(
     assert spent <= 1.1 * alone.stats.by_kind["get"]
 
 
+@pytest.mark.parametrize(
+    ("error", "pages"),
+    [
+        # A passing failure: tried again by the next sweeps, up to FAILURES in a row.
+        (ServerError("503", method="GET", path="/workflow/x/run", status=503), FAILURES),
+        # One that another try would only repeat: once.
+        (APIStatusError("403", method="GET", path="/workflow/x/run", status=403), 1),
+    ],
+)
 async def test_a_listing_that_fails_falls_back_to_reading_runs(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    pages: int,
 ) -> None:
     clock = FakeClock()
     server = FakeCopyAI(clock=clock.monotonic)
@@ -526,7 +538,7 @@ async def test_a_listing_that_fails_falls_back_to_reading_runs(
         async def broken(_wf: str, _page: int, _size: int) -> Any:
             nonlocal calls
             calls += 1
-            raise ServerError("503", method="GET", path="/workflow/x/run", status=503)
+            raise error
 
         listing = client._waiter.listing
         assert listing is not None
@@ -536,29 +548,8 @@ async def test_a_listing_that_fails_falls_back_to_reading_runs(
         with caplog.at_level(logging.INFO, logger="copyai_async"):
             done = [r async for r in client.wait_for_runs(server.workflow_id, ids, policy=policy)]
     assert len(done) == 50
-    assert calls == FAILURES
+    assert calls == pages
     assert "read one by one" in caplog.text
-
-
-async def test_a_listing_that_refuses_falls_back_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = FakeClock()
-    server = FakeCopyAI(clock=clock.monotonic)
-    server.default_schedule = Schedule.seconds(("PROCESSING", 3.0))
-    async with server, CopyAIClient(server.api_key, base_url=server.url, clock=clock) as client:
-        calls = 0
-
-        async def forbidden(_wf: str, _page: int, _size: int) -> Any:
-            nonlocal calls
-            calls += 1
-            raise APIStatusError("403", method="GET", path="/workflow/x/run", status=403)
-
-        listing = client._waiter.listing
-        assert listing is not None
-        monkeypatch.setattr(client._waiter, "listing", attrs.evolve(listing, read_page=forbidden))
-        ids = [server.add_run().id for _ in range(50)]
-        done = [r async for r in client.wait_for_runs(server.workflow_id, ids)]
-    assert len(done) == 50
-    assert calls == 1
 
 
 async def test_a_deadline_ends_a_sweeping_wait_with_timeouts() -> None:
