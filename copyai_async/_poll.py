@@ -1310,9 +1310,9 @@ class Scheduler(Generic[R]):
         else:
             swept.first_due = min(swept.first_due, poll.due())
 
-    def _time_sweep(self, swept: _Swept[R]) -> None:
+    def _time_sweep(self, swept: _Swept[R], *, not_before: float = -math.inf) -> None:
         """Put the workflow's next sweep on the heap (if it moved earlier)."""
-        at = min(swept.sweep.next_at(swept.first_due), swept.first_urgent)
+        at = max(min(swept.sweep.next_at(swept.first_due), swept.first_urgent), not_before)
         if swept.entry >= 0 and swept.timer_at <= at:
             return
         swept.entry, swept.timer_at = next(self._sequence), at
@@ -1340,12 +1340,13 @@ class Scheduler(Generic[R]):
             self._release(swept)
             return
         parked = swept.parked
-        due = [run_id for run_id, track in parked.items() if track.poll.due() <= now]
+        soon = now + _EARLY  # (as _launch takes what is due)
+        due = [run_id for run_id, track in parked.items() if track.poll.due() <= soon]
         pages = sweep.begin(now, due)
         plan = set(pages)
         swept.first_due = swept.first_urgent = math.inf
         for run_id, track in list(parked.items()):
-            if not sweep.wants(run_id) or (not pages and track.poll.due() <= now):
+            if not sweep.wants(run_id) or (not pages and track.poll.due() <= soon):
                 self._unpark(swept, run_id, track)  # (too deep now: read on its own)
             elif sweep.page_of(run_id) in plan or (pages and sweep.unsought(run_id)):
                 del parked[run_id]
@@ -1353,7 +1354,9 @@ class Scheduler(Generic[R]):
             else:
                 self._note_due(swept, track.poll)
         if not pages:
-            self._time_sweep(swept)
+            # Nothing due, nothing to read: the next sweep is later, never now again
+            # (a timer due now would be taken again by this same _launch, forever).
+            self._time_sweep(swept, not_before=soon + _EARLY)
             return
         swept.queue = pages if sweep.probed else pages[:1]
         self._sending.append(swept)
