@@ -768,3 +768,33 @@ def test_an_event_while_a_page_is_out_is_kept_if_the_page_does_not_show_the_run(
     poll.unsent(32.0)  # the page did not show it
     assert poll.urgent()
     assert poll.due() == 30.0  # its scheduled poll, still owed (and the event asks too)
+
+
+async def test_a_sweep_due_within_a_millisecond_is_taken_not_begun_again_and_again() -> None:
+    # A sweep timed by a run due a hair after now (an event's look) used to find nothing
+    # due, read nothing, and time itself again at that hair: _launch took it again in
+    # the same turn, forever (seen as a frozen batch).
+    clock = FakeClock()
+    world = World(clock)
+    world.create("A")
+    world.create("B")
+    waits = scheduler(world, ["A", "B"])
+    swept = waits._sweeps["WF"]
+    tracks = {entry[2].poll.target.run_id: entry[2] for entry in waits.heap}
+    waits.heap.clear()
+    waits.pending = 0
+    sweep = swept.sweep
+    sweep.begin(0.0, ["A", "B"])
+    sweep.answer(1, *await world.page("WF", 1, PAGE_SIZE))
+    sweep.end([], saved=2, spent=1)
+    for track in tracks.values():
+        track.poll.sent(0.0)
+        track.poll.read(world.view(world.by_id[track.poll.target.run_id]), 0.0)
+    tracks["A"].poll.verify(0.5004)  # due 0.4 ms from now, for an event
+    for run_id, track in tracks.items():
+        swept.parked[run_id] = track
+    waits.parked = 2
+    waits._begin_sweep(swept, 0.5)
+    assert "A" in swept.held  # taken now, with its page
+    assert swept.sweep.in_flight
+    await waits._aclose()
