@@ -218,7 +218,9 @@ async def events_ours(url: str, arg: dict[str, Any]) -> dict[str, Any]:
 
     rng = random.Random(arg["seed"])
     low, high = arg["finish"]
-    policy = PollPolicy(safety_interval=arg["safety"]) if arg.get("safety") else None
+    # Each run read on its own (sweep=False): the scenario compares polls of runs with
+    # and without events; sweeps of the listing are the sweep scenario's.
+    policy = PollPolicy(sweep=False, safety_interval=arg.get("safety") or 30.0)
     seconds: dict[str, float] = {}
     latencies: list[float] = []
     yielded: list[str] = []

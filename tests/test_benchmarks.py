@@ -51,7 +51,10 @@ def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     assert stream["ours"]["runs_per_s"]["median"] > 0
     (wait,) = results["wait"]
     assert {"ours", "aiohttp", "aiohttp-1s"} <= set(wait["contenders"])
-    assert wait["ours"]["requests"]["median"] >= 20  # at least one poll per run
+    # Sweeps: a page of the listing reads up to 100 runs; the gather loops read each.
+    assert wait["ours"]["requests"]["median"] >= 1
+    assert wait["aiohttp"]["requests"]["median"] >= 20  # at least one poll per run
+    assert wait["ours"]["requests"]["median"] < wait["aiohttp"]["requests"]["median"]
     assert results["rate"]["max_per_second"] <= results["rate"]["rate_limit"] * 1.05 + 1
     assert results["import"]["ratio"] > 0
     assert "ratios are ours / baseline" in done.stdout
@@ -70,7 +73,8 @@ def test_harness_runs_on_tiny_sizes(tmp_path: Path) -> None:
     for step in (rate_bound, window):
         for name in step["contenders"]:
             assert step[name]["starts_per_row"]["median"] == 1.0
-            assert step[name]["requests_per_row"]["median"] >= 2.0
+            # a start, and reads (a sweep's page reads many rows' runs at once)
+            assert step[name]["requests_per_row"]["median"] > 1.0
             assert step[name]["over_floor"]["median"] >= 1.0
     gets = {name: window[name]["gets_per_row"]["median"] for name in window["contenders"]}
     assert gets["ours-listen"] <= gets["ours"]
